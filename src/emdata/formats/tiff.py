@@ -1,0 +1,56 @@
+"""Multipage TIFF stacks → (z, y, x) numpy arrays, with the file's structure checked.
+
+Example:
+    >>> stack = read_stack(Path("train-input.tif"))  # doctest: +SKIP
+    >>> stack.data.shape, stack.data.dtype  # doctest: +SKIP
+    ((100, 1024, 1024), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class TiffFormatError(ValueError):
+    """A TIFF does not have the structure a recipe expects."""
+
+
+@dataclass(frozen=True)
+class TiffStack:
+    data: np.ndarray
+    pages: int
+    photometric: str
+    compression: str
+
+
+def read_stack(source: Path | bytes, name: str | None = None) -> TiffStack:
+    """Read every page of a multipage TIFF as one ``(z, y, x[, samples])`` array.
+
+    A single-page 2D image comes back as ``(1, y, x)``. ``name`` is used in errors.
+    """
+    import tifffile
+
+    label = name or str(source if isinstance(source, Path) else "<bytes>")
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with tifffile.TiffFile(handle) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            page = tif.pages.first
+            photometric = page.photometric.name
+            compression = page.compression.name
+            pages = len(tif.pages)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise TiffFormatError(f"{label}: not a readable TIFF ({exc})") from exc
+    samples = page.samplesperpixel
+    if data.ndim == 2 or (samples > 1 and data.ndim == 3):
+        data = data[np.newaxis]
+    expected = 4 if samples > 1 else 3
+    if data.ndim != expected:
+        raise TiffFormatError(f"{label}: expected a z-stack of {'colour' if samples > 1 else 'grey'} "
+                              f"pages, got an array of shape {data.shape}")
+    return TiffStack(np.ascontiguousarray(data), pages, photometric, compression)
