@@ -6,9 +6,8 @@
 - ``EMDATA_CHECKSUMS``: JSON file ``{url: sha256}`` overriding catalog checksums.
 
 Example:
-    >>> import os; os.environ["EMDATA_HOME"] = "/tmp/emdata-doc"
-    >>> str(downloads_dir("snemi3d"))
-    '/tmp/emdata-doc/downloads/snemi3d'
+    >>> downloads_dir("snemi3d").relative_to(emdata_home()).as_posix()
+    'downloads/snemi3d'
 """
 
 from __future__ import annotations

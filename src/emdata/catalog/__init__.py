@@ -17,8 +17,20 @@ from importlib import resources
 
 from emdata.catalog.card import Card, CardError, LabelClass, LabelLayer, Source, Subset, VolumeSpec, parse_card
 
-__all__ = ["Card", "CardError", "LabelClass", "LabelLayer", "Source", "Subset", "UnknownDatasetError",
-           "VolumeSpec", "get_card", "list_cards", "dataset_ids", "suggest_ids"]
+__all__ = [
+    "Card",
+    "CardError",
+    "LabelClass",
+    "LabelLayer",
+    "Source",
+    "Subset",
+    "UnknownDatasetError",
+    "VolumeSpec",
+    "dataset_ids",
+    "get_card",
+    "list_cards",
+    "suggest_ids",
+]
 
 
 class UnknownDatasetError(KeyError):
@@ -31,7 +43,8 @@ class UnknownDatasetError(KeyError):
 @cache
 def _all_cards() -> dict[str, Card]:
     cards: dict[str, Card] = {}
-    for entry in sorted(resources.files("emdata.catalog").joinpath("cards").iterdir(), key=lambda p: p.name):
+    for entry in sorted(resources.files("emdata.catalog").joinpath("cards").iterdir(),
+                        key=lambda p: p.name.removesuffix(".toml")):
         if not entry.name.endswith(".toml"):
             continue
         try:
@@ -54,9 +67,10 @@ def suggest_ids(name: str, n: int = 3) -> list[str]:
     """The ids closest to ``name`` (for 'did you mean' messages)."""
     ids = dataset_ids()
     key = name.lower().replace("_", "-")
-    close = difflib.get_close_matches(key, ids, n=n, cutoff=0.4)
-    prefix = [i for i in ids if i.startswith(key[:3]) and i not in close] if key else []
-    return (close + prefix)[:n]
+    prefix = [i for i in ids if key and (i.startswith(key) or key.startswith(i))]
+    close = (difflib.get_close_matches(key, ids, n=n, cutoff=0.75)
+             or difflib.get_close_matches(key, ids, n=n, cutoff=0.5))
+    return list(dict.fromkeys(prefix + close))[:n]
 
 
 def get_card(dataset_id: str) -> Card:

@@ -38,8 +38,12 @@ def read_stack(source: Path | bytes, name: str | None = None) -> TiffStack:
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with tifffile.TiffFile(handle) as tif:
-            series = tif.series[0]
-            data = series.asarray()
+            series = tif.series
+            first = series[0]
+            if len(series) > 1 and all(s.shape == first.shape and s.dtype == first.dtype for s in series):
+                data = np.stack([s.asarray() for s in series])  # pages appended one by one
+            else:
+                data = first.asarray()
             page = tif.pages.first
             photometric = page.photometric.name
             compression = page.compression.name

@@ -137,7 +137,7 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
             raise OfflineError(f"EMDATA_OFFLINE=1 and {dest.name} is not cached: download {url} "
                                f"({expect}) and put it at {dest}")
         source = mirror_url(url)
-        sha, md5, got = _stream(source, dest, description or dest.name)
+        sha, md5, got = _stream(url, source, dest, description or dest.name)
         part = dest.with_name(dest.name + ".part")
         try:
             _check(url, f"fetched from {source}", got, sha, md5, size, algo, value)
@@ -150,8 +150,8 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
         return result
 
 
-def _stream(source: str, dest: Path, description: str) -> tuple[str, str, int]:
-    """GET ``source`` into ``dest.part``; returns (sha256, md5, bytes)."""
+def _stream(url: str, source: str, dest: Path, description: str) -> tuple[str, str, int]:
+    """GET ``source`` (``url`` or its mirror) into ``dest.part``; returns (sha256, md5, bytes)."""
     import requests
 
     from emdata.sources.progress import transfer_progress
@@ -162,7 +162,8 @@ def _stream(source: str, dest: Path, description: str) -> tuple[str, str, int]:
     try:
         with requests.get(source, stream=True, timeout=TIMEOUT_S) as response:
             if response.status_code != 200:
-                raise DownloadError(f"{source}: HTTP {response.status_code} {response.reason}")
+                via = "" if source == url else f" (via {source})"
+                raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}{via}")
             total = int(response.headers.get("Content-Length", 0)) or None
             with open(part, "wb") as fh, transfer_progress(description, total) as advance:
                 for block in response.iter_content(CHUNK):
@@ -175,7 +176,7 @@ def _stream(source: str, dest: Path, description: str) -> tuple[str, str, int]:
                 os.fsync(fh.fileno())
     except requests.RequestException as exc:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"{source}: {type(exc).__name__}: {exc}") from exc
+        raise DownloadError(f"{url}: {type(exc).__name__}: {exc} (fetching {source})") from exc
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -1,0 +1,26 @@
+"""emdata: from the name of a volume-EM dataset to PyTorch batches.
+
+Example:
+    >>> import emdata
+    >>> emdata.info("snemi3d")["voxel_size_nm"]
+    [30.0, 6.0, 6.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {"list_datasets", "info", "prepare", "volumes", "open_volume", "Volume"}
+
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import emdata` and `emdata list` fast
+    if name in _API:
+        from emdata import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'emdata' has no attribute {name!r}")
+
+
+__all__ = sorted(_API)

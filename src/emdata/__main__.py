@@ -1,0 +1,3 @@
+from emdata.cli import main
+
+main()

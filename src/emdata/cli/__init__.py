@@ -1,0 +1,188 @@
+"""``emdata <verb>``: a thin command line over the public API.
+
+Errors print one line on stderr and exit non-zero (``--debug`` shows the traceback);
+``--json`` prints exactly one JSON document on stdout and nothing else there.
+
+Example:
+    $ emdata list --species mouse
+    $ emdata info cremi --json
+    $ emdata prepare snemi3d --json
+    $ emdata verify ~/.local/share/emdata/prepared/snemi3d --deep
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from emdata import config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="emdata: volume-EM segmentation datasets, from a name to PyTorch batches.")
+_state = {"debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _fmt_voxel(nm: list[float] | tuple[float, ...] | None, verified: bool = True) -> str:
+    if not nm:
+        return "unknown"
+    text = "×".join(f"{v:g}" for v in nm)
+    return text if verified else text + " (unverified)"
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+    _state["debug"] = debug
+    config.set_quiet(quiet)
+
+
+@app.command("list")
+def list_cmd(species: Annotated[str | None, typer.Option(help="Filter by species (substring).")] = None,
+             microscopy: Annotated[str | None, typer.Option(help="Filter by microscopy (substring).")] = None,
+             as_json: JsonOpt = False) -> None:
+    """List the datasets in the catalog."""
+    from emdata.catalog import list_cards
+
+    cards = list_cards(species=species, microscopy=microscopy)
+    if as_json:
+        _print_json([c.summary() for c in cards])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(cards)} datasets (voxel size z×y×x nm)")
+    for col in ("id", "species", "tissue", "microscopy", "voxel nm", "subsets"):
+        table.add_column(col, overflow="fold")
+    for c in cards:
+        table.add_row(c.id, c.species, c.tissue, c.microscopy, _fmt_voxel(c.voxel_size.nm, c.voxel_size.verified),
+                      ", ".join(s.id for s in c.subsets))
+    _console().print(table)
+
+
+@app.command()
+def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d.")], as_json: JsonOpt = False) -> None:
+    """Show everything the catalog knows about one dataset."""
+    from emdata.catalog import get_card
+
+    card = get_card(dataset)
+    if as_json:
+        _print_json(card.to_json())
+        return
+    con = _console()
+    con.print(f"[bold]{card.id}[/bold] — {card.title}")
+    con.print(f"species: {card.species}   tissue: {card.tissue}   microscopy: {card.microscopy}")
+    con.print(f"voxel size (z, y, x): {_fmt_voxel(card.voxel_size.nm, card.voxel_size.verified)}"
+              f"  [dim]{card.voxel_size.source}[/dim]")
+    con.print(f"licence: {card.license}   homepage: {card.homepage}")
+    for layer in card.labels:
+        classes = ", ".join(f"{c.value}={c.name}" for c in layer.classes)
+        of = f", of {layer.instance_of}" if layer.instance_of else ""
+        con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}): {classes}")
+    for v in card.volumes:
+        con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
+                  f"{' shape ' + str(v.shape) if v.shape else ''}")
+    for s in card.subsets:
+        con.print(f"subset {s.id}: {s.title} {_fmt_voxel(s.voxel_size_nm)}")
+    for s in card.sources:
+        con.print(f"source {s.name}: {s.url}  [{s.checksum}]")
+    for p in card.pitfalls:
+        con.print(f"[yellow]pitfall[/yellow]: {p}")
+    con.print(f"cite with: emdata cite {card.id}")
+
+
+@app.command()
+def cite(dataset: Annotated[str, typer.Argument(help="Dataset id.")]) -> None:
+    """Print the BibTeX citation of a dataset."""
+    from emdata.catalog import get_card
+
+    sys.stdout.write(get_card(dataset).citation)
+
+
+@app.command()
+def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+            volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+            force: Annotated[bool, typer.Option(help="Rebuild even if the volumes are complete.")] = False,
+            as_json: JsonOpt = False) -> None:
+    """Fetch a dataset and write its canonical OME-Zarr volumes."""
+    import emdata
+
+    if as_json:
+        config.set_quiet(True)
+    vols = emdata.prepare(dataset, volumes=volume or None, force=force)
+    rows = [{"volume": v.name, "split": v.split, "path": str(v.path), "shape": list(v.shape),
+             "voxel_size_nm": list(v.voxel_size), "labels": list(v.meta["labels"])} for v in vols]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{dataset}: {len(rows)} volume(s)")
+    for col in ("volume", "split", "shape", "voxel nm", "labels", "path"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["volume"], r["split"], "×".join(map(str, r["shape"])), _fmt_voxel(r["voxel_size_nm"]),
+                      ", ".join(r["labels"]) or "-", r["path"])
+    _console().print(table)
+
+
+@app.command()
+def verify(path: Annotated[Path, typer.Argument(help="A *.ome.zarr volume or a prepared dataset folder.")],
+           deep: Annotated[bool, typer.Option(help="Decode every chunk and compare the recorded checksums.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Check volumes: schema, completeness, shapes, dtypes (and content with --deep)."""
+    from emdata.store.verify import find_volumes, verify_volume
+
+    found = find_volumes(path)
+    if not found:
+        raise FileNotFoundError(f"{path}: no OME-Zarr volume (zarr.json) and no *.ome.zarr inside")
+    reports = [verify_volume(p, deep=deep) for p in found]
+    ok = all(r.ok for r in reports)
+    if as_json:
+        _print_json({"ok": ok, "deep": deep, "volumes": [r.to_json() for r in reports]})
+    else:
+        con = _console()
+        for r in reports:
+            status = "[green]OK[/green]" if r.ok else "[red]FAILED[/red]"
+            con.print(f"{status} {r.path} ({r.arrays} arrays{f', {r.blocks} blocks decoded' if deep else ''})")
+            for p in r.problems:
+                con.print(f"  - {p}", markup=False)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(home: Annotated[Path, typer.Option(help="EMDATA_HOME for the demo, apart from real data.")] = Path(
+        ".emdata-demo")) -> None:
+    """Run the whole pipeline offline on a local replica (no internet needed)."""
+    from emdata.demo import run_demo
+
+    run_demo(home)
+
+
+def main() -> None:
+    """Console entry point: one-line errors on stderr, non-zero exit codes."""
+    try:
+        app()  # standalone mode: usage errors print click's message and exit 2
+    except KeyboardInterrupt:
+        sys.stderr.write("emdata: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        sys.stderr.write(f"emdata: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        sys.exit(1)

@@ -1,0 +1,111 @@
+"""A loopback HTTP mirror for tests and the demo: serves a directory laid out like the
+upstream hosts (``<root>/<host>/<path>``), with HEAD, Range (206/416), ETag/If-Range, and
+a request log for asserting what was fetched.
+
+Set ``EMDATA_MIRROR`` to :attr:`MirrorServer.url` and the real download code fetches from it.
+
+Example:
+    >>> with MirrorServer(root) as server:  # doctest: +SKIP
+    ...     os.environ["EMDATA_MIRROR"] = server.url
+    ...     emdata.prepare("snemi3d")
+    ...     server.requests_for("snemi.zip")
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.security import safe_join
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.utils import send_file
+from werkzeug.wrappers import Request, Response
+
+Hook = Callable[[Request], Response | None]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: the request log is :attr:`MirrorServer.log`."""
+
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    range: str | None
+    if_range: str | None
+    status: int
+    content_length: int | None
+
+
+class MirrorServer:
+    """Serve ``root`` on ``127.0.0.1`` in a background thread.
+
+    ``hook`` (optional) sees every request first and may return a response of its own
+    (fault injection); returning None serves the file normally.
+    """
+
+    def __init__(self, root: Path, hook: Hook | None = None, port: int = 0) -> None:
+        self.root = Path(root).resolve()
+        self.hook = hook
+        self.log: list[LoggedRequest] = []
+        self._lock = threading.Lock()
+        self._server = make_server("127.0.0.1", port, self._app, threaded=True,
+                                   request_handler=_QuietHandler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def _respond(self, request: Request) -> Response:
+        if self.hook is not None:
+            custom = self.hook(request)
+            if custom is not None:
+                return custom
+        if request.method not in ("GET", "HEAD"):
+            return Response("method not allowed", status=405)
+        target = safe_join(str(self.root), request.path.lstrip("/"))
+        if target is None or not Path(target).is_file():
+            raise NotFound()
+        return send_file(target, request.environ, conditional=True, etag=True, max_age=None)
+
+    def _app(self, environ: dict, start_response: Callable) -> object:
+        request = Request(environ)
+        try:
+            response = self._respond(request)
+        except HTTPException as exc:  # 404, 416, …
+            response = exc.get_response(environ)  # type: ignore[assignment]
+        with self._lock:
+            self.log.append(LoggedRequest(request.method, request.path, request.headers.get("Range"),
+                                          request.headers.get("If-Range"), response.status_code,
+                                          response.content_length))
+        return response(environ, start_response)
+
+    def requests_for(self, suffix: str) -> list[LoggedRequest]:
+        """Logged requests whose path ends with ``suffix``."""
+        with self._lock:
+            return [r for r in self.log if r.path.endswith(suffix)]
+
+    def start(self) -> MirrorServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="emdata-mirror", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> MirrorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

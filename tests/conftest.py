@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated EMDATA_HOME and a loopback mirror over replica files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emdata import config
+from emdata.testing import MirrorServer
+
+ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET")
+
+
+@pytest.fixture(autouse=True)
+def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own EMDATA_HOME and no inherited emdata settings."""
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("EMDATA_HOME", str(home))
+    monkeypatch.setenv("EMDATA_QUIET", "1")
+    config.set_quiet(False)
+    return home
+
+
+@pytest.fixture
+def mirror_root(tmp_path: Path) -> Path:
+    root = tmp_path / "mirror"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def mirror(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MirrorServer]:
+    """A running loopback mirror over ``mirror_root``, with EMDATA_MIRROR pointing at it."""
+    with MirrorServer(mirror_root) as server:
+        monkeypatch.setenv("EMDATA_MIRROR", server.url)
+        yield server
+    assert "EMDATA_MIRROR" in os.environ

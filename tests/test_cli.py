@@ -1,0 +1,72 @@
+"""The CLI contract: JSON only on stdout with --json, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from emdata.catalog import dataset_ids
+
+
+def emdata(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "emdata", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_list_json_lists_every_id() -> None:
+    run = emdata("list", "--json")
+    assert run.returncode == 0
+    rows = json.loads(run.stdout)
+    assert {r["id"] for r in rows} == set(dataset_ids())
+    for r in rows:
+        assert {"id", "title", "species", "microscopy", "voxel_size_nm"} <= set(r)
+        nm = r["voxel_size_nm"]
+        assert nm is None or (len(nm) == 3 and all(isinstance(v, (int, float)) for v in nm))
+    snemi = next(r for r in rows if r["id"] == "snemi3d")
+    assert snemi["voxel_size_nm"] == [30, 6, 6] and snemi["microscopy"] == "ATUM-SEM"
+
+
+def test_list_filters_and_table() -> None:
+    rows = json.loads(emdata("list", "--species", "fly", "--json").stdout)
+    assert {r["id"] for r in rows} == {"isbi2012", "cremi", "fib25", "hemibrain"}
+    rows = json.loads(emdata("list", "--microscopy", "FIB-SEM", "--json").stdout)
+    assert {"fib25", "hemibrain", "parlakgul-liver"} <= {r["id"] for r in rows}
+    table = emdata("list")
+    assert table.returncode == 0 and "snemi3d" in table.stdout
+
+
+@pytest.mark.parametrize("dataset", ["snemi3d", "mitoem2", "cremi"])
+def test_info_json(dataset: str) -> None:
+    run = emdata("info", dataset, "--json")
+    assert run.returncode == 0
+    doc = json.loads(run.stdout)
+    assert {"id", "title", "species", "microscopy", "voxel_size_nm", "classes", "sources", "citation",
+            "license"} <= set(doc)
+    if dataset == "mitoem2":
+        assert len(doc["subsets"]) == 8
+    assert all("url" in s and "checksum" in s for s in doc["sources"])
+    human = emdata("info", dataset)
+    assert human.returncode == 0 and dataset in human.stdout
+
+
+def test_cite_prints_bibtex() -> None:
+    run = emdata("cite", "snemi3d")
+    assert run.returncode == 0 and run.stdout.startswith("@") and "10.1016/j.cell.2015.06.054" in run.stdout
+
+
+@pytest.mark.parametrize("verb", [["info", "snemi3df"], ["cite", "snemi3df"], ["info", "snemi3df", "--json"],
+                                  ["prepare", "snemi3df"]])
+def test_unknown_id_is_one_line_with_suggestion(verb: list[str]) -> None:
+    run = emdata(*verb)
+    assert run.returncode != 0 and run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "snemi3d" in lines[0] and "Traceback" not in run.stderr
+
+
+def test_recipe_missing_and_bad_path_are_clear() -> None:
+    run = emdata("prepare", "h01")
+    assert run.returncode == 1 and "no recipe yet" in run.stderr
+    run = emdata("verify", "/nonexistent/place")
+    assert run.returncode == 1 and "/nonexistent/place" in run.stderr
