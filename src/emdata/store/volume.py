@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,3 @@ def open_volume(path: str | Path) -> Volume:
             f"{path}: incomplete volume (no {COMPLETE_MARKER}); it was interrupted while being written. "
             "Re-run `emdata prepare <dataset>` to rebuild it.")
     return Volume(path)
-
-
-def read_complete_marker(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / COMPLETE_MARKER).read_text(encoding="utf-8"))
