@@ -9,8 +9,9 @@ from emdata import config
 
 
 @contextmanager
-def transfer_progress(description: str, total: int | None, unit: str = "bytes") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a bar on stderr unless quiet or not a terminal."""
+def transfer_progress(description: str, total: int | None, unit: str = "bytes",
+                      start: int = 0) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; draws a bar on stderr unless quiet (``start``: units already done)."""
     if config.quiet():
         yield lambda n: None
         return
@@ -29,5 +30,5 @@ def transfer_progress(description: str, total: int | None, unit: str = "bytes") 
     columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
     columns.append(TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, completed=start)
         yield lambda n: progress.advance(task, n)
