@@ -1,22 +1,51 @@
-"""Reading members of downloaded archives without extracting them.
+"""Archives: read one member in memory, or extract safely.
 
-Safe extraction (limits, path checks, atomic publish) comes with the download engine; here
-members are read into memory by exact name, so nothing is ever written outside the cache.
+Extraction never trusts member names or declared sizes: absolute paths, ``..`` components,
+links, devices and FIFOs are rejected before anything is written; member count, total size
+and compression ratio are bounded (zip/tar bombs), and bytes are counted while copying, so
+a lying header cannot exceed the limits. Members are copied by hand (no ``extractall``,
+whose tar filter is unreliable on Python 3.11, see ecosystem.md §2.1) into a temporary
+folder that is renamed into place; the record ``<dest>.complete.json`` is written last, so a
+half-extracted archive is never mistaken for a complete one.
 
 Example:
     >>> data = read_member(Path("snemi.zip"), "image/train-input.tif")  # doctest: +SKIP
+    >>> folder = extract(Path("lucchi_pp.zip"), Path("extracted/lucchi_pp"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import stat
+import tarfile
+import time
+import uuid
 import zipfile
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from filelock import FileLock
 
 MAX_MEMBER_BYTES = 16 << 30
+COPY_CHUNK = 1 << 20
 
 
 class ArchiveError(ValueError):
-    """An archive is unreadable or lacks an expected member."""
+    """An archive is unreadable, unsafe, or lacks an expected member."""
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Bounds that stop archive bombs; generous for real EM archives."""
+
+    max_members: int = 200_000
+    max_total_bytes: int = 2 << 40
+    max_ratio: float = 1000.0  # uncompressed / compressed, per zip member larger than 1 MiB
 
 
 def list_members(archive: Path) -> list[str]:
@@ -50,3 +79,142 @@ def read_member(archive: Path, name: str) -> bytes:
             raise ArchiveError(f"{archive}: member {member} claims {info.file_size} bytes, over the "
                                f"{MAX_MEMBER_BYTES} byte limit for in-memory reads")
         return zf.read(member)
+
+
+# ---------------------------------------------------------------------------------------------
+# safe extraction
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    is_dir: bool
+    size: int
+    compressed: int | None
+
+
+def _safe_relpath(archive: Path, name: str) -> PurePosixPath:
+    """A member name as a relative path that stays inside the destination."""
+    if "\\" in name or "\x00" in name:
+        raise ArchiveError(f"{archive}: member {name!r} has a backslash or NUL in its name; refusing to extract")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
+        raise ArchiveError(f"{archive}: member {name!r} is an absolute path; refusing to extract")
+    if ".." in path.parts:
+        raise ArchiveError(f"{archive}: member {name!r} climbs out of the destination with '..'; refusing to extract")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if not parts:
+        raise ArchiveError(f"{archive}: member {name!r} has an empty path")
+    return PurePosixPath(*parts)
+
+
+def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[_Member]:
+    out = []
+    for info in zf.infolist():
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer stored no Unix type
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise ArchiveError(f"{archive}: member {info.filename!r} is a link or special file; refusing to extract")
+        out.append(_Member(info.filename, info.is_dir(), info.file_size, info.compress_size))
+    return out
+
+
+def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[_Member]:
+    out = []
+    for info in tf.getmembers():
+        if not (info.isreg() or info.isdir()):
+            kind = "link" if info.issym() or info.islnk() else "device, FIFO or other special file"
+            raise ArchiveError(f"{archive}: member {info.name!r} is a {kind}; refusing to extract")
+        out.append(_Member(info.name, info.isdir(), info.size, None))
+    return out
+
+
+def _check_limits(archive: Path, members: list[_Member], limits: ExtractLimits) -> None:
+    if len(members) > limits.max_members:
+        raise ArchiveError(f"{archive}: {len(members)} members, over the limit of {limits.max_members}")
+    total = sum(m.size for m in members)
+    if total > limits.max_total_bytes:
+        raise ArchiveError(f"{archive}: would expand to {total} bytes, over the limit of {limits.max_total_bytes}")
+    for m in members:
+        if m.compressed and m.size > (1 << 20) and m.size / m.compressed > limits.max_ratio:
+            raise ArchiveError(f"{archive}: member {m.name!r} expands {m.size / m.compressed:.0f}× "
+                               f"({m.compressed} → {m.size} bytes), over the ratio limit {limits.max_ratio:.0f}× "
+                               "(a decompression bomb?)")
+
+
+def _copy_bounded(archive: Path, name: str, src: IO[bytes], dst: Path, declared: int, budget: list[int]) -> None:
+    written = 0
+    with open(dst, "wb") as out:
+        while block := src.read(COPY_CHUNK):
+            written += len(block)
+            budget[0] -= len(block)
+            if written > declared or budget[0] < 0:
+                raise ArchiveError(f"{archive}: member {name!r} produced more bytes than its header declares "
+                                   f"({declared}); refusing to continue")
+            out.write(block)
+
+
+@contextmanager
+def _open_archive(archive: Path) -> Iterator[tuple[str, zipfile.ZipFile | tarfile.TarFile]]:
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            yield "zip", zf
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tf:
+            yield "tar", tf
+    else:
+        raise ArchiveError(f"{archive}: neither a zip nor a tar archive; delete it and fetch again")
+
+
+def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) -> Path:
+    """Extract ``archive`` (zip, tar, tar.gz/bz2/xz) into folder ``dest``; returns ``dest``.
+
+    Idempotent: a completed extraction of the same archive (size and mtime) is reused.
+    """
+    archive, dest = Path(archive), Path(dest)
+    record = dest.with_name(dest.name + ".complete.json")
+    fingerprint = {"archive": str(archive), "size": archive.stat().st_size, "mtime_ns": archive.stat().st_mtime_ns}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if record.is_file() and dest.is_dir():
+            done = json.loads(record.read_text(encoding="utf-8"))
+            if all(done.get(k) == v for k, v in fingerprint.items()):
+                return dest
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with _open_archive(archive) as (kind, handle):
+                members = (_zip_members(archive, handle) if kind == "zip"  # type: ignore[arg-type]
+                           else _tar_members(archive, handle))  # type: ignore[arg-type]
+                _check_limits(archive, members, limits)
+                targets = [(m, _safe_relpath(archive, m.name)) for m in members]
+                budget = [limits.max_total_bytes]
+                tmp.mkdir()
+                for m, rel in targets:
+                    target = tmp.joinpath(*rel.parts)
+                    if m.is_dir:
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.exists():
+                        raise ArchiveError(f"{archive}: member {m.name!r} appears twice; refusing to extract")
+                    src = handle.open(m.name) if kind == "zip" else handle.extractfile(m.name)  # type: ignore[union-attr]
+                    if src is None:
+                        raise ArchiveError(f"{archive}: member {m.name!r} cannot be read")
+                    with src:
+                        _copy_bounded(archive, m.name, src, target, m.size, budget)
+            record.unlink(missing_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ArchiveError(f"{archive}: extraction failed ({type(exc).__name__}: {exc}); "
+                               "delete the archive and fetch again") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fingerprint.update({"members": len(members), "bytes": sum(m.size for m in members),
+                            "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        tmp_record = record.with_suffix(".tmp")
+        tmp_record.write_text(json.dumps(fingerprint, indent=1), encoding="utf-8")
+        os.replace(tmp_record, record)
+    return dest
