@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"list_datasets", "info", "prepare", "volumes", "open_volume", "Volume"}
+_API = {"list_datasets", "info", "fetch", "prepare", "volumes", "open_volume", "Volume"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import emdata` and `emdata list` fast

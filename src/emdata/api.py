@@ -46,6 +46,50 @@ def prepare(dataset_id: str, volumes: list[str] | None = None, force: bool = Fal
     return recipe.prepare(volumes=volumes, force=force, **{k: options[k] for k in given})
 
 
+def _not_a_file(source: Any) -> str | None:
+    """Why a catalog source is not one downloadable file (None when it is)."""
+    if "{" in source.url:
+        return "a per-slice URL pattern; recipes read the slices they need"
+    if source.url.startswith(("precomputed://", "gs://", "s3://")) or source.format == "precomputed":
+        return "a precomputed layer; recipes read cutouts of it"
+    if source.format in ("web", "git") or "drive.google.com/drive/folders" in source.url:
+        return f"a {source.format or 'web'} location, not a file"
+    return None
+
+
+def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
+    """Download every source file of a dataset (or of one subset) into the cache.
+
+    Returns ``{"dataset", "files": [...], "skipped": [...]}`` with per-file path, size,
+    sha256, md5, the URL it came from and whether it was already cached.
+    """
+    from emdata.config import downloads_dir
+    from emdata.sources.download import fetch as fetch_file
+
+    card = get_card(dataset_id)
+    if subset is not None and subset not in {s.id for s in card.subsets}:
+        raise ValueError(f"{dataset_id} has no subset {subset!r}; subsets: {[s.id for s in card.subsets] or 'none'}")
+    if sources:
+        unknown = sorted(set(sources) - {s.name for s in card.sources})
+        if unknown:
+            raise ValueError(f"{dataset_id} has no source(s) {unknown}; sources: {[s.name for s in card.sources]}")
+    files, skipped = [], []
+    for source in card.sources:
+        if (subset and source.subset not in (None, subset)) or (sources and source.name not in sources):
+            continue
+        reason = _not_a_file(source)
+        if reason:
+            skipped.append({"name": source.name, "url": source.url, "reason": reason})
+            continue
+        result = fetch_file(source.url, downloads_dir(dataset_id) / source.name, checksum=source.checksum,
+                            size=source.size_bytes, mirrors=source.mirrors)
+        files.append({"name": source.name, "url": source.url, "path": str(result.path), "bytes": result.size,
+                      "sha256": result.sha256, "md5": result.md5, "fetched_from": result.fetched_from,
+                      "from_cache": result.from_cache, "checksum": source.checksum,
+                      "failed_sources": list(result.failures)})
+    return {"dataset": dataset_id, "files": files, "skipped": skipped}
+
+
 def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
     """The prepared volumes of a dataset (optionally one split), from its manifest."""
     get_card(dataset_id)
@@ -57,4 +101,4 @@ def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
             if split is None or entry["split"] == split]
 
 
-__all__ = ["Volume", "info", "list_datasets", "open_volume", "prepare", "volumes"]
+__all__ = ["Volume", "fetch", "info", "list_datasets", "open_volume", "prepare", "volumes"]

@@ -113,6 +113,87 @@ def cite(dataset: Annotated[str, typer.Argument(help="Dataset id.")]) -> None:
     sys.stdout.write(get_card(dataset).citation)
 
 
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command()
+def fetch(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+          subset: Annotated[str | None, typer.Option(help="Only the files of this subset.")] = None,
+          source: Annotated[list[str] | None,
+                            typer.Option("--source", help="Only this source file (repeatable).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Download every source file of a dataset into the cache (resumable, verified)."""
+    import emdata
+
+    if as_json:
+        config.set_quiet(True)
+    report = emdata.fetch(dataset, subset=subset, sources=source or None)
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{dataset}: {len(report['files'])} file(s)")
+    for col in ("file", "size", "sha256", "from"):
+        table.add_column(col, overflow="fold")
+    for f in report["files"]:
+        origin = "cache" if f["from_cache"] else f["fetched_from"]
+        table.add_row(f["name"], _human_bytes(f["bytes"]), f["sha256"][:16] + "…", origin)
+    con = _console()
+    con.print(table)
+    for s in report["skipped"]:
+        con.print(f"[dim]skipped {s['name']}: {s['reason']}[/dim]")
+
+
+cache_app = typer.Typer(help="What emdata keeps on disk, and removing it.", invoke_without_command=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
+def cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List cached downloads and prepared volumes per dataset."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from emdata.cache import cache_report
+
+    report = cache_report()
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{report['home']}: {_human_bytes(report['bytes'])}")
+    for col in ("dataset", "downloads", "prepared volumes", "size"):
+        table.add_column(col)
+    for name, d in report["datasets"].items():
+        files = f"{sum(f['complete'] for f in d['downloads'])}/{len(d['downloads'])} complete"
+        vols = ", ".join(v["volume"] + ("" if v["complete"] else " (incomplete)") for v in d["prepared"]) or "-"
+        table.add_row(name, files, vols, _human_bytes(d["bytes"]))
+    _console().print(table)
+
+
+@cache_app.command("clean")
+def cache_clean(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+                prepared: Annotated[bool, typer.Option(help="Also remove its prepared volumes.")] = False,
+                as_json: JsonOpt = False) -> None:
+    """Remove a dataset's downloads (and with --prepared its volumes)."""
+    from emdata.cache import clean
+    from emdata.catalog import get_card
+
+    get_card(dataset)
+    freed = clean(dataset, prepared=prepared)
+    if as_json:
+        _print_json(freed)
+        return
+    _console().print(f"{dataset}: freed {_human_bytes(freed['downloads_bytes'])} of downloads"
+                     + (f" and {_human_bytes(freed['prepared_bytes'])} of volumes" if prepared else ""))
+
+
 @app.command()
 def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
             volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
