@@ -6,7 +6,8 @@ Example:
     >>> with MirrorServer(mirror_root) as server: ...  # doctest: +SKIP
 """
 
+from emdata.testing.precomputed import write_precomputed_layer
 from emdata.testing.replicas import write_snemi3d_replica
 from emdata.testing.server import LoggedRequest, MirrorServer
 
-__all__ = ["LoggedRequest", "MirrorServer", "write_snemi3d_replica"]
+__all__ = ["LoggedRequest", "MirrorServer", "write_precomputed_layer", "write_snemi3d_replica"]

@@ -1,0 +1,100 @@
+"""Write Neuroglancer precomputed layers with CloudVolume itself into a mirror directory.
+
+This is the independent writer for tests and replicas: it shares no code with
+:mod:`emdata.sources.precomputed` (the reader under test). An upstream layer URL maps to
+``<mirror_root>/<host>/<path>``, the directory :class:`emdata.testing.MirrorServer` serves
+for that URL.
+
+Example:
+    >>> layer = write_precomputed_layer(mirror_root, "gs://bucket/em", volume, (40.0, 8.0, 8.0))  # doctest: +SKIP
+    >>> layer.relative_to(mirror_root).as_posix()  # doctest: +SKIP
+    'storage.googleapis.com/bucket/em'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+
+def layer_dir(mirror_root: Path, url: str) -> Path:
+    """The mirror directory serving ``url`` (``precomputed://`` optional; gs://, http(s)://).
+
+    Example:
+        >>> layer_dir(Path("/m"), "precomputed://gs://bucket/seg").as_posix()
+        '/m/storage.googleapis.com/bucket/seg'
+    """
+    bare = url.removeprefix("precomputed://")
+    scheme, sep, rest = bare.partition("://")
+    if not sep or scheme not in ("gs", "http", "https"):
+        raise ValueError(f"cannot place {url!r} in a mirror: expected gs://bucket/path or http(s)://host/path")
+    host_path = f"storage.googleapis.com/{rest}" if scheme == "gs" else rest
+    return Path(mirror_root) / host_path.strip("/")
+
+
+def write_precomputed_layer(
+    mirror_root: Path,
+    url: str,
+    data_zyx: np.ndarray,
+    voxel_size_nm: tuple[float, float, float],
+    *,
+    layer_type: Literal["image", "segmentation"] = "image",
+    encoding: Literal["raw", "compressed_segmentation"] = "raw",
+    chunk_size_zyx: tuple[int, int, int] = (8, 16, 16),
+    voxel_offset_zyx: tuple[int, int, int] = (0, 0, 0),
+    mips: int = 1,
+    sharded: bool = False,
+    skip_zero_chunks: bool = False,
+) -> Path:
+    """Write ``data_zyx`` ((z, y, x), or (c, z, y, x) for several channels) as a precomputed layer.
+
+    The info file comes from ``CloudVolume.create_new_info`` (mips above 0 by its default
+    factor (x, y, z) = (2, 2, 1)). CloudVolume has no downsampler of its own (igneous/tinybrain
+    compute real pyramids), so mip ``k`` holds ``data_zyx[..., ::2**k, ::2**k]``, which is
+    exact for images and labels alike; y and x offsets must then be divisible by ``2**(mips-1)``.
+    ``sharded`` stores each mip as one ``neuroglancer_uint64_sharded_v1`` shard file;
+    ``skip_zero_chunks`` leaves all-zero chunks unwritten (CloudVolume's ``delete_black_uploads``),
+    as sparse published layers do. Returns the layer directory.
+
+    Example:
+        >>> seg = np.arange(8 * 32 * 32, dtype=np.uint64).reshape(8, 32, 32)
+        >>> write_precomputed_layer(tmp, "gs://b/seg", seg, (40.0, 8.0, 8.0), layer_type="segmentation",
+        ...                         encoding="compressed_segmentation", mips=2)  # doctest: +SKIP
+    """
+    from cloudvolume import CloudVolume
+    from cloudvolume.datasource.precomputed.sharding import ShardingSpecification
+
+    data = np.asarray(data_zyx)
+    if data.ndim == 3:
+        data = data[np.newaxis]
+    if data.ndim != 4:
+        raise ValueError(f"data_zyx must be (z, y, x) or (c, z, y, x), got shape {np.shape(data_zyx)}")
+    step = 2 ** (mips - 1)
+    if mips < 1 or voxel_offset_zyx[1] % step or voxel_offset_zyx[2] % step:
+        raise ValueError(f"mips={mips} needs y and x voxel offsets divisible by {step}, got {voxel_offset_zyx}")
+    target = layer_dir(mirror_root, url)
+    target.mkdir(parents=True, exist_ok=True)
+    info = CloudVolume.create_new_info(
+        num_channels=data.shape[0], layer_type=layer_type, data_type=data.dtype.name, encoding=encoding,
+        resolution=list(voxel_size_nm[::-1]), voxel_offset=list(voxel_offset_zyx[::-1]),
+        volume_size=list(data.shape[:0:-1]), chunk_size=list(chunk_size_zyx[::-1]), max_mip=mips - 1)
+    if sharded:  # one shard per mip (shard_bits=0), four minishards, gzip inside the shard format
+        spec = ShardingSpecification("neuroglancer_uint64_sharded_v1", preshift_bits=0, hash="identity",
+                                     minishard_bits=2, shard_bits=0, minishard_index_encoding="gzip",
+                                     data_encoding="gzip")
+        for scale in info["scales"]:
+            scale["sharding"] = spec.to_dict()
+    # compress=False: over file:// CloudVolume gzips chunks into "<name>.gz", but over HTTP it
+    # requests "<name>" and expects the server to send gzip bytes with Content-Encoding: gzip
+    # (what GCS does from object metadata). A static mirror serves files by name, so gzipped
+    # chunks would all be 404 there: CloudVolume reads them as missing (zeros with fill_missing).
+    CloudVolume(f"file://{target}", info=info, compress=False, progress=False).commit_info()
+    for mip in range(mips):
+        cv = CloudVolume(f"file://{target}", mip=mip, compress=False, progress=False,
+                         delete_black_uploads=skip_zero_chunks)
+        level = data[:, :, :: 2**mip, :: 2**mip]
+        lo, hi = cv.bounds.minpt, cv.bounds.maxpt
+        cv[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = np.ascontiguousarray(level.transpose(3, 2, 1, 0))
+    return target
