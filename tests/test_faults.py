@@ -245,3 +245,41 @@ def test_crashed_lock_holder_does_not_block(payload: bytes, faulty, tmp_path: Pa
     started = time.monotonic()
     fetch(URL, dest, checksum=sha(payload), policy=FAST)
     assert dest.read_bytes() == payload and time.monotonic() - started < 10
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    """An expired self-signed certificate for 127.0.0.1 (like cremi.org's)."""
+    import datetime
+
+    cryptography = pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    assert cryptography
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=400))
+            .not_valid_after(now - datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_expired_certificate_needs_a_pinned_checksum(payload: bytes, mirror_root: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.sources.download import TLSError
+
+    with MirrorServer(mirror_root, ssl_context=_self_signed(tmp_path)) as server:
+        monkeypatch.setenv("EMDATA_MIRROR", server.url)
+        assert server.url.startswith("https://")
+        with pytest.raises(TLSError, match=r"volume.bin: TLS certificate.*no checksum is pinned.*EMDATA_CHECKSUMS"):
+            fetch(URL, tmp_path / "v.bin", policy=FAST, sleep=Sleeps())
+        assert_nothing_left(tmp_path / "v.bin")
+        result = fetch(URL, tmp_path / "v.bin", checksum=sha(payload), policy=FAST, sleep=Sleeps())
+        assert (tmp_path / "v.bin").read_bytes() == payload and result.fetched_from.startswith("https://")

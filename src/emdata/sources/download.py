@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,12 +34,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from emdata import config
-from emdata.sources.errors import ChecksumError, DownloadError, ErrorPageError, OfflineError
+from emdata.sources.errors import ChecksumError, DownloadError, ErrorPageError, OfflineError, TLSError
 from emdata.sources.http import DEFAULT_POLICY, RetryPolicy, TransientError, classify_status, session, transient_from
 from emdata.sources.urls import mirror_url
 
-__all__ = ["ChecksumError", "DownloadError", "ErrorPageError", "FetchResult", "OfflineError", "cached", "fetch",
-           "hash_file", "record_path"]
+__all__ = ["ChecksumError", "DownloadError", "ErrorPageError", "FetchResult", "OfflineError", "TLSError", "cached",
+           "fetch", "hash_file", "record_path"]
 
 CHUNK = 1 << 20
 NET_CHUNK = 64 << 10  # a dropped connection loses at most one network chunk
@@ -208,9 +209,9 @@ class _Attempt:
     """One GET against one source URL, continuing ``part`` when the server allows it."""
 
     def __init__(self, url: str, source: str, part: _Part, expected_size: int | None, policy: RetryPolicy,
-                 advance: Callable[[int], None]) -> None:
+                 advance: Callable[[int], None], verify_tls: bool = True) -> None:
         self.url, self.source, self.part, self.expected_size = url, source, part, expected_size
-        self.policy, self.advance = policy, advance
+        self.policy, self.advance, self.verify_tls = policy, advance, verify_tls
         self.received = 0
 
     def _headers(self) -> dict[str, str]:
@@ -237,12 +238,20 @@ class _Attempt:
 
     def run(self) -> None:
         """Raise Transient/Permanent errors; return when ``part`` holds the whole body."""
-        import requests
 
         headers = self._headers()
         have = self.part.size
+        with warnings.catch_warnings():
+            if not self.verify_tls:  # already logged once, with the reason it is acceptable
+                warnings.simplefilter("ignore", category=Warning)
+            self._get(headers, have)
+
+    def _get(self, headers: dict[str, str], have: int) -> None:
+        import requests
+
         try:
-            with session().get(self.source, headers=headers, stream=True, timeout=self.policy.timeout) as response:
+            with session().get(self.source, headers=headers, stream=True, timeout=self.policy.timeout,
+                               verify=self.verify_tls) as response:
                 classify_status(self.url, response)
                 start, total = _content_range(response.headers.get("Content-Range"))
                 if response.status_code == 416:
@@ -278,8 +287,16 @@ class _Attempt:
                 if total is not None and self.part.size != total:
                     raise TransientError(f"{self.url}: body ended at byte {self.part.size} of {total}",
                                          progressed=self.received > 0)
+        except requests.exceptions.SSLError as exc:
+            raise TLSError(f"{self.url}: TLS certificate of {self.source.split('/')[2]} failed verification "
+                           f"({_first_line(exc)})") from exc
         except requests.RequestException as exc:
             raise transient_from(self.url, exc, progressed=self.received > 0) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _chain(first: bytes, rest: Any) -> Any:
@@ -289,15 +306,29 @@ def _chain(first: bytes, rest: Any) -> Any:
 
 
 def _download_from(url: str, source: str, part: _Part, expected_size: int | None, policy: RetryPolicy,
-                   sleep: Callable[[float], None], advance: Callable[[int], None]) -> tuple[int, int]:
-    """Retry one source until the part is whole; returns (attempts, bytes received)."""
+                   sleep: Callable[[float], None], advance: Callable[[int], None],
+                   pinned: bool) -> tuple[int, int]:
+    """Retry one source until the part is whole; returns (attempts, bytes received).
+
+    A failed TLS certificate check is retried without verification only when the file's
+    checksum is ``pinned`` (integrity then rests on the checksum, as for cremi.org, whose
+    certificate expired); otherwise it is an error that says how to proceed.
+    """
     failures = attempts = received = 0
+    verify_tls = True
     while True:
         attempts += 1
-        attempt = _Attempt(url, source, part, expected_size, policy, advance)
+        attempt = _Attempt(url, source, part, expected_size, policy, advance, verify_tls)
         try:
             attempt.run()
             return attempts, received + attempt.received
+        except TLSError as exc:
+            if not (pinned and verify_tls):
+                raise TLSError(f"{exc}; no checksum is pinned for this file, so emdata will not fetch it over an "
+                               "unverified connection: put its sha256 in EMDATA_CHECKSUMS or use a mirror"
+                               if not pinned else str(exc)) from exc
+            log.warning("%s; retrying without certificate verification because its checksum is pinned", exc)
+            verify_tls = False
         except TransientError as exc:
             received += attempt.received
             failures = 0 if exc.progressed else failures + 1
@@ -355,7 +386,7 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
         for source in candidates:
             try:
                 with transfer_progress(description or dest.name, size, start=part.size) as advance:
-                    n, got = _download_from(url, source, part, size, policy, sleep, advance)
+                    n, got = _download_from(url, source, part, size, policy, sleep, advance, pinned=algo is not None)
                 attempts += n
                 received += got
                 part.sync_hashes()

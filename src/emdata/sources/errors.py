@@ -17,3 +17,7 @@ class ErrorPageError(DownloadError):
 
 class OfflineError(DownloadError):
     """``EMDATA_OFFLINE=1`` and the file is not in the cache."""
+
+
+class TLSError(DownloadError):
+    """The server's TLS certificate failed verification (expired, self-signed, wrong host)."""

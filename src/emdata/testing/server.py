@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.security import safe_join
@@ -48,21 +49,23 @@ class MirrorServer:
     """Serve ``root`` on ``127.0.0.1`` in a background thread.
 
     ``hook`` (optional) sees every request first and may return a response of its own
-    (fault injection); returning None serves the file normally.
+    (fault injection); returning None serves the file normally. ``ssl_context`` (an
+    ``ssl.SSLContext`` or a (cert, key) pair of paths) serves HTTPS instead.
     """
 
-    def __init__(self, root: Path, hook: Hook | None = None, port: int = 0) -> None:
+    def __init__(self, root: Path, hook: Hook | None = None, port: int = 0, ssl_context: Any = None) -> None:
         self.root = Path(root).resolve()
         self.hook = hook
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
+        self._scheme = "https" if ssl_context is not None else "http"
         self._server = make_server("127.0.0.1", port, self._app, threaded=True,
-                                   request_handler=_QuietHandler)
+                                   request_handler=_QuietHandler, ssl_context=ssl_context)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"{self._scheme}://127.0.0.1:{self._server.server_port}"
 
     def _respond(self, request: Request) -> Response:
         if self.hook is not None:
