@@ -238,7 +238,6 @@ class _Attempt:
 
     def run(self) -> None:
         """Raise Transient/Permanent errors; return when ``part`` holds the whole body."""
-
         headers = self._headers()
         have = self.part.size
         with warnings.catch_warnings():
