@@ -97,7 +97,8 @@ class MirrorServer:
             return [r for r in self.log if r.path.endswith(suffix)]
 
     def start(self) -> MirrorServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="emdata-mirror", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="emdata-mirror", daemon=True)
         self._thread.start()
         return self
 
