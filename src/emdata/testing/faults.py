@@ -42,23 +42,26 @@ def status(code: int, body: bytes = b"", headers: dict[str, str] | None = None) 
     return lambda request, path: Response(body, status=code, headers=headers or {})
 
 
+def _first_bytes(inner: Response, n_bytes: int, then_reset: bool) -> Iterator[bytes]:
+    """The first ``n_bytes`` of a served body; then end cleanly or drop the connection."""
+    sent = 0
+    for chunk in inner.response:
+        take = chunk[: max(n_bytes - sent, 0)]
+        if take:
+            yield take
+            sent += len(take)
+        if sent >= n_bytes:
+            break
+    if then_reset:
+        raise InjectedReset(f"injected reset after {sent} bytes")
+
+
 def reset_after(n_bytes: int) -> Behaviour:
     """Serve normally (Range honoured) but drop the connection after ``n_bytes`` of body."""
 
     def behaviour(request: Request, path: Path) -> Response:
         inner = _served(request, path)
-
-        def body() -> Iterator[bytes]:
-            sent = 0
-            for chunk in inner.response:
-                take = chunk[: max(n_bytes - sent, 0)]
-                if take:
-                    yield take
-                    sent += len(take)
-                if sent >= n_bytes:
-                    raise InjectedReset(f"injected reset after {sent} bytes")
-
-        return _relay(inner, body())
+        return _relay(inner, _first_bytes(inner, n_bytes, then_reset=True))
 
     return behaviour
 
@@ -68,17 +71,7 @@ def truncate_after(n_bytes: int) -> Behaviour:
 
     def behaviour(request: Request, path: Path) -> Response:
         inner = _served(request, path)
-
-        def body() -> Iterator[bytes]:
-            sent = 0
-            for chunk in inner.response:
-                take = chunk[: max(n_bytes - sent, 0)]
-                if not take:
-                    return
-                yield take
-                sent += len(take)
-
-        return _relay(inner, body())
+        return _relay(inner, _first_bytes(inner, n_bytes, then_reset=False))
 
     return behaviour
 
