@@ -52,7 +52,7 @@ def _first_bytes(inner: Response, n_bytes: int, then_reset: bool) -> Iterator[by
             sent += len(take)
         if sent >= n_bytes:
             break
-    if then_reset:
+    if then_reset and sent >= n_bytes:
         raise InjectedReset(f"injected reset after {sent} bytes")
 
 
