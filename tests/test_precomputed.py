@@ -117,7 +117,7 @@ def test_box_outside_bounds_names_box_and_bounds(image: np.ndarray, mirror) -> N
         read_cutout("precomputed://gs://bucket/em", "5:10,20:40,5:10", mip=1)
     with pytest.raises(ValueError, match=r"mip 2 does not exist.*1: \(40.0, 16.0, 16.0\)"):
         read_cutout("precomputed://gs://bucket/em", "5:10,20:30,10:20", mip=2)
-    with pytest.raises(ValueError, match=r"'5:10,20:30' is not three"):
+    with pytest.raises(ValueError, match=r"bbox '5:10,20:30' is not 'z0:z1,y0:y1,x0:x1'"):
         read_cutout("precomputed://gs://bucket/em", "5:10,20:30")
     assert not chunk_gets(mirror)
 

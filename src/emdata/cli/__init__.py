@@ -197,14 +197,23 @@ def cache_clean(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
 @app.command()
 def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
             volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+            subset: Annotated[list[str] | None, typer.Option("--subset", help="Only this subset (repeatable).")] = None,
+            bbox: Annotated[str | None, typer.Option(help="Region z0:z1,y0:y1,x0:x1 in voxels (mip 0).")] = None,
+            version: Annotated[str | None, typer.Option(help="Release/segmentation version.")] = None,
+            padded: Annotated[bool, typer.Option("--padded", help="The padded variant (more context).")] = False,
             force: Annotated[bool, typer.Option(help="Rebuild even if the volumes are complete.")] = False,
             as_json: JsonOpt = False) -> None:
-    """Fetch a dataset and write its canonical OME-Zarr volumes."""
+    """Fetch a dataset and write its canonical OME-Zarr volumes.
+
+    Options other than --volume and --force apply only to datasets that take them
+    (`emdata info ID` lists them); others refuse them by name.
+    """
     import emdata
 
     if as_json:
         config.set_quiet(True)
-    vols = emdata.prepare(dataset, volumes=volume or None, force=force)
+    options = {"subset": subset or None, "bbox": bbox, "version": version, "padded": padded or None}
+    vols = emdata.prepare(dataset, volumes=volume or None, force=force, **options)
     rows = [{"volume": v.name, "split": v.split, "path": str(v.path), "shape": list(v.shape),
              "voxel_size_nm": list(v.voxel_size), "labels": list(v.meta["labels"])} for v in vols]
     if as_json:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from emdata import config
+from emdata.boxes import parse_bbox
 from emdata.sources.download import DownloadError, OfflineError
 from emdata.sources.urls import mirror_url
 
@@ -255,12 +256,9 @@ def _parse_box(box: Box | str, bounds: Box, path: str, mip: int) -> Box:
     expected = "three (z, y, x) slices or 'z0:z1,y0:y1,x0:x1' in voxels"
     if isinstance(box, str):
         try:
-            parts = [[int(v) if v.strip() else None for v in p.split(":")] for p in box.split(",")]
-            if len(parts) != 3 or any(len(p) != 2 for p in parts):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{path}: box {box!r} is not {expected}") from None
-        box = tuple(slice(*p) for p in parts)
+            box = parse_bbox(box)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     if not (isinstance(box, tuple | list) and len(box) == 3 and all(isinstance(s, slice) for s in box)):
         raise ValueError(f"{path}: box {box!r} is not {expected}")
     if any(s.step not in (None, 1) for s in box):

@@ -17,14 +17,10 @@ import logging
 import numpy as np
 
 from emdata.catalog import get_card
-from emdata.config import downloads_dir, prepared_dir
-from emdata.datasets._common import provenance, reusable
+from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.formats.tiff import TiffFormatError, read_stack
 from emdata.sources.archive import read_member
-from emdata.sources.download import fetch
-from emdata.store.manifest import record_volume
-from emdata.store.volume import Volume, open_volume
-from emdata.store.writer import LabelLayerData, write_volume
+from emdata.store.volume import Volume
 
 DATASET = "snemi3d"
 RECIPE_VERSION = 1
@@ -72,9 +68,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
     unknown = sorted(set(wanted) - set(MEMBERS))
     if unknown:
         raise ValueError(f"snemi3d has no volume(s) {unknown}; choose from {list(MEMBERS)}")
-    source = card.source("snemi.zip")
-    fetched = fetch(source.url, downloads_dir(DATASET) / source.name, checksum=source.checksum,
-                    size=source.size_bytes)
+    fetched = fetch_source(card, "snemi.zip")
     out = []
     for spec in card.volumes:
         if spec.name not in wanted:
@@ -82,8 +76,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
         raw_member, label_member = MEMBERS[spec.name]
         prov = provenance(DATASET, RECIPE_VERSION, [fetched],
                           {"volume": spec.name, "members": [m for m in (raw_member, label_member) if m]})
-        path = prepared_dir(DATASET) / f"{spec.name}.ome.zarr"
-        existing = None if force else reusable(path, prov)
+        existing = None if force else reusable(volume_path(DATASET, spec.name), prov)
         if existing is not None:
             out.append(existing)
             continue
@@ -91,19 +84,6 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
         if spec.shape and raw.shape != spec.shape:
             log.warning("snemi3d %s: raw shape %s differs from the published %s (a replica or a different "
                         "release); preparing it anyway", spec.name, raw.shape, spec.shape)
-        layers = []
-        if label_member:
-            layer_card = card.label_layer("neurons")
-            labels = _read_labels(fetched.path, label_member, raw.shape)
-            layers.append(LabelLayerData(
-                name="neurons", data=labels, kind="instance", instance_of=layer_card.instance_of,
-                classes=[{"value": c.value, "name": c.name, "ontology": c.ontology} for c in layer_card.classes],
-                description=layer_card.description))
-        assert card.voxel_size_nm is not None
-        meta = {"dataset": DATASET, "volume": spec.name, "split": spec.split, "description": spec.description,
-                "voxel_size_verified": card.voxel_size.verified, "provenance": prov}
-        write_volume(path, raw, card.voxel_size_nm, labels=layers, meta=meta)
-        volume = open_volume(path)
-        record_volume(volume)
-        out.append(volume)
+        layers = [layer(card, "neurons", _read_labels(fetched.path, label_member, raw.shape))] if label_member else []
+        out.append(publish(card, spec.name, spec.split, raw, layers, prov, description=spec.description))
     return out
