@@ -25,6 +25,7 @@ class OntologyClass:
     name: str
     synonyms: tuple[str, ...] = ()
     parent: str | None = None
+    role: str = "structure"  # or "ignore": not a structure, means "not annotated here"
 
 
 class Ontology:
@@ -72,5 +73,5 @@ def ontology() -> Ontology:
     """The ontology shipped with this emdata version."""
     doc = tomllib.loads(resources.files("emdata.labels").joinpath("ontology.toml").read_text("utf-8"))
     classes = [OntologyClass(id=c["id"], name=c["name"], synonyms=tuple(c.get("synonyms", ())),
-                             parent=c.get("parent")) for c in doc["class"]]
+                             parent=c.get("parent"), role=c.get("role", "structure")) for c in doc["class"]]
     return Ontology(doc["version"], classes)
