@@ -17,6 +17,7 @@ import numpy as np
 from emdata.catalog import Card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.sources.download import FetchResult, fetch
+from emdata.sources.progress import status
 from emdata.store.manifest import record_volume
 from emdata.store.volume import Volume, open_volume
 from emdata.store.writer import LabelLayerData, is_complete, write_volume
@@ -80,7 +81,9 @@ def publish(card: Card, volume: str, split: str, raw: np.ndarray, layers: list[L
     path = volume_path(card.id, volume)
     block = {"dataset": card.id, "volume": volume, "split": split,
              "voxel_size_verified": card.voxel_size.verified, "provenance": prov, **meta}
-    write_volume(path, raw, voxel, labels=layers, meta=block)
+    shape = "×".join(map(str, raw.shape))
+    with status(f"writing {card.id}/{volume} ({shape} voxels, {len(layers)} label layer(s))"):
+        write_volume(path, raw, voxel, labels=layers, meta=block)
     vol = open_volume(path)
     record_volume(vol)
     return vol

@@ -32,3 +32,15 @@ def transfer_progress(description: str, total: int | None, unit: str = "bytes",
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total, completed=start)
         yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with ``message`` on stderr for work without a known size; silent when quiet."""
+    if config.quiet():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
