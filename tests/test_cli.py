@@ -46,6 +46,9 @@ def test_info_json(dataset: str) -> None:
             "license"} <= set(doc)
     if dataset == "mitoem2":
         assert len(doc["subsets"]) == 8
+    assert set(doc["prepare"]) == {"available", "options"}
+    if dataset == "snemi3d":
+        assert doc["prepare"] == {"available": True, "options": []}
     assert all("url" in s and "checksum" in s for s in doc["sources"])
     human = emdata("info", dataset)
     assert human.returncode == 0 and dataset in human.stdout

@@ -25,8 +25,16 @@ def list_datasets(species: str | None = None, microscopy: str | None = None) -> 
 
 
 def info(dataset_id: str) -> dict[str, Any]:
-    """Everything the catalog knows about one dataset (the card as JSON)."""
-    return get_card(dataset_id).to_json()
+    """Everything the catalog knows about one dataset (the card as JSON), plus whether
+    ``prepare`` supports it and with which options."""
+    from emdata.datasets import NoRecipeError, recipe_for
+
+    doc = get_card(dataset_id).to_json()
+    try:
+        doc["prepare"] = {"available": True, "options": sorted(recipe_for(dataset_id).OPTIONS)}
+    except NoRecipeError:
+        doc["prepare"] = {"available": False, "options": []}
+    return doc
 
 
 def prepare(dataset_id: str, volumes: list[str] | None = None, force: bool = False, **options: Any) -> list[Volume]:

@@ -77,11 +77,13 @@ def list_cmd(species: Annotated[str | None, typer.Option(help="Filter by species
 @app.command()
 def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d.")], as_json: JsonOpt = False) -> None:
     """Show everything the catalog knows about one dataset."""
+    import emdata
     from emdata.catalog import get_card
 
     card = get_card(dataset)
+    doc = emdata.info(dataset)
     if as_json:
-        _print_json(card.to_json())
+        _print_json(doc)
         return
     con = _console()
     con.print(f"[bold]{card.id}[/bold] — {card.title}")
@@ -102,6 +104,10 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
         con.print(f"source {s.name}: {s.url}  [{s.checksum}]")
     for p in card.pitfalls:
         con.print(f"[yellow]pitfall[/yellow]: {p}")
+    prep = doc["prepare"]
+    options = " ".join(f"--{o}" for o in prep["options"]) or "no options"
+    con.print(f"prepare: emdata prepare {card.id} ({options})" if prep["available"] else
+              "prepare: no recipe yet; `emdata fetch` downloads its files")
     con.print(f"cite with: emdata cite {card.id}")
 
 
