@@ -21,6 +21,9 @@ def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("EMDATA_HOME", str(home))
+    # A test never touches the network: unless it starts a mirror, every URL resolves to a
+    # closed loopback port and fails at once (subprocesses inherit this too).
+    monkeypatch.setenv("EMDATA_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setenv("EMDATA_QUIET", "1")
     config.set_quiet(False)
     return home

@@ -105,10 +105,6 @@ def test_card_is_complete(dataset: str) -> None:
                 onto.resolve(cls.ontology)
 
 
-ONTOLOGY_GAPS_OWNED_ELSEWHERE = {("hemibrain", "interior"), ("hemibrain", "unlabeled"), ("hemibrain", "out of bounds"),
-                                 ("kasthuri-pp", "ignore")}  # cards being edited by recipe work
-
-
 def test_every_card_class_is_in_the_ontology() -> None:
     onto = ontology()
     for card in list_cards():
@@ -117,8 +113,6 @@ def test_every_card_class_is_in_the_ontology() -> None:
                 assert layer.instance_of, f"{card.id}/{layer.name}: instance layer without instance_of"
                 onto.resolve(layer.instance_of)
             for cls in layer.classes:
-                if (card.id, cls.name) in ONTOLOGY_GAPS_OWNED_ELSEWHERE:
-                    continue
                 assert cls.ontology, f"{card.id}/{layer.name}: class {cls.value} {cls.name!r} has no ontology class"
                 onto.resolve(cls.ontology)
     assert onto.resolve("out of bounds").role == "ignore" and onto.resolve("mito").role == "structure"

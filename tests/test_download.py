@@ -35,7 +35,7 @@ def test_mirror_rewriting() -> None:
     assert mirror_url("gs://h01-release/data/c3", m) == "http://127.0.0.1:9/storage.googleapis.com/h01-release/data/c3"
     assert mirror_url("precomputed://https://bossdb-open-data.s3.amazonaws.com/a/em", m) == (
         "precomputed://http://127.0.0.1:9/bossdb-open-data.s3.amazonaws.com/a/em")
-    assert mirror_url("gs://b/p", None) == "https://storage.googleapis.com/b/p"
+    assert mirror_url("gs://b/p", "") == "https://storage.googleapis.com/b/p"
 
 
 def test_fetch_verifies_publishes_and_caches(served: bytes, mirror, tmp_path: Path) -> None:

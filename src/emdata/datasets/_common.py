@@ -87,3 +87,30 @@ def publish(card: Card, volume: str, split: str, raw: np.ndarray, layers: list[L
     vol = open_volume(path)
     record_volume(vol)
     return vol
+
+
+def as_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """An option given once (``"beta"``) or several times (``["beta", "pyra"]``) as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def choose_subsets(card: Card, subset: str | list[str] | None) -> list[str]:
+    """The requested subsets (default: all), each checked against the card."""
+    known = [s.id for s in card.subsets]
+    chosen = as_list(subset)
+    unknown = [s for s in chosen if s not in known]
+    if unknown:
+        raise ValueError(f"{card.id} has no subset(s) {unknown}; choose from {known}")
+    return chosen or known
+
+
+def choose_volumes(card: Card, volumes: list[str] | None) -> list[str]:
+    """The requested card volumes (default: all), each checked against the card."""
+    names = [spec.name for spec in card.volumes]
+    wanted = list(volumes) if volumes else names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(f"{card.id} has no volume(s) {unknown}; choose from {names}")
+    return wanted

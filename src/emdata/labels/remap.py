@@ -57,7 +57,8 @@ def colours_to_index(rgb: np.ndarray, table: Mapping[tuple[int, ...], int], wher
             first = np.flatnonzero(inverse.reshape(-1) == i)[0]
             position = np.unravel_index(first, rgb.shape[:-1])
             at = f" slice {position[slice_axis]}" if slice_axis is not None and rgb.ndim == 4 else ""
-            raise LabelEncodingError(f"{where}{at}: colour {key} at (z, y, x)={tuple(map(int, position))} is not "
+            axes = "(z, y, x)" if rgb.ndim == 4 else "(y, x)"
+            raise LabelEncodingError(f"{where}{at}: colour {key} at {axes}={tuple(map(int, position))} is not "
                                      f"in the colour table {sorted(keys)}")
         lut[i] = keys[key]
     return lut[inverse.reshape(-1)].reshape(rgb.shape[:-1])

@@ -45,8 +45,10 @@ class LabelLayerData:
 
     ``classes`` are dicts with ``value``, ``name`` and optionally ``ontology`` (a union class
     name) and ``color``. For instance layers, ``instance_of`` names the union class every
-    non-zero id belongs to. ``annotates`` lists the union classes this layer labels
-    (default: every class named in ``classes`` plus ``instance_of``).
+    non-zero id belongs to; offset-coded layers whose ids mean different classes by range
+    give ``value_ranges`` instead (``{"min", "max", "ontology"}``, inclusive). ``annotates``
+    lists the union classes this layer labels (default: every structure class named above;
+    ignore-role classes such as ``unannotated`` mark where nothing is known).
     """
 
     name: str
@@ -57,6 +59,7 @@ class LabelLayerData:
     annotates: list[str] | None = None
     ignore_value: int | None = None
     description: str = ""
+    value_ranges: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _union_mapping(layer: LabelLayerData) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
@@ -74,12 +77,28 @@ def _union_mapping(layer: LabelLayerData) -> tuple[dict[str, Any], list[str], li
     if layer.instance_of:
         cls = onto.resolve(layer.instance_of)
         mapping["nonzero"] = {"name": cls.name, "id": cls.id}
+    if layer.value_ranges:
+        ranges = []
+        for r in layer.value_ranges:
+            cls = onto.resolve(r["ontology"])
+            ranges.append({"min": int(r["min"]), "max": int(r["max"]), "name": cls.name, "id": cls.id})
+        mapping["ranges"] = ranges
     annotates = layer.annotates
     if annotates is None:
-        annotates = sorted({v["name"] for v in mapping.values()}, key=lambda n: onto.resolve(n).id)
+        named = [v for v in mapping.values() if isinstance(v, dict)] + mapping.get("ranges", [])
+        annotates = sorted({v["name"] for v in named if onto.resolve(v["name"]).role != "ignore"},
+                           key=lambda n: onto.resolve(n).id)
     else:
         annotates = [onto.resolve(a).name for a in annotates]
     return mapping, annotates, classes
+
+
+def _standard(data: np.ndarray) -> np.ndarray:
+    """The same array with a standard numpy dtype (tifffile's 'Q' uint64 is one zarr refuses)."""
+    standard = np.dtype(data.dtype.name).newbyteorder("=")
+    if data.dtype == standard and data.dtype.char == standard.char and data.dtype.isnative:
+        return data
+    return data.astype(standard, copy=False) if not data.dtype.isnative else data.view(standard)
 
 
 def _validate(raw: np.ndarray, voxel_size: tuple[float, ...], labels: list[LabelLayerData]) -> None:
@@ -149,7 +168,8 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
     import zarr
 
     path = Path(path)
-    labels = list(labels)
+    raw = _standard(raw)
+    labels = [LabelLayerData(**{**la.__dict__, "data": _standard(la.data)}) for la in labels]
     voxel_size = tuple(float(v) for v in voxel_size_nm)
     _validate(raw, voxel_size, labels)
     for key in ("dataset", "volume", "split"):

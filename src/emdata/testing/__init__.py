@@ -7,7 +7,8 @@ Example:
 """
 
 from emdata.testing.precomputed import write_precomputed_layer
-from emdata.testing.replicas import write_snemi3d_replica
+from emdata.testing.replicas import *  # noqa: F403  (every write_<dataset>_replica)
+from emdata.testing.replicas import __all__ as _replicas
 from emdata.testing.server import LoggedRequest, MirrorServer
 
-__all__ = ["LoggedRequest", "MirrorServer", "write_precomputed_layer", "write_snemi3d_replica"]
+__all__ = ["LoggedRequest", "MirrorServer", "write_precomputed_layer", *_replicas]

@@ -41,7 +41,7 @@ def write_precomputed_layer(
     voxel_size_nm: tuple[float, float, float],
     *,
     layer_type: Literal["image", "segmentation"] = "image",
-    encoding: Literal["raw", "compressed_segmentation"] = "raw",
+    encoding: Literal["raw", "compressed_segmentation", "jpeg"] = "raw",
     chunk_size_zyx: tuple[int, int, int] = (8, 16, 16),
     voxel_offset_zyx: tuple[int, int, int] = (0, 0, 0),
     mips: int = 1,

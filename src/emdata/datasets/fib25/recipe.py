@@ -1,0 +1,167 @@
+"""FIB-25: the three neuroproof_examples cut-outs mirrored on Google Storage → volumes
+``training_sample2`` (train), ``validation_sample`` (val) and ``tstvol-520-1`` (test).
+
+Each volume is two HDF5 files: the raw (``grayscale_maps.h5``, or ``raw.h5`` for
+``tstvol-520-1``; key ``raw``) and ``groundtruth.h5`` with ``stack`` (supervoxel ids, same
+shape as the raw) and ``transforms`` ((N, 2) supervoxel → body pairs). The ``neurons``
+layer is ``transforms`` applied to ``stack``, vectorised, always uint64 (body ids keep
+their full width).
+
+A supervoxel that ``transforms`` does not list becomes 0 (no body): the card defines 0 as
+"no body", supervoxel and body ids are different id spaces (keeping a supervoxel id could
+collide with a body id), and torch-em's fib25 loader (the source the reference cites)
+does the same. How many supervoxels and voxels that concerned is recorded under
+``emdata.supervoxel_mapping``. A supervoxel listed twice with different bodies is an error
+naming the file and the ids.
+
+Example:
+    >>> import emdata
+    >>> train = emdata.prepare("fib25", volumes=["training_sample2"])[0]  # doctest: +SKIP
+    >>> train.labels["neurons"].dtype, train.meta["supervoxel_mapping"]["pairs"]  # doctest: +SKIP
+    (dtype('uint64'), ...)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emdata.catalog import get_card
+from emdata.datasets._common import (
+    choose_volumes,
+    fetch_source,
+    layer,
+    provenance,
+    publish,
+    reusable,
+    volume_path,
+)
+from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.store.volume import Volume
+
+DATASET = "fib25"
+RECIPE_VERSION = 1
+OPTIONS: frozenset[str] = frozenset()
+# card volume name → (raw source, ground-truth source); both are card source names.
+FILES: dict[str, tuple[str, str]] = {
+    "training_sample2": ("training_sample2/grayscale_maps.h5", "training_sample2/groundtruth.h5"),
+    "validation_sample": ("validation_sample/grayscale_maps.h5", "validation_sample/groundtruth.h5"),
+    "tstvol-520-1": ("tstvol-520-1/raw.h5", "tstvol-520-1/groundtruth.h5"),
+}
+RAW_KEY = "raw"
+STACK_KEY = "stack"
+TRANSFORMS_KEY = "transforms"
+SLAB = 16  # z-slices mapped at a time (bounds the temporary index arrays)
+log = logging.getLogger(__name__)
+
+
+class FIB25FormatError(HDF5FormatError):
+    """A FIB-25 HDF5 file does not have the neuroproof_examples structure."""
+
+
+def _read(path: Path, key: str, label: str) -> np.ndarray:
+    try:
+        return read_dataset(path, key).data
+    except HDF5FormatError as exc:
+        raise FIB25FormatError(f"{exc}. {label}; delete the download and fetch again") from exc
+
+
+def _check_ids(data: np.ndarray, where: str) -> None:
+    if not np.issubdtype(data.dtype, np.integer):
+        raise FIB25FormatError(f"{where}: expected integer ids, got dtype {data.dtype}")
+    if np.issubdtype(data.dtype, np.signedinteger) and data.size and int(data.min()) < 0:
+        raise FIB25FormatError(f"{where}: negative id {int(data.min())}; expected ids ≥ 0")
+
+
+def _lookup_table(transforms: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique supervoxel ids and their bodies (uint64)."""
+    _check_ids(transforms, where)
+    if transforms.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    if transforms.ndim != 2 or transforms.shape[1] != 2:
+        raise FIB25FormatError(f"{where}: expected (supervoxel, body) pairs of shape (N, 2), got {transforms.shape}")
+    pairs = transforms.astype(np.uint64)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    keys, bodies = pairs[order, 0], pairs[order, 1]
+    same_key = keys[1:] == keys[:-1]
+    conflict = same_key & (bodies[1:] != bodies[:-1])
+    if conflict.any():
+        i = int(np.flatnonzero(conflict)[0])
+        raise FIB25FormatError(f"{where}: supervoxel {int(keys[i])} is mapped to two bodies ({int(bodies[i])} and "
+                               f"{int(bodies[i + 1])}); the table is inconsistent, fetch the file again")
+    keep = np.concatenate([[True], ~same_key])
+    return keys[keep], bodies[keep]
+
+
+def apply_transforms(stack: np.ndarray, transforms: np.ndarray, where: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Body ids (uint64) for every voxel of ``stack``; unlisted supervoxels → 0.
+
+    Returns the neuron ids and a summary (pairs, unmapped supervoxels and voxels).
+    """
+    keys, bodies = _lookup_table(transforms, where)
+    out = np.zeros(stack.shape, dtype=np.uint64)
+    unmapped_ids: set[int] = set()
+    unmapped_voxels = 0
+    for z0 in range(0, stack.shape[0], SLAB):
+        flat = stack[z0:z0 + SLAB].astype(np.uint64).reshape(-1)
+        if keys.size:
+            idx = np.minimum(np.searchsorted(keys, flat), keys.size - 1)
+            hit = keys[idx] == flat
+            out[z0:z0 + SLAB] = np.where(hit, bodies[idx], np.uint64(0)).reshape(out[z0:z0 + SLAB].shape)
+        else:
+            hit = np.zeros(flat.shape, dtype=bool)
+        missing = ~hit & (flat != 0)
+        if missing.any():
+            unmapped_voxels += int(np.count_nonzero(missing))
+            unmapped_ids.update(int(v) for v in np.unique(flat[missing]))
+    summary = {"pairs": int(keys.size), "unmapped_supervoxels": len(unmapped_ids), "unmapped_voxels": unmapped_voxels,
+               "unmapped_examples": sorted(unmapped_ids)[:20],
+               "rule": "neuron id = body of the supervoxel in 'transforms'; supervoxels it does not list → 0 (no body)"}
+    return out, summary
+
+
+def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
+    """Fetch the selected cut-outs (default: all three) and write one volume each."""
+    card = get_card(DATASET)
+    wanted = choose_volumes(card, volumes)
+    out = []
+    for spec in card.volumes:
+        if spec.name not in wanted:
+            continue
+        raw_source, gt_source = FILES[spec.name]
+        fetched = [fetch_source(card, raw_source), fetch_source(card, gt_source)]
+        prov = provenance(DATASET, RECIPE_VERSION, fetched,
+                          {"volume": spec.name, "raw_key": RAW_KEY, "labels": f"{STACK_KEY} via {TRANSFORMS_KEY}",
+                           "unmapped_supervoxels": "0"})
+        existing = None if force else reusable(volume_path(DATASET, spec.name), prov)
+        if existing is not None:
+            out.append(existing)
+            continue
+        raw_path, gt_path = fetched[0].path, fetched[1].path
+        raw = _read(raw_path, RAW_KEY, f"FIB-25 raw files hold the EM under key {RAW_KEY!r}")
+        if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+            raise FIB25FormatError(f"{raw_source}:{RAW_KEY}: expected a (z, y, x) greyscale integer volume, got "
+                                   f"shape {raw.shape} dtype {raw.dtype}")
+        if spec.shape and raw.shape != spec.shape:
+            log.warning("fib25 %s: raw shape %s differs from the card's %s; preparing it anyway",
+                        spec.name, raw.shape, spec.shape)
+        gt_label = f"groundtruth.h5 holds {STACK_KEY!r} (supervoxels) and {TRANSFORMS_KEY!r} (supervoxel → body)"
+        stack = _read(gt_path, STACK_KEY, gt_label)
+        _check_ids(stack, f"{gt_source}:{STACK_KEY}")
+        if stack.shape != raw.shape:
+            raise FIB25FormatError(f"{gt_source}:{STACK_KEY}: shape {stack.shape} differs from the raw shape "
+                                   f"{raw.shape} ({raw_source}:{RAW_KEY})")
+        transforms = _read(gt_path, TRANSFORMS_KEY, gt_label)
+        neurons, summary = apply_transforms(stack, transforms, f"{gt_source}:{TRANSFORMS_KEY}")
+        if summary["unmapped_voxels"]:
+            log.info("fib25 %s: %d supervoxels (%d voxels) are not in transforms; set to 0 (no body)",
+                     spec.name, summary["unmapped_supervoxels"], summary["unmapped_voxels"])
+        notes = [f"neurons = '{TRANSFORMS_KEY}' applied to supervoxel '{STACK_KEY}' (stored as "
+                 f"{stack.dtype}); {summary['unmapped_supervoxels']} unlisted supervoxels "
+                 f"({summary['unmapped_voxels']} voxels) set to 0 = no body"]
+        out.append(publish(card, spec.name, spec.split, raw, [layer(card, "neurons", neurons)], prov,
+                           description=spec.description, supervoxel_mapping=summary, notes=notes))
+    return out

@@ -1,0 +1,173 @@
+"""ISBI 2012: torch-em's ``isbi.h5`` → volume ``train`` with raw, a semantic ``membranes``
+layer (the original challenge labels) and an instance ``gt_segmentation`` layer (derived by
+the torch-em authors from the membranes, not official challenge data).
+
+The value meaning of ``labels/membranes`` is not stated in any stored source, so it is
+detected from the data: the layer must hold exactly two values (e.g. {0, 255} or {0, 1});
+the value whose voxels are darker in the raw (membranes are electron-dense, dark in TEM)
+*and* cover fewer voxels (membranes are thin) is membrane. When both tests agree the layer
+is stored as 0 = not membrane (union class background), 1 = membrane; the native values, the
+evidence (fraction and mean raw grey value per value) and the decision are recorded under
+``emdata.membranes_encoding``. When they disagree the native values are kept with no
+ontology mapping, a warning is logged and the metadata says the meaning is undetermined.
+
+``gt_segmentation`` is stored bit-identical (its dtype kept); the metadata marks it as
+derived. Structure is checked (3D integer raw, label shapes equal to the raw's); sizes are
+not, so small replicas work (a shape that differs from the card is logged).
+
+Example:
+    >>> import emdata
+    >>> (train,) = emdata.prepare("isbi2012")  # doctest: +SKIP
+    >>> train.meta["membranes_encoding"]["membrane_value"]  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emdata.catalog import Card, get_card
+from emdata.datasets._common import (
+    choose_volumes,
+    fetch_source,
+    layer,
+    provenance,
+    publish,
+    reusable,
+    volume_path,
+)
+from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.labels.remap import map_values
+from emdata.store.volume import Volume
+from emdata.store.writer import LabelLayerData
+
+DATASET = "isbi2012"
+RECIPE_VERSION = 1
+OPTIONS: frozenset[str] = frozenset()
+SOURCE = "isbi.h5"
+RAW_KEY = "raw"
+MEMBRANES_KEY = "labels/membranes"
+SEGMENTATION_KEY = "labels/gt_segmentation"
+log = logging.getLogger(__name__)
+
+
+class ISBI2012FormatError(HDF5FormatError):
+    """isbi.h5 does not have the structure torch-em's mirror publishes."""
+
+
+def _read(path: Path, key: str) -> np.ndarray:
+    try:
+        return read_dataset(path, key).data
+    except HDF5FormatError as exc:
+        raise ISBI2012FormatError(f"{exc}. torch-em's isbi.h5 holds {RAW_KEY}, {MEMBRANES_KEY} and "
+                                  f"{SEGMENTATION_KEY}; delete the download and fetch again") from exc
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    raw = _read(path, RAW_KEY)
+    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+        raise ISBI2012FormatError(f"{path.name}:{RAW_KEY}: expected a (z, y, x) greyscale integer stack, got shape "
+                                  f"{raw.shape} dtype {raw.dtype}")
+    return raw
+
+
+def _read_label(path: Path, key: str, raw_shape: tuple[int, ...]) -> np.ndarray:
+    data = _read(path, key)
+    where = f"{path.name}:{key}"
+    if data.shape != raw_shape:
+        raise ISBI2012FormatError(f"{where}: shape {data.shape} differs from the raw shape {raw_shape}")
+    return data
+
+
+def _as_int_values(values: np.ndarray, where: str) -> list[int]:
+    """The distinct values of a label layer as non-negative ints (floats must be whole)."""
+    if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+        raise ISBI2012FormatError(f"{where}: non-integer values {values[:5].tolist()}; expected a binary mask")
+    if values.dtype.kind not in "biuf":
+        raise ISBI2012FormatError(f"{where}: dtype {values.dtype} is not a numeric mask")
+    ints = [int(v) for v in values]
+    if min(ints) < 0:
+        raise ISBI2012FormatError(f"{where}: negative value {min(ints)}; expected a binary mask")
+    return ints
+
+
+def _membranes(card: Card, data: np.ndarray, raw: np.ndarray, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
+    """Detect which value is membrane; returns the layer and the encoding record for the metadata."""
+    values = np.unique(data)
+    ints = _as_int_values(values, where)
+    if len(ints) != 2:
+        raise ISBI2012FormatError(f"{where}: expected a binary membrane mask with exactly two values "
+                                  f"(e.g. {{0, 255}} or {{0, 1}}), found {len(ints)}: {ints[:10]}")
+    evidence: dict[str, dict[str, float]] = {}
+    for v, native in zip(ints, values):
+        mask = data == native
+        evidence[str(v)] = {"fraction": float(mask.mean()), "mean_raw": float(raw[mask].mean())}
+    darker = min(ints, key=lambda v: evidence[str(v)]["mean_raw"])
+    rarer = min(ints, key=lambda v: evidence[str(v)]["fraction"])
+    record: dict[str, Any] = {
+        "key": MEMBRANES_KEY, "native_dtype": str(data.dtype), "native_values": ints, "evidence": evidence,
+        "method": "membrane = the value whose voxels are darker in the raw and cover fewer voxels "
+                  "(no stored source states the encoding)",
+    }
+    if darker == rarer:
+        other = next(v for v in ints if v != darker)
+        record.update(status="detected", membrane_value=darker, non_membrane_value=other,
+                      stored_as={str(darker): 1, str(other): 0})
+        mask = map_values(data, {darker: 1, other: 0}, where=where, dtype=np.dtype(np.uint8))
+        classes = [{"value": 0, "name": "non-membrane", "ontology": "background", "color": None},
+                   {"value": 1, "name": "membrane", "ontology": "membrane", "color": None}]
+        return layer(card, "membranes", mask, classes=classes), record
+    log.warning("%s: cannot tell which value is membrane (darker value %s, rarer value %s); keeping the native "
+                "values without an ontology mapping", where, darker, rarer)
+    record.update(status="undetermined", membrane_value=None, stored_as={str(v): v for v in ints})
+    kept = map_values(data, {v: v for v in ints}, where=where)
+    classes = [{"value": v, "name": f"value {v} (meaning undetermined)", "ontology": None, "color": None}
+               for v in ints]
+    return layer(card, "membranes", kept, classes=classes, annotates=[]), record
+
+
+def _segmentation(card: Card, data: np.ndarray, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
+    if not np.issubdtype(data.dtype, np.integer):
+        raise ISBI2012FormatError(f"{where}: expected integer instance ids, got dtype {data.dtype}")
+    if np.issubdtype(data.dtype, np.signedinteger) and data.min(initial=0) < 0:
+        raise ISBI2012FormatError(f"{where}: negative instance id {int(data.min())}; expected ids ≥ 0")
+    info = {"key": SEGMENTATION_KEY, "derived_by": "torch-em authors, from the membrane labels",
+            "official": False, "dtype": str(data.dtype), "zero_fraction": float((data == 0).mean())}
+    return layer(card, "gt_segmentation", data), info
+
+
+def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
+    """Fetch ``isbi.h5`` and write volume ``train``."""
+    card = get_card(DATASET)
+    wanted = choose_volumes(card, volumes)
+    fetched = fetch_source(card, SOURCE)
+    out = []
+    for spec in card.volumes:
+        if spec.name not in wanted:
+            continue
+        prov = provenance(DATASET, RECIPE_VERSION, [fetched],
+                          {"volume": spec.name, "keys": [RAW_KEY, MEMBRANES_KEY, SEGMENTATION_KEY]})
+        existing = None if force else reusable(volume_path(DATASET, spec.name), prov)
+        if existing is not None:
+            out.append(existing)
+            continue
+        path = fetched.path
+        raw = _read_raw(path)
+        if spec.shape and raw.shape != spec.shape:
+            log.warning("isbi2012 %s: raw shape %s differs from the published %s (a replica or another release); "
+                        "preparing it anyway", spec.name, raw.shape, spec.shape)
+        membranes, encoding = _membranes(card, _read_label(path, MEMBRANES_KEY, raw.shape), raw,
+                                         f"{path.name}:{MEMBRANES_KEY}")
+        segmentation, seg_info = _segmentation(card, _read_label(path, SEGMENTATION_KEY, raw.shape),
+                                               f"{path.name}:{SEGMENTATION_KEY}")
+        notes = [f"membranes: value meaning {encoding['status']} from the data "
+                 f"(membrane value {encoding['membrane_value']}, native values {encoding['native_values']})",
+                 "gt_segmentation was derived by the torch-em authors from the membranes; not official challenge data"]
+        out.append(publish(card, spec.name, spec.split, raw, [membranes, segmentation], prov,
+                           description=spec.description, membranes_encoding=encoding,
+                           gt_segmentation_origin=seg_info, notes=notes))
+    return out

@@ -1,0 +1,37 @@
+"""Kasthuri 2015 (kasthuri2011): a ``--bbox`` cut-out of ``image_color_corrected`` with the
+dense ``ground_truth`` segment ids → one volume.
+
+The bbox is in voxels at the image's mip 0 (6×6×30 nm x×y×z, not the 3×3×30 of the awesome
+table; the value in the layer's ``info`` is stored). Ground truth exists only inside the
+annotated cylinder (roughly x 3000–8000, y 7200–10100, z 950–1250): outside it 0 means
+unannotated, which the volume's notes record. Shared rules:
+:mod:`emdata.datasets._precomputed_recipe`.
+
+Example:
+    >>> import emdata
+    >>> (vol,) = emdata.prepare("kasthuri", bbox="1000:1032,8000:8512,5000:5512")  # doctest: +SKIP
+    >>> list(vol.labels)  # doctest: +SKIP
+    ['ground_truth']
+"""
+
+from __future__ import annotations
+
+from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.store.volume import Volume
+
+DATASET = "kasthuri"
+RECIPE = BboxRecipe(
+    dataset=DATASET,
+    volume="full",
+    image="image_color_corrected",
+    labels=(LabelRead("ground_truth", "ground_truth"),),
+    notes=("ground_truth covers only the annotated cylinder (roughly x 3000-8000, y 7200-10100, z 950-1250 at "
+           "6x6x30 nm); outside it 0 means unannotated, not background",),
+)
+RECIPE_VERSION = RECIPE.recipe_version
+OPTIONS: frozenset[str] = RECIPE.options
+
+
+def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None) -> list[Volume]:
+    """Prepare the cut-out ``bbox`` (image mip-0 voxels) of the image and the ground truth."""
+    return RECIPE.prepare(volumes=volumes, force=force, bbox=bbox)
