@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed
+EXTRAS := dev,precomputed,dask
 
 .PHONY: demo test lint bench clean
 

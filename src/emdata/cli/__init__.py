@@ -207,6 +207,11 @@ def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
             bbox: Annotated[str | None, typer.Option(help="Region z0:z1,y0:y1,x0:x1 in voxels (mip 0).")] = None,
             version: Annotated[str | None, typer.Option(help="Release/segmentation version.")] = None,
             padded: Annotated[bool, typer.Option("--padded", help="The padded variant (more context).")] = False,
+            release: Annotated[str | None, typer.Option(help="Which published release (e.g. rgb|rgba|json).")] = None,
+            sample: Annotated[list[str] | None, typer.Option("--sample", help="Only this sample (repeatable).")] = None,
+            classes: Annotated[int | None, typer.Option(help="Class scheme (e.g. 4 or 7).")] = None,
+            full: Annotated[bool, typer.Option("--full", help="The whole volume, built in parallel.")] = False,
+            scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address for --full.")] = None,
             force: Annotated[bool, typer.Option(help="Rebuild even if the volumes are complete.")] = False,
             as_json: JsonOpt = False) -> None:
     """Fetch a dataset and write its canonical OME-Zarr volumes.
@@ -218,7 +223,9 @@ def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
 
     if as_json:
         config.set_quiet(True)
-    options = {"subset": subset or None, "bbox": bbox, "version": version, "padded": padded or None}
+    options = {"subset": subset or None, "bbox": bbox, "version": version, "padded": padded or None,
+               "release": release, "sample": sample or None, "classes": classes, "full": full or None,
+               "scheduler": scheduler}
     vols = emdata.prepare(dataset, volumes=volume or None, force=force, **options)
     rows = [{"volume": v.name, "split": v.split, "path": str(v.path), "shape": list(v.shape),
              "voxel_size_nm": list(v.voxel_size), "labels": list(v.meta["labels"])} for v in vols]
