@@ -1,0 +1,194 @@
+"""Training targets from label patches, in a label space of union-ontology classes.
+
+- ``semantic``: one index per voxel into the label space; ``ignore_value`` where the class is
+  unknown. A voxel is only called background when the volume annotates every class of the
+  label space (otherwise it might be one of the classes it does not annotate).
+- ``classes``: multi-label, one channel per non-background class of the label space, 1/0,
+  with ``annotated[c]`` telling whether the volume annotates class ``c`` at all and
+  ``ignore`` marking voxels of unknown class (ignore regions, ``unannotated``).
+- ``instances`` (ids relabelled 1..n per patch, so uint64 ids never overflow torch's int64),
+  ``foreground``, ``boundaries`` and ``affinities`` (given offsets) from the instance layer.
+
+Example:
+    >>> space = LabelSpace(["background", "neuron", "mitochondria"])
+    >>> space.index("mitochondrion"), space.index("er_sheets")  # synonyms; a class outside → None
+    (2, None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emdata.labels.ontology import ontology
+
+IGNORE = -100  # torch.nn.CrossEntropyLoss's default ignore_index
+OUTSIDE = -2  # internal: a known class that is not in the label space
+SEED_004_SPACE = ("background", "neuron", "cleft", "mitochondria", "mito_boundary")
+
+
+@dataclass
+class LabelSpace:
+    """Ordered union-ontology classes; ``classes[0]`` must be background.
+
+    ``ignore_classes`` become background (seed 004's documented behaviour) or, with
+    ``ignore_mode="ignore"``, the ignore value.
+    """
+
+    classes: list[str]
+    ignore_classes: Iterable[str] = ()
+    ignore_mode: str = "background"
+    ignore_value: int = IGNORE
+    _ids: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        onto = ontology()
+        self.classes = [onto.resolve(c).name for c in self.classes]
+        if not self.classes or self.classes[0] != "background":
+            raise ValueError(f"the label space must start with background, got {self.classes}")
+        if self.ignore_mode not in ("background", "ignore"):
+            raise ValueError(f"ignore_mode must be 'background' or 'ignore', got {self.ignore_mode!r}")
+        self.ignore_classes = {onto.resolve(c).name for c in self.ignore_classes}
+        unknown = self.ignore_classes - set(self.classes)
+        if unknown:
+            raise ValueError(f"ignore_classes {sorted(unknown)} are not in the label space {self.classes}")
+        self._ids = {onto.resolve(c).id: i for i, c in enumerate(self.classes)}
+
+    def index(self, name: str) -> int | None:
+        """Index of a class (or its nearest ancestor) in the space; None when outside it."""
+        onto = ontology()
+        cls = onto.resolve(name)
+        for candidate in (cls, *onto.ancestors(cls.name)):
+            if candidate.id in self._ids:
+                return self._ids[candidate.id]
+        return None
+
+
+@dataclass(frozen=True)
+class VolumeLabels:
+    """How one volume's label layers map into a label space (computed once per volume)."""
+
+    annotated: np.ndarray  # (C,) bool: the volume annotates class c
+    complete: bool  # annotates every non-background class of the space
+    semantic_layers: list[tuple[str, dict[int, int]]]  # (layer, {native value: index, OUTSIDE or ignore})
+    instance_layers: list[tuple[str, int | None, list[tuple[int, int, int | None]]]]  # (layer, index, id ranges)
+    ignore_values: dict[str, int]  # layer → its native ignore value
+
+
+def plan_labels(meta_labels: dict[str, Any], space: LabelSpace) -> VolumeLabels:
+    """Resolve a volume's ``emdata.labels`` metadata against ``space``."""
+    onto = ontology()
+    annotated = np.zeros(len(space.classes), dtype=bool)
+    semantic, instance, ignore_values = [], [], {}
+    for name, layer in meta_labels.items():
+        for cls in layer.get("annotates", []):
+            idx = space.index(cls)
+            if idx is not None and space.classes[idx] not in space.ignore_classes:
+                annotated[idx] = True
+        if layer.get("ignore_value") is not None:
+            ignore_values[name] = int(layer["ignore_value"])
+        if layer["kind"] == "instance":
+            target = layer["mapping"].get("nonzero", {}).get("name")
+            ranges = [(r["min"], r["max"], space.index(r["name"])) for r in layer["mapping"].get("ranges", [])]
+            instance.append((name, space.index(target) if target else None, ranges))
+        table: dict[int, int] = {}
+        for value, cls in layer["mapping"].items():
+            if value in ("nonzero", "ranges"):
+                continue
+            role = onto.resolve(cls["name"]).role
+            idx = space.index(cls["name"])
+            table[int(value)] = space.ignore_value if role == "ignore" else (OUTSIDE if idx is None else idx)
+        if layer["kind"] == "semantic":
+            semantic.append((name, table))
+    annotated[0] = True
+    complete = bool(annotated[1:].all()) if len(annotated) > 1 else True
+    return VolumeLabels(annotated, complete, semantic, instance, ignore_values)
+
+
+def _apply_ignore_classes(target: np.ndarray, space: LabelSpace) -> np.ndarray:
+    for cls in space.ignore_classes:
+        idx = space.classes.index(cls)
+        target[target == idx] = 0 if space.ignore_mode == "background" else space.ignore_value
+    return target
+
+
+def semantic_target(labels: dict[str, np.ndarray], plan: VolumeLabels, space: LabelSpace) -> np.ndarray:
+    """Single-channel indices into the space (int64), ``ignore_value`` where unknown."""
+    shape = next(iter(labels.values())).shape if labels else None
+    if shape is None:
+        raise ValueError("no label layers to build a semantic target from")
+    out = np.full(shape, space.ignore_value, dtype=np.int64)
+    known_background = np.zeros(shape, dtype=bool)
+    # instance layers first: a semantic layer's finer class (e.g. mito_boundary) wins over an
+    # instance layer's single class (mitochondria) on voxels both label
+    for name, idx, ranges in plan.instance_layers:
+        native = labels[name]
+        known_background |= native == 0
+        if ranges:
+            for lo, hi, r_idx in ranges:
+                inside = (native >= lo) & (native <= hi)
+                if r_idx is None:
+                    known_background |= inside
+                else:
+                    out[inside] = r_idx
+        elif idx is not None:
+            out[native != 0] = idx
+        else:
+            known_background |= native != 0
+    for name, table in plan.semantic_layers:
+        native = labels[name]
+        values, inverse = np.unique(native, return_inverse=True)
+        lut = np.array([table.get(int(v), space.ignore_value) for v in values], dtype=np.int64)
+        mapped = lut[inverse].reshape(shape)
+        fg = mapped > 0
+        out[fg] = mapped[fg]
+        known_background |= (mapped == 0) | (mapped == OUTSIDE)
+    for name, value in plan.ignore_values.items():
+        out[labels[name] == value] = space.ignore_value
+        known_background &= labels[name] != value
+    if plan.complete:
+        out[(out == space.ignore_value) & known_background] = 0
+    return _apply_ignore_classes(out, space)
+
+
+def classes_target(semantic: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Multi-hot (C-1, z, y, x) uint8 for the non-background classes of the space."""
+    return np.stack([(semantic == c).astype(np.uint8) for c in range(1, len(space.classes))])
+
+
+def relabel(ids: np.ndarray) -> np.ndarray:
+    """Instance ids → 1..n in order of value (0 stays 0), as int64."""
+    values, inverse = np.unique(ids, return_inverse=True)
+    start = 0 if values[0] == 0 else 1
+    return (np.arange(start, start + len(values), dtype=np.int64))[inverse].reshape(ids.shape)
+
+
+def boundaries(instances: np.ndarray) -> np.ndarray:
+    """1 where a voxel's instance differs from a face neighbour's (in-plane only for 2D)."""
+    out = np.zeros(instances.shape, dtype=bool)
+    for axis in range(instances.ndim):
+        if instances.shape[axis] < 2:
+            continue
+        a = np.swapaxes(instances, 0, axis)
+        diff = a[1:] != a[:-1]
+        o = np.swapaxes(out, 0, axis)
+        o[1:] |= diff
+        o[:-1] |= diff
+    return out.astype(np.uint8)
+
+
+def affinities(instances: np.ndarray, offsets: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(affinity, mask) channels: 1 where ``p`` and ``p + offset`` are the same non-zero instance;
+    the mask is 0 where ``p + offset`` falls outside the patch."""
+    aff = np.zeros((len(offsets), *instances.shape), dtype=np.uint8)
+    mask = np.zeros_like(aff)
+    for k, off in enumerate(offsets):
+        src = tuple(slice(max(-o, 0), n - max(o, 0)) for o, n in zip(off, instances.shape))
+        dst = tuple(slice(max(o, 0), n - max(-o, 0)) for o, n in zip(off, instances.shape))
+        a, b = instances[src], instances[dst]
+        aff[(k, *src)] = (a == b) & (a != 0)
+        mask[(k, *src)] = 1
+    return aff, mask
