@@ -39,7 +39,6 @@ from emdata.torch.targets import (
     boundaries,
     classes_target,
     plan_labels,
-    relabel,
     semantic_target,
 )
 
@@ -127,7 +126,7 @@ class PatchDataset:
     ``volumes``: ``Volume`` objects or ``*.ome.zarr`` paths. ``patch_shape``: voxels at
     ``voxel_size`` (nm, (z, y, x); default: the first volume's level-0 voxel), 2 entries
     for 2D patches. ``patch_size_nm`` instead gives the extent in nm. ``labels``: label
-    layers returned as they are (``"labels/<name>"``; instance ids relabelled 1..n).
+    layers returned as they are (``"labels/<name>"``, int64; uint64 ids keep their bits).
     ``targets``: any of ``semantic``, ``classes``, ``instances``, ``foreground``,
     ``boundaries``, ``affinities`` (with ``affinity_offsets``). ``label_space`` defaults to
     every class the volumes annotate. ``raw_dtype="float32"`` scales raw to [0, 1]; by
@@ -342,7 +341,7 @@ class PatchDataset:
         out: dict[str, Any] = {"raw": raw[np.newaxis]}
         for name in self.label_layers:
             data = labels[name]
-            out[f"labels/{name}"] = relabel(data) if _is_instance(plan, name) else data.astype(np.int64)
+            out[f"labels/{name}"] = as_int64(data)
         out.update(self._targets(plan, labels))
         out["annotated"] = plan.labels.annotated.copy()
         out["meta"] = {"dataset": plan.dataset, "volume": plan.name, "level": plan.level,
@@ -366,11 +365,11 @@ class PatchDataset:
                 out["classes"] = classes_target(sem, self.space)
                 out["classes_ignore"] = (sem == self.space.ignore_value).astype(np.uint8)
         inst_layer = next((name for name, _, _ in plan.labels.instance_layers), None)
-        inst = relabel(labels[inst_layer]) if inst_layer else None
+        inst = as_int64(labels[inst_layer]) if inst_layer else None
         if "instances" in self.targets:
             out["instances"] = inst if inst is not None else np.full(shape, self.space.ignore_value, np.int64)
         if "foreground" in self.targets:
-            out["foreground"] = ((inst > 0).astype(np.uint8) if inst is not None
+            out["foreground"] = ((inst != 0).astype(np.uint8) if inst is not None
                                  else np.zeros(shape, np.uint8))[np.newaxis]
         if "boundaries" in self.targets:
             out["boundaries"] = (boundaries(inst) if inst is not None else np.zeros(shape, np.uint8))[np.newaxis]
@@ -386,8 +385,12 @@ class PatchDataset:
         return to_torch(self.sample(int(epoch), int(index)))
 
 
-def _is_instance(plan: _Plan, name: str) -> bool:
-    return any(layer == name for layer, _, _ in plan.labels.instance_layers)
+def as_int64(ids: np.ndarray) -> np.ndarray:
+    """Label values as int64 without a copy where possible: uint64 ids keep their bits (ids ≥ 2**63
+    read as negative numbers, identity preserved); use ``targets.relabel`` for ids 1..n."""
+    if ids.dtype == np.uint64:
+        return ids.view(np.int64)
+    return ids.astype(np.int64, copy=False)
 
 
 def resample_at(block: np.ndarray, positions: list[np.ndarray], linear: bool) -> np.ndarray:

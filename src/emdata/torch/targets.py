@@ -6,8 +6,9 @@
 - ``classes``: multi-label, one channel per non-background class of the label space, 1/0,
   with ``annotated[c]`` telling whether the volume annotates class ``c`` at all and
   ``ignore`` marking voxels of unknown class (ignore regions, ``unannotated``).
-- ``instances`` (ids relabelled 1..n per patch, so uint64 ids never overflow torch's int64),
-  ``foreground``, ``boundaries`` and ``affinities`` (given offsets) from the instance layer.
+- ``instances`` (the ids as int64 with their bits kept: uint64 ids ≥ 2**63 read negative;
+  ``relabel`` gives 1..n), ``foreground``, ``boundaries`` and ``affinities`` (given offsets)
+  from the instance layer.
 
 Example:
     >>> space = LabelSpace(["background", "neuron", "mitochondria"])
