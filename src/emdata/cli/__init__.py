@@ -156,6 +156,10 @@ def fetch(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
         con.print(f"[dim]skipped {s['name']}: {s['reason']}[/dim]")
 
 
+from emdata.datasets.tem_neutrostruct.cli import app as neutrostruct_app  # noqa: E402  (light: typer only)
+
+app.add_typer(neutrostruct_app, name="neutrostruct", help="TEM-NeutroStruct tools (4→7 class reclassification).")
+
 cache_app = typer.Typer(help="What emdata keeps on disk, and removing it.", invoke_without_command=True)
 app.add_typer(cache_app, name="cache")
 
