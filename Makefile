@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed,dask
+EXTRAS := dev,precomputed,dask,torch,lightning
 
 .PHONY: demo test lint bench clean
 

@@ -143,6 +143,20 @@ def test_ignore_classes_become_background_or_ignore(prepared: dict[str, list[str
         assert ((bg["semantic"] == 0) & (ig["semantic"] == IGNORE)).any()
 
 
+def test_ignore_classes_do_not_need_to_be_annotated() -> None:
+    from emdata.torch.targets import LabelSpace, plan_labels, semantic_target
+
+    meta = {"cells": {"kind": "semantic", "annotates": ["background", "neuron", "cleft", "mitochondria"],
+                      "mapping": {"0": {"name": "background"}, "1": {"name": "neuron"}}}}
+    strict = plan_labels(meta, LabelSpace(list(SEED_004_SPACE)))
+    merged = plan_labels(meta, LabelSpace(list(SEED_004_SPACE), ignore_classes=["mito_boundary"]))
+    assert not strict.complete and merged.complete
+    labels = {"cells": np.array([[[0, 1]]])}
+    assert semantic_target(labels, strict, LabelSpace(list(SEED_004_SPACE))).tolist() == [[[IGNORE, 1]]]
+    space = LabelSpace(list(SEED_004_SPACE), ignore_classes=["mito_boundary"])
+    assert semantic_target(labels, merged, space).tolist() == [[[0, 1]]]
+
+
 def test_mixing_follows_the_weights_not_the_sizes(prepared: dict[str, list[str]]) -> None:
     small = PatchDataset(prepared["cremi"][:1], (2, 16, 16), samples_per_epoch=1)
     large = PatchDataset(prepared["snemi3d"] + prepared["mitoem2"], (2, 16, 16), samples_per_epoch=1)

@@ -105,7 +105,9 @@ def plan_labels(meta_labels: dict[str, Any], space: LabelSpace) -> VolumeLabels:
         if layer["kind"] == "semantic":
             semantic.append((name, table))
     annotated[0] = True
-    complete = bool(annotated[1:].all()) if len(annotated) > 1 else True
+    # classes in ignore_classes are merged away by design, so they do not have to be annotated
+    needed = [i for i, c in enumerate(space.classes) if i > 0 and c not in space.ignore_classes]
+    complete = bool(annotated[needed].all()) if needed else True
     return VolumeLabels(annotated, complete, semantic, instance, ignore_values)
 
 
