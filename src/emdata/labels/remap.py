@@ -40,6 +40,30 @@ def map_values(data: np.ndarray, table: Mapping[int, int], where: str, dtype: np
     return lut[inverse].reshape(data.shape)
 
 
+def _colour_keys(rgb: np.ndarray) -> np.ndarray:
+    """One integer per pixel for uint8 colours of up to 8 channels (1D unique is much faster
+    than row-wise unique); other inputs come back as rows for ``np.unique(axis=0)``."""
+    channels = rgb.shape[-1]
+    if rgb.dtype != np.uint8 or channels > 8:
+        return rgb.reshape(-1, channels)
+    key = np.zeros(rgb.shape[:-1], dtype=np.uint32 if channels <= 4 else np.uint64)
+    for c in range(channels):
+        key <<= 8
+        key |= rgb[..., c]
+    return key.reshape(-1)
+
+
+def _unique_colours(rgb: np.ndarray, **kwargs: bool) -> tuple[np.ndarray, ...]:
+    """``np.unique`` over the pixels' colours: (colours (k, C), *extras) as ``np.unique`` returns them."""
+    keys = _colour_keys(rgb)
+    if keys.ndim == 2:
+        return np.unique(keys, axis=0, **kwargs)
+    out = np.unique(keys, **kwargs)
+    shifts = np.arange(rgb.shape[-1] - 1, -1, -1, dtype=keys.dtype) * keys.dtype.type(8)
+    colours = ((out[0][:, None] >> shifts) & keys.dtype.type(0xFF)).astype(np.uint8)
+    return (colours, *out[1:])
+
+
 def colours_to_index(rgb: np.ndarray, table: Mapping[tuple[int, ...], int], where: str,
                      slice_axis: int | None = 0) -> np.ndarray:
     """Colour-coded labels (..., C) → indices via an exact colour table.
@@ -48,8 +72,7 @@ def colours_to_index(rgb: np.ndarray, table: Mapping[tuple[int, ...], int], wher
     """
     channels = rgb.shape[-1]
     keys = {tuple(int(c) for c in k)[:channels]: v for k, v in table.items()}
-    flat = rgb.reshape(-1, channels)
-    colours, inverse = np.unique(flat, axis=0, return_inverse=True)
+    colours, inverse = _unique_colours(rgb, return_inverse=True)
     lut = np.empty(len(colours), dtype=_smallest_uint(max(keys.values(), default=0)))
     for i, colour in enumerate(colours):
         key = tuple(int(c) for c in colour)
@@ -70,8 +93,7 @@ def colours_to_instances(rgb: np.ndarray, background: tuple[int, ...] = (0, 0, 0
     Deterministic for a given file (same file, same ids).
     """
     channels = rgb.shape[-1]
-    flat = rgb.reshape(-1, channels)
-    colours, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    colours, first, inverse = _unique_colours(rgb, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     ids = np.zeros(len(colours), dtype=np.uint64)
     next_id = 1

@@ -82,8 +82,8 @@ class EMDataModule(L.LightningDataModule):
     def volumes(self, split: str) -> list[Any]:
         import emdata
 
-        with _home(self.data_root):
-            return emdata.volumes(self.dataset_id, split=split)
+        with _home(self.data_root):  # weight maps stored as volumes (role "weights") are not samples
+            return [v for v in emdata.volumes(self.dataset_id, split=split) if v.meta.get("role") != "weights"]
 
     def build_dataset(self, split: str, n: int, **overrides: Any) -> PatchDataset | None:
         """The patch dataset of ``split`` (None when the dataset has no volume of that split)."""

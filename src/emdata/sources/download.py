@@ -353,8 +353,9 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
           sleep: Callable[[float], None] = time.sleep) -> FetchResult:
     """Download ``url`` (failing over to ``mirrors``) to ``dest``, or reuse the cached copy.
 
-    ``checksum`` is ``"sha256:<hex>"``, ``"md5:<hex>"``, ``"none published"`` or None. A file
-    placed at ``dest`` by hand is verified and adopted, also offline. Every URL goes through
+    ``checksum`` is ``"sha256:<hex>"``, ``"md5:<hex>"``, ``"none published"`` or None; an
+    ``EMDATA_CHECKSUMS`` entry replaces it (and the expected ``size``). A file placed at
+    ``dest`` by hand is verified and adopted, also offline. Every URL goes through
     ``EMDATA_MIRROR`` rewriting. Raises a :class:`DownloadError` whose message names the URL.
     """
     from emdata.sources.progress import transfer_progress
@@ -362,6 +363,8 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     algo, value = _expected(url, checksum)
+    if url in config.checksum_overrides():
+        size = None  # the card's size describes the original file, not the repackaged one
     lock = _lock(dest)
     try:
         record = cached(dest)

@@ -1,0 +1,463 @@
+"""platelet-em (bio3d-vision, LCIMB/NIBIB): two SBF-SEM volumes of human platelets → volumes
+``volume-50`` and ``volume-24``, each with the uint16 image and three label layers:
+``semantic`` (7 classes), ``instance-cell`` and ``instance-organelle``.
+
+**Releases** (reference/datasets.md §1.3), chosen with ``release=`` (CLI ``--release``):
+
+- ``"json"`` (default) — release C2, ``images_and_labels_json.zip``, "images and JSON labels" on
+  the current page. Labels are bio3d-vision run-length JSON (:mod:`emdata.formats.rle_json`),
+  i.e. the authors' integer arrays themselves: semantic values 0–6 and instance ids exactly as
+  the authors numbered them. It is the default because it is on the current page, has a
+  published md5, and needs no colour decoding: no class 4/6 colour dispute, no instance ids
+  invented from colours (the RGBA files are made from integer labels with a 256-entry colour
+  table, so two objects can share a colour there).
+- ``"rgba"`` — release C1, ``images_and_labels_rgba.zip`` ("images and TIF labels", no
+  checksum published). RGBA label TIFs; semantic colours per FastEstimator's table, except
+  that which of (127,0,0,255) and (255,229,0,255) is class 4 and which is class 6 is decided
+  from the data (below).
+- ``"rgb"`` — release A, ``images-and-labels.zip`` (the original page, seed-000). RGB label
+  TIFs decoded with the authors' exact colour table (the card's class colours).
+
+Release B (``images_and_labels.zip``, the interim JSON archive no longer on the page) is not
+prepared: it is superseded by C2 in the same format. It stays on the card so ``emdata fetch``
+can still download it for comparisons (its 50-instance-cell has max id 34).
+
+Archive layout (§1.2): ``platelet-em/images/{50,24}-images.tif``,
+``platelet-em/labels-semantic/{50,24}-semantic.{tif,json}``,
+``platelet-em/labels-instance/{50,24}-instance-{cell,organelle}.{tif,json}``.
+
+**Decoding.** Colour labels use an exact colour table; any other colour is an error naming the
+colour, the file and the slice (the authors' converter raises too). Black is background:
+(0,0,0) in RGB, (0,0,0,0) or opaque (0,0,0,255) in RGBA. Instance colours become ids in order
+of first appearance in a C-order scan of the file as stored (the authors' converter rule, so
+the same file always gives the same ids), black → 0, stored as uint16 (the card's dtype). JSON
+labels keep the ``.info`` dtype and the authors' ids.
+
+**Data checks** (recorded under ``checks`` in the volume metadata, decisions in ``notes``):
+
+- *Dense granule core inside body* (class 4/6 of release C1). For each candidate colour the
+  share of its in-plane border (4-neighbour pixels just outside its voxels) that is class 5
+  (dense granule body) is measured. A dense core lies inside a body, so its share is high;
+  a canalicular vessel borders cytoplasm. A share ≥ 0.5 is "core-like", ≤ 0.2 "not core-like".
+  The core-like colour becomes class 6 and the other class 4; when only one colour occurs,
+  its own verdict decides. If the shares do not separate the two (both core-like, neither,
+  or one in between) preparation stops with an error giving the numbers: the recipe never
+  assigns 4/6 without evidence. The same measure is recorded for the rgb and json releases,
+  where classes are known; a class 6 that is not core-like there is logged as a warning.
+- *Instance z-order* (release A's cell instances are reported z-reversed). For each instance
+  layer the share of its voxels that lie on its semantic class (class ≥ 1 for cells, ≥ 2 for
+  organelles) is measured for the volume as stored and z-reversed, together with the IoU of
+  the two masks. If the reversed volume fits clearly better (share at least 0.1 higher and at
+  least 0.75, with the IoU agreeing) the layer is flipped along z with a warning and a note;
+  if neither orientation is clearly better it is kept as stored with a warning. The check runs
+  for every release and both instance layers (ids are numbered before any flip).
+
+**Axes.** The page says a [Z, X, Y] volume is stored as Z pages of [X, Y]; the authors' own
+notebook reads 50-images.tif as (50, 800, 800), i.e. numpy's (page, row, column). emdata reads
+TIFF pages as stored, rows → y and columns → x, and does **not** transpose: the page's "X, Y"
+name the axes of the authors' numpy array (row index first), the same arrays the JSON labels
+encode (``.info`` shape = that array's shape), and transposing would only mirror every slice
+about its diagonal. Raw and all labels are read the same way, so they stay aligned; a JSON
+``.info`` shape that matches the image only with y and x swapped is an error. With 800×800
+slices the choice cannot be checked from the shapes; in-plane voxels are 10×10 nm either way.
+
+Example:
+    >>> import emdata
+    >>> vol50, vol24 = emdata.prepare("platelet-em")  # doctest: +SKIP
+    >>> vol50.meta["release"], list(vol50.labels)  # doctest: +SKIP
+    ('json', ['semantic', 'instance-cell', 'instance-organelle'])
+    >>> emdata.prepare("platelet-em", release="rgb")[0].meta["checks"]["z_order"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emdata.catalog import Card, get_card
+from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.formats.rle_json import read_rle_json
+from emdata.formats.tiff import read_stack
+from emdata.labels.remap import LabelEncodingError, colours_to_index, colours_to_instances
+from emdata.sources.archive import read_member
+from emdata.store.volume import Volume
+
+DATASET = "platelet-em"
+RECIPE_VERSION = 1
+OPTIONS: frozenset[str] = frozenset({"release"})
+TOP = "platelet-em"
+DEFAULT_RELEASE = "json"
+STEMS = {"volume-50": "50", "volume-24": "24"}
+LABEL_LAYERS = ("semantic", "instance-cell", "instance-organelle")
+
+# Release C1 (RGBA) semantic colours per FastEstimator (reference §1.5), without the disputed pair.
+RGBA_SEMANTIC: dict[tuple[int, ...], int] = {
+    (0, 0, 0, 0): 0, (0, 0, 0, 255): 0, (0, 40, 255, 255): 1, (0, 212, 255, 255): 2, (124, 255, 121, 255): 3,
+    (255, 70, 0, 255): 5,
+}
+# The two colours whose classes (4 canalicular vessel, 6 dense granule core) are disputed.
+JET_DARK_RED = (127, 0, 0, 255)  # jet(6/6): class 6 in jet order, class 4 in FastEstimator's table
+JET_YELLOW = (255, 229, 0, 255)  # jet(4/6): class 4 in jet order (the page's "4 Yellow"), 6 for FastEstimator
+DISPUTED = (JET_DARK_RED, JET_YELLOW)
+_PROVISIONAL = (7, 8)  # codes for the disputed colours until the data decides
+
+CORE_LIKE = 0.5  # border share in class 5 at or above which a region lies inside dense granule bodies
+NOT_CORE = 0.2  # at or below which it does not
+Z_MARGIN = 0.1  # how much better the other z-order must fit to count as "clearly"
+Z_MIN_FIT = 0.75  # and how well it must fit at least
+log = logging.getLogger(__name__)
+
+
+class PlateletEMFormatError(ValueError):
+    """A platelet-em archive member does not have the structure or encoding the release publishes."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One published archive: option value, the page's release letter, card source, encoding."""
+
+    key: str
+    letter: str
+    source: str
+    encoding: str
+    description: str
+
+
+RELEASES = {
+    "json": Release("json", "C2", "images_and_labels_json.zip", "json",
+                    "current page, 'images and JSON labels': run-length JSON labels"),
+    "rgba": Release("rgba", "C1", "images_and_labels_rgba.zip", "rgba",
+                    "current page, 'images and TIF labels': RGBA colour-coded label TIFs"),
+    "rgb": Release("rgb", "A", "images-and-labels.zip", "rgb",
+                   "original page (2019): RGB colour-coded label TIFs"),
+}
+
+
+def members(stem: str, encoding: str) -> dict[str, str]:
+    """Archive member of the image and of each label layer for volume ``stem`` ("50" or "24")."""
+    ext = "json" if encoding == "json" else "tif"
+    return {"raw": f"{TOP}/images/{stem}-images.tif",
+            "semantic": f"{TOP}/labels-semantic/{stem}-semantic.{ext}",
+            "instance-cell": f"{TOP}/labels-instance/{stem}-instance-cell.{ext}",
+            "instance-organelle": f"{TOP}/labels-instance/{stem}-instance-organelle.{ext}"}
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def _read_raw(archive: Path, member: str) -> np.ndarray:
+    where = f"{archive.name}:{member}"
+    stack = read_stack(read_member(archive, member), name=where)
+    data = stack.data
+    if data.ndim != 3 or not np.issubdtype(data.dtype, np.integer):
+        raise PlateletEMFormatError(f"{where}: expected a greyscale integer z-stack (uint16 pages), got shape "
+                                    f"{data.shape} dtype {data.dtype} ({stack.photometric})")
+    if data.dtype != np.uint16:
+        log.warning("%s: image dtype %s, the page says uint16; kept as stored", where, data.dtype)
+    return data
+
+
+def _check_shape(shape: tuple[int, ...], raw_shape: tuple[int, ...], where: str) -> None:
+    if shape == raw_shape:
+        return
+    swapped = (raw_shape[0], raw_shape[2], raw_shape[1])
+    hint = (" (the image's y and x swapped: the label file was written in another axis order than the image)"
+            if shape == swapped else "")
+    raise PlateletEMFormatError(f"{where}: label shape {shape} differs from the image shape {raw_shape}{hint}")
+
+
+def _read_colours(archive: Path, member: str, encoding: str, raw_shape: tuple[int, ...]) -> np.ndarray:
+    where = f"{archive.name}:{member}"
+    stack = read_stack(read_member(archive, member), name=where)
+    data = stack.data
+    channels = 3 if encoding == "rgb" else 4
+    if data.ndim != 4 or data.shape[-1] != channels or data.dtype != np.uint8:
+        raise PlateletEMFormatError(
+            f"{where}: expected {encoding.upper()} colour-coded label pages (z, y, x, {channels}) of uint8 for "
+            f"release '{encoding}', got shape {data.shape} dtype {data.dtype} ({stack.photometric})")
+    _check_shape(data.shape[:3], raw_shape, where)
+    return data
+
+
+def _read_json(archive: Path, member: str, raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    where = f"{archive.name}:{member}"
+    decoded = read_rle_json(read_member(archive, member), name=where)
+    _check_shape(decoded.data.shape, raw_shape, where)
+    return decoded.data, {"dtype": str(decoded.data.dtype), "labels": len(decoded.labels), "runs": decoded.runs}
+
+
+def _rgb_table(card: Card) -> dict[tuple[int, ...], int]:
+    """Release A's exact RGB → class table: the card's class colours (the authors' converter)."""
+    return {tuple(c.color): c.value for c in card.label_layer("semantic").classes if c.color is not None}
+
+
+def _card_dtype(card: Card, name: str, top: int) -> np.dtype:
+    spec = card.label_layer(name).dtype
+    dtype = np.dtype(spec or "uint16")
+    return dtype if top <= np.iinfo(dtype).max else np.dtype(np.uint32 if top < 2**32 else np.uint64)
+
+
+def _instances_from_colours(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """Colour ids by first appearance (C order, as stored), black → 0."""
+    if encoding == "rgba":
+        opaque_black = (rgb[..., :3] == 0).all(axis=-1) & (rgb[..., 3] == 255)
+        if opaque_black.any():
+            rgb = rgb.copy()
+            rgb[opaque_black] = 0
+        return colours_to_instances(rgb, background=(0, 0, 0, 0))
+    return colours_to_instances(rgb, background=(0, 0, 0))
+
+
+# -- data checks --------------------------------------------------------------------------------
+
+def border_share(mask: np.ndarray, body: np.ndarray) -> float | None:
+    """Share of the in-plane 4-neighbour border of ``mask`` that lies in ``body`` (None if no border).
+
+    Example:
+        >>> body = np.zeros((1, 5, 5), bool); body[0, 1:4, 1:4] = True
+        >>> core = np.zeros_like(body); core[0, 2, 2] = True; body[core] = False
+        >>> border_share(core, body)
+        1.0
+    """
+    grown = np.zeros_like(mask)
+    grown[:, 1:, :] |= mask[:, :-1, :]
+    grown[:, :-1, :] |= mask[:, 1:, :]
+    grown[:, :, 1:] |= mask[:, :, :-1]
+    grown[:, :, :-1] |= mask[:, :, 1:]
+    border = grown & ~mask
+    total = int(np.count_nonzero(border))
+    return None if total == 0 else int(np.count_nonzero(border & body)) / total
+
+
+def _verdict(share: float | None, voxels: int) -> str:
+    if voxels == 0:
+        return "absent"
+    if share is None:
+        return "unclear"
+    return "core-like" if share >= CORE_LIKE else "not core-like" if share <= NOT_CORE else "unclear"
+
+
+def _measure(semantic: np.ndarray, value: int) -> dict[str, Any]:
+    mask = semantic == value
+    voxels = int(np.count_nonzero(mask))
+    share = border_share(mask, semantic == 5) if voxels else None
+    return {"voxels": voxels, "border_share_in_class_5": None if share is None else round(share, 4),
+            "verdict": _verdict(share, voxels)}
+
+
+def decide_dense_core(semantic: np.ndarray, where: str) -> tuple[dict[int, int], dict[str, Any]]:
+    """Which provisional code (7 = (127,0,0,255), 8 = (255,229,0,255)) is class 6; raises if unclear.
+
+    Returns ``({7: class, 8: class}, finding)``.
+    """
+    found = {colour: _measure(semantic, code) for colour, code in zip(DISPUTED, _PROVISIONAL)}
+    verdicts = [found[c]["verdict"] for c in DISPUTED]
+    finding: dict[str, Any] = {"check": "dense granule core (6) must lie inside dense granule body (5)",
+                               "colours": {str(c): found[c] for c in DISPUTED},
+                               "thresholds": {"core_like": CORE_LIKE, "not_core_like": NOT_CORE}}
+    core = None
+    if verdicts == ["absent", "absent"]:
+        finding["decision"] = "neither colour occurs in this file: nothing to decide"
+        return {7: 4, 8: 6}, finding
+    if "core-like" in verdicts and verdicts.count("core-like") == 1:
+        other = verdicts[1 - verdicts.index("core-like")]
+        if other in ("not core-like", "absent"):
+            core = DISPUTED[verdicts.index("core-like")]
+    elif "not core-like" in verdicts and "absent" in verdicts:
+        core = DISPUTED[verdicts.index("absent")]  # the colour present is not a core, so it is class 4
+    if core is None:
+        shares = ", ".join(f"{c}: {found[c]['verdict']} (share {found[c]['border_share_in_class_5']}, "
+                           f"{found[c]['voxels']} voxels)" for c in DISPUTED)
+        raise PlateletEMFormatError(
+            f"{where}: cannot tell which of the colours {JET_DARK_RED} and {JET_YELLOW} is class 6 (dense granule "
+            f"core) and which is class 4 (canalicular vessel): the core must lie inside class 5 (share of its border "
+            f"in class 5 >= {CORE_LIKE}) and the vessel must not (<= {NOT_CORE}); found {shares}. emdata will not "
+            "guess; prepare release 'json' (release='json' / --release json), whose labels are integers")
+    table = {7: 6, 8: 4} if core == JET_DARK_RED else {7: 4, 8: 6}
+    vessel = JET_YELLOW if core == JET_DARK_RED else JET_DARK_RED
+    agrees = ("matplotlib jet order and the page's '4 = Yellow'" if core == JET_DARK_RED
+              else "FastEstimator's decoder table")
+    finding["decision"] = f"{core} = 6 (dense granule core), {vessel} = 4 (canalicular vessel); agrees with {agrees}"
+    return table, finding
+
+
+def check_known_core(semantic: np.ndarray, where: str) -> dict[str, Any]:
+    """The same measure for releases whose classes are known (rgb, json): a finding, warning if off."""
+    core, vessel = _measure(semantic, 6), _measure(semantic, 4)
+    finding = {"check": "dense granule core (6) must lie inside dense granule body (5)",
+               "class_6": core, "class_4": vessel,
+               "thresholds": {"core_like": CORE_LIKE, "not_core_like": NOT_CORE}}
+    odd = core["verdict"] in ("not core-like", "unclear") or vessel["verdict"] == "core-like"
+    finding["consistent"] = not odd
+    if odd:
+        log.warning("%s: class 6 is %s and class 4 is %s (share of border in class 5: %s vs %s); the published "
+                    "classes are kept", where, core["verdict"], vessel["verdict"], core["border_share_in_class_5"],
+                    vessel["border_share_in_class_5"])
+    return finding
+
+
+def _fit(inst: np.ndarray, sem: np.ndarray) -> tuple[float, float]:
+    """(share of instance voxels on the semantic mask, IoU of the two masks)."""
+    both = int(np.count_nonzero(inst & sem))
+    union = int(np.count_nonzero(inst | sem))
+    return both / max(int(np.count_nonzero(inst)), 1), both / max(union, 1)
+
+
+def decide_z_order(instances: np.ndarray, semantic_mask: np.ndarray, where: str,
+                   what: str) -> tuple[bool, dict[str, Any]]:
+    """Whether the instance layer is z-reversed against its semantic class; ``(flip, finding)``."""
+    inst = instances != 0
+    finding: dict[str, Any] = {"check": f"{what} instances must lie on their semantic class, slice by slice"}
+    if instances.shape[0] < 2 or not inst.any() or not semantic_mask.any():
+        finding["decision"] = "not measurable (fewer than 2 slices, or an empty layer); kept as stored"
+        return False, finding
+    share_s, iou_s = _fit(inst, semantic_mask)
+    share_r, iou_r = _fit(inst[::-1], semantic_mask)
+    per_slice = [(_fit(inst[z], semantic_mask[z])[0], _fit(inst[-1 - z], semantic_mask[z])[0])
+                 for z in range(inst.shape[0]) if inst[z].any() or inst[-1 - z].any()]
+    finding.update({"as_stored": {"share_on_class": round(share_s, 4), "iou": round(iou_s, 4)},
+                    "z_reversed": {"share_on_class": round(share_r, 4), "iou": round(iou_r, 4)},
+                    "slices_better_reversed": sum(r > s for s, r in per_slice),
+                    "slices_better_as_stored": sum(s > r for s, r in per_slice),
+                    "rule": f"flip only if the reversed share is >= {Z_MARGIN} higher and >= {Z_MIN_FIT}, with the "
+                            "IoU agreeing"})
+    numbers = (f"share of {what} voxels on their class {share_s:.3f} as stored vs {share_r:.3f} z-reversed, "
+               f"IoU {iou_s:.3f} vs {iou_r:.3f}")
+    if share_r - share_s >= Z_MARGIN and share_r >= Z_MIN_FIT and iou_r > iou_s:
+        finding["decision"] = f"z-reversed: flipped along z ({numbers})"
+        log.warning("%s: the %s instance volume is z-reversed relative to the semantic labels (%s); flipping it "
+                    "along z", where, what, numbers)
+        return True, finding
+    if share_s - share_r >= Z_MARGIN and share_s >= Z_MIN_FIT and iou_s > iou_r:
+        finding["decision"] = f"as stored ({numbers})"
+        return False, finding
+    finding["decision"] = f"ambiguous: kept as stored ({numbers})"
+    log.warning("%s: cannot tell whether the %s instance volume is z-reversed (%s); keeping it as stored",
+                where, what, numbers)
+    return False, finding
+
+
+# -- one volume -------------------------------------------------------------------------------
+
+def _semantic(card: Card, archive: Path, member: str, release: Release,
+              raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    where = f"{archive.name}:{member}"
+    if release.encoding == "json":
+        data, info = _read_json(archive, member, raw_shape)
+        present = sorted(int(v) for v in np.unique(data))
+        unknown = [v for v in present if not 0 <= v <= 6]
+        if unknown:
+            raise LabelEncodingError(f"{where}: value(s) {unknown[:10]} are not semantic classes 0..6")
+        return data, {"source": info, "dense_core": check_known_core(data, where)}
+    colours = _read_colours(archive, member, release.encoding, raw_shape)
+    if release.encoding == "rgb":
+        index = colours_to_index(colours, _rgb_table(card), where=where, slice_axis=0)
+        data = index.astype(_card_dtype(card, "semantic", 6))
+        return data, {"dense_core": check_known_core(data, where)}
+    table = {**RGBA_SEMANTIC, JET_DARK_RED: _PROVISIONAL[0], JET_YELLOW: _PROVISIONAL[1]}
+    try:
+        index = colours_to_index(colours, table, where=where, slice_axis=0)
+    except LabelEncodingError as exc:
+        raise LabelEncodingError(f"{exc}. (Release C1 colours come from 255 x jet(label / max label of the file); "
+                                 "a file whose max label is not 6 has other colours: use release 'json'.)") from exc
+    decision, finding = decide_dense_core(index, where)
+    lut = np.arange(9, dtype=np.uint8)
+    for code, cls in decision.items():
+        lut[code] = cls
+    return lut[index].astype(_card_dtype(card, "semantic", 6)), {"dense_core": finding}
+
+
+def _instances(card: Card, archive: Path, member: str, name: str, release: Release,
+               raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    if release.encoding == "json":
+        data, info = _read_json(archive, member, raw_shape)
+        return data, {"source": info, "ids": "the JSON keys, as published"}
+    ids = _instances_from_colours(_read_colours(archive, member, release.encoding, raw_shape), release.encoding)
+    top = int(ids.max(initial=0))
+    info: dict[str, Any] = {"ids": "colours numbered by first appearance in a C-order scan of the file as stored "
+                                   "(black = 0)", "instances": top}
+    if release.encoding == "rgba":
+        info["caveat"] = ("RGBA colours come from a 256-entry colour table over label / max label: objects whose ids "
+                          "share a table entry share a colour and so an id here; release 'json' keeps exact ids")
+    return ids.astype(_card_dtype(card, name, top)), info
+
+
+def _prepare_volume(card: Card, archive: Path, spec_name: str, split: str, description: str, release: Release,
+                    paths: dict[str, str], prov: dict[str, Any]) -> Volume:
+    where = f"{archive.name}:{TOP} {spec_name}"
+    raw = _read_raw(archive, paths["raw"])
+    shape = tuple(raw.shape)
+    spec_shape = next(s.shape for s in card.volumes if s.name == spec_name)
+    if spec_shape and shape != spec_shape:
+        log.warning("%s %s: image shape %s differs from the published %s (a replica or a different release); "
+                    "preparing it anyway", DATASET, spec_name, shape, spec_shape)
+    semantic, sem_info = _semantic(card, archive, paths["semantic"], release, shape)
+    cells, cell_info = _instances(card, archive, paths["instance-cell"], "instance-cell", release, shape)
+    organelles, org_info = _instances(card, archive, paths["instance-organelle"], "instance-organelle", release, shape)
+    notes = [f"release {release.letter} ({release.key}: {release.description}), archive {archive.name}",
+             "TIFF pages read as stored, (page, row, column) = (z, y, x); not transposed (the page's [Z, X, Y] names "
+             "the authors' numpy axes); raw and labels read alike"]
+    z_checks = {}
+    for name, data, sem_mask, what in (("instance-cell", cells, semantic >= 1, "cell"),
+                                       ("instance-organelle", organelles, semantic >= 2, "organelle")):
+        flip, finding = decide_z_order(data, sem_mask, f"{archive.name}:{paths[name]}", what)
+        z_checks[name] = finding
+        if flip:
+            notes.append(f"{paths[name]} is z-reversed relative to the semantic labels; flipped along z "
+                         f"(ids were numbered before the flip)")
+            if name == "instance-cell":
+                cells = np.ascontiguousarray(cells[::-1])
+            else:
+                organelles = np.ascontiguousarray(organelles[::-1])
+        elif finding["decision"].startswith("ambiguous"):
+            notes.append(f"{paths[name]}: z-order could not be confirmed from the data; kept as stored")
+    core = sem_info["dense_core"]
+    if release.encoding == "rgba":
+        notes.append(f"class 4/6 colours decided from the data: {core['decision']}")
+    elif not core["consistent"]:
+        notes.append("the published class 6 (dense granule core) does not lie inside class 5 as expected; "
+                     "classes kept as published")
+    layers = [layer(card, "semantic", semantic), layer(card, "instance-cell", cells),
+              layer(card, "instance-organelle", organelles)]
+    checks = {"dense_core_in_body": core, "z_order": z_checks}
+    sources = {"semantic": sem_info.get("source"), "instance-cell": cell_info, "instance-organelle": org_info}
+    log.debug("%s: checks %s", where, checks)
+    return publish(card, spec_name, split, raw, layers, prov, description=description, release=release.key,
+                   release_letter=release.letter, release_archive=release.source, label_encoding=release.encoding,
+                   source_files=paths, label_sources=sources, checks=checks,
+                   axes="(z, y, x) = TIFF (page, row, column)", notes=notes)
+
+
+def _choose_release(release: str | None) -> Release:
+    key = DEFAULT_RELEASE if release is None else str(release).strip().lower()
+    if key not in RELEASES:
+        raise ValueError(f"{DATASET} has no release {release!r}; choose from {list(RELEASES)} (default "
+                         f"{DEFAULT_RELEASE!r}: {RELEASES[DEFAULT_RELEASE].description})")
+    return RELEASES[key]
+
+
+def prepare(volumes: list[str] | None = None, force: bool = False, release: str | None = None) -> list[Volume]:
+    """Fetch the chosen release (default ``"json"``) and write the selected volumes (default: both)."""
+    card = get_card(DATASET)
+    chosen = _choose_release(release)
+    wanted = choose_volumes(card, volumes)
+    fetched = fetch_source(card, chosen.source)
+    archive = fetched.path
+    out = []
+    for spec in card.volumes:
+        if spec.name not in wanted:
+            continue
+        paths = members(STEMS[spec.name], chosen.encoding)
+        prov = provenance(DATASET, RECIPE_VERSION, [fetched],
+                          {"volume": spec.name, "release": chosen.key, "members": list(paths.values()),
+                           "checks": {"core_like": CORE_LIKE, "not_core_like": NOT_CORE, "z_margin": Z_MARGIN,
+                                      "z_min_fit": Z_MIN_FIT}})
+        existing = None if force else reusable(volume_path(DATASET, spec.name), prov)
+        if existing is not None:
+            out.append(existing)
+            continue
+        out.append(_prepare_volume(card, archive, spec.name, spec.split, spec.description, chosen, paths, prov))
+    return out
