@@ -271,6 +271,11 @@ class PatchDataset:
     def _read(self, plan: _Plan, layer: str, origin: Zyx) -> np.ndarray:
         reader = self._reader(plan)
         is_raw = layer == "raw"
+        if plan.target == plan.scale and (is_raw or plan.scale == plan.vs0):
+            # target grid = level grid: raw levels are centred block means, so voxel o is exactly
+            # target voxel o; strided label levels are exact only at level 0
+            return reader.read(layer, plan.level, tuple(  # type: ignore[arg-type]
+                slice(o, o + n) for o, n in zip(origin, self.patch_shape)))
         arr_shape = plan.level_shape
         translation = plan.raw_translation if is_raw else (0.0, 0.0, 0.0)
         positions, window = [], []
@@ -282,9 +287,6 @@ class PatchDataset:
             positions.append(pos - lo)
             window.append(slice(lo, hi))
         block = reader.read(layer, plan.level, tuple(window))  # type: ignore[arg-type]
-        direct = all(np.allclose(p, np.arange(len(p))) and len(p) <= b for p, b in zip(positions, block.shape))
-        if direct:
-            return block[tuple(slice(0, len(p)) for p in positions)]
         return resample_at(block, positions, linear=is_raw)
 
     # -- sampling ---------------------------------------------------------------------------
