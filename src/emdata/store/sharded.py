@@ -1,0 +1,683 @@
+"""Write a canonical volume too big for memory: arrays created up front, filled region by
+region (in parallel, e.g. on dask workers), resumable region by region, published atomically.
+
+The result is the volume :func:`emdata.store.writer.write_volume` would write for the same
+arrays: the same OME-Zarr 0.5 layout, chunk and shard shapes (:func:`choose_chunks`), codecs,
+pyramid (:func:`plan_levels`, :func:`downsample_mean` / :func:`downsample_nearest`), label
+metadata, per-block checksums and completion marker, so ``verify --deep`` checks it the same way.
+
+How a build goes:
+
+1. :meth:`ShardedVolumeWriter.prepare` creates ``.<name>.building/`` next to the final path,
+   with every array of every level (zarr v3, shards as chosen) and a build spec
+   ``emdata-build.json``; or, if a build with the same spec is there, resumes it.
+2. Level 0 is split into *regions*: the array's shard grid (for unsharded arrays, a group of
+   chunks the size a shard would have). Every array's checksum block (shard or chunk) lies
+   inside one region, so a region is written whole, by one worker, never two at once.
+   :meth:`~ShardedVolumeWriter.write_region` asks a ``fill(region, array_name)`` callable for
+   the voxels of one array at a time, writes them, digests the blocks and then writes the
+   region's completion record ``.emdata-shards/<level>/<z>_<y>_<x>.json``.
+3. Each coarser level is computed region by region from the level below
+   (:meth:`~ShardedVolumeWriter.build_region`), reading the source in pieces aligned to the
+   downsampling step (one source region at a time), so block means and label picks equal the
+   whole-array computation.
+4. :meth:`~ShardedVolumeWriter.finish` gathers the digests into each array's
+   ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes, renames the folder
+   into place and writes ``emdata-complete.json`` last.
+
+A rerun after an interruption redoes only regions without a record. Memory per task: one
+region of one array (level 0: plus whatever ``fill`` needs to produce it; coarser levels: the
+output region plus one source region of the level below, read one at a time).
+
+:func:`build_volume` drives all of it, serially or on a ``distributed`` client (see
+:func:`dask_client`: a ``LocalCluster`` by default, or an existing scheduler's address).
+
+Example:
+    >>> import numpy as np
+    >>> writer = ShardedVolumeWriter(tmp / "v.ome.zarr", (64, 512, 512), "uint16", (30, 6, 6),
+    ...                              meta={"dataset": "demo", "volume": "v", "split": "all"})  # doctest: +SKIP
+    >>> def fill(region, name):  # voxels of one region of one array, from anywhere
+    ...     return np.zeros(region.shape, "uint16")
+    >>> build_volume(writer, fill)  # doctest: +SKIP
+    PosixPath('.../v.ome.zarr')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+from emdata.labels.ontology import ontology
+from emdata.store import ome
+from emdata.store.checksum import ALGORITHM, block_slices, digest
+from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
+from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
+from emdata.store.writer import (
+    COMPLETE_MARKER,
+    SCHEMA,
+    LabelLayerData,
+    StoreWriteError,
+    _ome_levels,
+    _union_mapping,
+)
+
+__all__ = ["BuildError", "LabelSpec", "Region", "ShardedVolumeWriter", "build_volume", "dask_client"]
+
+Zyx = tuple[int, int, int]
+Chunking = Callable[[tuple[int, ...], tuple[float, float, float], int], tuple[Zyx, Zyx | None]]
+Fill = Callable[["Region", str], np.ndarray]
+SPEC = "emdata-build.json"
+RECORDS = ".emdata-shards"
+_SPEC_FORMAT = "emdata.sharded-build/1"
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """Some regions of a build failed; the finished ones are kept and a rerun resumes."""
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A label layer to build: :class:`~emdata.store.writer.LabelLayerData` without the data.
+
+    Example:
+        >>> LabelSpec("mito", "uint8", "semantic", [{"value": 0, "name": "background", "ontology": "background"},
+        ...                                          {"value": 1, "name": "mito", "ontology": "mitochondria"}]).dtype
+        'uint8'
+    """
+
+    name: str
+    dtype: str
+    kind: str
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    instance_of: str | None = None
+    annotates: list[str] | None = None
+    ignore_value: int | None = None
+    description: str = ""
+    value_ranges: list[dict[str, Any]] = field(default_factory=list)
+
+    def layer_data(self) -> LabelLayerData:
+        """The writer's description of this layer (with an empty array: only the meaning is used)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "dtype"}
+        return LabelLayerData(data=np.empty((0, 0, 0), self.dtype), **fields)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One unit of work: the box ``[start, stop)`` of grid cell ``index`` at pyramid ``level``.
+
+    Example:
+        >>> r = Region(0, (0, 1, 0), (0, 256, 0), (64, 512, 256))
+        >>> r.shape, r.slices[1]
+        ((64, 256, 256), slice(256, 512, None))
+    """
+
+    level: int
+    index: Zyx
+    start: Zyx
+    stop: Zyx
+
+    @property
+    def shape(self) -> Zyx:
+        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str:
+        return "_".join(map(str, self.index))
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _atomic_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _standard_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(np.dtype(dtype).name)
+
+
+class ShardedVolumeWriter:
+    """Build the canonical volume at ``path`` (``…/<volume>.ome.zarr``) region by region.
+
+    ``shape`` and ``dtype`` are those of level-0 raw; ``labels`` the label layers (same
+    shape); ``meta`` the ``emdata`` block as for :func:`~emdata.store.writer.write_volume`
+    (``dataset``, ``volume``, ``split`` required; JSON-able). ``chunking`` picks (chunks,
+    shards) per array (default: the canonical :func:`choose_chunks`; tests force small shards).
+    Workers rebuild the writer from the spec on disk with :meth:`attach`.
+
+    Example:
+        >>> w = ShardedVolumeWriter(Path("/tmp/x/v.ome.zarr"), (8, 64, 64), "uint8", (1, 1, 1),
+        ...                         meta={"dataset": "d", "volume": "v", "split": "all"})
+        >>> len(w.regions(0)), w.levels[0]["unit"]
+        (1, [8, 64, 64])
+    """
+
+    def __init__(self, path: Path, shape: Sequence[int], dtype: Any, voxel_size_nm: Sequence[float], *,
+                 labels: Sequence[LabelSpec] = (), meta: dict[str, Any], max_levels: int = 4,
+                 chunking: Chunking = choose_chunks) -> None:
+        shape = tuple(int(n) for n in shape)
+        voxel = tuple(float(v) for v in voxel_size_nm)
+        if len(shape) != 3 or min(shape) < 1:
+            raise StoreWriteError(f"raw must be a non-empty (z, y, x) volume, got shape {shape}")
+        if len(voxel) != 3 or not all(v > 0 for v in voxel):
+            raise StoreWriteError(f"voxel size must be three positive nm values (z, y, x), got {voxel}")
+        for key in ("dataset", "volume", "split"):
+            if key not in meta:
+                raise StoreWriteError(f"volume metadata needs {key!r}")
+        raw_dtype = _standard_dtype(dtype)
+        names: set[str] = set()
+        for spec in labels:
+            if spec.name in names or not spec.name.replace("_", "").replace("-", "").isalnum():
+                raise StoreWriteError(f"label layer name {spec.name!r} is duplicated or not [A-Za-z0-9_-]")
+            names.add(spec.name)
+            if not np.issubdtype(np.dtype(spec.dtype), np.integer):
+                raise StoreWriteError(f"label layer {spec.name!r} must be integer, got {spec.dtype}")
+            if spec.kind not in ("instance", "semantic"):
+                raise StoreWriteError(f"label layer {spec.name!r}: kind must be instance or semantic")
+        factors = plan_levels(shape, voxel, max_levels=max_levels)
+        levels = []
+        prev = (1, 1, 1)
+        for i, factor in enumerate(factors):
+            lshape = level_shape(shape, factor)
+            lvoxel = tuple(v * f for v, f in zip(voxel, factor))
+            arrays = {}
+            for name, dt, rel in [("raw", raw_dtype, str(i))] + [
+                    (s.name, _standard_dtype(s.dtype), f"labels/{s.name}/{i}") for s in labels]:
+                chunks, shards = chunking(lshape, lvoxel, dt.itemsize)  # type: ignore[arg-type]
+                arrays[name] = {"path": rel, "dtype": dt.name, "chunks": list(chunks),
+                                "shards": list(shards) if shards else None}
+            levels.append({"level": i, "factor": list(factor), "step": [f // p for f, p in zip(factor, prev)],
+                           "shape": list(lshape), "unit": list(_unit(lshape, arrays)), "arrays": arrays})
+            prev = factor
+        self.path = Path(path)
+        self.spec: dict[str, Any] = {
+            "format": _SPEC_FORMAT, "shape": list(shape), "dtype": raw_dtype.name, "voxel_size_nm": list(voxel),
+            "labels": [asdict(s) for s in labels], "meta": json.loads(json.dumps(meta)), "levels": levels,
+        }
+        self._lock: FileLock | None = None
+        self._lock_depth = 0
+        self._prepared = False
+
+    # -- description ---------------------------------------------------------------------------
+
+    @property
+    def building(self) -> Path:
+        """The hidden folder the volume is built in (stable, so a rerun finds it)."""
+        return self.path.parent / f".{self.path.name}.building"
+
+    @property
+    def levels(self) -> list[dict[str, Any]]:
+        return self.spec["levels"]
+
+    @property
+    def label_specs(self) -> list[LabelSpec]:
+        return [LabelSpec(**s) for s in self.spec["labels"]]
+
+    def array_names(self) -> list[str]:
+        """``raw`` and the label layer names, in writing order."""
+        return ["raw"] + [s["name"] for s in self.spec["labels"]]
+
+    def regions(self, level: int) -> list[Region]:
+        """Every region of ``level`` in C order."""
+        lv = self.levels[level]
+        shape, unit = lv["shape"], lv["unit"]
+        grid = [range(_ceil_div(n, u)) for n, u in zip(shape, unit)]
+        return [self.region(level, idx) for idx in itertools.product(*grid)]  # type: ignore[arg-type]
+
+    def region(self, level: int, index: Sequence[int]) -> Region:
+        lv = self.levels[level]
+        start = tuple(i * u for i, u in zip(index, lv["unit"]))
+        stop = tuple(min(s + u, n) for s, u, n in zip(start, lv["unit"], lv["shape"]))
+        if any(a >= n for a, n in zip(start, lv["shape"])):
+            raise IndexError(f"region {tuple(index)} lies outside level {level} of shape {tuple(lv['shape'])}")
+        return Region(level, tuple(int(i) for i in index), start, stop)  # type: ignore[arg-type]
+
+    def _record(self, region: Region) -> Path:
+        return self.building / RECORDS / str(region.level) / f"{region.key}.json"
+
+    def is_done(self, region: Region) -> bool:
+        return self._record(region).is_file()
+
+    def pending(self, level: int) -> list[Region]:
+        """Regions of ``level`` without a completion record."""
+        folder = self.building / RECORDS / str(level)
+        done = {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        return [r for r in self.regions(level) if r.key not in done]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[ShardedVolumeWriter]:
+        """Hold ``<path>.lock`` (the lock ``write_volume`` uses); re-entrant on this object."""
+        if self._lock_depth == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.path) + ".lock")
+            self._lock.acquire()
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def prepare(self) -> bool:
+        """Create the building folder with all arrays, or resume one with the same spec.
+
+        Returns True when an earlier build was resumed (or this writer prepared it already).
+        """
+        if self._prepared and (self.building / SPEC).is_file():
+            return True
+        self._prepared = True
+        spec_path = self.building / SPEC
+        if spec_path.is_file():
+            try:
+                old = json.loads(spec_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = None
+            if old == self.spec:
+                done = sum(len(list((self.building / RECORDS / str(i)).glob("*.json")))
+                           for i in range(len(self.levels)) if (self.building / RECORDS / str(i)).is_dir())
+                log.info("%s: resuming an interrupted build (%d region(s) already written)", self.path, done)
+                return True
+            log.warning("%s: an interrupted build with different parameters is in %s; starting over",
+                        self.path, self.building)
+        self.discard()
+        self._create()
+        return False
+
+    def discard(self) -> None:
+        """Remove the building folder (a finished volume at :attr:`path` is left alone)."""
+        self._prepared = False
+        if self.building.exists():
+            trash = self.building.with_name(f"{self.building.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.building, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _create(self) -> None:
+        import zarr
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(self.building), mode="w", zarr_format=3)
+        if self.spec["labels"]:
+            labels_group = root.create_group("labels")
+            for spec in self.spec["labels"]:
+                labels_group.create_group(spec["name"])
+        for lv in self.levels:
+            for plan in lv["arrays"].values():
+                root.create_array(plan["path"], shape=tuple(lv["shape"]), dtype=plan["dtype"],
+                                  chunks=tuple(plan["chunks"]),
+                                  shards=tuple(plan["shards"]) if plan["shards"] else None,
+                                  compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0,
+                                  dimension_names=list(ome.AXES))
+        _atomic_json(self.building / SPEC, self.spec)  # last: a folder without it is not resumable
+
+    @classmethod
+    def attach(cls, building: str | Path) -> ShardedVolumeWriter:
+        """The writer of the build in ``building`` (workers call this; no lock is taken)."""
+        return _attach(str(building), (Path(building) / SPEC).stat().st_mtime_ns)
+
+    # -- filling regions -----------------------------------------------------------------------
+
+    def _array(self, level: int, name: str) -> Any:
+        import zarr
+
+        return zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
+
+    def _store(self, region: Region, name: str, data: np.ndarray) -> list[list[Any]]:
+        """Write one array's region and return its block digests ``[[bz, by, bx, digest], ...]``."""
+        plan = self.levels[region.level]["arrays"][name]
+        if data.shape != region.shape:
+            raise StoreWriteError(f"{name} level {region.level} region {region.index}: got shape {data.shape}, "
+                                  f"expected {region.shape}")
+        if _standard_dtype(data.dtype) != np.dtype(plan["dtype"]):
+            raise StoreWriteError(f"{name} level {region.level} region {region.index}: got dtype {data.dtype}, "
+                                  f"the array is {plan['dtype']}")
+        data = np.ascontiguousarray(data, dtype=plan["dtype"])
+        self._array(region.level, name)[region.slices] = data
+        block = plan["shards"] or plan["chunks"]
+        out = []
+        for sl in block_slices(region.shape, tuple(block)):
+            index = [(s + a.start) // b for s, a, b in zip(region.start, sl, block)]
+            out.append([*index, digest(data[sl])])
+        return out
+
+    def write_region(self, region: Region, fill: Fill) -> None:
+        """Level 0: write every array of ``region`` from ``fill(region, name)``, then its record."""
+        if region.level != 0:
+            raise ValueError(f"write_region writes level 0; level {region.level} is built with build_region")
+        digests = {}
+        for name in self.array_names():
+            digests[name] = self._store(region, name, fill(region, name))
+        _atomic_json(self._record(region), {"level": 0, "index": list(region.index), "digests": digests})
+
+    def build_region(self, region: Region) -> None:
+        """Level ≥ 1: compute ``region`` of every array from the level below, then its record."""
+        if region.level < 1:
+            raise ValueError("build_region computes pyramid levels >= 1; level 0 is written with write_region")
+        lv = self.levels[region.level]
+        step = tuple(lv["step"])
+        digests = {}
+        for name in self.array_names():
+            source = self._array(region.level - 1, name)
+            out = np.empty(region.shape, dtype=lv["arrays"][name]["dtype"])
+            src_unit = self.levels[region.level - 1]["unit"]
+            piece = tuple(max(1, _ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
+            for sub in block_slices(region.shape, piece):
+                t0 = [r + s.start for r, s in zip(region.start, sub)]
+                t1 = [r + s.stop for r, s in zip(region.start, sub)]
+                src = tuple(slice(a * f, min(b * f, n)) for a, b, f, n in zip(t0, t1, step, source.shape))
+                values = np.asarray(source[src])
+                small = downsample_mean(values, step) if name == "raw" else downsample_nearest(values, step)
+                out[sub] = small
+            digests[name] = self._store(region, name, out)
+        _atomic_json(self._record(region), {"level": region.level, "index": list(region.index), "digests": digests})
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _level_meta(self, name: str, is_label: bool) -> list[dict[str, Any]]:
+        voxel = self.spec["voxel_size_nm"]
+        out = []
+        for lv in self.levels:
+            plan = lv["arrays"][name]
+            scale = tuple(v * f for v, f in zip(voxel, lv["factor"]))
+            translation = None if is_label else tuple(v * (f - 1) / 2 for v, f in zip(voxel, lv["factor"]))
+            out.append({"path": str(lv["level"]), "shape": list(lv["shape"]), "dtype": plan["dtype"],
+                        "chunks": list(plan["chunks"]), "shards": list(plan["shards"]) if plan["shards"] else None,
+                        "scale": list(scale), "translation": list(translation) if translation else None})
+        return out
+
+    def _checksums(self) -> None:
+        import zarr
+
+        for lv in self.levels:
+            found: dict[str, dict[tuple[int, ...], str]] = {name: {} for name in lv["arrays"]}
+            for record in (self.building / RECORDS / str(lv["level"])).glob("*.json"):
+                doc = json.loads(record.read_text(encoding="utf-8"))
+                for name, rows in doc["digests"].items():
+                    found[name].update({tuple(row[:3]): row[3] for row in rows})
+            for name, plan in lv["arrays"].items():
+                block = tuple(plan["shards"] or plan["chunks"])
+                blocks = []
+                for sl in block_slices(tuple(lv["shape"]), block):
+                    key = tuple(s.start // b for s, b in zip(sl, block))
+                    if key not in found[name]:
+                        raise BuildError(f"{self.path}: level {lv['level']} of {name} has no checksum for block "
+                                         f"{key}; a region was not written (rerun to resume)")
+                    blocks.append(found[name][key])
+                arr = zarr.open_array(str(self.building / plan["path"]), mode="r+")
+                arr.attrs["emdata"] = {"checksum": {"algorithm": ALGORITHM, "block_shape": list(block),
+                                                    "blocks": blocks}}
+
+    def finish(self) -> Path:
+        """Checksums and metadata into the arrays and groups, rename into place, marker last."""
+        import zarr
+
+        missing = {lv["level"]: len(self.pending(lv["level"])) for lv in self.levels}
+        if any(missing.values()):
+            raise BuildError(f"{self.path}: regions still missing per level {missing}; run the build again")
+        self._checksums()
+        root = zarr.open_group(str(self.building), mode="r+")
+        raw_levels = self._level_meta("raw", is_label=False)
+        label_meta: dict[str, Any] = {}
+        if self.spec["labels"]:
+            root["labels"].attrs["ome"] = {"version": ome.OME_VERSION,
+                                           "labels": [s["name"] for s in self.spec["labels"]]}
+        for spec in self.label_specs:
+            lvm = self._level_meta(spec.name, is_label=True)
+            mapping, annotates, classes = _union_mapping(spec.layer_data())
+            attrs = ome.multiscales(spec.name, _ome_levels(lvm), method="nearest")
+            attrs["image-label"] = ome.image_label(classes)
+            root[f"labels/{spec.name}"].attrs["ome"] = attrs
+            label_meta[spec.name] = {
+                "kind": spec.kind, "dtype": _standard_dtype(spec.dtype).name, "description": spec.description,
+                "instance_of": spec.instance_of, "classes": classes, "ontology_version": ontology().version,
+                "mapping": mapping, "annotates": annotates, "ignore_value": spec.ignore_value, "levels": lvm,
+            }
+        meta = self.spec["meta"]
+        block = {"schema": SCHEMA, **meta, "voxel_size_nm": list(self.spec["voxel_size_nm"]),
+                 "shape": list(self.spec["shape"]), "raw": {"dtype": self.spec["dtype"], "levels": raw_levels},
+                 "labels": label_meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        root.attrs.update({"ome": ome.multiscales(meta["volume"], _ome_levels(raw_levels), method="mean"),
+                           "emdata": block})
+        shutil.rmtree(self.building / RECORDS, ignore_errors=True)
+        (self.building / SPEC).unlink(missing_ok=True)
+        with self.locked():
+            if self.path.exists():
+                trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(self.building, self.path)
+            marker = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": SCHEMA,
+                      "arrays": len(self.array_names()), "levels": len(self.levels)}
+            _atomic_json(self.path / COMPLETE_MARKER, marker)
+        return self.path
+
+
+def _unit(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx:
+    """The region shape of one level: the shard (or, unsharded, a shard's worth of chunks).
+
+    Every array's checksum block must tile it, so a region holds whole blocks only.
+    """
+    blocks = [tuple(a["shards"] or a["chunks"]) for a in arrays.values()]
+    sharded = [tuple(a["shards"]) for a in arrays.values() if a["shards"]]
+    if sharded:
+        unit = tuple(max(b[i] for b in sharded) for i in range(3))
+    else:
+        chunk = tuple(arrays["raw"]["chunks"])
+        unit = tuple(min(c * k, _ceil_div(n, c) * c) for c, k, n in zip(chunk, SHARD_CHUNKS, shape))
+    for b in blocks:
+        if any(u % c and u < n for u, c, n in zip(unit, b, shape)):
+            raise StoreWriteError(f"block {b} of one array does not tile the region shape {unit} (level shape "
+                                  f"{tuple(shape)}); choose chunk/shard shapes that nest")
+    return unit  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=8)
+def _attach(building: str, mtime_ns: int) -> ShardedVolumeWriter:
+    spec = json.loads((Path(building) / SPEC).read_text(encoding="utf-8"))
+    if spec.get("format") != _SPEC_FORMAT:
+        raise StoreWriteError(f"{building}: not an emdata sharded build (format {spec.get('format')!r})")
+    writer = ShardedVolumeWriter.__new__(ShardedVolumeWriter)
+    name = Path(building).name
+    writer.path = Path(building).parent / name.removeprefix(".").removesuffix(".building")
+    writer.spec = spec
+    writer._lock, writer._lock_depth, writer._prepared = None, 0, True
+    return writer
+
+
+# -- driving a build ---------------------------------------------------------------------------
+
+
+def _region_task(building: str, level: int, index: Zyx, fill: Fill | None) -> Zyx:
+    """One region on a worker: attach to the build on disk and write it."""
+    writer = ShardedVolumeWriter.attach(building)
+    region = writer.region(level, index)
+    if level == 0:
+        if fill is None:
+            raise ValueError("level 0 needs a fill function")
+        writer.write_region(region, fill)
+    else:
+        writer.build_region(region)
+    return region.index
+
+
+def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, ...]], *,
+              on_done: Callable[[Any, Any], None] | None = None, window: int | None = None,
+              what: str = "task") -> list[Any]:
+    """Run ``func(*item)`` for every item, serially (``client`` None) or on a ``distributed`` client.
+
+    At most ``window`` tasks are in flight (default: twice the cluster's threads). After a
+    failure (or an exception from ``on_done(item, result)``, called on this side as each task
+    finishes) nothing new is submitted, the tasks in flight are waited for, and a
+    :class:`BuildError` names how many failed and the first error — work already done stays done.
+    Serially, the first failure stops the run the same way.
+
+    Example:
+        >>> run_tasks(None, pow, [(2, 3), (3, 2)])
+        [8, 9]
+    """
+    results: list[Any] = [None] * len(items)
+    if client is None:
+        for i, item in enumerate(items):
+            try:
+                results[i] = func(*item)
+                if on_done is not None:
+                    on_done(item, results[i])
+            except Exception as exc:
+                raise BuildError(f"{what} {item!r} failed ({type(exc).__name__}: {exc}); {i} of {len(items)} done "
+                                 "before it are kept: run again to resume") from exc
+        return results
+    from distributed import as_completed
+
+    if window is None:
+        threads = sum(client.nthreads().values()) or 1
+        window = max(2 * threads, 1)
+    todo = iter(enumerate(items))
+    index_of: dict[Any, int] = {}
+    errors: list[tuple[tuple[Any, ...], BaseException]] = []
+    stop = False
+
+    def submit(ac: Any) -> bool:
+        nxt = next(todo, None)
+        if nxt is None:
+            return False
+        i, item = nxt
+        future = client.submit(func, *item, pure=False, key=f"emdata-{what}-{uuid.uuid4().hex}")
+        index_of[future.key] = i
+        ac.add(future)
+        return True
+
+    ac = as_completed()
+    for _ in range(window):
+        if not submit(ac):
+            break
+    for future in ac:
+        i = index_of[future.key]
+        try:
+            results[i] = future.result()
+            if on_done is not None:
+                on_done(items[i], results[i])
+        except Exception as exc:
+            errors.append((items[i], exc))
+            stop = True
+        if not stop:
+            submit(ac)
+    if errors:
+        item, first = errors[0]
+        raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "
+                         f"{type(first).__name__}: {first}); finished work is kept: run again to resume") from first
+    return results
+
+
+def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
+                 on_region: Callable[[Region], None] | None = None) -> Path:
+    """Build (or resume) the whole volume: level 0 from ``fill``, the pyramid, then publish.
+
+    ``fill`` must be picklable for a process or remote cluster (a module-level function or a
+    ``functools.partial`` of one). ``on_region`` runs on this side after each region; raising
+    in it stops the build like an interruption (tests use it).
+
+    Example:
+        >>> with dask_client() as client:  # doctest: +SKIP
+        ...     build_volume(writer, functools.partial(my_fill, source), client=client)
+    """
+    with writer.locked():
+        writer.prepare()
+        building = str(writer.building)
+        for lv in writer.levels:
+            level = lv["level"]
+            pending = writer.pending(level)
+            total = len(writer.regions(level))
+            if not pending:
+                continue
+            log.info("%s: level %d: %d of %d region(s) to write", writer.path, level, len(pending), total)
+            items = [(building, level, r.index, fill if level == 0 else None) for r in pending]
+
+            def done(item: tuple[Any, ...], _result: Any, level: int = level) -> None:
+                if on_region is not None:
+                    on_region(writer.region(level, item[2]))
+
+            run_tasks(client, _region_task, items, on_done=done, what=f"level-{level} region")
+        return writer.finish()
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, **local: Any) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler`` (an address such as ``tcp://host:8786``) or to a
+    new ``LocalCluster`` (``dashboard_address=":0"``, one thread per worker, its logs at ERROR;
+    ``local`` overrides),
+    closed on exit. Workers of an existing cluster must see the same file system paths.
+
+    Example:
+        >>> with dask_client(n_workers=2, processes=False) as client:  # doctest: +SKIP
+        ...     client.submit(sum, [1, 2]).result()
+        3
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError("building in parallel needs dask.distributed: pip install 'emdata[dask]'") from exc
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); start one with "
+                                  "`dask scheduler` or leave --scheduler out for a local cluster") from exc
+        with client:
+            yield client
+        return
+    kwargs: dict[str, Any] = {"dashboard_address": ":0", "threads_per_worker": 1, "silence_logs": logging.ERROR}
+    if "n_workers" not in local:
+        kwargs["n_workers"] = max(1, min(os.cpu_count() or 1, 8))
+    kwargs.update(local)
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        yield client
+
+
+def default_workers(bytes_per_task: int) -> int:
+    """Local workers that fit in memory at ``bytes_per_task`` each (×2 headroom), at most one per core.
+
+    Example:
+        >>> default_workers(1) >= 1
+        True
+    """
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        total = 4 << 30
+    return max(1, min(os.cpu_count() or 1, math.floor(total / max(2 * bytes_per_task, 1))))
