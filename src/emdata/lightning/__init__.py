@@ -44,7 +44,27 @@ def _home(data_root: str | Path | None) -> Iterator[None]:
             os.environ["EMDATA_HOME"] = old
 
 
-class EMDataModule(L.LightningDataModule):
+class _Loaders(L.LightningDataModule):
+    """Train/val loaders over ``train_set``/``val_set``, each rank drawing its own share."""
+
+    train_set: Any
+    val_set: Any
+    batch_size: int
+    num_workers: int
+    context: str | None
+
+    def _loader(self, dataset: Any) -> Any:
+        rank, world = _rank_and_world(self)
+        return make_loader(dataset, self.batch_size, self.num_workers, self.context, rank=rank, world_size=world)
+
+    def train_dataloader(self) -> Any:
+        return self._loader(self.train_set)
+
+    def val_dataloader(self) -> Any:
+        return self._loader(self.val_set) if self.val_set is not None else []
+
+
+class EMDataModule(_Loaders):
     """One prepared dataset as a DataModule.
 
     ``data_root`` is the emdata home holding ``prepared/<dataset>`` (default: EMDATA_HOME).
@@ -101,15 +121,6 @@ class EMDataModule(L.LightningDataModule):
             raise ValueError(f"{self.dataset_id} has no prepared train volume; run prepare_data() first")
         self.val_set = self.build_dataset("val", self.val_samples, sampler=Uniform())
 
-    def _loader(self, dataset: Any) -> Any:
-        rank, world = _rank_and_world(self)
-        return make_loader(dataset, self.batch_size, self.num_workers, self.context, rank=rank, world_size=world)
-
-    def train_dataloader(self) -> Any:
-        return self._loader(self.train_set)
-
-    def val_dataloader(self) -> Any:
-        return self._loader(self.val_set) if self.val_set is not None else []
 
 
 def _rank_and_world(dm: L.LightningDataModule) -> tuple[int | None, int | None]:
@@ -135,7 +146,7 @@ AxonEMDataModule = _named("AxonEMDataModule", "axonem")
 LucchiPPDataModule = _named("LucchiPPDataModule", "lucchi-pp")
 
 
-class CombineDataModule(L.LightningDataModule):
+class CombineDataModule(_Loaders):
     """Mix DataModules with true sampling probabilities (weights are not multiplied by size).
 
     Targets live in ``label_space`` (default: seed 004's union: background, neuron, cleft,
@@ -190,12 +201,3 @@ class CombineDataModule(L.LightningDataModule):
             raise ValueError(f"none of {list(self.datamodules)} has a prepared train volume; run prepare_data()")
         self.val_set = self._mixed("val", self.val_samples)
 
-    def _loader(self, dataset: Any) -> Any:
-        rank, world = _rank_and_world(self)
-        return make_loader(dataset, self.batch_size, self.num_workers, self.context, rank=rank, world_size=world)
-
-    def train_dataloader(self) -> Any:
-        return self._loader(self.train_set)
-
-    def val_dataloader(self) -> Any:
-        return self._loader(self.val_set) if self.val_set is not None else []
