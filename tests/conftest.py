@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,13 @@ def mirror(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirro
         monkeypatch.setenv("EMDATA_MIRROR", server.url)
         yield server
     assert "EMDATA_MIRROR" in os.environ
+
+
+@pytest.fixture
+def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Path]], None]:
+    """Pin replica files' sha256 ({url: path}) in EMDATA_CHECKSUMS (the cards' belong to the real files)."""
+    def write(files: dict[str, Path]) -> None:
+        sums = tmp_path / "pinned-sums.json"
+        sums.write_text(json.dumps({url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in files.items()}))
+        monkeypatch.setenv("EMDATA_CHECKSUMS", str(sums))
+    return write

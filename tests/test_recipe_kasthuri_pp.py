@@ -4,9 +4,7 @@ file names, verified, idempotent, clear errors."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import zipfile
 from collections.abc import Callable
@@ -22,17 +20,7 @@ from emdata.datasets.kasthuri_pp.recipe import KasthuriPPFormatError
 from emdata.store.verify import verify_volume
 from emdata.testing.replicas.kasthuri_pp import HOST_PATH, URL, source_files, write_kasthuri_pp_replica
 
-Pin = Callable[[dict[str, Path]], None]
-
-
-@pytest.fixture
-def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
-    """Pin the replica's sha256 in EMDATA_CHECKSUMS (the card's belongs to the real file)."""
-    def write(files: dict[str, Path]) -> None:
-        sums = tmp_path / "sums.json"
-        sums.write_text(json.dumps({url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in files.items()}))
-        monkeypatch.setenv("EMDATA_CHECKSUMS", str(sums))
-    return write
+Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of conftest.py
 
 
 def test_prepare_voxel_exact_with_ignore_region(mirror_root: Path, mirror, pin: Pin,

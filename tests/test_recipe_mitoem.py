@@ -3,9 +3,7 @@ numeric slice order, ids never narrowed, verified, idempotent, clear errors."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import zipfile
 from collections.abc import Callable
@@ -21,17 +19,7 @@ from emdata.datasets.mitoem import recipe
 from emdata.store.verify import verify_volume
 from emdata.testing.replicas.mitoem import URLS, local_path, source_files, write_mitoem_replica
 
-Pin = Callable[[dict[str, Path]], None]
-
-
-@pytest.fixture
-def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
-    """Pin the replica files' sha256 in EMDATA_CHECKSUMS (the card's belong to the real files)."""
-    def write(files: dict[str, Path]) -> None:
-        sums = tmp_path / "sums.json"
-        sums.write_text(json.dumps({url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in files.items()}))
-        monkeypatch.setenv("EMDATA_CHECKSUMS", str(sums))
-    return write
+Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of conftest.py
 
 
 def _snapshot(*roots: Path) -> dict[str, int]:
