@@ -19,11 +19,12 @@ Decisions:
   on the card, ``voxel_size_verified: false``). Arrays are read as stored, (z, y, x) like
   the torch-em loader uses them; ids keep their dtype.
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("axonem", subset=["human"])  # doctest: +SKIP
-    >>> vols[0].voxel_size  # doctest: +SKIP
-    (30.0, 8.0, 8.0)
+Usage::
+
+    import emdata
+    vols = emdata.prepare("axonem", subset=["human"])
+    vols[0].voxel_size
+    # -> (30.0, 8.0, 8.0)
 """
 
 from __future__ import annotations

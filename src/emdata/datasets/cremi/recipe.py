@@ -29,14 +29,15 @@ torch-em description of the same files) is used as it is, its 2**64-1 voxels bec
 Padded and cropped variants of a sample share the volume name (``A``); preparing the other
 variant rebuilds the volume, and ``emdata.variant`` says which one it holds.
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("cremi")  # doctest: +SKIP
-    >>> [(v.name, v.split) for v in vols]  # doctest: +SKIP
-    [('A', 'train'), ('B', 'train'), ('C', 'train'), ('A+', 'test'), ('B+', 'test'), ('C+', 'test')]
-    >>> a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]  # doctest: +SKIP
-    >>> a.meta["annotated_region"]["neuron_ids"]  # doctest: +SKIP
-    [[37, 162], [911, 2161], [911, 2161]]
+Usage::
+
+    import emdata
+    vols = emdata.prepare("cremi")
+    [(v.name, v.split) for v in vols]
+    # -> [('A', 'train'), ('B', 'train'), ('C', 'train'), ('A+', 'test'), ('B+', 'test'), ('C+', 'test')]
+    a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]
+    a.meta["annotated_region"]["neuron_ids"]
+    # -> [[37, 162], [911, 2161], [911, 2161]]
 """
 
 from __future__ import annotations

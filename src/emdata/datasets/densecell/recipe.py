@@ -38,11 +38,12 @@ needs one: volumes get the placeholder (1, 1, 1) nm = "one voxel", with
 ``voxel_size_placeholder: true`` and a note. It is not a physical size; the related platelet-em
 release is about (40, 10, 10) nm but nothing says this archive shares that sampling.
 
-Example:
-    >>> import emdata
-    >>> train, val, test = emdata.prepare("densecell")[:3]  # doctest: +SKIP
-    >>> train.meta["error_weights"]["stored_as"]  # doctest: +SKIP
-    'volume train-error-weights'
+Usage::
+
+    import emdata
+    train, val, test = emdata.prepare("densecell")[:3]
+    train.meta["error_weights"]["stored_as"]
+    # -> 'volume train-error-weights'
 """
 
 from __future__ import annotations

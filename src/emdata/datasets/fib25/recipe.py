@@ -14,11 +14,12 @@ does the same. How many supervoxels and voxels that concerned is recorded under
 ``emdata.supervoxel_mapping``. A supervoxel listed twice with different bodies is an error
 naming the file and the ids.
 
-Example:
-    >>> import emdata
-    >>> train = emdata.prepare("fib25", volumes=["training_sample2"])[0]  # doctest: +SKIP
-    >>> train.labels["neurons"].dtype, train.meta["supervoxel_mapping"]["pairs"]  # doctest: +SKIP
-    (dtype('uint64'), ...)
+Usage::
+
+    import emdata
+    train = emdata.prepare("fib25", volumes=["training_sample2"])[0]
+    train.labels["neurons"].dtype, train.meta["supervoxel_mapping"]["pairs"]
+    # -> (dtype('uint64'), ...)
 """
 
 from __future__ import annotations

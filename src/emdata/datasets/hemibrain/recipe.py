@@ -7,11 +7,12 @@ mito layer (1 mitochondria, 2 interior, 3 background, 4 unlabeled) is upsampled 
 nearest neighbour, and 4 is the layer's ignore value. The tissue mask (mask_normalized_round6,
 also 16 nm) is not read. Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
-    >>> import emdata
-    >>> (vol,) = emdata.prepare("hemibrain", bbox="17000:17064,20000:20256,20000:20256")  # doctest: +SKIP
-    >>> sorted(vol.labels), vol.meta["labels"]["mito"]["ignore_value"]  # doctest: +SKIP
-    (['mito', 'segmentation'], 4)
+Usage::
+
+    import emdata
+    (vol,) = emdata.prepare("hemibrain", bbox="17000:17064,20000:20256,20000:20256")
+    sorted(vol.labels), vol.meta["labels"]["mito"]["ignore_value"]
+    # -> (['mito', 'segmentation'], 4)
 """
 
 from __future__ import annotations

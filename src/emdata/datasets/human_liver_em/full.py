@@ -30,11 +30,12 @@ workers as cores and memory allow; :data:`LOCAL_CLUSTER` adds keyword arguments)
 ``scheduler=ADDRESS``, an existing cluster whose workers see the same ``EMDATA_HOME`` path (a
 shared file system). An interrupted build resumes: staged slices and written shards are kept.
 
-Example:
-    >>> import emdata
-    >>> vol, = emdata.prepare("human-liver-em", full=True)  # doctest: +SKIP
-    >>> vol.shape  # doctest: +SKIP
-    (597, 19101, 17695)
+Usage::
+
+    import emdata
+    vol, = emdata.prepare("human-liver-em", full=True)
+    vol.shape
+    # -> (597, 19101, 17695)
 """
 
 from __future__ import annotations
@@ -142,12 +143,7 @@ def _staged(folder: Path) -> set[int]:
 
 
 def stage_slice(staging: str, env: dict[str, str | None], z: int) -> int:
-    """Worker task: stage raw rows and every mask class of slice ``z`` of the region.
-
-    Example:
-        >>> stage_slice("/data/prepared/human-liver-em/.full.ome.zarr.staging", worker_env(), 12)  # doctest: +SKIP
-        12
-    """
+    """Worker task: stage raw rows and every mask class of slice ``z`` of the region."""
     import zarr
 
     src.apply_env(env)
@@ -187,12 +183,7 @@ def stage_slice(staging: str, env: dict[str, str | None], z: int) -> int:
 
 
 def fill_from_staging(staging: str, region: Region, name: str) -> np.ndarray:
-    """Worker task body: one level-0 shard region of one array, read from the staging zarr.
-
-    Example:
-        >>> fill_from_staging(staging, region, "raw").shape == region.shape  # doctest: +SKIP
-        True
-    """
+    """Worker task body: one level-0 shard region of one array, read from the staging zarr."""
     import zarr
 
     return np.asarray(zarr.open_array(str(Path(staging) / name), mode="r")[region.slices])
@@ -216,10 +207,6 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
 
     ``on_region`` is called on this side after each written shard (raising in it interrupts the
     build, as tests do to check resuming).
-
-    Example:
-        >>> build_full(get_card("human-liver-em"), scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
-        Volume(human-liver-em/full, split=all, shape=(597, 19101, 17695), ...)
     """
     from emdata.datasets.human_liver_em.recipe import (
         MASK_NOTE,

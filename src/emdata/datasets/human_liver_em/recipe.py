@@ -33,11 +33,12 @@ presented as a physical size (as the nucmm recipe does).
 parallel with dask — see :mod:`emdata.datasets.human_liver_em.full` (``scheduler=ADDRESS`` uses
 an existing cluster, else a local one).
 
-Example:
-    >>> import emdata
-    >>> vol, = emdata.prepare("human-liver-em", bbox="290:306,9763:10275,9786:10298")  # doctest: +SKIP
-    >>> vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]  # doctest: +SKIP
-    (dtype('uint8'), True)
+Usage::
+
+    import emdata
+    vol, = emdata.prepare("human-liver-em", bbox="290:306,9763:10275,9786:10298")
+    vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]
+    # -> (dtype('uint8'), True)
 """
 
 from __future__ import annotations
@@ -155,10 +156,6 @@ def probe_classes(card: Card, reader: RangeReader, z0: int, z_last: int, *, forc
 
     Returns ``{class: {"status": "stored"} | {"status": "not published", ...}}`` in the
     seed's class order. Errors per :func:`source.not_published`.
-
-    Example:
-        >>> probe_classes(card, reader, 290, 305, force=False, pool=pool)["mito"]  # doctest: +SKIP
-        {'status': 'stored'}
     """
     out: dict[str, dict[str, Any]] = {}
     tried = []
@@ -185,12 +182,7 @@ def probe_classes(card: Card, reader: RangeReader, z0: int, z_last: int, *, forc
 
 
 class _BoxReader:
-    """Reads one box: all slices' raw rows and mask crops, concurrently, into arrays.
-
-    Example:
-        >>> job = _BoxReader(card, reader, box, first_layout)  # doctest: +SKIP
-        >>> job.start_raw(pool); job.start_masks(pool, ["er", "mito"]); job.wait()  # doctest: +SKIP
-    """
+    """Reads one box: all slices' raw rows and mask crops, concurrently, into arrays."""
 
     def __init__(self, card: Card, reader: RangeReader, box: Box, first: StripTiffLayout) -> None:
         self.card, self.reader, self.box, self.first = card, reader, box, first
@@ -276,12 +268,7 @@ def _prepare_box(card: Card, box: Box, text: str, force: bool) -> Volume:
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None,
             full: bool | None = None, scheduler: str | None = None) -> list[Volume]:
-    """Prepare one box (``bbox``) or the whole tissue region (``full=True``).
-
-    Example:
-        >>> prepare(bbox="0:4,100:356,200:456")  # doctest: +SKIP
-        [Volume(human-liver-em/z0-4_y100-356_x200-456, split=all, ...)]
-    """
+    """Prepare one box (``bbox``) or the whole tissue region (``full=True``)."""
     card = get_card(DATASET)
     _check_options(volumes, bbox, full, scheduler)
     if full:

@@ -15,11 +15,12 @@ ontology mapping, a warning is logged and the metadata says the meaning is undet
 derived. Structure is checked (3D integer raw, label shapes equal to the raw's); sizes are
 not, so small replicas work (a shape that differs from the card is logged).
 
-Example:
-    >>> import emdata
-    >>> (train,) = emdata.prepare("isbi2012")  # doctest: +SKIP
-    >>> train.meta["membranes_encoding"]["membrane_value"]  # doctest: +SKIP
-    0
+Usage::
+
+    import emdata
+    (train,) = emdata.prepare("isbi2012")
+    train.meta["membranes_encoding"]["membrane_value"]
+    # -> 0
 """
 
 from __future__ import annotations

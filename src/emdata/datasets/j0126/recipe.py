@@ -6,11 +6,12 @@ torch-em; 9×9×20 in awesome-em-datasets) is unverified: the volume stores what
 ``info`` says and logs a difference. The segmentation is automated (FFN), not ground truth.
 Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
-    >>> import emdata
-    >>> (vol,) = emdata.prepare("j0126", bbox="2000:2032,5000:5512,5000:5512")  # doctest: +SKIP
-    >>> list(vol.labels)  # doctest: +SKIP
-    ['ffn_segmentation']
+Usage::
+
+    import emdata
+    (vol,) = emdata.prepare("j0126", bbox="2000:2032,5000:5512,5000:5512")
+    list(vol.labels)
+    # -> ['ffn_segmentation']
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ annotated cylinder (roughly x 3000–8000, y 7200–10100, z 950–1250): outsid
 unannotated, which the volume's notes record. Shared rules:
 :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
-    >>> import emdata
-    >>> (vol,) = emdata.prepare("kasthuri", bbox="1000:1032,8000:8512,5000:5512")  # doctest: +SKIP
-    >>> list(vol.labels)  # doctest: +SKIP
-    ['ground_truth']
+Usage::
+
+    import emdata
+    (vol,) = emdata.prepare("kasthuri", bbox="1000:1032,8000:8512,5000:5512")
+    list(vol.labels)
+    # -> ['ground_truth']
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ no class uses), recorded as the layer's ``ignore_value`` so a loader can mask it
 Splits follow the folder names (``Train_*`` → ``train``); torch-em swaps them (``Test_*`` →
 ``kasthuri_train.h5``), which each volume records as ``torch_em_split``.
 
-Example:
-    >>> import emdata
-    >>> train, test = emdata.prepare("kasthuri-pp")  # doctest: +SKIP
-    >>> train.meta["labels"]["mitochondria"]["ignore_value"]  # doctest: +SKIP
-    255
+Usage::
+
+    import emdata
+    train, test = emdata.prepare("kasthuri-pp")
+    train.meta["labels"]["mitochondria"]["ignore_value"]
+    # -> 255
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ uint64; slices of different widths are widened losslessly to the widest, with a 
 larger than ``IN_MEMORY_LIMIT`` bytes are assembled in a scratch ``.npy`` memory map under the
 dataset's download folder (removed afterwards), so 400 × 4096² slices do not need to fit in RAM.
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])  # doctest: +SKIP
-    >>> vols[0].meta["source_slices"]  # doctest: +SKIP
-    [400, 499]
+Usage::
+
+    import emdata
+    vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])
+    vols[0].meta["source_slices"]
+    # -> [400, 499]
 """
 
 from __future__ import annotations

@@ -32,11 +32,12 @@ Decisions (reference/datasets.md §7, seed 004):
   instance (the separator between touching mitochondria; voxels touching only background
   stay 1).
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("mitoem2", subset=["beta"])  # doctest: +SKIP
-    >>> [v.name for v in vols]  # doctest: +SKIP
-    ['beta-train01', 'beta-train02', 'beta-train03', 'beta-train04', 'beta-test01', ...]
+Usage::
+
+    import emdata
+    vols = emdata.prepare("mitoem2", subset=["beta"])
+    [v.name for v in vols]
+    # -> ['beta-train01', 'beta-train02', 'beta-train03', 'beta-train04', 'beta-test01', ...]
 """
 
 from __future__ import annotations

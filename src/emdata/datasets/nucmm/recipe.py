@@ -30,11 +30,12 @@ Decisions:
   do not sample these volumes in nm or mix them with other datasets by physical size.
 - Provenance: each file's sha256 (hashed on every run), so a replaced file rebuilds its volume.
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("nucmm", subset=["zebrafish"])  # doctest: +SKIP
-    >>> vols[0].meta["voxel_size_placeholder"]  # doctest: +SKIP
-    True
+Usage::
+
+    import emdata
+    vols = emdata.prepare("nucmm", subset=["zebrafish"])
+    vols[0].meta["voxel_size_placeholder"]
+    # -> True
 """
 
 from __future__ import annotations

@@ -34,10 +34,11 @@ obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is one TIFF per z sl
 * A rerun with a closed bbox returns the finished volume without a single request (the same
   recipe version, parameters and source URLs); ``force=True`` rebuilds.
 
-Example:
-    >>> import emdata
-    >>> emdata.prepare("parlakgul-liver", sample="6461", bbox="2800:2832,3800:4056,5800:6056")  # doctest: +SKIP
-    [Volume(parlakgul-liver/6461-z2800-2832_y3800-4056_x5800-6056, split=all, ...)]
+Usage::
+
+    import emdata
+    emdata.prepare("parlakgul-liver", sample="6461", bbox="2800:2832,3800:4056,5800:6056")
+    # -> [Volume(parlakgul-liver/6461-z2800-2832_y3800-4056_x5800-6056, split=all, ...)]
 """
 
 from __future__ import annotations
@@ -252,8 +253,14 @@ def zip_slices(archive: Path) -> tuple[list[str], bool]:
     differs from plain name order (unpadded numbers).
 
     Example:
-        >>> zip_slices(Path("6461 Lean ER.zip"))  # doctest: +SKIP
-        (['6461 Lean ER/ER_0000.tif', '6461 Lean ER/ER_0001.tif', ...], False)
+        >>> import tempfile, zipfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     archive = Path(tmp) / "6461 Lean ER.zip"
+        ...     with zipfile.ZipFile(archive, "w") as zf:
+        ...         for name in ("ER_10.tif", "ER_9.tif", "ER_0.tif", "__MACOSX/._ER_0.tif"):
+        ...             zf.writestr(f"6461 Lean ER/{name}", b"")
+        ...     zip_slices(archive)
+        (['6461 Lean ER/ER_0.tif', '6461 Lean ER/ER_9.tif', '6461 Lean ER/ER_10.tif'], True)
     """
     members = [m for m in list_members(archive) if not is_junk(m)
                and PurePosixPath(m).suffix.lower() in (".tif", ".tiff")]
@@ -422,12 +429,7 @@ class _RawSlices:
 
 def prepare(volumes: list[str] | None = None, force: bool = False, sample: str | list[str] | None = None,
             bbox: str | None = None) -> list[Volume]:
-    """Prepare the cut-out ``bbox`` of each chosen sample as volume ``<sample>-<bbox_name>``.
-
-    Example:
-        >>> prepare(sample=["6461", "1857"], bbox="100:116,2000:2256,3000:3256")  # doctest: +SKIP
-        [Volume(parlakgul-liver/6461-z100-116_y2000-2256_x3000-3256, ...), Volume(...1857-...)]
-    """
+    """Prepare the cut-out ``bbox`` of each chosen sample as volume ``<sample>-<bbox_name>``."""
     card = get_card(DATASET)
     samples = _choose_samples(card, sample, volumes)
     box = _parse(card, samples, bbox)

@@ -49,11 +49,12 @@ and ``test`` select a whole split. Decisions (the dataset publishes none of thes
   is written to ``<prepared>/tem-neutrostruct/coco/<split>_<classes>classes.json``
   (``coco_file`` in the meta, relative to the dataset folder).
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("tem-neutrostruct", classes=7)  # doctest: +SKIP
-    >>> vols[0].labels["semantic"].shape, vols[0].meta["derivation"]  # doctest: +SKIP
-    ((1, 4224, 4096), 'shipped 7-class annotation')
+Usage::
+
+    import emdata
+    vols = emdata.prepare("tem-neutrostruct", classes=7)
+    vols[0].labels["semantic"].shape, vols[0].meta["derivation"]
+    # -> ((1, 4224, 4096), 'shipped 7-class annotation')
 """
 
 from __future__ import annotations
