@@ -27,6 +27,9 @@ INTERNAL_WORDS: dict[str, re.Pattern[str]] = {
     "a short name: write JackieZhai/awesome-vem-datasets": re.compile(r"awesome-vem(?!-datasets)"),
     "a short name: write tmquan/nanoCosmos": re.compile(r"\bnanocosmos\b"),
 }
+# A store key's old name, kept only to read stores written before the rename, may stay in a
+# constant named LEGACY_*.
+LEGACY_CONSTANT = re.compile(r'\bLEGACY_\w+ = "[^"]*"')
 # Files owned by other work in progress that still hold internal words; to be emptied, never grown.
 WORDS_ALLOWED: frozenset[str] = frozenset()
 
@@ -50,6 +53,7 @@ def test_no_docstring_example_is_skipped() -> None:
 
 
 def _internal_words_in(line: str) -> list[str]:
+    line = LEGACY_CONSTANT.sub("", line)
     return [f"{m.group(0)!r} is {why}" for why, pattern in INTERNAL_WORDS.items() if (m := pattern.search(line))]
 
 
@@ -67,13 +71,15 @@ def test_no_internal_words_in_what_users_read() -> None:
 
 @pytest.mark.parametrize("line", ["see seed 004's offset code", "(seed-003)", "SEED_004_SPACE", "the seed's region",
                                   "bbox_seed_order", "reference/datasets.md", "§5.3", "any stored source",
-                                  "awesome-vem lists", "nanocosmos verified", "../shared/DESIGN.md"])
+                                  "awesome-vem lists", "nanocosmos verified", "../shared/DESIGN.md",
+                                  'KEY = "tissue_bbox_seed_order"'])
 def test_internal_words_are_caught(line: str) -> None:
     assert _internal_words_in(line)
 
 
 @pytest.mark.parametrize("line", ["rng = np.random.default_rng(seed)", "seed: int = 0", "seeds + z * drift",
                                   "JackieZhai/awesome-vem-datasets (commit 39c88271)", "tmquan/nanoCosmos",
-                                  "tmquan/neurons doc/DATASETS.md"])
+                                  "tmquan/neurons doc/DATASETS.md",
+                                  'LEGACY_TISSUE_KEY = "tissue_bbox_seed_order"'])
 def test_public_names_pass(line: str) -> None:
     assert not _internal_words_in(line)
