@@ -52,7 +52,7 @@ def test_six_volumes_voxel_exact_with_uint64_ids(mirror_root: Path, mirror, pin:
         assert vol.meta["labels"]["clefts"]["mapping"] == {"0": {"name": "background", "id": 0},
                                                           "nonzero": {"name": "cleft", "id": 2}}
         assert vol.meta["labels"]["neuron_ids"]["mapping"] == {"nonzero": {"name": "neuron", "id": 1}}
-        # ids too wide for seed-004's offset code: no combined layer, a note instead
+        # ids too wide for the offset code: no combined layer, a note instead
         assert "combined" not in vol.labels and any("combined layer not written" in n for n in vol.meta["notes"])
         table = vol.meta["synaptic_partners"]
         ann = sample["annotations"]

@@ -1,8 +1,8 @@
 """Kasthuri++: ``kasthuri_pp.zip`` (mitochondria labels on Kasthuri et al. 2015 crops) →
 volumes ``train`` and ``test`` with a ``mitochondria`` layer that carries an ignore region.
 
-Layout (reference/datasets.md §8.1): ``Kasthuri++/{Train_In,Train_Out,Test_In,Test_Out}/`` PNG
-stacks. No stored source gives the slice file names (torch-em globs ``*.png`` and sorts the
+Layout (as torch-em's ``kasthuri.py`` reads it): ``Kasthuri++/{Train_In,Train_Out,Test_In,Test_Out}/`` PNG
+stacks. No published source gives the slice file names (torch-em globs ``*.png`` and sorts the
 names as text), so any ``*.png`` is accepted and ordered by the numbers in its name
 (``slice9.png`` before ``slice10.png``); raw and label slices are paired by that order, and the
 two folders must hold the same number of slices. Where names are zero-padded this is torch-em's

@@ -1,7 +1,8 @@
 """MitoEM (MitoEM-H human, MitoEM-R rat): raw PNG zips + train/val label TIFF zips → volumes
 ``<subset>-train``, ``<subset>-val`` (mitochondria instance ids) and ``<subset>-test`` (raw only).
 
-Layout (reference/datasets.md §7.6): ``EM30-{H,R}-im.zip`` holds ``im/im%04d.png`` (1000 slices),
+Layout (pytorch_connectomics' MitoEM tutorial, ``docs/source/tutorials/mito.rst``):
+``EM30-{H,R}-im.zip`` holds ``im/im%04d.png`` (1000 slices),
 ``EM30-{H,R}-mito-train-val-v2.zip`` holds ``mito-train-v2/seg%04d.tif`` and
 ``mito-val-v2/seg%04d.tif``. The number in a file name is the global z of the slice; slices are
 ordered by that number (``im10`` after ``im9`` whatever the zero padding), never by text.

@@ -1,11 +1,11 @@
 """Parlakgul liver (EMPIAR-10791): one ``--bbox`` cut-out of one FIB-SEM sample → one volume
 ``<sample>-<bbox_name>`` with the raw voxels and one binary label layer per organelle class.
 
-The published layout (reference/datasets.md §10): per sample (6461 lean, 6464 obese 1, 9430
-obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is one TIFF per z slice
-(``Gunes_*_8x8x8nm_3MHz.{z:04d}.tif``) and each class is one ZIP of per-slice TIFFs
-(``<sample> <Condition> <Class>.zip``). The volumes are huge (3629–8501 slices of
-8000–12000 px per side), so the recipe always reads a box:
+The published layout (EMPIAR-10791, as torch-em's ``parlakgul_liver.py`` reads it): per sample
+(6461 lean, 6464 obese 1, 9430 obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is
+one TIFF per z slice (``Gunes_*_8x8x8nm_3MHz.{z:04d}.tif``) and each class is one ZIP of
+per-slice TIFFs (``<sample> <Condition> <Class>.zip``). The volumes are huge (3629–8501 slices
+of 8000–12000 px per side), so the recipe always reads a box:
 
 * ``sample`` (one id or a list; CLI ``--sample``, repeatable) is required: there is no default,
   because every sample means a download of all its class ZIPs. ``volumes`` may name the card's
@@ -84,7 +84,7 @@ CLASSES: dict[str, str] = {
 }
 """Card label layer → the class as written in the ZIP names (``6461 Lean Nuclear membrane.zip``)."""
 MISSING: dict[str, tuple[str, ...]] = {"1857": ("plasma_membrane",)}
-"""Classes a sample has no ZIP for (reference/datasets.md §10)."""
+"""Classes a sample has no ZIP for (EMPIAR-10791 publishes no plasma-membrane ZIP for 1857)."""
 EXAMPLE_SIZE = (16, 256, 256)
 READ_WORKERS = 8
 log = logging.getLogger(__name__)
