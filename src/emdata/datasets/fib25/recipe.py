@@ -9,7 +9,7 @@ their full width).
 
 A supervoxel that ``transforms`` does not list becomes 0 (no body): the card defines 0 as
 "no body", supervoxel and body ids are different id spaces (keeping a supervoxel id could
-collide with a body id), and torch-em's fib25 loader (the source the reference cites)
+collide with a body id), and torch-em's fib25 loader
 does the same. How many supervoxels and voxels that concerned is recorded under
 ``emdata.supervoxel_mapping``. A supervoxel listed twice with different bodies is an error
 naming the file and the ids.

@@ -188,7 +188,7 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
                         seed: int = 2) -> dict[str, ReplicaLayer]:
     """``rawdata_realigned`` (uint8 raw) and ``ffn_segmentation`` (uint64 compressed_segmentation)
     on one grid, at ``voxel_size_nm`` (torch-em's 10×10×20 nm x×y×z by default; pass
-    ``(20, 9, 9)`` for the awesome table's value). Keys ``em`` and ``ffn_segmentation``.
+    ``(20, 9, 9)`` for the value awesome-em-datasets lists). Keys ``em`` and ``ffn_segmentation``.
 
     Example:
         >>> import tempfile
