@@ -152,7 +152,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
         ]
         other_colours = {str(c): n for c, n in others.most_common(20)}
         if others:
-            log.warning("%s %s: %d label voxels have colours other than black, %s and %s (%s); mapped to 0 as the "
+            log.warning("%s %s: %d label voxels have colours other than black, %s and %s (%s); mapped to 0 as "
                         "torch-em's kasthuri.py does", DATASET, spec.name, sum(others.values()), MITO, EMPTY,
                         ", ".join(f"{c}: {n}" for c, n in others.most_common(5)))
             notes.append(f"{sum(others.values())} label voxels had other colours, mapped to 0: {other_colours}")
