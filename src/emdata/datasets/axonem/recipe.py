@@ -19,12 +19,13 @@ Decisions:
   on the card, ``voxel_size_verified: false``). Arrays are read as stored, (z, y, x) like
   the torch-em loader uses them; ids keep their dtype.
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("axonem", subset=["human"])
-    vols[0].voxel_size
-    # -> (30.0, 8.0, 8.0)
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("axonem"):
+    ...     vols = emdata.prepare("axonem", subset=["human"])
+    ...     [v.name for v in vols], vols[0].voxel_size
+    (['human-train-0-0-0_pad', 'human-train-200-0-0_pad'], (30.0, 8.0, 8.0))
 """
 
 from __future__ import annotations

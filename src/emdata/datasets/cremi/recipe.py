@@ -30,15 +30,16 @@ torch-em description of the same files) is used as it is, its 2**64-1 voxels bec
 Padded and cropped variants of a sample share the volume name (``A``); preparing the other
 variant rebuilds the volume, and ``emdata.variant`` says which one it holds.
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("cremi")
-    [(v.name, v.split) for v in vols]
-    # -> [('A', 'train'), ('B', 'train'), ('C', 'train'), ('A+', 'test'), ('B+', 'test'), ('C+', 'test')]
-    a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]
-    a.meta["annotated_region"]["neuron_ids"]
-    # -> [[37, 162], [911, 2161], [911, 2161]]
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("cremi"):
+    ...     vols = emdata.prepare("cremi")
+    ...     print([(v.name, v.split) for v in vols])
+    ...     a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]
+    ...     a.meta["variant"], a.meta["annotated_region"]["neuron_ids"]
+    [('A', 'train'), ('B', 'train'), ('C', 'train'), ('A+', 'test'), ('B+', 'test'), ('C+', 'test')]
+    ('padded', [[2, 8], [6, 54], [5, 45]])
 """
 
 from __future__ import annotations

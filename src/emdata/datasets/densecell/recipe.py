@@ -39,12 +39,13 @@ purpose), and the store needs one: volumes get the placeholder (1, 1, 1) nm = "o
 ``voxel_size_placeholder: true`` and a note. It is not a physical size; the related platelet-em
 release is about (40, 10, 10) nm but nothing says this archive shares that sampling.
 
-Usage::
-
-    import emdata
-    train, val, test = emdata.prepare("densecell")[:3]
-    train.meta["error_weights"]["stored_as"]
-    # -> 'volume train-error-weights'
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("densecell"):
+    ...     train = emdata.prepare("densecell")[0]
+    ...     train.name, train.meta["error_weights"]["stored_as"]
+    ('train', 'volume train-error-weights')
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ does the same. How many supervoxels and voxels that concerned is recorded under
 ``emdata.supervoxel_mapping``. A supervoxel listed twice with different bodies is an error
 naming the file and the ids.
 
-Usage::
-
-    import emdata
-    train = emdata.prepare("fib25", volumes=["training_sample2"])[0]
-    train.labels["neurons"].dtype, train.meta["supervoxel_mapping"]["pairs"]
-    # -> (dtype('uint64'), ...)
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("fib25"):
+    ...     train = emdata.prepare("fib25", volumes=["training_sample2"])[0]
+    ...     str(train.labels["neurons"].dtype)
+    'uint64'
 """
 
 from __future__ import annotations

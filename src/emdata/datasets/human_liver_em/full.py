@@ -30,12 +30,8 @@ workers as cores and memory allow; :data:`LOCAL_CLUSTER` adds keyword arguments)
 ``scheduler=ADDRESS``, an existing cluster whose workers see the same ``EMDATA_HOME`` path (a
 shared file system). An interrupted build resumes: staged slices and written shards are kept.
 
-Usage::
-
-    import emdata
-    vol, = emdata.prepare("human-liver-em", full=True)
-    vol.shape
-    # -> (597, 19101, 17695)
+Started with ``emdata.prepare("human-liver-em", full=True)`` (CLI: ``emdata prepare human-liver-em
+--full``, optionally ``--scheduler ADDRESS``).
 """
 
 from __future__ import annotations

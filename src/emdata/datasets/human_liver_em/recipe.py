@@ -34,12 +34,13 @@ presented as a physical size (as the nucmm recipe does).
 parallel with dask — see :mod:`emdata.datasets.human_liver_em.full` (``scheduler=ADDRESS`` uses
 an existing cluster, else a local one).
 
-Usage::
-
-    import emdata
-    vol, = emdata.prepare("human-liver-em", bbox="290:306,9763:10275,9786:10298")
-    vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]
-    # -> (dtype('uint8'), True)
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("human-liver-em"):
+    ...     vol, = emdata.prepare("human-liver-em", bbox="1:5,20:200,30:300")
+    ...     vol.shape, vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]
+    ((4, 180, 270), dtype('uint8'), True)
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ ontology mapping, a warning is logged and the metadata says the meaning is undet
 derived. Structure is checked (3D integer raw, label shapes equal to the raw's); sizes are
 not, so small replicas work (a shape that differs from the card is logged).
 
-Usage::
-
-    import emdata
-    (train,) = emdata.prepare("isbi2012")
-    train.meta["membranes_encoding"]["membrane_value"]
-    # -> 0
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("isbi2012"):
+    ...     (train,) = emdata.prepare("isbi2012")
+    ...     train.meta["membranes_encoding"]["membrane_value"]
+    0
 """
 
 from __future__ import annotations

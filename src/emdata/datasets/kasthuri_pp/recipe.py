@@ -18,12 +18,13 @@ no class uses), recorded as the layer's ``ignore_value`` so a loader can mask it
 Splits follow the folder names (``Train_*`` → ``train``); torch-em swaps them (``Test_*`` →
 ``kasthuri_train.h5``), which each volume records as ``torch_em_split``.
 
-Usage::
-
-    import emdata
-    train, test = emdata.prepare("kasthuri-pp")
-    train.meta["labels"]["mitochondria"]["ignore_value"]
-    # -> 255
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("kasthuri-pp"):
+    ...     train, test = emdata.prepare("kasthuri-pp")
+    ...     train.meta["labels"]["mitochondria"]["ignore_value"]
+    255
 """
 
 from __future__ import annotations

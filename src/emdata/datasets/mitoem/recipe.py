@@ -18,12 +18,13 @@ uint64; slices of different widths are widened losslessly to the widest, with a 
 larger than ``IN_MEMORY_LIMIT`` bytes are assembled in a scratch ``.npy`` memory map under the
 dataset's download folder (removed afterwards), so 400 × 4096² slices do not need to fit in RAM.
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])
-    vols[0].meta["source_slices"]
-    # -> [400, 499]
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("mitoem", subsets=["rat"]):
+    ...     vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])
+    ...     vols[0].name, vols[0].meta["source_slices"]  # the published files give [400, 499]
+    ('rat-val', [4, 5])
 """
 
 from __future__ import annotations

@@ -33,12 +33,13 @@ Decisions (from the Zenodo record's dataset.json, torch-em's ``mitoemv2.py`` and
   *different* instance (the separator between touching mitochondria; voxels touching only
   background stay 1).
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("mitoem2", subset=["beta"])
-    [v.name for v in vols]
-    # -> ['beta-train01', 'beta-train02', 'beta-train03', 'beta-train04', 'beta-test01', ...]
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("mitoem2", subsets=("beta",)):
+    ...     vols = emdata.prepare("mitoem2", subset=["beta"])
+    ...     [v.name for v in vols]
+    ['beta-train01', 'beta-train02', 'beta-test01']
 """
 
 from __future__ import annotations

@@ -30,12 +30,8 @@ Decisions:
   do not sample these volumes in nm or mix them with other datasets by physical size.
 - Provenance: each file's sha256 (hashed on every run), so a replaced file rebuilds its volume.
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("nucmm", subset=["zebrafish"])
-    vols[0].meta["voxel_size_placeholder"]
-    # -> True
+Once the folder is in place, ``emdata.prepare("nucmm", subset=["zebrafish"])`` prepares the zebrafish
+volumes (CLI: ``emdata prepare nucmm --subset zebrafish``).
 """
 
 from __future__ import annotations

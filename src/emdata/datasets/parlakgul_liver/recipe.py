@@ -34,11 +34,12 @@ of 8000–12000 px per side), so the recipe always reads a box:
 * A rerun with a closed bbox returns the finished volume without a single request (the same
   recipe version, parameters and source URLs); ``force=True`` rebuilds.
 
-Usage::
-
-    import emdata
-    emdata.prepare("parlakgul-liver", sample="6461", bbox="2800:2832,3800:4056,5800:6056")
-    # -> [Volume(parlakgul-liver/6461-z2800-2832_y3800-4056_x5800-6056, split=all, ...)]
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("parlakgul-liver"):
+    ...     emdata.prepare("parlakgul-liver", sample="6461", bbox="1:5,13:45,7:70")
+    [Volume(parlakgul-liver/6461-z1-5_y13-45_x7-70, split=all, ...)]
 """
 
 from __future__ import annotations

@@ -62,13 +62,13 @@ about its diagonal. Raw and all labels are read the same way, so they stay align
 ``.info`` shape that matches the image only with y and x swapped is an error. With 800×800
 slices the choice cannot be checked from the shapes; in-plane voxels are 10×10 nm either way.
 
-Usage::
-
-    import emdata
-    vol50, vol24 = emdata.prepare("platelet-em")
-    vol50.meta["release"], list(vol50.labels)
-    # -> ('json', ['semantic', 'instance-cell', 'instance-organelle'])
-    emdata.prepare("platelet-em", release="rgb")[0].meta["checks"]["z_order"]
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
+    >>> import emdata
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("platelet-em"):
+    ...     vol50, vol24 = emdata.prepare("platelet-em")
+    ...     vol50.meta["release"], list(vol50.labels)
+    ('json', ['semantic', 'instance-cell', 'instance-organelle'])
 """
 
 from __future__ import annotations

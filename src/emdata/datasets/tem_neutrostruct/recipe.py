@@ -49,12 +49,8 @@ and ``test`` select a whole split. Decisions (the dataset publishes none of thes
   is written to ``<prepared>/tem-neutrostruct/coco/<split>_<classes>classes.json``
   (``coco_file`` in the meta, relative to the dataset folder).
 
-Usage::
-
-    import emdata
-    vols = emdata.prepare("tem-neutrostruct", classes=7)
-    vols[0].labels["semantic"].shape, vols[0].meta["derivation"]
-    # -> ((1, 4224, 4096), 'shipped 7-class annotation')
+Once the folder is in place, ``emdata.prepare("tem-neutrostruct", classes=7)`` prepares the shipped
+7-class annotation (CLI: ``emdata prepare tem-neutrostruct --classes 7``).
 """
 
 from __future__ import annotations
