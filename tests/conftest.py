@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -44,14 +44,28 @@ def mirror(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirro
     with MirrorServer(mirror_root) as server:
         monkeypatch.setenv("EMDATA_MIRROR", server.url)
         yield server
-    assert "EMDATA_MIRROR" in os.environ
+    port = int(server.url.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):  # stopped means the port is closed, not merely idle
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+Pin = Callable[..., Path]
 
 
 @pytest.fixture
-def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Path]], None]:
-    """Pin replica files' sha256 ({url: path}) in EMDATA_CHECKSUMS (the cards' belong to the real files)."""
-    def write(files: dict[str, Path]) -> None:
-        sums = tmp_path / "pinned-sums.json"
-        sums.write_text(json.dumps({url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in files.items()}))
-        monkeypatch.setenv("EMDATA_CHECKSUMS", str(sums))
+def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
+    """Pin checksums in an EMDATA_CHECKSUMS file (the cards' belong to the real files, not the replicas).
+
+    ``pin(files, digests=None)``: ``files`` is ``{url: replica file}`` (its sha256 is pinned),
+    ``digests`` is ``{url: sha256 hex}`` as given. Calls add to the same file; returns its path.
+    """
+    sums: dict[str, str] = {}
+    target = tmp_path / "pinned-sums.json"
+
+    def write(files: Mapping[str, Path], digests: Mapping[str, str] | None = None) -> Path:
+        sums.update({url: hashlib.sha256(Path(p).read_bytes()).hexdigest() for url, p in files.items()})
+        sums.update(digests or {})
+        target.write_text(json.dumps(sums))
+        monkeypatch.setenv("EMDATA_CHECKSUMS", str(target))
+        return target
     return write

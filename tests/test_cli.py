@@ -68,12 +68,29 @@ def test_unknown_id_is_one_line_with_suggestion(verb: list[str]) -> None:
     assert len(lines) == 1 and "snemi3d" in lines[0] and "Traceback" not in run.stderr
 
 
-def test_recipe_missing_and_bad_path_are_clear() -> None:
-    from emdata.datasets import preparable
+# The CLI in a subprocess whose recipe lookup finds no recipe packages: every card is then one
+# without a recipe, whatever recipes this checkout ships.
+WITHOUT_RECIPES = ("import emdata.datasets; emdata.datasets._recipe_packages = lambda: frozenset(); "
+                   "from emdata.cli import main; main()")
 
-    without = sorted(set(dataset_ids()) - set(preparable()))
-    if without:
-        run = emdata("prepare", without[0])
-        assert run.returncode == 1 and "no recipe yet" in run.stderr
+
+def emdata_without_recipes(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_RECIPES, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_card_without_recipe_is_clear() -> None:
+    run = emdata_without_recipes("prepare", "snemi3d")
+    assert run.returncode == 1 and run.stdout == "" and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "emdata: error: snemi3d is in the catalog but has no recipe yet (preparable now: none); "
+        "`emdata info snemi3d` lists its sources"]
+    doc = json.loads(emdata_without_recipes("info", "snemi3d", "--json").stdout)
+    assert doc["prepare"] == {"available": False, "options": []}
+    human = emdata_without_recipes("info", "snemi3d")
+    assert human.returncode == 0 and "prepare: no recipe yet; `emdata fetch` downloads its files" in human.stdout
+
+
+def test_verify_of_a_missing_path_names_it() -> None:
     run = emdata("verify", "/nonexistent/place")
     assert run.returncode == 1 and "/nonexistent/place" in run.stderr

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -16,18 +15,12 @@ import emdata
 from emdata.store.verify import verify_volume
 from emdata.testing.replicas.axonem import URLS, write_axonem_replica
 
-
-def _override_checksums(truth: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The card pins the real zips' sha256; the replica's are listed in EMDATA_CHECKSUMS."""
-    sums = {URLS[s]: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in truth["zips"].items()}
-    path = tmp_path / "sums.json"
-    path.write_text(json.dumps(sums))
-    monkeypatch.setenv("EMDATA_CHECKSUMS", str(path))
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
 
 
-def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_axonem_replica(mirror_root)
-    _override_checksums(truth, tmp_path, monkeypatch)
+    pin({URLS[s]: p for s, p in truth["zips"].items()})
     vols = {v.name: v for v in emdata.prepare("axonem")}
     assert sorted(vols) == ["human-train-0-0-0_pad", "human-train-200-0-0_pad",
                             "mouse-train-0-0-0_pad", "mouse-train-200-0-0_pad"]
@@ -52,9 +45,9 @@ def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror, tmp_path
     assert prov["url"] == URLS["mouse"] and prov["fetched_from"].startswith(mirror.url)
 
 
-def test_rerun_reuses_and_subset_selects(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_rerun_reuses_and_subset_selects(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_axonem_replica(mirror_root)
-    _override_checksums(truth, tmp_path, monkeypatch)
+    pin({URLS[s]: p for s, p in truth["zips"].items()})
     first = emdata.prepare("axonem", subset="human")
     assert [v.name for v in first] == ["human-train-0-0-0_pad", "human-train-200-0-0_pad"]
     stamps = [(v.path / "zarr.json").stat().st_mtime_ns for v in first]
@@ -66,7 +59,7 @@ def test_rerun_reuses_and_subset_selects(mirror_root: Path, mirror, tmp_path: Pa
     assert np.array_equal(one.labels["axons"][...], truth["mouse"]["200-0-0_pad"][1])
 
 
-def test_bad_input_is_clear(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_bad_input_is_clear(mirror_root: Path, mirror, pin: Pin) -> None:
     with pytest.raises(ValueError, match=r"no subset\(s\) \['rat'\].*'human', 'mouse'"):
         emdata.prepare("axonem", subset="rat")
     with pytest.raises(ValueError, match=r"no volume 'human-test'"):
@@ -82,7 +75,7 @@ def test_bad_input_is_clear(mirror_root: Path, mirror, tmp_path: Path, monkeypat
     with zipfile.ZipFile(target, "w") as zf:
         for n, data in members.items():
             zf.writestr(n, data)
-    _override_checksums(truth, tmp_path, monkeypatch)
+    pin({URLS[s]: p for s, p in truth["zips"].items()})
     with pytest.raises(ValueError, match=r"seg_0-0-0_pad.h5: no dataset 'main'; the file holds \['labels'\]"):
         emdata.prepare("axonem", subset="human")
     assert not (emdata.config.prepared_dir("axonem") / "human-train-0-0-0_pad.ome.zarr").exists()

@@ -3,12 +3,11 @@ background mapped, padded geometry, synaptic partner table, combined code, clear
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -19,23 +18,16 @@ from emdata.store.verify import verify_volume
 from emdata.testing.replicas.cremi import HOST_DIR, NO_CLEFT, write_cremi_replica
 
 NAMES = ["A", "B", "C", "A+", "B+", "C+"]
-
-
-def pin_checksums(truth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The card pins the organisers' sha256; a replica has its own, listed in EMDATA_CHECKSUMS."""
-    sums = {url: hashlib.sha256(Path(path).read_bytes()).hexdigest() for url, path in truth["files"].items()}
-    target = tmp_path / "sums.json"
-    target.write_text(json.dumps(sums))
-    monkeypatch.setenv("EMDATA_CHECKSUMS", str(target))
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
 
 
 def expected_clefts(stored: np.ndarray) -> np.ndarray:
     return np.where(stored == NO_CLEFT, np.uint64(0), stored)
 
 
-def test_six_volumes_voxel_exact_with_uint64_ids(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_six_volumes_voxel_exact_with_uint64_ids(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root)
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     vols = emdata.prepare("cremi")
     assert [(v.name, v.split) for v in vols] == [("A", "train"), ("B", "train"), ("C", "train"),
                                                  ("A+", "test"), ("B+", "test"), ("C+", "test")]
@@ -60,7 +52,7 @@ def test_six_volumes_voxel_exact_with_uint64_ids(mirror_root: Path, mirror, tmp_
         assert vol.meta["labels"]["clefts"]["mapping"] == {"0": {"name": "background", "id": 0},
                                                           "nonzero": {"name": "cleft", "id": 2}}
         assert vol.meta["labels"]["neuron_ids"]["mapping"] == {"nonzero": {"name": "neuron", "id": 1}}
-        # ids too wide for seed-004's offset code: no combined layer, a note instead
+        # ids too wide for the offset code: no combined layer, a note instead
         assert "combined" not in vol.labels and any("combined layer not written" in n for n in vol.meta["notes"])
         table = vol.meta["synaptic_partners"]
         ann = sample["annotations"]
@@ -77,9 +69,9 @@ def test_six_volumes_voxel_exact_with_uint64_ids(mirror_root: Path, mirror, tmp_
     assert [v.name for v in emdata.volumes("cremi", split="test")] == ["A+", "B+", "C+"]
 
 
-def test_combined_layer_uses_the_offset_code(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_combined_layer_uses_the_offset_code(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("B",), small_ids=True)
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     (b,) = emdata.prepare("cremi", volumes=["B"])
     sample = truth["samples"]["B"]
     cleft = sample["clefts"] != NO_CLEFT
@@ -95,9 +87,9 @@ def test_combined_layer_uses_the_offset_code(mirror_root: Path, mirror, tmp_path
     assert verify_volume(b.path, deep=True).ok
 
 
-def test_padded_labels_are_placed_at_their_offset(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_padded_labels_are_placed_at_their_offset(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("A", "A+"), types_key="type")
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     a, a_test = emdata.prepare("cremi", volumes=["A", "A+"], padded=True)
     sample = truth["samples"]["A"]
     box = tuple(slice(p, p + s) for p, s in zip(sample["pad"], sample["raw"].shape))
@@ -124,9 +116,9 @@ def test_padded_labels_are_placed_at_their_offset(mirror_root: Path, mirror, tmp
     assert cropped.meta["variant"] == "cropped" and cropped.shape == sample["raw"].shape
 
 
-def test_padded_labels_on_the_raw_grid_with_fill(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_padded_labels_on_the_raw_grid_with_fill(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("C",), padded_labels="full")
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     (c,) = emdata.prepare("cremi", volumes=["C"], padded=True)
     sample = truth["samples"]["C"]
     stored = sample["padded_neuron_ids"]
@@ -136,9 +128,9 @@ def test_padded_labels_on_the_raw_grid_with_fill(mirror_root: Path, mirror, tmp_
     assert "annotated_region" not in c.meta
 
 
-def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("A",))
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     (first,) = emdata.prepare("cremi", volumes=["A"])
     stamp = (first.path / "zarr.json").stat().st_mtime_ns
     n_requests = len(mirror.log)
@@ -149,20 +141,20 @@ def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, 
     assert (forced.path / "zarr.json").stat().st_mtime_ns != stamp and len(mirror.log) == n_requests
 
 
-def test_resolution_mismatch_names_file_and_values(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_resolution_mismatch_names_file_and_values(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("B",), resolution=(40.0, 8.0, 8.0))
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     with pytest.raises(ValueError, match=r"sample_B_20160501\.hdf:volumes/raw: attribute resolution = "
                                          r"\(40\.0, 8\.0, 8\.0\).*\(40\.0, 4\.0, 4\.0\)"):
         emdata.prepare("cremi", volumes=["B"])
     assert not (emdata.config.prepared_dir("cremi") / "B.ome.zarr").exists()
 
 
-def test_missing_key_names_file_and_key(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_missing_key_names_file_and_key(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, samples=("C",))
     with h5py.File(mirror_root / HOST_DIR / "sample_C_20160501.hdf", "a") as f:
         del f["volumes/labels/clefts"]
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     with pytest.raises(ValueError, match=r"sample_C_20160501\.hdf: no dataset 'volumes/labels/clefts'.*neuron_ids"):
         emdata.prepare("cremi", volumes=["C"])
     assert not (emdata.config.prepared_dir("cremi") / "C.ome.zarr").exists()
@@ -175,9 +167,9 @@ def test_bad_selection_and_options_are_refused() -> None:
         emdata.prepare("cremi", bbox="0:1,0:1,0:1")
 
 
-def test_cli_prepare_json_lists_six_volumes(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_cli_prepare_json_lists_six_volumes(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_cremi_replica(mirror_root, shape=(4, 32, 32), pad=(1, 4, 4))
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     run = subprocess.run([sys.executable, "-m", "emdata", "prepare", "cremi", "--json"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import zipfile
 from collections.abc import Callable
@@ -32,21 +31,7 @@ from emdata.testing.replicas.densecell import (
     write_densecell_replica,
 )
 
-Pin = Callable[..., None]
-
-
-@pytest.fixture
-def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
-    """Write EMDATA_CHECKSUMS: the replica zip's sha256 and, with ``members``, each member's."""
-    def write(root: Path, members: bool = True, extra: dict[str, str] | None = None) -> None:
-        sums = {url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in source_files(root).items()}
-        if members:
-            sums.update(member_sha256(root))
-        sums.update(extra or {})
-        path = tmp_path / "sums.json"
-        path.write_text(json.dumps(sums))
-        monkeypatch.setenv("EMDATA_CHECKSUMS", str(path))
-    return write
+Pin = Callable[..., Path]  # the `pin` fixture of conftest.py
 
 
 def _check_common(vols: list[Volume], truth: dict[str, dict[str, np.ndarray]]) -> dict[str, Volume]:
@@ -68,7 +53,7 @@ def _check_common(vols: list[Volume], truth: dict[str, dict[str, np.ndarray]]) -
 
 def test_float_weights_become_a_separate_volume(mirror_root: Path, mirror: MirrorServer, pin: Pin) -> None:
     truth = write_densecell_replica(mirror_root, weights="float")
-    pin(mirror_root)
+    pin(source_files(mirror_root), member_sha256(mirror_root))
     vols = emdata.prepare("densecell")
     assert [v.name for v in vols] == ["train", "train-error-weights", "eval", "test"]
     by_name = _check_common(vols, truth)
@@ -89,7 +74,7 @@ def test_float_weights_become_a_separate_volume(mirror_root: Path, mirror: Mirro
 def test_integer_weights_become_a_layer(mirror_root: Path, mirror: MirrorServer, pin: Pin, kind: str,
                                         cast: str | None) -> None:
     truth = write_densecell_replica(mirror_root, weights=kind)
-    pin(mirror_root)
+    pin(source_files(mirror_root), member_sha256(mirror_root))
     vols = emdata.prepare("densecell")
     assert [v.name for v in vols] == ["train", "eval", "test"]
     train = _check_common(vols, truth)["train"]
@@ -108,7 +93,7 @@ def _snapshot(*roots: Path) -> dict[str, int]:
 
 def test_rerun_reuses_everything_and_force_rebuilds(mirror_root: Path, mirror: MirrorServer, pin: Pin) -> None:
     write_densecell_replica(mirror_root)
-    pin(mirror_root)
+    pin(source_files(mirror_root), member_sha256(mirror_root))
     emdata.prepare("densecell")
     before, requests = _snapshot(prepared_dir("densecell"), downloads_dir("densecell")), len(mirror.log)
     again = emdata.prepare("densecell")
@@ -124,7 +109,7 @@ def test_rerun_reuses_everything_and_force_rebuilds(mirror_root: Path, mirror: M
 def test_members_without_pins_are_used_unverified_with_a_warning(mirror_root: Path, mirror: MirrorServer, pin: Pin,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     write_densecell_replica(mirror_root)
-    pin(mirror_root, members=False)
+    pin(source_files(mirror_root))
     with caplog.at_level(logging.WARNING):
         test = emdata.prepare("densecell", volumes=["test"])[0]
     status = test.meta["member_checks"]["test-images.tif"]["status"]
@@ -135,7 +120,7 @@ def test_members_without_pins_are_used_unverified_with_a_warning(mirror_root: Pa
 
 def test_a_wrong_member_pin_is_an_error(mirror_root: Path, mirror: MirrorServer, pin: Pin) -> None:
     write_densecell_replica(mirror_root)
-    pin(mirror_root, extra={f"{URL}#platelet_data/eval-labels.tif": "0" * 64})
+    pin(source_files(mirror_root), {**member_sha256(mirror_root), f"{URL}#platelet_data/eval-labels.tif": "0" * 64})
     with pytest.raises(MemberChecksumError, match=r"platelet_data_1219.zip:platelet_data/eval-labels.tif: sha256 "
                                                   r"[0-9a-f]{64} differs from 0{64} listed for"):
         emdata.prepare("densecell")
@@ -145,7 +130,7 @@ def test_a_wrong_member_pin_is_an_error(mirror_root: Path, mirror: MirrorServer,
 def test_published_archive_is_checked_against_the_md5_table(mirror_root: Path, mirror: MirrorServer, pin: Pin,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     write_densecell_replica(mirror_root, weights="integer")
-    pin(mirror_root, members=False)
+    pin(source_files(mirror_root))
     zip_md5 = hashlib.md5((mirror_root / HOST_PATH).read_bytes(), usedforsecurity=False).hexdigest()
     monkeypatch.setattr(recipe, "published_md5", lambda card: zip_md5)  # pretend the replica is the published zip
     monkeypatch.setattr(recipe, "MEMBER_MD5", member_md5(mirror_root))
@@ -175,7 +160,7 @@ def test_bad_label_values_and_shapes_are_refused(mirror_root: Path, mirror: Mirr
     labels[1, 2, 3] = 9
     _replace(mirror_root, "platelet_data/eval-labels.tif", labels)
     _replace(mirror_root, "platelet_data/train-error-weights.tif", truth["train"]["weights"][:-1])
-    pin(mirror_root)
+    pin(source_files(mirror_root), member_sha256(mirror_root))
     with pytest.raises(DenseCellFormatError, match=r"platelet_data/eval-labels.tif: value\(s\) \[9\] are not classes"):
         emdata.prepare("densecell", volumes=["eval"])
     with pytest.raises(DenseCellFormatError, match=r"train-error-weights.tif: weight shape \(7, 24, 32\) differs"):

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -16,18 +14,12 @@ import emdata
 from emdata.store.verify import verify_volume
 from emdata.testing.replicas.fib25 import BUCKET, write_fib25_replica
 
-
-def pin_checksums(truth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The card pins torch-em's sha256s; the replica's own are listed in EMDATA_CHECKSUMS."""
-    sums = {url: hashlib.sha256(Path(path).read_bytes()).hexdigest() for url, path in truth["files"].items()}
-    target = tmp_path / "sums.json"
-    target.write_text(json.dumps(sums))
-    monkeypatch.setenv("EMDATA_CHECKSUMS", str(target))
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
 
 
-def test_prepare_maps_supervoxels_to_bodies(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_prepare_maps_supervoxels_to_bodies(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_fib25_replica(mirror_root)
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     vols = emdata.prepare("fib25")
     assert [(v.name, v.split) for v in vols] == [("training_sample2", "train"), ("validation_sample", "val"),
                                                  ("tstvol-520-1", "test")]
@@ -53,17 +45,17 @@ def test_prepare_maps_supervoxels_to_bodies(mirror_root: Path, mirror, tmp_path:
     assert [v.name for v in emdata.volumes("fib25", split="val")] == ["validation_sample"]
 
 
-def test_narrow_supervoxel_ids_give_uint64_bodies(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_narrow_supervoxel_ids_give_uint64_bodies(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_fib25_replica(mirror_root, stack_dtype="uint32", samples=("validation_sample",))
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     (val,) = emdata.prepare("fib25", volumes=["validation_sample"])
     assert val.labels["neurons"].dtype == np.uint64
     assert np.array_equal(val.labels["neurons"][...], truth["validation_sample"]["neurons"])
 
 
-def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_fib25_replica(mirror_root, samples=("tstvol-520-1",))
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     (first,) = emdata.prepare("fib25", volumes=["tstvol-520-1"])
     stamp = (first.path / "zarr.json").stat().st_mtime_ns
     n_requests = len(mirror.log)
@@ -72,17 +64,17 @@ def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, 
     assert len(mirror.requests_for("tstvol-520-1/raw.h5")) == 1
 
 
-def test_missing_transforms_names_file_and_key(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_missing_transforms_names_file_and_key(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_fib25_replica(mirror_root, samples=("training_sample2",))
     with h5py.File(mirror_root / BUCKET / "training_sample2" / "groundtruth.h5", "a") as f:
         del f["transforms"]
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     with pytest.raises(ValueError, match=r"groundtruth\.h5: no dataset 'transforms'; the file holds \['stack'\]"):
         emdata.prepare("fib25", volumes=["training_sample2"])
     assert not (emdata.config.prepared_dir("fib25") / "training_sample2.ome.zarr").exists()
 
 
-def test_conflicting_transforms_are_refused(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_conflicting_transforms_are_refused(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_fib25_replica(mirror_root, samples=("training_sample2",))
     pairs = truth["training_sample2"]["transforms"]
     sv = int(pairs[0, 0])
@@ -90,7 +82,7 @@ def test_conflicting_transforms_are_refused(mirror_root: Path, mirror, tmp_path:
     with h5py.File(mirror_root / BUCKET / "training_sample2" / "groundtruth.h5", "a") as f:
         del f["transforms"]
         f.create_dataset("transforms", data=bad)
-    pin_checksums(truth, tmp_path, monkeypatch)
+    pin(truth["files"])
     with pytest.raises(ValueError, match=rf"training_sample2/groundtruth\.h5:transforms: supervoxel {sv} is mapped "
                                          "to two bodies"):
         emdata.prepare("fib25", volumes=["training_sample2"])

@@ -4,6 +4,7 @@ reported, clear errors, and --full built shard by shard on dask with resume."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -71,7 +72,7 @@ def test_box_is_voxel_exact_with_strip_reads_and_masks_fetched_once(truth: dict[
     assert vol.voxel_size == (1.0, 1.0, 1.0)
     assert meta["voxel_size_placeholder"] is True and meta["voxel_size_verified"] is False
     assert "placeholder" in meta["voxel_size_note"] and any("placeholder" in n for n in meta["notes"])
-    assert meta["bbox"] == "1:5,20:200,30:300" and meta["bbox_seed_order"] == [30, 300, 20, 200, 1, 5]
+    assert meta["bbox"] == "1:5,20:200,30:300" and meta["bbox_torch_em_order"] == [30, 300, 20, 200, 1, 5]
     assert {k: meta["raw_tiff"][k] for k in ("compression", "predictor", "rows_per_strip", "dtype")} == {
         "compression": 5, "predictor": 2, "rows_per_strip": 1, "dtype": "uint16"}
     assert meta["classes_missing"] == UNCONFIRMED_ABSENT
@@ -121,8 +122,8 @@ def test_box_is_voxel_exact_with_strip_reads_and_masks_fetched_once(truth: dict[
     assert max(_by_file(every_mask).values()) == 1  # every mask file fetched once, ever
 
 
-def test_seed_order_boxes_and_open_ends(truth: dict[str, Any], mirror: MirrorServer) -> None:
-    text = recipe.bbox_from_seed(x_min=30, x_max=300, y_min=20, y_max=200, z_min=1, z_max=5)
+def test_torch_em_order_boxes_and_open_ends(truth: dict[str, Any], mirror: MirrorServer) -> None:
+    text = recipe.bbox_from_torch_em(x_min=30, x_max=300, y_min=20, y_max=200, z_min=1, z_max=5)
     assert text == "1:5,20:200,30:300"
     first, = emdata.prepare("human-liver-em", bbox=text)
     before = len(mirror.log)
@@ -196,6 +197,13 @@ def _small_shards(shape: tuple[int, ...], voxel: tuple[float, float, float], ite
     return chunks, tuple(min(k * c, -(-n // c) * c) for c, k, n in zip(chunks, (1, 2, 2), shape))
 
 
+def _rename_tissue_parameter(path: Path, old: str, new: str) -> None:
+    doc = json.loads((path / "zarr.json").read_text())
+    parameters = doc["attributes"]["emdata"]["provenance"]["parameters"]
+    parameters[new] = parameters.pop(old)
+    (path / "zarr.json").write_text(json.dumps(doc))
+
+
 def test_full_builds_shard_by_shard_in_parallel_and_resumes(truth: dict[str, Any], mirror: MirrorServer,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from distributed import LocalCluster
@@ -244,5 +252,8 @@ def test_full_builds_shard_by_shard_in_parallel_and_resumes(truth: dict[str, Any
     assert box.meta["labels"]["er"]["classes"] == vol.meta["labels"]["er"]["classes"]
     before = len(mirror.log)
     assert emdata.prepare("human-liver-em", full=True)[0].path == vol.path  # reused: no cluster, no request
+    assert len(mirror.log) == before
+    _rename_tissue_parameter(path, full.TISSUE_KEY, full.LEGACY_TISSUE_KEY)  # as stores built before the rename
+    assert emdata.prepare("human-liver-em", full=True)[0].path == vol.path  # still reused
     assert len(mirror.log) == before
     assert "full" in read_manifest(path.parent)["volumes"]

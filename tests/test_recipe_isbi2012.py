@@ -3,10 +3,8 @@ derived instances kept bit-identical, verified, idempotent, clear errors."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -16,17 +14,12 @@ import emdata
 from emdata.store.verify import verify_volume
 from emdata.testing.replicas.isbi2012 import write_isbi2012_replica
 
-
-def pin_checksum(truth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The card pins torch-em's sha256; the replica's own is listed in EMDATA_CHECKSUMS."""
-    target = tmp_path / "sums.json"
-    target.write_text(json.dumps({truth["url"]: hashlib.sha256(truth["path"].read_bytes()).hexdigest()}))
-    monkeypatch.setenv("EMDATA_CHECKSUMS", str(target))
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
 
 
-def test_prepare_detects_membranes_and_is_voxel_exact(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_prepare_detects_membranes_and_is_voxel_exact(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root)  # 0 = membrane, 255 = interior (challenge convention)
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     (train,) = emdata.prepare("isbi2012")
     assert (train.name, train.split, train.voxel_size) == ("train", "train", (50.0, 4.0, 4.0))
     assert train.raw.dtype == np.uint8 and np.array_equal(train.raw[...], truth["raw"])
@@ -50,9 +43,9 @@ def test_prepare_detects_membranes_and_is_voxel_exact(mirror_root: Path, mirror,
     assert report.ok, report.problems
 
 
-def test_inverted_zero_one_encoding_is_detected(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_inverted_zero_one_encoding_is_detected(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root, membrane_value=1, other_value=0, segmentation_dtype="int64")
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     (train,) = emdata.prepare("isbi2012")
     enc = train.meta["membranes_encoding"]
     assert (enc["membrane_value"], enc["stored_as"]) == (1, {"1": 1, "0": 0})
@@ -60,12 +53,12 @@ def test_inverted_zero_one_encoding_is_detected(mirror_root: Path, mirror, tmp_p
     assert train.labels["gt_segmentation"].dtype == np.int64
 
 
-def test_ambiguous_encoding_keeps_native_values(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_ambiguous_encoding_keeps_native_values(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root)
     with h5py.File(truth["path"], "a") as f:  # membranes made bright: darkness and rarity disagree
         raw = f["raw"][()]
         f["raw"][()] = np.where(truth["membrane_mask"], 250, raw).astype(np.uint8)
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     (train,) = emdata.prepare("isbi2012")
     enc = train.meta["membranes_encoding"]
     assert enc["status"] == "undetermined" and enc["membrane_value"] is None
@@ -73,9 +66,9 @@ def test_ambiguous_encoding_keeps_native_values(mirror_root: Path, mirror, tmp_p
     assert train.meta["labels"]["membranes"]["mapping"] == {} and train.meta["labels"]["membranes"]["annotates"] == []
 
 
-def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root, shape=(3, 32, 32))
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     (first,) = emdata.prepare("isbi2012")
     stamp = (first.path / "zarr.json").stat().st_mtime_ns
     (second,) = emdata.prepare("isbi2012")
@@ -83,22 +76,22 @@ def test_rerun_makes_no_request_and_rewrites_nothing(mirror_root: Path, mirror, 
     assert len(mirror.log) == 1 and len(mirror.requests_for("/download")) == 1
 
 
-def test_non_binary_membranes_are_refused(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_non_binary_membranes_are_refused(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root, shape=(3, 32, 32))
     with h5py.File(truth["path"], "a") as f:
         f["labels/membranes"][0, 0, :3] = [0, 128, 255]
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     with pytest.raises(ValueError, match=r"isbi\.h5:labels/membranes: expected a binary membrane mask .* "
                                          r"found 3: \[0, 128, 255\]"):
         emdata.prepare("isbi2012")
     assert not (emdata.config.prepared_dir("isbi2012") / "train.ome.zarr").exists()
 
 
-def test_missing_key_names_file_and_key(mirror_root: Path, mirror, tmp_path: Path, monkeypatch) -> None:
+def test_missing_key_names_file_and_key(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_isbi2012_replica(mirror_root, shape=(3, 32, 32))
     with h5py.File(truth["path"], "a") as f:
         del f["labels/gt_segmentation"]
-    pin_checksum(truth, tmp_path, monkeypatch)
+    pin({truth["url"]: truth["path"]})
     with pytest.raises(ValueError, match=r"isbi\.h5: no dataset 'labels/gt_segmentation'; the file holds"):
         emdata.prepare("isbi2012")
     with pytest.raises(ValueError, match=r"no volume\(s\) \['test'\]; choose from \['train'\]"):

@@ -48,7 +48,7 @@ def test_prepare_voxel_exact_with_ignore_region(mirror_root: Path, mirror, pin: 
         report = verify_volume(vol.path, deep=True)
         assert report.ok, report.problems
     assert (train.meta["torch_em_split"], test.meta["torch_em_split"]) == ("test", "train")
-    assert "mapped to 0 as the reference says" in caplog.text
+    assert "mapped to 0 as torch-em's kasthuri.py does" in caplog.text
     source = train.meta["provenance"]["sources"][0]
     assert source["url"] == URL and source["fetched_from"].startswith(mirror.url)
 

@@ -4,7 +4,6 @@ deterministic instance ids, clear errors."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -35,21 +34,8 @@ from emdata.testing.replicas.platelet_em import (
     write_platelet_em_replica,
 )
 
-Pin = Callable[[dict[str, Path]], None]
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
 LAYERS = ("semantic", "instance-cell", "instance-organelle")
-
-
-@pytest.fixture
-def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
-    """Pin replica sha256s in EMDATA_CHECKSUMS (the card's checksums belong to the real files)."""
-    sums: dict[str, str] = {}
-
-    def write(files: dict[str, Path]) -> None:
-        sums.update({url: hashlib.sha256(p.read_bytes()).hexdigest() for url, p in files.items()})
-        path = tmp_path / "sums.json"
-        path.write_text(json.dumps(sums))
-        monkeypatch.setenv("EMDATA_CHECKSUMS", str(path))
-    return write
 
 
 def _serve(root: Path, pin: Pin, release: str, **kwargs: Any) -> dict[str, dict[str, np.ndarray]]:

@@ -44,5 +44,5 @@ def recipe_for(dataset_id: str) -> ModuleType:
     get_card(dataset_id)  # unknown ids raise with suggestions
     if module_name(dataset_id) not in _recipe_packages():
         raise NoRecipeError(f"{dataset_id} is in the catalog but has no recipe yet (preparable now: "
-                            f"{', '.join(preparable())}); `emdata info {dataset_id}` lists its sources")
+                            f"{', '.join(preparable()) or 'none'}); `emdata info {dataset_id}` lists its sources")
     return importlib.import_module(f"emdata.datasets.{module_name(dataset_id)}.recipe")

@@ -1,5 +1,5 @@
 """OME-Zarr 0.5 metadata dicts, written by hand (ome-zarr-py's writer omits the labels
-group version; see reference/ecosystem.md §1) and validated with ome-zarr-models in tests.
+group version) and validated with ome-zarr-models in tests.
 
 Example:
     >>> multiscales("raw", [("0", (30.0, 6.0, 6.0), None)])["multiscales"][0]["axes"][0]

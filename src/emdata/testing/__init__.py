@@ -1,9 +1,15 @@
 """Offline test kit: a loopback mirror server and replica writers for every dataset.
 
 Example:
+    >>> import tempfile, urllib.request
+    >>> from pathlib import Path
     >>> from emdata.testing import MirrorServer, write_snemi3d_replica
-    >>> truth = write_snemi3d_replica(mirror_root)  # doctest: +SKIP
-    >>> with MirrorServer(mirror_root) as server: ...  # doctest: +SKIP
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     truth = write_snemi3d_replica(Path(root), shape=(2, 16, 16))
+    ...     with MirrorServer(Path(root)) as server:
+    ...         url = f"{server.url}/rhoana.rc.fas.harvard.edu/dataset/snemi.zip"
+    ...         urllib.request.urlopen(url).read()[:2]
+    b'PK'
 """
 
 from emdata.testing.precomputed import write_precomputed_layer

@@ -6,8 +6,11 @@ This is the independent writer for tests and replicas: it shares no code with
 for that URL.
 
 Example:
-    >>> layer = write_precomputed_layer(mirror_root, "gs://bucket/em", volume, (40.0, 8.0, 8.0))  # doctest: +SKIP
-    >>> layer.relative_to(mirror_root).as_posix()  # doctest: +SKIP
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     em = np.zeros((8, 16, 16), np.uint8)
+    ...     layer = write_precomputed_layer(Path(tmp), "gs://bucket/em", em, (40.0, 8.0, 8.0))
+    ...     layer.relative_to(tmp).as_posix()
     'storage.googleapis.com/bucket/em'
 """
 
@@ -59,9 +62,13 @@ def write_precomputed_layer(
     as sparse published layers do. Returns the layer directory.
 
     Example:
+        >>> import json, tempfile
         >>> seg = np.arange(8 * 32 * 32, dtype=np.uint64).reshape(8, 32, 32)
-        >>> write_precomputed_layer(tmp, "gs://b/seg", seg, (40.0, 8.0, 8.0), layer_type="segmentation",
-        ...                         encoding="compressed_segmentation", mips=2)  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     layer = write_precomputed_layer(Path(tmp), "gs://b/seg", seg, (40.0, 8.0, 8.0),
+        ...                                     layer_type="segmentation", encoding="compressed_segmentation", mips=2)
+        ...     [s["resolution"] for s in json.loads((layer / "info").read_text())["scales"]]
+        [[8.0, 8.0, 40.0], [16.0, 16.0, 40.0]]
     """
     from cloudvolume import CloudVolume
     from cloudvolume.datasource.precomputed.sharding import ShardingSpecification

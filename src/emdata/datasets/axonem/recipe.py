@@ -2,7 +2,7 @@
 
 ``EM30-H-train-9vol-pad-20-512-512.zip`` and ``EM30-M-train-9vol-pad-20-512-512.zip`` hold
 ``im_<name>.h5`` images with matching ``seg_<name>.h5`` axon instance ids, HDF5 key
-``main`` (reference/datasets.md §8.1). Each pair becomes volume ``<subset>-train-<name>``
+``main`` (as torch-em's ``axonem.py`` reads them). Each pair becomes volume ``<subset>-train-<name>``
 (split ``train``: only training volumes are published); the card's ``human-train`` /
 ``mouse-train`` select all pairs of a subset.
 
@@ -11,7 +11,7 @@ Decisions:
 - Pairs are matched by name (``im_X.h5`` ↔ ``seg_X.h5`` in the same folder). An image without
   a label (the mouse zip's ``im_675-800-800_pad.h5``) is skipped with a logged warning and
   listed under ``skipped`` in the meta of the subset's volumes; a label without an image too.
-- The mouse zip's ``valid_mask.h5`` is **kept as metadata, not as a layer**: no stored source
+- The mouse zip's ``valid_mask.h5`` is **kept as metadata, not as a layer**: neither the paper nor torch-em
   says which image it masks or what its values mean (torch-em deletes it), so attaching it
   to a volume would be a guess. Its shape, dtype and values are recorded under
   ``unpaired_files``.
@@ -19,11 +19,13 @@ Decisions:
   on the card, ``voxel_size_verified: false``). Arrays are read as stored, (z, y, x) like
   the torch-em loader uses them; ids keep their dtype.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vols = emdata.prepare("axonem", subset=["human"])  # doctest: +SKIP
-    >>> vols[0].voxel_size  # doctest: +SKIP
-    (30.0, 8.0, 8.0)
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("axonem"):
+    ...     vols = emdata.prepare("axonem", subset=["human"])
+    ...     [v.name for v in vols], vols[0].voxel_size
+    (['human-train-0-0-0_pad', 'human-train-200-0-0_pad'], (30.0, 8.0, 8.0))
 """
 
 from __future__ import annotations

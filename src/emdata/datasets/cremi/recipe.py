@@ -2,7 +2,7 @@
 (train: raw + ``neuron_ids`` + ``clefts`` + derived ``combined``, synaptic partners as a
 table in the metadata) and ``A+``, ``B+``, ``C+`` (test: raw only, labels withheld).
 
-What the recipe does with each file (reference/datasets.md §5):
+What the recipe does with each file (the format as cremi.org/data describes it):
 
 - ``volumes/raw`` (uint8, (z, y, x)) is stored as it is. The ``resolution`` attribute of
   every volume read is checked against the card's (40, 4, 4) nm; a different value is an
@@ -11,7 +11,8 @@ What the recipe does with each file (reference/datasets.md §5):
   (ids ≥ 2**63 included). Only 2**64-1, CREMI's "no label" value (padded files), becomes 0.
 - ``volumes/labels/clefts`` (uint64) stores 2**64-1 for "no cleft"; it becomes 0 (the card's
   background class), every other cleft id is kept. The count is recorded in the metadata.
-- ``combined``: seed-004's offset code (neuron id < 1,000,000; cleft id + 1,000,000 <
+- ``combined``: the offset code of tmquan/neurons (``neurons/datasets/cremi3d.py``, commit
+  c7001c3) (neuron id < 1,000,000; cleft id + 1,000,000 <
   2,000,000; clefts win where both are set) built with ``offset_encode``; the value ranges
   are recorded under ``emdata.combined_code`` (the layer is not a card layer: its ids belong
   to two classes). When a native id does not fit, the layer is skipped with a logged
@@ -29,14 +30,16 @@ torch-em description of the same files) is used as it is, its 2**64-1 voxels bec
 Padded and cropped variants of a sample share the volume name (``A``); preparing the other
 variant rebuilds the volume, and ``emdata.variant`` says which one it holds.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vols = emdata.prepare("cremi")  # doctest: +SKIP
-    >>> [(v.name, v.split) for v in vols]  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("cremi"):
+    ...     vols = emdata.prepare("cremi")
+    ...     print([(v.name, v.split) for v in vols])
+    ...     a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]
+    ...     a.meta["variant"], a.meta["annotated_region"]["neuron_ids"]
     [('A', 'train'), ('B', 'train'), ('C', 'train'), ('A+', 'test'), ('B+', 'test'), ('C+', 'test')]
-    >>> a = emdata.prepare("cremi", volumes=["A"], padded=True)[0]  # doctest: +SKIP
-    >>> a.meta["annotated_region"]["neuron_ids"]  # doctest: +SKIP
-    [[37, 162], [911, 2161], [911, 2161]]
+    ('padded', [[2, 8], [6, 54], [5, 45]])
 """
 
 from __future__ import annotations
@@ -71,10 +74,10 @@ NEURON_KEY = "volumes/labels/neuron_ids"
 CLEFT_KEY = "volumes/labels/clefts"
 ANNOTATIONS = "annotations"
 NO_LABEL = np.uint64(2**64 - 1)  # CREMI's "no cleft" / "unlabelled" value
-CLEFT_OFFSET = 1_000_000  # seed-004 offset code: neuron < 1,000,000 ≤ cleft < 2,000,000
+CLEFT_OFFSET = 1_000_000  # tmquan/neurons' offset code: neuron < 1,000,000 ≤ cleft < 2,000,000
 CODE_END = 2_000_000
 SITE_TYPES = ("presynaptic_site", "postsynaptic_site")
-COMBINED_DESCRIPTION = ("Derived by emdata (seed-004's offset code, reference §5.5): 0 = neither; 1..999,999 = "
+COMBINED_DESCRIPTION = ("Derived by emdata (the offset code of tmquan/neurons cremi3d.py): 0 = neither; 1..999,999 = "
                         "neuron id; 1,000,000..1,999,999 = cleft id + 1,000,000 (a cleft wins over a neuron)")
 log = logging.getLogger(__name__)
 
@@ -240,14 +243,14 @@ def _annotations(path: Path, notes: list[str]) -> dict[str, Any] | None:
 
 
 def _combined(neurons: np.ndarray, clefts: np.ndarray, where: str, notes: list[str]) -> LabelLayerData | None:
-    """seed-004's offset code, or None (warning + note) when a native id does not fit it."""
+    """The offset code, or None (warning + note) when a native id does not fit it."""
     top_neuron, top_cleft = int(neurons.max(initial=0)), int(clefts.max(initial=0))
     too_big = [f"largest {what} id {top} is not < {limit:,}" for what, top, limit in
                (("neuron", top_neuron, CLEFT_OFFSET), ("cleft", top_cleft, CODE_END - CLEFT_OFFSET)) if top >= limit]
     if too_big:
         why = "; ".join(too_big)
         log.warning("%s: combined layer skipped: %s; use neuron_ids and clefts", where, why)
-        notes.append(f"combined layer not written: native ids do not fit seed-004's offset code ({why}); "
+        notes.append(f"combined layer not written: native ids do not fit the offset code ({why}); "
                      "use the neuron_ids and clefts layers")
         return None
     data = offset_encode({0: neurons, CLEFT_OFFSET: clefts}, where=where)

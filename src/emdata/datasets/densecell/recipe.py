@@ -2,13 +2,14 @@
 ``train``, ``eval`` (split ``val``) and ``test``, each with the image and a 7-class
 ``semantic`` layer (0 background … 6 dense granule core), plus the training error weights.
 
-Layout (reference/datasets.md §1.7): the zip unpacks to ``platelet_data/`` with
-``{train,eval,test}-images.tif``, ``{train,eval,test}-labels.tif`` and
-``train-error-weights.tif``. The archive is extracted into the download folder and every
-member listed in the published md5 table is checked (see *Member checksums*). TIFF pages are
-read as stored, (page, row, column) = (z, y, x). Images must be greyscale integer stacks,
-labels single-channel integer stacks of the image's shape with values 0–6 (anything else is
-an error naming the file and the values); labels are stored bit-identical, in their dtype.
+Layout (leapmanlab ``dense-cell/README.md`` and leapmanlab/examples ``download.py``): the zip
+unpacks to ``platelet_data/`` with ``{train,eval,test}-images.tif``,
+``{train,eval,test}-labels.tif`` and ``train-error-weights.tif``. The archive is extracted into
+the download folder and every member listed in the published md5 table is checked (see *Member
+checksums*). TIFF pages are read as stored, (page, row, column) = (z, y, x). Images must be
+greyscale integer stacks, labels single-channel integer stacks of the image's shape with values
+0–6 (anything else is an error naming the file and the values); labels are stored bit-identical,
+in their dtype.
 
 **Error weights.** ``train-error-weights.tif`` is a per-voxel training weight map, not a label.
 The store keeps only integer label layers, so:
@@ -33,16 +34,18 @@ sha256 listed in the same ``EMDATA_CHECKSUMS`` file under the key ``<zip URL>#<m
 and otherwise compared with the published md5 and, if different, logged and recorded as
 unverified (``member_checks`` in the metadata) instead of failing.
 
-**Voxel size.** No stored source states it (the card leaves it out on purpose), and the store
-needs one: volumes get the placeholder (1, 1, 1) nm = "one voxel", with
+**Voxel size.** Neither the release page nor the loaders state it (the card leaves it out on
+purpose), and the store needs one: volumes get the placeholder (1, 1, 1) nm = "one voxel", with
 ``voxel_size_placeholder: true`` and a note. It is not a physical size; the related platelet-em
 release is about (40, 10, 10) nm but nothing says this archive shares that sampling.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> train, val, test = emdata.prepare("densecell")[:3]  # doctest: +SKIP
-    >>> train.meta["error_weights"]["stored_as"]  # doctest: +SKIP
-    'volume train-error-weights'
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("densecell"):
+    ...     train = emdata.prepare("densecell")[0]
+    ...     train.name, train.meta["error_weights"]["stored_as"]
+    ('train', 'volume train-error-weights')
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ FILES = {"train": ("train-images.tif", "train-labels.tif"), "eval": ("eval-image
 WEIGHTS_FILE = "train-error-weights.tif"
 WEIGHTS_VOLUME = "train-error-weights"
 WEIGHTS_LAYER = "error-weights"
-# Per-file md5s of the published archive (reference/datasets.md §1.7, leapmanlab/examples download.py).
+# Per-file md5s of the published archive (leapmanlab/examples, example1/src/download.py).
 MEMBER_MD5 = {
     "train-images.tif": "940ffa25038e9e9ca0ae86bc7e75553c",
     "train-labels.tif": "dc72be0033f8ce409cac0202928873ba",

@@ -6,10 +6,12 @@ the one the layer's ``info`` states, and a difference from the card — which re
 segmentation is upsampled ×2 in y and x by nearest neighbour (exact; no EM detail is dropped).
 Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (vol,) = emdata.prepare("h01", bbox="2600:2616,150000:150512,250000:250512")  # doctest: +SKIP
-    >>> vol.voxel_size, list(vol.labels)  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("h01"):
+    ...     (vol,) = emdata.prepare("h01", bbox="6:15,130:170,70:100")
+    ...     vol.voxel_size, list(vol.labels)
     ((33.0, 4.0, 4.0), ['c3'])
 """
 

@@ -7,10 +7,12 @@ mito layer (1 mitochondria, 2 interior, 3 background, 4 unlabeled) is upsampled 
 nearest neighbour, and 4 is the layer's ignore value. The tissue mask (mask_normalized_round6,
 also 16 nm) is not read. Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (vol,) = emdata.prepare("hemibrain", bbox="17000:17064,20000:20256,20000:20256")  # doctest: +SKIP
-    >>> sorted(vol.labels), vol.meta["labels"]["mito"]["ignore_value"]  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("hemibrain"):
+    ...     (vol,) = emdata.prepare("hemibrain", bbox="33:50,65:100,97:130")
+    ...     sorted(vol.labels), vol.meta["labels"]["mito"]["ignore_value"]
     (['mito', 'segmentation'], 4)
 """
 

@@ -1,7 +1,7 @@
 """``--full``: the tissue region of EMPIAR-13356 as one sharded canonical volume ``full``, built in
 parallel with dask, resumable, with memory bounded per task whatever the volume's size.
 
-Region: the seed's tissue box x ∈ [1195, 18890), y ∈ [469, 19570), all slices, i.e.
+Region: the tissue box of torch-em's loader, x ∈ [1195, 18890), y ∈ [469, 19570), all slices, i.e.
 ``--bbox 0:597,469:19570,1195:18890`` — defined on the published 20000 × 20000 slices. When the
 server's slices have another size (a replica, another release) those coordinates mean nothing
 there, so the whole image is used instead (logged and recorded in ``region_note``); the slice
@@ -30,11 +30,8 @@ workers as cores and memory allow; :data:`LOCAL_CLUSTER` adds keyword arguments)
 ``scheduler=ADDRESS``, an existing cluster whose workers see the same ``EMDATA_HOME`` path (a
 shared file system). An interrupted build resumes: staged slices and written shards are kept.
 
-Example:
-    >>> import emdata
-    >>> vol, = emdata.prepare("human-liver-em", full=True)  # doctest: +SKIP
-    >>> vol.shape  # doctest: +SKIP
-    (597, 19101, 17695)
+Started with ``emdata.prepare("human-liver-em", full=True)`` (CLI: ``emdata prepare human-liver-em
+--full``, optionally ``--scheduler ADDRESS``).
 """
 
 from __future__ import annotations
@@ -89,17 +86,17 @@ def tissue_region(n_slices: int, shape: tuple[int, int]) -> tuple[Box, str]:
         >>> tissue_region(597, (20000, 20000))[0]
         (slice(0, 597, None), slice(469, 19570, None), slice(1195, 18890, None))
     """
-    from emdata.datasets.human_liver_em.recipe import SEED_TISSUE
+    from emdata.datasets.human_liver_em.recipe import TORCH_EM_TISSUE
 
-    x0, x1, y0, y1, z0, z1 = SEED_TISSUE
+    x0, x1, y0, y1, z0, z1 = TORCH_EM_TISSUE
     if tuple(shape) == src.PUBLISHED_SHAPE[1:]:
         box = (slice(z0, min(z1, n_slices)), slice(y0, y1), slice(x0, x1))
-        return box, "tissue region of seed-003 (x 1195–18890, y 469–19570, all slices)"  # type: ignore[return-value]
-    log.warning("%s: slices are %d × %d px, not the published 20000 × 20000; the seed's tissue region does not apply "
+        return box, "tissue region of torch-em's loader (x 1195–18890, y 469–19570, all slices)"  # type: ignore[return-value]
+    log.warning("%s: slices are %d × %d px, not the published 20000 × 20000; torch-em's tissue region does not apply "
                 "to them, so --full uses the whole image (%d slices)", src.DATASET, shape[0], shape[1], n_slices)
     box = (slice(0, n_slices), slice(0, shape[0]), slice(0, shape[1]))
     return box, (f"whole image: the slices are {shape[0]} × {shape[1]} px, not the published 20000 × 20000, so "  # type: ignore[return-value]
-                 "the seed's tissue coordinates do not apply")
+                 "torch-em's tissue coordinates do not apply")
 
 
 # -- staging -----------------------------------------------------------------------------------
@@ -142,12 +139,7 @@ def _staged(folder: Path) -> set[int]:
 
 
 def stage_slice(staging: str, env: dict[str, str | None], z: int) -> int:
-    """Worker task: stage raw rows and every mask class of slice ``z`` of the region.
-
-    Example:
-        >>> stage_slice("/data/prepared/human-liver-em/.full.ome.zarr.staging", worker_env(), 12)  # doctest: +SKIP
-        12
-    """
+    """Worker task: stage raw rows and every mask class of slice ``z`` of the region."""
     import zarr
 
     src.apply_env(env)
@@ -187,12 +179,7 @@ def stage_slice(staging: str, env: dict[str, str | None], z: int) -> int:
 
 
 def fill_from_staging(staging: str, region: Region, name: str) -> np.ndarray:
-    """Worker task body: one level-0 shard region of one array, read from the staging zarr.
-
-    Example:
-        >>> fill_from_staging(staging, region, "raw").shape == region.shape  # doctest: +SKIP
-        True
-    """
+    """Worker task body: one level-0 shard region of one array, read from the staging zarr."""
     import zarr
 
     return np.asarray(zarr.open_array(str(Path(staging) / name), mode="r")[region.slices])
@@ -201,11 +188,16 @@ def fill_from_staging(staging: str, region: Region, name: str) -> np.ndarray:
 # -- the build ---------------------------------------------------------------------------------
 
 
-def _prov(card: Card) -> dict[str, Any]:
-    from emdata.datasets.human_liver_em.recipe import RECIPE_VERSION, SEED_TISSUE
+TISSUE_KEY = "tissue_bbox_torch_em_order"
+LEGACY_TISSUE_KEY = "tissue_bbox_seed_order"
+"""What :data:`TISSUE_KEY` was called in stores built before it was renamed; such stores are still reused."""
+
+
+def _prov(card: Card, tissue_key: str = TISSUE_KEY) -> dict[str, Any]:
+    from emdata.datasets.human_liver_em.recipe import RECIPE_VERSION, TORCH_EM_TISSUE
 
     urls = [card.source(src.RAW_SOURCE).url] + [card.source(src.mask_folder(c)).url for c in src.CLASSES]
-    parameters = {"full": True, "tissue_bbox_seed_order": list(SEED_TISSUE), "classes_tried": list(src.CLASSES),
+    parameters = {"full": True, tissue_key: list(TORCH_EM_TISSUE), "classes_tried": list(src.CLASSES),
                   "mask_encoding": "0/1"}
     return provenance(src.DATASET, RECIPE_VERSION, [], parameters, urls=urls)
 
@@ -216,10 +208,6 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
 
     ``on_region`` is called on this side after each written shard (raising in it interrupts the
     build, as tests do to check resuming).
-
-    Example:
-        >>> build_full(get_card("human-liver-em"), scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
-        Volume(human-liver-em/full, split=all, shape=(597, 19101, 17695), ...)
     """
     from emdata.datasets.human_liver_em.recipe import (
         MASK_NOTE,
@@ -231,7 +219,7 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
 
     path = volume_path(src.DATASET, VOLUME)
     prov = _prov(card)
-    existing = None if force else reusable(path, prov)
+    existing = None if force else reusable(path, prov) or reusable(path, _prov(card, LEGACY_TISSUE_KEY))
     if existing is not None:
         return existing
     from concurrent.futures import ThreadPoolExecutor
@@ -255,7 +243,7 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
     meta = {"dataset": src.DATASET, "volume": VOLUME, "split": spec.split, "voxel_size_verified": False,
             "provenance": prov, "voxel_size_placeholder": True, "voxel_size_source": "placeholder",
             "voxel_size_note": PLACEHOLDER_NOTE, "bbox": format_bbox(region),
-            "bbox_seed_order": [xs.start, xs.stop, ys.start, ys.stop, zs.start, zs.stop],
+            "bbox_torch_em_order": [xs.start, xs.stop, ys.start, ys.stop, zs.start, zs.stop],
             "region_note": region_note, "raw_tiff": src.tiff_facts(first), "masks": masks,
             "classes_missing": missing, "notes": notes,
             "description": f"{region_note}: --bbox {format_bbox(region)} of {src.DATASET} {VOLUME!r}, built shard "

@@ -1,10 +1,11 @@
 """Human liver EM (EMPIAR-13356): a ``--bbox`` box of the 597 × 20000 × 20000 SBF-SEM volume,
 or with ``--full`` the whole tissue region, with every published binary mask class.
 
-**Boxes.** ``bbox="z0:z1,y0:y1,x0:x1"`` in voxels (half-open, as everywhere in emdata). torch-em
-(seed-003) writes a box as ``(x_min, x_max, y_min, y_max, z_min, z_max)`` and cuts
+**Boxes.** ``bbox="z0:z1,y0:y1,x0:x1"`` in voxels (half-open, as everywhere in emdata). torch-em's
+loader (``human_liver_em.py``, constantinpape/torch-em commit a85b1434) writes a box as
+``(x_min, x_max, y_min, y_max, z_min, z_max)`` and cuts
 ``[z_min:z_max, y_min:y_max, x_min:x_max]``, so the same box is
-``--bbox z_min:z_max,y_min:y_max,x_min:x_max`` (see :func:`bbox_from_seed`); the seed's
+``--bbox z_min:z_max,y_min:y_max,x_min:x_max`` (see :func:`bbox_from_torch_em`); its
 tissue region ``(1195, 18890, 469, 19570, 0, 597)`` is ``--bbox 0:597,469:19570,1195:18890``.
 Open ends are filled from the server (slice count, slice size). A box becomes volume
 ``z<z0>-<z1>_y<y0>-<y1>_x<x0>-<x1>``; a rerun of a closed box reuses it without a request.
@@ -14,9 +15,9 @@ the layout of a slice (TIFF tags parsed and checked: compression, predictor, row
 pixel type — never assumed) costs one GET once and is cached; the strips of the box's rows then
 cost one GET per slice (coalesced), and bytes already read are not read again.
 Slices are read concurrently. The tags found are recorded under ``raw_tiff``; where they differ
-from the seed's assumption (LZW, predictor 2, one row per strip) a note is added.
+from what torch-em assumes (LZW, predictor 2, one row per strip) a note is added.
 
-**Masks.** For each of the nine classes the seed names (``humanliver_<class>_mask``), each PNG
+**Masks.** For each of the nine classes torch-em's docstring names (``humanliver_<class>_mask``), each PNG
 slice is fetched whole into the download cache once, ever, then decoded and cropped (PNG must
 be decoded whole: peak memory one decoded slice, 400 MB at full size). Values 0/255 are stored
 as 0/1 (the class table says so). er, mito and nucleus are confirmed folders: their absence is
@@ -33,11 +34,13 @@ presented as a physical size (as the nucmm recipe does).
 parallel with dask — see :mod:`emdata.datasets.human_liver_em.full` (``scheduler=ADDRESS`` uses
 an existing cluster, else a local one).
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vol, = emdata.prepare("human-liver-em", bbox="290:306,9763:10275,9786:10298")  # doctest: +SKIP
-    >>> vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]  # doctest: +SKIP
-    (dtype('uint8'), True)
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("human-liver-em"):
+    ...     vol, = emdata.prepare("human-liver-em", bbox="1:5,20:200,30:300")
+    ...     vol.shape, vol.labels["mito"].dtype, vol.meta["voxel_size_placeholder"]
+    ((4, 180, 270), dtype('uint8'), True)
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ DATASET = src.DATASET
 RECIPE_VERSION = 1
 OPTIONS: frozenset[str] = frozenset({"bbox", "full", "scheduler"})
 VOLUME = "full"
-SEED_TISSUE = (1195, 18890, 469, 19570, 0, 597)
-"""The seed's tissue region, in its order (x_min, x_max, y_min, y_max, z_min, z_max)."""
+TORCH_EM_TISSUE = (1195, 18890, 469, 19570, 0, 597)
+"""The tissue region torch-em's loader uses, in its order (x_min, x_max, y_min, y_max, z_min, z_max)."""
 PLACEHOLDER_VOXEL_NM = (1.0, 1.0, 1.0)
 PLACEHOLDER_NOTE = ("voxel size unknown: EMPIAR-13356 does not document it (torch-em's ~50–100 nm/px xy is an "
                     "estimate, z unknown); (1, 1, 1) nm is a placeholder meaning 'one voxel', not a physical size")
@@ -75,11 +78,11 @@ DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 log = logging.getLogger(__name__)
 
 
-def bbox_from_seed(x_min: int, x_max: int, y_min: int, y_max: int, z_min: int, z_max: int) -> str:
+def bbox_from_torch_em(x_min: int, x_max: int, y_min: int, y_max: int, z_min: int, z_max: int) -> str:
     """The ``--bbox`` text of a torch-em box ``(x_min, x_max, y_min, y_max, z_min, z_max)``.
 
     Example:
-        >>> bbox_from_seed(*SEED_TISSUE)
+        >>> bbox_from_torch_em(*TORCH_EM_TISSUE)
         '0:597,469:19570,1195:18890'
     """
     return f"{z_min}:{z_max},{y_min}:{y_max},{x_min}:{x_max}"
@@ -92,7 +95,7 @@ def example_bbox(size: tuple[int, int, int] = (16, 512, 512)) -> str:
         >>> example_bbox()
         '290:306,9763:10275,9786:10298'
     """
-    x0, x1, y0, y1, z0, z1 = SEED_TISSUE
+    x0, x1, y0, y1, z0, z1 = TORCH_EM_TISSUE
     parts = []
     for (a, b), n in zip(((z0, z1), (y0, y1), (x0, x1)), size):
         start = a + (b - a - n) // 2
@@ -113,7 +116,8 @@ def _check_options(volumes: list[str] | None, bbox: Any, full: Any, scheduler: A
     if not full and bbox is None:
         raise ValueError(f"{DATASET}: a bbox is required (slices are 20000 × 20000 px; the volume is ~500 GB): pass "
                          f"--bbox z0:z1,y0:y1,x0:x1 in voxels inside (597, 20000, 20000), e.g. `emdata prepare "
-                         f"{DATASET} --bbox {example_bbox()}` (tissue spans {bbox_from_seed(*SEED_TISSUE)}), or "
+                         f"{DATASET} --bbox {example_bbox()}` (tissue spans "
+                         f"{bbox_from_torch_em(*TORCH_EM_TISSUE)}), or "
                          "--full for the whole tissue region")
     if bbox is not None and not isinstance(bbox, str):
         raise ValueError(f"{DATASET}: bbox must be a string 'z0:z1,y0:y1,x0:x1', got {bbox!r}")
@@ -154,11 +158,7 @@ def probe_classes(card: Card, reader: RangeReader, z0: int, z_last: int, *, forc
     """Which mask classes exist, by fetching slice ``z0`` of each (cached once, ever).
 
     Returns ``{class: {"status": "stored"} | {"status": "not published", ...}}`` in the
-    seed's class order. Errors per :func:`source.not_published`.
-
-    Example:
-        >>> probe_classes(card, reader, 290, 305, force=False, pool=pool)["mito"]  # doctest: +SKIP
-        {'status': 'stored'}
+    class order of torch-em's docstring. Errors per :func:`source.not_published`.
     """
     out: dict[str, dict[str, Any]] = {}
     tried = []
@@ -185,12 +185,7 @@ def probe_classes(card: Card, reader: RangeReader, z0: int, z_last: int, *, forc
 
 
 class _BoxReader:
-    """Reads one box: all slices' raw rows and mask crops, concurrently, into arrays.
-
-    Example:
-        >>> job = _BoxReader(card, reader, box, first_layout)  # doctest: +SKIP
-        >>> job.start_raw(pool); job.start_masks(pool, ["er", "mito"]); job.wait()  # doctest: +SKIP
-    """
+    """Reads one box: all slices' raw rows and mask crops, concurrently, into arrays."""
 
     def __init__(self, card: Card, reader: RangeReader, box: Box, first: StripTiffLayout) -> None:
         self.card, self.reader, self.box, self.first = card, reader, box, first
@@ -269,19 +264,14 @@ def _prepare_box(card: Card, box: Box, text: str, force: bool) -> Volume:
     return publish(card, name, spec.split, job.raw, layers, prov, voxel_size_nm=PLACEHOLDER_VOXEL_NM,
                    voxel_size_verified=False, voxel_size_placeholder=True, voxel_size_source="placeholder",
                    voxel_size_note=PLACEHOLDER_NOTE, bbox=format_bbox(box),
-                   bbox_seed_order=[x0, x1, y0, y1, zs.start, zs.stop], raw_tiff=src.tiff_facts(first),
+                   bbox_torch_em_order=[x0, x1, y0, y1, zs.start, zs.stop], raw_tiff=src.tiff_facts(first),
                    masks=masks, classes_missing=missing, notes=notes,
                    description=f"box {format_bbox(box)} (z, y, x voxels) of {DATASET} {VOLUME!r}")
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None,
             full: bool | None = None, scheduler: str | None = None) -> list[Volume]:
-    """Prepare one box (``bbox``) or the whole tissue region (``full=True``).
-
-    Example:
-        >>> prepare(bbox="0:4,100:356,200:456")  # doctest: +SKIP
-        [Volume(human-liver-em/z0-4_y100-356_x200-456, split=all, ...)]
-    """
+    """Prepare one box (``bbox``) or the whole tissue region (``full=True``)."""
     card = get_card(DATASET)
     _check_options(volumes, bbox, full, scheduler)
     if full:

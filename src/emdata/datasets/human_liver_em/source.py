@@ -2,11 +2,12 @@
 per-slice strip TIFFs by byte ranges, PNG masks fetched once into the download cache, the
 slice count and the mask folders that exist found by asking the server.
 
-Facts used (reference/datasets.md §3, seed-003): raw ``humanliver_raw_images/humanliver_raw_
-{z:03d}.tif``, z = 000…596, 20000 × 20000, 16-bit; masks ``humanliver_<class>_mask/humanliver_
-<class>_mask_{z:03d}.png``, binary 0/255 (channel 0 if a PNG has several); only the er, mito and
-nucleus folders are confirmed. The TIFF tags are read and checked (:mod:`emdata.formats.strip_tiff`),
-never assumed; what was found is returned by :func:`tiff_facts`.
+Facts used (torch-em's ``human_liver_em.py``, constantinpape/torch-em commit a85b1434, and the
+EMPIAR-13356 entry): raw ``humanliver_raw_images/humanliver_raw_{z:03d}.tif``, z = 000…596,
+20000 × 20000, 16-bit; masks ``humanliver_<class>_mask/humanliver_<class>_mask_{z:03d}.png``,
+binary 0/255 (channel 0 if a PNG has several); only the er, mito and nucleus folders are
+confirmed. The TIFF tags are read and checked (:mod:`emdata.formats.strip_tiff`), never assumed;
+what was found is returned by :func:`tiff_facts`.
 
 Example:
     >>> mask_name("er", 7)
@@ -38,11 +39,11 @@ DATASET = "human-liver-em"
 RAW_SOURCE = "humanliver_raw_images"
 CLASSES = ("bile_duct", "cell_boundary", "cholangiocyte", "endothelial", "er", "hepatocyte", "mito", "nucleus",
            "sinusoid")
-"""The nine classes the seed names (torch-em's docstring), in its order."""
+"""The nine classes torch-em's docstring names, in its order."""
 CONFIRMED = frozenset({"er", "mito", "nucleus"})
 """Classes whose folders torch-em's code reads; a missing one is an error, the others are tried."""
 PUBLISHED_SHAPE = (597, 20000, 20000)
-SEED_ASSUMED_TIFF = {"compression": 5, "predictor": 2, "rows_per_strip": 1}
+TORCH_EM_ASSUMED_TIFF = {"compression": 5, "predictor": 2, "rows_per_strip": 1}
 LAYOUT_PROBE = 384 << 10
 """Bytes read at the start of a TIFF to parse its layout: header, IFD and both 20000-entry strip
 tables (8 bytes each in BigTIFF) fit when the writer puts them first, as tifffile does; so a
@@ -121,17 +122,17 @@ def layout(reader: RangeReader, url: str) -> StripTiffLayout:
 
 
 def tiff_facts(lay: StripTiffLayout) -> dict[str, Any]:
-    """What the TIFF tags say (recorded in the volume), next to what the seed assumed."""
+    """What the TIFF tags say (recorded in the volume), next to what torch-em's loader assumes."""
     return {"compression": lay.compression, "predictor": lay.predictor, "rows_per_strip": lay.rows_per_strip,
             "dtype": str(lay.dtype.newbyteorder("=")), "byteorder": "little" if lay.byteorder == "<" else "big",
             "bigtiff": lay.bigtiff, "shape": list(lay.shape)}
 
 
 def tiff_notes(lay: StripTiffLayout) -> list[str]:
-    """Notes where the tags differ from the seed's assumption (LZW, predictor 2, one row per strip)."""
+    """Notes where the tags differ from torch-em's assumption (LZW, predictor 2, one row per strip)."""
     found = tiff_facts(lay)
-    notes = [f"raw TIFF tag {k} = {found[k]}, seed-003 assumed {v}; read as the tags say"
-             for k, v in SEED_ASSUMED_TIFF.items() if found[k] != v]
+    notes = [f"raw TIFF tag {k} = {found[k]}, torch-em assumes {v}; read as the tags say"
+             for k, v in TORCH_EM_ASSUMED_TIFF.items() if found[k] != v]
     if lay.dtype.itemsize != 2:
         notes.append(f"raw TIFF is {found['dtype']}, the published description says 16-bit; stored as read")
     for note in notes:
@@ -263,7 +264,7 @@ def missing_later(card: Card, cls: str, z: int, z0: int) -> MissingSliceError:
 
 def _decode_png(path: Path) -> np.ndarray:
     """Decode a PNG: 8-bit grey or RGB with libspng (about 2× Pillow here, and it releases the GIL,
-    so threads decode in parallel), anything else with Pillow (as the seed does)."""
+    so threads decode in parallel), anything else with Pillow (as torch-em does)."""
     data = path.read_bytes()
     ihdr_ok = data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) > 28
     if ihdr_ok and data[24] == 8 and data[25] in (0, 2) and data[28] == 0:  # depth 8, grey/RGB, not interlaced

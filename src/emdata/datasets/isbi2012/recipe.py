@@ -2,7 +2,7 @@
 layer (the original challenge labels) and an instance ``gt_segmentation`` layer (derived by
 the torch-em authors from the membranes, not official challenge data).
 
-The value meaning of ``labels/membranes`` is not stated in any stored source, so it is
+The value meaning of ``labels/membranes`` is not stated by the challenge page or torch-em, so it is
 detected from the data: the layer must hold exactly two values (e.g. {0, 255} or {0, 1});
 the value whose voxels are darker in the raw (membranes are electron-dense, dark in TEM)
 *and* cover fewer voxels (membranes are thin) is membrane. When both tests agree the layer
@@ -15,10 +15,12 @@ ontology mapping, a warning is logged and the metadata says the meaning is undet
 derived. Structure is checked (3D integer raw, label shapes equal to the raw's); sizes are
 not, so small replicas work (a shape that differs from the card is logged).
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (train,) = emdata.prepare("isbi2012")  # doctest: +SKIP
-    >>> train.meta["membranes_encoding"]["membrane_value"]  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("isbi2012"):
+    ...     (train,) = emdata.prepare("isbi2012")
+    ...     train.meta["membranes_encoding"]["membrane_value"]
     0
 """
 
@@ -111,7 +113,7 @@ def _membranes(card: Card, data: np.ndarray, raw: np.ndarray, where: str) -> tup
     record: dict[str, Any] = {
         "key": MEMBRANES_KEY, "native_dtype": str(data.dtype), "native_values": ints, "evidence": evidence,
         "method": "membrane = the value whose voxels are darker in the raw and cover fewer voxels "
-                  "(no stored source states the encoding)",
+                  "(no published source states the encoding)",
     }
     if darker == rarer:
         other = next(v for v in ints if v != darker)

@@ -6,10 +6,12 @@ torch-em; 9×9×20 in awesome-em-datasets) is unverified: the volume stores what
 ``info`` says and logs a difference. The segmentation is automated (FFN), not ground truth.
 Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (vol,) = emdata.prepare("j0126", bbox="2000:2032,5000:5512,5000:5512")  # doctest: +SKIP
-    >>> list(vol.labels)  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("j0126"):
+    ...     (vol,) = emdata.prepare("j0126", bbox="5:14,20:50,35:70")
+    ...     list(vol.labels)
     ['ffn_segmentation']
 """
 

@@ -7,10 +7,12 @@ annotated cylinder (roughly x 3000–8000, y 7200–10100, z 950–1250): outsid
 unannotated, which the volume's notes record. Shared rules:
 :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (vol,) = emdata.prepare("kasthuri", bbox="1000:1032,8000:8512,5000:5512")  # doctest: +SKIP
-    >>> list(vol.labels)  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("kasthuri"):
+    ...     (vol,) = emdata.prepare("kasthuri", bbox="9:18,40:70,20:50")
+    ...     list(vol.labels)
     ['ground_truth']
 """
 

@@ -1,14 +1,14 @@
 """Kasthuri++: ``kasthuri_pp.zip`` (mitochondria labels on Kasthuri et al. 2015 crops) →
 volumes ``train`` and ``test`` with a ``mitochondria`` layer that carries an ignore region.
 
-Layout (reference/datasets.md §8.1): ``Kasthuri++/{Train_In,Train_Out,Test_In,Test_Out}/`` PNG
-stacks. No stored source gives the slice file names (torch-em globs ``*.png`` and sorts the
+Layout (as torch-em's ``kasthuri.py`` reads it): ``Kasthuri++/{Train_In,Train_Out,Test_In,Test_Out}/`` PNG
+stacks. No published source gives the slice file names (torch-em globs ``*.png`` and sorts the
 names as text), so any ``*.png`` is accepted and ordered by the numbers in its name
 (``slice9.png`` before ``slice10.png``); raw and label slices are paired by that order, and the
 two folders must hold the same number of slices. Where names are zero-padded this is torch-em's
 order too.
 
-Label colours, read literally from the reference: (255,255,255) = mitochondrion → 1,
+Label colours, read literally from torch-em's ``kasthuri.py``: (255,255,255) = mitochondrion → 1,
 (2,2,2) = empty/ignore area → ignore, **any** other colour → 0 (not only black). Colours other
 than black, white and (2,2,2) are counted, logged and listed in the volume metadata
 (``other_label_colours``), so a surprise is visible without being fatal. torch-em stores the
@@ -18,10 +18,12 @@ no class uses), recorded as the layer's ``ignore_value`` so a loader can mask it
 Splits follow the folder names (``Train_*`` → ``train``); torch-em swaps them (``Test_*`` →
 ``kasthuri_train.h5``), which each volume records as ``torch_em_split``.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> train, test = emdata.prepare("kasthuri-pp")  # doctest: +SKIP
-    >>> train.meta["labels"]["mitochondria"]["ignore_value"]  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("kasthuri-pp"):
+    ...     train, test = emdata.prepare("kasthuri-pp")
+    ...     train.meta["labels"]["mitochondria"]["ignore_value"]
     255
 """
 
@@ -144,15 +146,15 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
             f"split from the folder names ({raw_folder}/{label_folder} = {spec.split}); torch-em swaps them and "
             f"files this stack as its '{torch_em_split}' split",
             f"label colours: {MITO} -> 1 (mitochondria), {EMPTY} -> {IGNORE_VALUE} (empty/ignore area; torch-em "
-            "uses -1), every other colour -> 0, read literally from the reference ('else 0')",
+            "uses -1), every other colour -> 0, read literally from torch-em's kasthuri.py ('else 0')",
             "slice file names are not documented: all *.png are ordered by the numbers in their names and paired "
             f"by position ({raw_members[0].rsplit('/', 1)[-1]} .. {raw_members[-1].rsplit('/', 1)[-1]} with "
             f"{label_members[0].rsplit('/', 1)[-1]} .. {label_members[-1].rsplit('/', 1)[-1]})",
         ]
         other_colours = {str(c): n for c, n in others.most_common(20)}
         if others:
-            log.warning("%s %s: %d label voxels have colours other than black, %s and %s (%s); mapped to 0 as the "
-                        "reference says", DATASET, spec.name, sum(others.values()), MITO, EMPTY,
+            log.warning("%s %s: %d label voxels have colours other than black, %s and %s (%s); mapped to 0 as "
+                        "torch-em's kasthuri.py does", DATASET, spec.name, sum(others.values()), MITO, EMPTY,
                         ", ".join(f"{c}: {n}" for c, n in others.most_common(5)))
             notes.append(f"{sum(others.values())} label voxels had other colours, mapped to 0: {other_colours}")
         # The card lists the ignore class with value IGNORE_VALUE and ontology "unannotated"; the

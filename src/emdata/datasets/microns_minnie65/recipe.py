@@ -8,12 +8,13 @@ upsampled by nearest from an integer multiple; anything else is an error. Root i
 (18 digits, e.g. 864691136617970907). Volume name: ``<bbox_name>_v<version>``, split ``all``.
 Shared rules: :mod:`emdata.datasets._precomputed_recipe`.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> (vol,) = emdata.prepare("microns-minnie65", bbox="20000:20016,100000:100512,140000:140512",
-    ...                         version="1300")  # doctest: +SKIP
-    >>> vol.name, vol.labels["segmentation"].dtype  # doctest: +SKIP
-    ('z20000-20016_y100000-100512_x140000-140512_v1300', dtype('uint64'))
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("microns-minnie65"):
+    ...     (vol,) = emdata.prepare("microns-minnie65", bbox="22:35,100:130,170:200", version="1300")
+    ...     vol.name, str(vol.labels["segmentation"].dtype)
+    ('z22-35_y100-130_x170-200_v1300', 'uint64')
 """
 
 from __future__ import annotations

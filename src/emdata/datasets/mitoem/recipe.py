@@ -1,7 +1,8 @@
 """MitoEM (MitoEM-H human, MitoEM-R rat): raw PNG zips + train/val label TIFF zips → volumes
 ``<subset>-train``, ``<subset>-val`` (mitochondria instance ids) and ``<subset>-test`` (raw only).
 
-Layout (reference/datasets.md §7.6): ``EM30-{H,R}-im.zip`` holds ``im/im%04d.png`` (1000 slices),
+Layout (pytorch_connectomics' MitoEM tutorial, ``docs/source/tutorials/mito.rst``):
+``EM30-{H,R}-im.zip`` holds ``im/im%04d.png`` (1000 slices),
 ``EM30-{H,R}-mito-train-val-v2.zip`` holds ``mito-train-v2/seg%04d.tif`` and
 ``mito-val-v2/seg%04d.tif``. The number in a file name is the global z of the slice; slices are
 ordered by that number (``im10`` after ``im9`` whatever the zero padding), never by text.
@@ -17,11 +18,13 @@ uint64; slices of different widths are widened losslessly to the widest, with a 
 larger than ``IN_MEMORY_LIMIT`` bytes are assembled in a scratch ``.npy`` memory map under the
 dataset's download folder (removed afterwards), so 400 × 4096² slices do not need to fit in RAM.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])  # doctest: +SKIP
-    >>> vols[0].meta["source_slices"]  # doctest: +SKIP
-    [400, 499]
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("mitoem", subsets=["rat"]):
+    ...     vols = emdata.prepare("mitoem", subset=["rat"], volumes=["rat-val"])
+    ...     vols[0].name, vols[0].meta["source_slices"]  # the published files give [400, 499]
+    ('rat-val', [4, 5])
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Each sub-dataset zip ``Dataset00N_ME2-<Name>.zip`` holds ``Dataset00N_ME2-<Name>
 ``<subset>-<split><NN>`` (``me2-beta_train01`` → ``beta-train01``; the split comes from the
 folder). The card's ``<subset>-<split>`` volume names select all cases of that group.
 
-Decisions (reference/datasets.md §7, seed 004):
+Decisions (from the Zenodo record's dataset.json, torch-em's ``mitoemv2.py`` and tmquan/neurons
+``doc/DATASETS.md``, commit c7001c3):
 
 - **Axes.** NIfTI arrays are (x, y, z); :mod:`emdata.formats.nifti` turns them into
   (z, y, x). A label whose shape is the image shape reversed (the ``me2-jurkat_train02``
@@ -25,18 +26,20 @@ Decisions (reference/datasets.md §7, seed 004):
   ``instances`` (a single id 2: a boundary class never exists without mitochondria);
   all 0 → ``empty``. A file holding exactly the instance ids {1, 2} is read as classes —
   the values cannot tell the two apart.
-- **Both layers are written.** From classes: ``semantic`` = the classes as stored,
-  ``instances`` = 6-connected components of class 1 after removing class 2 (seed 004's
-  rule). From instances: ``instances`` = the ids as stored (dtype kept), ``semantic`` = 1
-  on every instance voxel and 2 on instance voxels that share a face with a *different*
-  instance (the separator between touching mitochondria; voxels touching only background
-  stay 1).
+- **Both layers are written.** From classes: ``semantic`` = the classes as stored, ``instances``
+  = 6-connected components of class 1 after removing class 2 (the rule tmquan/neurons
+  ``doc/DATASETS.md`` gives). From instances: ``instances`` = the ids as stored (dtype kept),
+  ``semantic`` = 1 on every instance voxel and 2 on instance voxels that share a face with a
+  *different* instance (the separator between touching mitochondria; voxels touching only
+  background stay 1).
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vols = emdata.prepare("mitoem2", subset=["beta"])  # doctest: +SKIP
-    >>> [v.name for v in vols]  # doctest: +SKIP
-    ['beta-train01', 'beta-train02', 'beta-train03', 'beta-train04', 'beta-test01', ...]
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("mitoem2", subsets=("beta",)):
+    ...     vols = emdata.prepare("mitoem2", subset=["beta"])
+    ...     [v.name for v in vols]
+    ['beta-train01', 'beta-train02', 'beta-test01']
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ ENCODING_RULE = ("max > 2 → instances; values ⊆ {0,1,2} with 1 present → c
                  "all 0 → empty")
 BOUNDARY_RULE = ("semantic 2 = instance voxels sharing a face with a different non-zero instance; 1 = other "
                  "instance voxels; 0 = background")
-COMPONENTS_RULE = "instances = 6-connected components of class 1 after removing class 2 (seed 004)"
+COMPONENTS_RULE = ("instances = 6-connected components of class 1 after removing class 2 (tmquan/neurons "
+                   "doc/DATASETS.md)")
 CASE = re.compile(r"^me2-(?P<subset>[A-Za-z0-9]+)_(?P<split>train|test)(?P<num>\d+)$")
 IMAGE = re.compile(r"^(?P<top>(?:[^/]+/)*)(?P<folder>imagesTr|imagesTs)/(?P<case>[^/]+)_(?P<channel>\d{4})"
                    r"\.nii(?:\.gz)?$")

@@ -1,6 +1,6 @@
 """NucMM: HDF5 volumes placed by hand from the Google Drive folder → one volume per image/label pair.
 
-The card's only source is a Google Drive *folder* (reference/datasets.md §8.1), which is not
+The card's only source is a Google Drive *folder* (the one pytorch_connectomics links), which is not
 one downloadable file: it has no checksum, and fetching it needs a Drive client and a
 person's Google session. So this recipe never touches the network. It reads the folder as
 the Drive download lays it out, placed under the dataset's download folder
@@ -22,7 +22,7 @@ Decisions:
   both folders hold the same number of files, they are paired in sorted order — torch-em's
   convention for this dataset — and ``pairing: "sorted order"`` is recorded. Unpaired files
   are skipped with a warning and listed under ``skipped``.
-- **Voxel size.** No stored source states it (the card has none, ``verified = false``), and
+- **Voxel size.** No published source states it (the card has none, ``verified = false``), and
   the store needs one. The recipe uses a size the file itself states (``element_size_um``
   or ``voxel_size_nm`` attribute on ``main``), and otherwise the documented placeholder
   **(1, 1, 1) nm = "one voxel"**, with ``voxel_size_placeholder: true``,
@@ -30,11 +30,8 @@ Decisions:
   do not sample these volumes in nm or mix them with other datasets by physical size.
 - Provenance: each file's sha256 (hashed on every run), so a replaced file rebuilds its volume.
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("nucmm", subset=["zebrafish"])  # doctest: +SKIP
-    >>> vols[0].meta["voxel_size_placeholder"]  # doctest: +SKIP
-    True
+Once the folder is in place, ``emdata.prepare("nucmm", subset=["zebrafish"])`` prepares the zebrafish
+volumes (CLI: ``emdata prepare nucmm --subset zebrafish``).
 """
 
 from __future__ import annotations

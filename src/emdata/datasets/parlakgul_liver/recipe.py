@@ -1,11 +1,11 @@
 """Parlakgul liver (EMPIAR-10791): one ``--bbox`` cut-out of one FIB-SEM sample → one volume
 ``<sample>-<bbox_name>`` with the raw voxels and one binary label layer per organelle class.
 
-The published layout (reference/datasets.md §10): per sample (6461 lean, 6464 obese 1, 9430
-obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is one TIFF per z slice
-(``Gunes_*_8x8x8nm_3MHz.{z:04d}.tif``) and each class is one ZIP of per-slice TIFFs
-(``<sample> <Condition> <Class>.zip``). The volumes are huge (3629–8501 slices of
-8000–12000 px per side), so the recipe always reads a box:
+The published layout (EMPIAR-10791, as torch-em's ``parlakgul_liver.py`` reads it): per sample
+(6461 lean, 6464 obese 1, 9430 obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is
+one TIFF per z slice (``Gunes_*_8x8x8nm_3MHz.{z:04d}.tif``) and each class is one ZIP of
+per-slice TIFFs (``<sample> <Condition> <Class>.zip``). The volumes are huge (3629–8501 slices
+of 8000–12000 px per side), so the recipe always reads a box:
 
 * ``sample`` (one id or a list; CLI ``--sample``, repeatable) is required: there is no default,
   because every sample means a download of all its class ZIPs. ``volumes`` may name the card's
@@ -34,10 +34,12 @@ obese 2, 1857 obese Climp63; 8 nm isotropic) the raw volume is one TIFF per z sl
 * A rerun with a closed bbox returns the finished volume without a single request (the same
   recipe version, parameters and source URLs); ``force=True`` rebuilds.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> emdata.prepare("parlakgul-liver", sample="6461", bbox="2800:2832,3800:4056,5800:6056")  # doctest: +SKIP
-    [Volume(parlakgul-liver/6461-z2800-2832_y3800-4056_x5800-6056, split=all, ...)]
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("parlakgul-liver"):
+    ...     emdata.prepare("parlakgul-liver", sample="6461", bbox="1:5,13:45,7:70")
+    [Volume(parlakgul-liver/6461-z1-5_y13-45_x7-70, split=all, ...)]
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ CLASSES: dict[str, str] = {
 }
 """Card label layer → the class as written in the ZIP names (``6461 Lean Nuclear membrane.zip``)."""
 MISSING: dict[str, tuple[str, ...]] = {"1857": ("plasma_membrane",)}
-"""Classes a sample has no ZIP for (reference/datasets.md §10)."""
+"""Classes a sample has no ZIP for (EMPIAR-10791 publishes no plasma-membrane ZIP for 1857)."""
 EXAMPLE_SIZE = (16, 256, 256)
 READ_WORKERS = 8
 log = logging.getLogger(__name__)
@@ -252,8 +254,14 @@ def zip_slices(archive: Path) -> tuple[list[str], bool]:
     differs from plain name order (unpadded numbers).
 
     Example:
-        >>> zip_slices(Path("6461 Lean ER.zip"))  # doctest: +SKIP
-        (['6461 Lean ER/ER_0000.tif', '6461 Lean ER/ER_0001.tif', ...], False)
+        >>> import tempfile, zipfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     archive = Path(tmp) / "6461 Lean ER.zip"
+        ...     with zipfile.ZipFile(archive, "w") as zf:
+        ...         for name in ("ER_10.tif", "ER_9.tif", "ER_0.tif", "__MACOSX/._ER_0.tif"):
+        ...             zf.writestr(f"6461 Lean ER/{name}", b"")
+        ...     zip_slices(archive)
+        (['6461 Lean ER/ER_0.tif', '6461 Lean ER/ER_9.tif', '6461 Lean ER/ER_10.tif'], True)
     """
     members = [m for m in list_members(archive) if not is_junk(m)
                and PurePosixPath(m).suffix.lower() in (".tif", ".tiff")]
@@ -422,12 +430,7 @@ class _RawSlices:
 
 def prepare(volumes: list[str] | None = None, force: bool = False, sample: str | list[str] | None = None,
             bbox: str | None = None) -> list[Volume]:
-    """Prepare the cut-out ``bbox`` of each chosen sample as volume ``<sample>-<bbox_name>``.
-
-    Example:
-        >>> prepare(sample=["6461", "1857"], bbox="100:116,2000:2256,3000:3256")  # doctest: +SKIP
-        [Volume(parlakgul-liver/6461-z100-116_y2000-2256_x3000-3256, ...), Volume(...1857-...)]
-    """
+    """Prepare the cut-out ``bbox`` of each chosen sample as volume ``<sample>-<bbox_name>``."""
     card = get_card(DATASET)
     samples = _choose_samples(card, sample, volumes)
     box = _parse(card, samples, bbox)

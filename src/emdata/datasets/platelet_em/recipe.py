@@ -2,7 +2,8 @@
 ``volume-50`` and ``volume-24``, each with the uint16 image and three label layers:
 ``semantic`` (7 classes), ``instance-cell`` and ``instance-organelle``.
 
-**Releases** (reference/datasets.md §1.3), chosen with ``release=`` (CLI ``--release``):
+**Releases** (bio3d-vision.github.io ``platelet-description.md`` and bio3d-vision/bio3d_vision
+``download.py``), chosen with ``release=`` (CLI ``--release``):
 
 - ``"json"`` (default) — release C2, ``images_and_labels_json.zip``, "images and JSON labels" on
   the current page. Labels are bio3d-vision run-length JSON (:mod:`emdata.formats.rle_json`),
@@ -15,14 +16,14 @@
   checksum published). RGBA label TIFs; semantic colours per FastEstimator's table, except
   that which of (127,0,0,255) and (255,229,0,255) is class 4 and which is class 6 is decided
   from the data (below).
-- ``"rgb"`` — release A, ``images-and-labels.zip`` (the original page, seed-000). RGB label
+- ``"rgb"`` — release A, ``images-and-labels.zip`` (the original page, bio3d-vision.github.io commit 488a7e1). RGB label
   TIFs decoded with the authors' exact colour table (the card's class colours).
 
 Release B (``images_and_labels.zip``, the interim JSON archive no longer on the page) is not
 prepared: it is superseded by C2 in the same format. It stays on the card so ``emdata fetch``
 can still download it for comparisons (its 50-instance-cell has max id 34).
 
-Archive layout (§1.2): ``platelet-em/images/{50,24}-images.tif``,
+Archive layout: ``platelet-em/images/{50,24}-images.tif``,
 ``platelet-em/labels-semantic/{50,24}-semantic.{tif,json}``,
 ``platelet-em/labels-instance/{50,24}-instance-{cell,organelle}.{tif,json}``.
 
@@ -61,12 +62,13 @@ about its diagonal. Raw and all labels are read the same way, so they stay align
 ``.info`` shape that matches the image only with y and x swapped is an error. With 800×800
 slices the choice cannot be checked from the shapes; in-plane voxels are 10×10 nm either way.
 
-Example:
+Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
-    >>> vol50, vol24 = emdata.prepare("platelet-em")  # doctest: +SKIP
-    >>> vol50.meta["release"], list(vol50.labels)  # doctest: +SKIP
+    >>> from emdata.testing.offline import offline_replica
+    >>> with offline_replica("platelet-em"):
+    ...     vol50, vol24 = emdata.prepare("platelet-em")
+    ...     vol50.meta["release"], list(vol50.labels)
     ('json', ['semantic', 'instance-cell', 'instance-organelle'])
-    >>> emdata.prepare("platelet-em", release="rgb")[0].meta["checks"]["z_order"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ DEFAULT_RELEASE = "json"
 STEMS = {"volume-50": "50", "volume-24": "24"}
 LABEL_LAYERS = ("semantic", "instance-cell", "instance-organelle")
 
-# Release C1 (RGBA) semantic colours per FastEstimator (reference §1.5), without the disputed pair.
+# Release C1 (RGBA) semantic colours per FastEstimator's platelet loader, without the disputed pair.
 RGBA_SEMANTIC: dict[tuple[int, ...], int] = {
     (0, 0, 0, 0): 0, (0, 0, 0, 255): 0, (0, 40, 255, 255): 1, (0, 212, 255, 255): 2, (124, 255, 121, 255): 3,
     (255, 70, 0, 255): 5,

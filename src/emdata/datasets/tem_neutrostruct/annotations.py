@@ -3,8 +3,9 @@
 The dataset annotates every granule and vesicle as an axis-aligned ellipse. CVAT XML keeps
 the ellipse (``<ellipse label cx cy rx ry occluded="0" z_order="0">``), COCO keeps its box
 (``bbox = [x, y, w, h]`` in px). The two convert exactly as the sister annotation repository
-does (reference/datasets.md §2.6): ``cx = x + w/2``, ``cy = y + h/2``, ``rx = w/2``,
-``ry = h/2``, written as 2-decimal strings. emdata does the arithmetic in exact decimals on
+(MedImagingAI/Semi-automatic-Annotation-Framework-for-Neutrophil-Ultrastructure, commit d7c7fde)
+does: ``cx = x + w/2``, ``cy = y + h/2``, ``rx = w/2``, ``ry = h/2``, written as 2-decimal
+strings. emdata does the arithmetic in exact decimals on
 the JSON numbers and rounds half-to-even, so:
 
 - CVAT → COCO → CVAT reproduces every ellipse string exactly;

@@ -5,7 +5,7 @@ The images and annotations are on a Zenodo record that was never found; the card
 source is the GitHub repository, which holds scripts only. So this recipe never touches the
 network: it reads the dataset folder placed by hand in ``<EMDATA_HOME>/downloads/tem-neutrostruct/``
 (directly, or inside a ``TEM-NeutroStruct/`` folder there), in the layout the published
-scripts read (reference/datasets.md §2.3)::
+scripts read (MedImagingAI/TEM-NeutroStruct, commit a5230ea)::
 
     7classes_version/<split>/images/<file_name>                       (split: train, test)
     7classes_version/<split>/annotations/annotations_7classes.json    (COCO, 7 classes)
@@ -41,7 +41,7 @@ and ``test`` select a whole split. Decisions (the dataset publishes none of thes
   and ``semantic`` (uint8; 4- or 7-class ids of the card's ``classes-4``/``classes-7``) with
   emdata's colours (:data:`~emdata.datasets.tem_neutrostruct.reclassify.PALETTE_7` / ``PALETTE_4``;
   mask colours are unpublished). Rendered from the ellipse inscribed in each COCO box
-  (= the CVAT ellipse, reference §2.6): a pixel is inside when its centre is; **later
+  (= the CVAT ellipse of the sister annotation repository): a pixel is inside when its centre is; **later
   annotations on top** where they overlap; an ellipse covering no pixel centre marks the
   pixel holding its centre. The shipped PNG masks are not read (colours unpublished).
 - **COCO kept**: each volume's meta lists its annotations (instance id, COCO id, category,
@@ -49,11 +49,8 @@ and ``test`` select a whole split. Decisions (the dataset publishes none of thes
   is written to ``<prepared>/tem-neutrostruct/coco/<split>_<classes>classes.json``
   (``coco_file`` in the meta, relative to the dataset folder).
 
-Example:
-    >>> import emdata
-    >>> vols = emdata.prepare("tem-neutrostruct", classes=7)  # doctest: +SKIP
-    >>> vols[0].labels["semantic"].shape, vols[0].meta["derivation"]  # doctest: +SKIP
-    ((1, 4224, 4096), 'shipped 7-class annotation')
+Once the folder is in place, ``emdata.prepare("tem-neutrostruct", classes=7)`` prepares the shipped
+7-class annotation (CLI: ``emdata prepare tem-neutrostruct --classes 7``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AxonEM replica: the two Hugging Face training zips (reference/datasets.md §8.1).
+"""AxonEM replica: the two Hugging Face training zips (as torch-em's ``axonem.py`` downloads them).
 
 ``<root>/huggingface.co/datasets/pytc/AxonEM/resolve/main/EM30-{H,M}-train-9vol-pad-20-512-512.zip``
 hold ``im_<name>.h5`` (uint8 EM) with matching ``seg_<name>.h5`` (axon ids), dataset key

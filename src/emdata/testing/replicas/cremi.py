@@ -1,4 +1,4 @@
-"""CREMI replica in the organisers' published layout (reference/datasets.md §5.1, §5.2, §5.4).
+"""CREMI replica in the organisers' published layout (cremi.org/data).
 
 One HDF5 file per sample under ``<root>/cremi.org/static/data/``, named as the card's URLs
 give them: ``sample_A_20160501.hdf`` … (cropped training), ``sample_A_padded_20160501.hdf`` …
@@ -20,8 +20,8 @@ Padded files hold a raw with ``pad`` more voxels on every side. ``padded_labels=
 description): labels have the raw's shape, ``padded_fill`` outside the annotated region. In
 both, the padded file's ``annotations`` group has an ``offset`` attribute (the labelled
 region's start) and its locations are relative to it.
-A test sample's cropped raw equals its padded raw cut at ``pad`` (as nanocosmos verified for
-the real files). Written with h5py; shares no code with the recipe.
+A test sample's cropped raw equals its padded raw cut at ``pad`` (as tmquan/nanoCosmos
+``scripts/download_cremi3d.py`` checks for the real files). Written with h5py; shares no code with the recipe.
 
 Example:
     >>> import tempfile

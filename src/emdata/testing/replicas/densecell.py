@@ -1,4 +1,5 @@
-"""DenseCell replica: ``platelet_data_1219.zip`` in the published layout (reference/datasets.md §1.7).
+"""DenseCell replica: ``platelet_data_1219.zip`` in the published layout
+(leapmanlab ``dense-cell/README.md``, leapmanlab/examples ``download.py``).
 
 Host ``www.dropbox.com``, path ``/s/68yclbraqq1diza/platelet_data_1219.zip``; the zip unpacks to
 ``platelet_data/`` with ``{train,eval,test}-images.tif`` (greyscale multipage TIFFs),

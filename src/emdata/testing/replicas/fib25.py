@@ -1,4 +1,5 @@
-"""FIB-25 replica in the published neuroproof_examples / FFN layout (reference/datasets.md §8.1).
+"""FIB-25 replica in the published neuroproof_examples / FFN layout (as torch-em's ``fib25.py``
+reads it).
 
 Under ``<root>/storage.googleapis.com/ffn-flyem-fib25/``: ``training_sample2/`` and
 ``validation_sample/`` hold ``grayscale_maps.h5``, ``tstvol-520-1/`` holds ``raw.h5`` (key

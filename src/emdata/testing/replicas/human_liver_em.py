@@ -1,9 +1,10 @@
-"""Human liver EM replica: EMPIAR-13356's per-slice files (reference/datasets.md §3.1–3.2).
+"""Human liver EM replica: EMPIAR-13356's per-slice files, as torch-em's ``human_liver_em.py``
+(constantinpape/torch-em commit a85b1434) reads them.
 
 Written under ``<root>/ftp.ebi.ac.uk/empiar/world_availability/13356/data/`` as published:
 
 - ``humanliver_raw_images/humanliver_raw_{z:03d}.tif``: one uint16 greyscale TIFF per slice,
-  LZW with the horizontal-differencing predictor and one row per strip (the layout the seed's
+  LZW with the horizontal-differencing predictor and one row per strip (the layout torch-em's
   loader relies on), written with tifffile;
 - ``humanliver_<class>_mask/humanliver_<class>_mask_{z:03d}.png``: one 8-bit greyscale PNG per
   slice and class, 0 = background, 255 = the class, written with Pillow. Only the classes asked

@@ -1,11 +1,11 @@
-"""ISBI 2012 replica in torch-em's published layout (reference/datasets.md §8.1).
+"""ISBI 2012 replica in torch-em's published layout (``isbi2012.py``).
 
 ``isbi.h5`` is served at ``<root>/oc.embl.de/index.php/s/h0TkwqxU0PJDdMd/download`` (the
 card's URL; the file name comes from the card, the URL path ends in ``download``). Keys:
 ``raw`` (uint8 (z, y, x) stack), ``labels/membranes`` (the original challenge labels) and
 ``labels/gt_segmentation`` (instance ids derived by the torch-em authors).
 
-The stored sources do not say which membrane value means membrane. By default the replica
+Neither the challenge page nor torch-em says which membrane value means membrane. By default the replica
 writes the original challenge's published convention (black = membrane: 0 = membrane,
 255 = cell interior, uint8); ``membrane_value``/``other_value`` write any other two-value
 encoding so a recipe's detection can be tested both ways. The raw is drawn with dark

@@ -1,12 +1,13 @@
-"""Kasthuri++ replica in the published layout (reference/datasets.md §8.1), small in z and xy.
+"""Kasthuri++ replica in the published layout (as torch-em's ``kasthuri.py``
+reads it), small in z and xy.
 
 ``kasthuri_pp.zip`` on host ``www.casser.io`` at ``/files/kasthuri_pp.zip`` holds the folder
 ``Kasthuri++/`` with ``Train_In``, ``Train_Out``, ``Test_In`` and ``Test_Out`` PNG stacks: raw
 8-bit greyscale, labels 8-bit RGB with (255,255,255) = mitochondrion, (2,2,2) = empty/ignore
 area, black elsewhere (``other_colours`` adds a few pixels of other colours, which the
-reference maps to 0 as well).
+recipe maps to 0 as well).
 
-The slice file names are **not** stated in any stored source. By default this writes the
+The slice file names are **not** stated by any published source. By default this writes the
 Lucchi++ convention of the same author (raw ``mask%04d.png``, labels ``%d.png``) — an
 assumption, not a fact; ``raw_name``/``label_name`` choose others. Written with PIL and
 zipfile; shares no code with the recipe.

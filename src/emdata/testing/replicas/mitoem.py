@@ -1,4 +1,5 @@
-"""MitoEM replica in the published layout (reference/datasets.md §7.6), small in z and xy.
+"""MitoEM replica in the published layout (pytorch_connectomics' MitoEM
+tutorial), small in z and xy.
 
 Per subset, two zips at the card's URLs (``?dl=1`` queries are not part of the path):
 

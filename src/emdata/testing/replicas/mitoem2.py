@@ -1,4 +1,5 @@
-"""MitoEM2 replica: Zenodo-style nnU-Net v2 zips (reference/datasets.md §7.1–7.3).
+"""MitoEM2 replica: Zenodo-style nnU-Net v2 zips (Zenodo record 17635006, as torch-em's
+``mitoemv2.py`` reads them).
 
 For each requested sub-dataset, ``<root>/zenodo.org/records/17635006/files/Dataset00N_ME2-<Name>.zip``
 holds ``Dataset00N_ME2-<Name>/`` with ``dataset.json`` (labels {background 0, mitochondria 1,
@@ -8,9 +9,10 @@ boundary 2}, ``spacing`` in NIfTI (x, y, z) order, ``numTraining``, ``numTest``)
 holding one {train, val, test} dict). NIfTI files are written with nibabel: arrays in (x, y, z)
 order, the spacing in the header's pixdim (nnU-Net writes the dataset.json numbers there),
 images uint8. Labels are written in one of the two encodings the sources disagree on
-(§7.4): ``"classes"`` (uint8 0/1/2, boundary = instance voxels face-touching another
-instance) or ``"instances"`` (sparse uint16 ids). ``me2-jurkat_train02`` reproduces the
-published defect: its label array is stored with the axes reversed relative to the image.
+(dataset.json and tmquan/neurons vs torch-em and luckieucas/MitoEM2.0): ``"classes"`` (uint8
+0/1/2, boundary = instance voxels face-touching another instance) or ``"instances"`` (sparse
+uint16 ids). ``me2-jurkat_train02`` reproduces the published defect: its label array is stored
+with the axes reversed relative to the image.
 
 Shares no code with the recipe that reads it.
 
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 HOST_DIR = "zenodo.org/records/17635006/files"
-# subset → (zip folder name, dataset.json spacing in (x, y, z)) — reference §7.3
+# subset → (zip folder name, dataset.json spacing in (x, y, z)) — as the record's dataset.json files give them
 DATASETS: dict[str, tuple[str, list[float]]] = {
     "beta": ("Dataset001_ME2-Beta", [16, 16, 16]),
     "jurkat": ("Dataset002_ME2-Jurkat", [16, 16, 16]),

@@ -1,4 +1,4 @@
-"""NucMM replica: the Google Drive folder's layout (reference/datasets.md §8.1).
+"""NucMM replica: the Google Drive folder's layout (the folder pytorch_connectomics links).
 
 Written under ``<root>/drive.google.com/drive/folders/1_4CrlYvzx0ITnGlJOHdgcTRgeSkm9wT8/``
 (the card's URL) as the folder downloads: ``Zebrafish (NucMM-Z)/`` and ``Mouse (NucMM-M)/``,

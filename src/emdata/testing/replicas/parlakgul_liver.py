@@ -1,4 +1,5 @@
-"""Parlakgul liver (EMPIAR-10791) replica in the published layout (reference/datasets.md §10),
+"""Parlakgul liver (EMPIAR-10791) replica in the published layout (as torch-em's
+``parlakgul_liver.py`` reads it),
 small in z and xy.
 
 On host ``ftp.ebi.ac.uk`` under ``/empiar/world_availability/10791/data/Parlakgul et al -

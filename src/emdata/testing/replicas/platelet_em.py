@@ -4,7 +4,7 @@ Each release is one zip at the card's URL (``?dl=1`` is not part of the path) ho
 ``platelet-em/images/{50,24}-images.tif`` (uint16 multipage TIFF, Z pages of rows × columns),
 ``platelet-em/labels-semantic/{50,24}-semantic.{tif,json}`` and
 ``platelet-em/labels-instance/{50,24}-instance-{cell,organelle}.{tif,json}``
-(reference/datasets.md §1.2–1.6). Colour TIFFs are zlib-compressed uint8 RGB (release A, the
+(bio3d-vision/bio3d_vision ``download.py``, ``convert.py``). Colour TIFFs are zlib-compressed uint8 RGB (release A, the
 authors' exact semantic colours) or RGBA (release C1: FastEstimator's colours, with the two
 disputed colours assigned to the dense granule core and the canalicular vessel as chosen by
 ``rgba_core``); instance colours are arbitrary distinct colours (RGB) or 255 × jet(id / max id)

@@ -1,20 +1,24 @@
 """Replicas of the precomputed datasets (MICrONS minnie65, H01, J0126, Hemibrain, Kasthuri 2015).
 
 Each writer puts CloudVolume-written Neuroglancer precomputed layers at the published layer
-paths (reference/datasets.md §6 and §8.1) under ``<root>/<host>/<path>`` — ``gs://b/p`` as
+paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>`` — ``gs://b/p`` as
 ``storage.googleapis.com/b/p`` — with tiny extents but the published voxel sizes (z, y, x nm),
 dtypes and encodings: EM uint8 ``raw`` (hemibrain's EM ``jpeg``, as published), segmentations
 uint64 ``compressed_segmentation`` (MICrONS with 18-digit root ids). Layers of one dataset share
 one physical frame (voxel ``i`` at resolution ``r`` starts at ``i·r`` nm) and start at non-zero
-voxel offsets. Facts the reference does not state (chunk sizes, offsets, mip ladders of the
+voxel offsets. Facts the published sources do not state (chunk sizes, offsets, mip ladders of the
 segmentations, the EM encodings other than hemibrain's, the mito/ground-truth dtypes) are test
 choices, noted per writer. Writes go through :func:`emdata.testing.precomputed.write_precomputed_layer`
 (CloudVolume); this module shares no code with the recipes.
 
 Example:
-    >>> layers = write_h01_replica(mirror_root)  # doctest: +SKIP
-    >>> layers["c3"].voxel_size_nm, layers["c3"].data.dtype  # doctest: +SKIP
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     layers = write_h01_replica(Path(tmp))
+    >>> layers["c3"].voxel_size_nm, layers["c3"].data.dtype
     ((33.0, 8.0, 8.0), dtype('uint64'))
+    >>> layers["c3"].at((slice(5, 7), slice(64, 74), slice(32, 37))).shape  # absolute voxels from the offset
+    (2, 10, 5)
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ class ReplicaLayer:
     voxels ``offset`` onward; ``decoded`` is what CloudVolume reads back for lossy encodings.
 
     Example:
-        >>> layer.at((slice(20, 24), slice(100, 120), slice(160, 170))).shape  # doctest: +SKIP
+        >>> layer = ReplicaLayer("gs://b/em", Path("em"), np.zeros((8, 40, 40), np.uint8), (30.0, 6.0, 6.0),
+        ...                      offset=(16, 80, 150), encoding="raw")
+        >>> layer.at((slice(20, 24), slice(100, 120), slice(160, 170))).shape
         (4, 20, 10)
     """
 
@@ -133,8 +139,11 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
     so tests use it for the resolution-conversion path. Offsets and chunk sizes are test choices.
 
     Example:
-        >>> layers = write_microns_minnie65_replica(root, seg_voxel_nm={"343": (40.0, 4.0, 4.0)})  # doctest: +SKIP
-        >>> layers["seg_v343"].voxel_size_nm  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     layers = write_microns_minnie65_replica(Path(tmp), versions=("343",),
+        ...                                             seg_voxel_nm={"343": (40.0, 4.0, 4.0)})
+        >>> layers["seg_v343"].voxel_size_nm
         (40.0, 4.0, 4.0)
     """
     rng = np.random.default_rng(seed)
@@ -159,10 +168,12 @@ def write_h01_replica(root: Path, seed: int = 1) -> dict[str, ReplicaLayer]:
     """``4nm_raw`` (uint8, 4×4×33 nm, mip 1 = 8×8×33 nm as torch-em states) and ``c3`` (uint64
     compressed_segmentation, 8×8×33 nm) covering the same region. Keys ``em`` and ``c3``.
 
-    The EM encoding is not recorded in the reference: written ``raw``.
+    The EM encoding is not published: written ``raw``.
 
     Example:
-        >>> write_h01_replica(root)["em"].voxel_size_nm  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_h01_replica(Path(tmp))["em"].voxel_size_nm
         (33.0, 4.0, 4.0)
     """
     rng = np.random.default_rng(seed)
@@ -177,10 +188,12 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
                         seed: int = 2) -> dict[str, ReplicaLayer]:
     """``rawdata_realigned`` (uint8 raw) and ``ffn_segmentation`` (uint64 compressed_segmentation)
     on one grid, at ``voxel_size_nm`` (torch-em's 10×10×20 nm x×y×z by default; pass
-    ``(20, 9, 9)`` for the awesome table's value). Keys ``em`` and ``ffn_segmentation``.
+    ``(20, 9, 9)`` for the value awesome-em-datasets lists). Keys ``em`` and ``ffn_segmentation``.
 
     Example:
-        >>> write_j0126_replica(root)["ffn_segmentation"].data.dtype  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_j0126_replica(Path(tmp))["ffn_segmentation"].data.dtype
         dtype('uint64')
     """
     rng = np.random.default_rng(seed)
@@ -199,7 +212,9 @@ def write_hemibrain_replica(root: Path, seed: int = 3) -> dict[str, ReplicaLayer
     JPEG as CloudVolume decodes it (``em.data`` is what was encoded).
 
     Example:
-        >>> write_hemibrain_replica(root)["mito"].voxel_size_nm  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_hemibrain_replica(Path(tmp))["mito"].voxel_size_nm
         (16.0, 16.0, 16.0)
     """
     rng = np.random.default_rng(seed)
@@ -221,7 +236,9 @@ def write_kasthuri_replica(root: Path, seed: int = 4) -> dict[str, ReplicaLayer]
     along z, 0 outside, as in the annotated cylinder. Keys ``em`` and ``ground_truth``.
 
     Example:
-        >>> write_kasthuri_replica(root)["ground_truth"].voxel_size_nm  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_kasthuri_replica(Path(tmp))["ground_truth"].voxel_size_nm
         (30.0, 6.0, 6.0)
     """
     rng = np.random.default_rng(seed)

@@ -1,5 +1,5 @@
 """TEM-NeutroStruct replica: the dataset folder in the layout the published scripts read
-(reference/datasets.md §2.3–2.6), written under ``<root>/github.com/MedImagingAI/TEM-NeutroStruct/``
+(MedImagingAI/TEM-NeutroStruct, commit a5230ea), written under ``<root>/github.com/MedImagingAI/TEM-NeutroStruct/``
 (the card's URL; the scripts run from that repository's root with the data beside them)::
 
     7classes_version/<split>/images/<file_name>                      TEM images (PNG; test: JPEG)
