@@ -11,9 +11,9 @@ Example:
 """
 
 from emdata.testing.precomputed import write_precomputed_layer
+from emdata.testing.replica_sets import prepared_replicas, serve_replicas
 from emdata.testing.replicas import *  # noqa: F403  (every write_<dataset>_replica)
 from emdata.testing.replicas import __all__ as _replicas
-from emdata.testing.replica_sets import prepared_replicas, serve_replicas
 from emdata.testing.server import LoggedRequest, MirrorServer
 
 __all__ = ["LoggedRequest", "MirrorServer", "prepared_replicas", "serve_replicas", "write_precomputed_layer",
