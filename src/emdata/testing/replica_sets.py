@@ -69,7 +69,7 @@ REPLICA_SETS: dict[str, ReplicaSet] = {
     "snemi3d": ReplicaSet(lambda root, small: replicas.write_snemi3d_replica(
         root, shape=(12, 128, 128) if small else (24, 256, 256))),
     "mitoem2": ReplicaSet(lambda root, small: replicas.write_mitoem2_replica(
-        root, subsets=("beta", "mossy"), **_sized(small, {"shape": (20, 144, 144)})),
+        root, subsets=("beta", "mossy"), **_sized(small, {"shape": (16, 144, 144)})),
         options={"subset": ["beta", "mossy"]}),
     "cremi": ReplicaSet(lambda root, small: replicas.write_cremi_replica(
         root, samples=("A", "B"), small_ids=True, **_sized(small, {"shape": (16, 160, 160)})),
