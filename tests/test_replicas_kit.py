@@ -44,3 +44,16 @@ def test_unknown_ids_are_refused_naming_the_known(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no replica for nope; replicas exist for: .*platelet-em"), \
             serve_replicas(["nope"], tmp_path):
         pass
+
+
+PATCH_SIZED = ["snemi3d", "cremi", "lucchi-pp", "kasthuri-pp", "isbi2012", "fib25", "mitoem2", "mitoem", "densecell",
+               "human-liver-em", "parlakgul-liver"]
+
+
+@pytest.mark.parametrize("dataset", PATCH_SIZED)
+def test_default_replicas_fit_a_16x128x128_patch(dataset: str, tmp_path: Path) -> None:
+    with serve_replicas([dataset], tmp_path / "kit") as served:
+        vols = emdata.prepare(dataset, **served.options[dataset])
+    assert vols
+    for vol in vols:
+        assert all(n >= p for n, p in zip(vol.shape, (16, 128, 128))), (vol.name, vol.shape)
