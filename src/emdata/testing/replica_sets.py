@@ -40,8 +40,9 @@ class ReplicaSet:
     """How to write one dataset's replica and prepare it.
 
     ``options`` are the ``prepare`` arguments the replica needs (a bbox inside its extent, the
-    subsets written); ``placed`` names the download sub-folder a hand-placed replica goes into
-    (None: the dataset is downloaded from the mirror).
+    subsets written). ``placed`` (hand-placed datasets only) maps what the writer returned to
+    ``{written folder: sub-folder of the dataset's download folder}`` to copy it into; None
+    means the dataset is downloaded from the mirror.
     """
 
     write: Writer
@@ -149,7 +150,8 @@ def serve_replicas(datasets: Sequence[str], home: Path | str, *, small: bool = F
     (with ``served.options[dataset]``) reads them through the real download code.
 
     ``small=True`` writes the tiniest replicas (quick tests); otherwise replicas whose writer
-    takes a size fit a 16×128×128 patch. The environment is restored afterwards.
+    takes a size fit a 16×128×128 patch. ``EMDATA_OFFLINE`` is off inside the block; the
+    environment is restored afterwards.
     """
     from emdata.config import downloads_dir
 
