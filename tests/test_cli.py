@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
 
 import pytest
 
-from emdata.catalog import dataset_ids
+import emdata as emdata_pkg
+from emdata.catalog import dataset_ids, get_card
 
 
 def emdata(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,6 +59,22 @@ def test_info_json(dataset: str) -> None:
 def test_cite_prints_bibtex() -> None:
     run = emdata("cite", "snemi3d")
     assert run.returncode == 0 and run.stdout.startswith("@") and "10.1016/j.cell.2015.06.054" in run.stdout
+
+
+def test_cite_json_is_one_document_with_the_bibtex() -> None:
+    run = emdata("cite", "cremi", "--json")
+    assert run.returncode == 0 and run.stderr == ""
+    doc = json.loads(run.stdout)
+    card = get_card("cremi")
+    assert doc == {"dataset": "cremi", "title": card.title, "homepage": card.homepage, "license": card.license,
+                   "bibtex": card.citation}
+    assert doc["bibtex"].startswith("@misc{cremi2016")
+
+
+def test_version_is_the_installed_package_version() -> None:
+    run = emdata("--version")
+    assert run.returncode == 0 and run.stdout == f"emdata {importlib.metadata.version('emdata')}\n"
+    assert emdata_pkg.__version__ == importlib.metadata.version("emdata")
 
 
 @pytest.mark.parametrize("verb", [["info", "snemi3df"], ["cite", "snemi3df"], ["info", "snemi3df", "--json"],

@@ -4,13 +4,19 @@ Example:
     >>> import emdata
     >>> emdata.info("snemi3d")["voxel_size_nm"]
     [30.0, 6.0, 6.0]
+    >>> emdata.__version__ == importlib.metadata.version("emdata")
+    True
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("emdata")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _API = {"list_datasets", "info", "fetch", "prepare", "volumes", "open_volume", "Volume"}
 

@@ -1,11 +1,18 @@
 """The public Python API (re-exported by ``emdata``).
 
-Example:
+Example (offline, on a replica of SNEMI3D served from loopback):
+    >>> import tempfile
     >>> import emdata
-    >>> [d["id"] for d in emdata.list_datasets(species="fly")]  # doctest: +SKIP
-    ['isbi2012']
-    >>> volumes = emdata.prepare("snemi3d")  # doctest: +SKIP
-    >>> emdata.open_volume(volumes[0].path).voxel_size  # doctest: +SKIP
+    >>> from emdata.testing import serve_replicas
+    >>> [d["id"] for d in emdata.list_datasets(species="fly")]
+    ['cremi', 'fib25', 'hemibrain', 'isbi2012']
+    >>> emdata.info("snemi3d")["prepare"]
+    {'available': True, 'options': []}
+    >>> with serve_replicas(["snemi3d"], tempfile.mkdtemp(), small=True):
+    ...     train, test = emdata.prepare("snemi3d")
+    ...     [v.name for v in emdata.volumes("snemi3d", split="train")]
+    ['train']
+    >>> emdata.open_volume(train.path).voxel_size
     (30.0, 6.0, 6.0)
 """
 

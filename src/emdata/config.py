@@ -1,4 +1,4 @@
-"""Environment contract shared by every layer.
+"""Environment variables read by every layer.
 
 - ``EMDATA_HOME``: root of downloads and prepared data (default: platformdirs user data dir).
 - ``EMDATA_MIRROR``: base URL that replaces every upstream host (``<mirror>/<host>/<path>``).

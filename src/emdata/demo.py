@@ -1,42 +1,87 @@
 """The offline demo behind ``make demo`` / ``emdata demo``.
 
-Writes replicas of SNEMI3D, MitoEM2 and CREMI in their published layouts, serves them on a
-loopback mirror, runs the real ``prepare`` through the real HTTP code, verifies every
-volume, then draws batches from seed 004's ``CombineDataModule`` (weights 1:2:1) and prints
-per-dataset shares, class coverage and patches/s. Its ``EMDATA_HOME`` is kept apart from
-real data so replica files never enter a real cache.
+Writes replicas of datasets in their published layouts, serves them on a loopback mirror, runs
+the real ``prepare`` through the real HTTP code and verifies every volume. By default it uses
+SNEMI3D, MitoEM2 and CREMI and then draws batches from a ``CombineDataModule`` (weights
+1:2:1), printing per-dataset shares, class coverage and patches/s; with ``datasets`` it
+prepares those (any dataset with a recipe) and reads patches from them. Its folder is kept
+apart from real data, so replica files never enter a real cache.
+
+The demo folder is marked with ``emdata-demo.json``: a later demo cleans only what an earlier
+one wrote there, and a non-empty folder without the mark is refused, never deleted.
 
 Example:
-    >>> run_demo(Path(".emdata-demo"))  # doctest: +SKIP
+    >>> import tempfile
+    >>> home = claim_home(Path(tempfile.mkdtemp()) / "demo")
+    >>> sorted(p.name for p in home.iterdir())
+    ['emdata-demo.json']
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 DATASETS = ("snemi3d", "mitoem2", "cremi")
 WEIGHTS = {"snemi3d": 1.0, "mitoem2": 2.0, "cremi": 1.0}
+MARKER = "emdata-demo.json"
+WRITTEN = ("mirror", "downloads", "prepared", "replica-checksums.json")
+"""What a demo writes into its folder (besides the marker); the only entries it ever removes."""
+PATCH = (16, 128, 128)
 
 
-def run_demo(home: Path, batches: int = 40, batch_size: int = 8) -> None:
+def claim_home(home: Path) -> Path:
+    """Make ``home`` ready for a demo and return it (resolved).
+
+    A new or empty folder is created and marked; a folder marked by an earlier demo loses what
+    that demo wrote (:data:`WRITTEN`) and keeps anything else; any other non-empty folder is
+    refused with an error, untouched.
+    """
+    home = Path(home).expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        raise NotADirectoryError(f"demo folder {home} is a file; pass --home with a new or empty folder")
+    if home.is_dir() and any(home.iterdir()):
+        if not (home / MARKER).is_file():
+            raise FileExistsError(f"demo folder {home} is not empty and was not made by `emdata demo` (no {MARKER}); "
+                                  "nothing was removed: pass --home with a new or empty folder")
+        for name in WRITTEN:
+            path = home / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    home.mkdir(parents=True, exist_ok=True)
+    from emdata import __version__
+
+    (home / MARKER).write_text(json.dumps({"made_by": "emdata demo", "emdata": __version__,
+                                           "removes_on_rerun": list(WRITTEN)}, indent=1) + "\n", encoding="utf-8")
+    return home
+
+
+def run_demo(home: Path, datasets: Sequence[str] | None = None, batches: int = 40, batch_size: int = 8) -> None:
+    """Prepare replicas of ``datasets`` (default: SNEMI3D, MitoEM2, CREMI) under ``home``, verify
+    them and draw patches; prints tables. ``home`` must be new, empty or an earlier demo's."""
     from rich.console import Console
     from rich.table import Table
 
     from emdata.store.verify import verify_volume
-    from emdata.testing.replica_sets import prepared_replicas
+    from emdata.testing.replica_sets import check_datasets, prepared_replicas
 
+    chosen = list(dict.fromkeys(datasets or DATASETS))
+    check_datasets(chosen)
+    home = claim_home(home)
     con = Console()
-    home = Path(home).resolve()
-    shutil.rmtree(home, ignore_errors=True)
-    con.print(f"[bold]emdata demo[/bold]: [yellow]replicas[/yellow] of {', '.join(DATASETS)} in their published "
+    con.print(f"[bold]emdata demo[/bold]: [yellow]replicas[/yellow] of {', '.join(chosen)} in their published "
               "layouts, served from a loopback mirror, prepared by the real recipes")
     t0 = time.perf_counter()
-    with prepared_replicas(home, DATASETS) as prepared:
+    with prepared_replicas(home, chosen) as prepared:
         t_prepare = time.perf_counter() - t0
     volumes = [v for vols in prepared.values() for v in vols]
     t1 = time.perf_counter()
@@ -53,13 +98,40 @@ def run_demo(home: Path, batches: int = 40, batch_size: int = 8) -> None:
     bad = [p for r in reports.values() for p in r.problems]
     if bad:
         raise RuntimeError("demo volumes failed verification: " + "; ".join(bad))
-    _draw(con, home, batches, batch_size)
+    if datasets:
+        _read_patches(con, prepared, batches * batch_size)
+    else:
+        _draw(con, home, batches, batch_size)
     con.print(f"total {time.perf_counter() - t0:.1f} s; data under {home}")
     con.print("[yellow]This ran on small synthetic replicas in each dataset's published layout, not the real "
-              "data.[/yellow] With internet: `emdata prepare snemi3d` (and mitoem2, cremi) with EMDATA_MIRROR unset.")
+              f"data.[/yellow] With internet: `emdata prepare {chosen[0]}` (and the others) with EMDATA_MIRROR unset.")
 
 
-def _draw(con: object, home: Path, batches: int, batch_size: int) -> None:
+def _read_patches(con: Any, prepared: dict[str, list[Any]], n: int) -> None:
+    """Read ``n`` patches (at most 16×128×128, clipped to the smallest volume) from each dataset."""
+    from rich.table import Table
+
+    from emdata.torch import PatchDataset
+
+    table = Table(title=f"{n} patches per dataset with emdata.torch.PatchDataset")
+    for col in ("dataset", "patch (z,y,x) voxels", "voxel nm", "raw dtype", "label layers", "patches/s"):
+        table.add_column(col)
+    for name, vols in prepared.items():
+        voxel = vols[0].voxel_size  # patches are read at the first volume's voxel size; fit every extent
+        patch = tuple(max(1, min(p, *(int(v.shape[a] * v.voxel_size[a] // voxel[a]) for v in vols)))
+                      for a, p in enumerate(PATCH))
+        labels = sorted(set.intersection(*(set(v.labels) for v in vols)))
+        ds = PatchDataset(vols, patch, labels=labels, samples_per_epoch=n)
+        t = time.perf_counter()
+        samples = [ds[i] for i in range(n)]
+        rate = n / (time.perf_counter() - t)
+        raw = samples[0]["raw"]
+        table.add_row(name, "×".join(map(str, patch)), "×".join(f"{s:g}" for s in vols[0].voxel_size), str(raw.dtype),
+                      ", ".join(labels) or "-", f"{rate:.0f}")
+    con.print(table)
+
+
+def _draw(con: Any, home: Path, batches: int, batch_size: int) -> None:
     from rich.table import Table
 
     from emdata.lightning import CombineDataModule, CREMIDataModule, MitoEM2DataModule, SNEMI3DDataModule
@@ -96,5 +168,5 @@ def _draw(con: object, home: Path, batches: int, batch_size: int) -> None:
             f"{100 * cov.get(IGNORE, 0) / voxels:.0f}%"]
         table.add_row(name, f"{100 * shares[name] / sum(shares.values()):.1f}% ({100 * WEIGHTS[name] / total_w:.0f}%)",
                       *cells)
-    con.print(table)  # type: ignore[attr-defined]
-    con.print("Classes a dataset does not annotate are never called background: those voxels are 'ignore'.")  # type: ignore[attr-defined]
+    con.print(table)
+    con.print("Classes a dataset does not annotate are never called background: those voxels are 'ignore'.")

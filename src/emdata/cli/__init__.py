@@ -4,10 +4,11 @@ Errors print one line on stderr and exit non-zero (``--debug`` shows the traceba
 ``--json`` prints exactly one JSON document on stdout and nothing else there.
 
 Example:
-    $ emdata list --species mouse
-    $ emdata info cremi --json
-    $ emdata prepare snemi3d --json
-    $ emdata verify ~/.local/share/emdata/prepared/snemi3d --deep
+    >>> from typer.testing import CliRunner
+    >>> CliRunner().invoke(app, ["--version"]).output.startswith("emdata ")
+    True
+    >>> json.loads(CliRunner().invoke(app, ["cite", "snemi3d", "--json"]).output)["dataset"]
+    'snemi3d'
 """
 
 from __future__ import annotations
@@ -45,9 +46,19 @@ def _fmt_voxel(nm: list[float] | tuple[float, ...] | None, verified: bool = True
     return text if verified else text + " (unverified)"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from emdata import __version__
+
+        sys.stdout.write(f"emdata {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the emdata version and exit.")] = False) -> None:
     _state["debug"] = debug
     config.set_quiet(quiet)
 
@@ -112,11 +123,16 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
 
 
 @app.command()
-def cite(dataset: Annotated[str, typer.Argument(help="Dataset id.")]) -> None:
-    """Print the BibTeX citation of a dataset."""
+def cite(dataset: Annotated[str, typer.Argument(help="Dataset id.")], as_json: JsonOpt = False) -> None:
+    """Print the BibTeX citation of a dataset (with --json: id, title, homepage, licence and BibTeX)."""
     from emdata.catalog import get_card
 
-    sys.stdout.write(get_card(dataset).citation)
+    card = get_card(dataset)
+    if as_json:
+        _print_json({"dataset": card.id, "title": card.title, "homepage": card.homepage, "license": card.license,
+                     "bibtex": card.citation})
+        return
+    sys.stdout.write(card.citation)
 
 
 def _human_bytes(n: int) -> str:
@@ -273,12 +289,16 @@ def verify(path: Annotated[Path, typer.Argument(help="A *.ome.zarr volume or a p
 
 
 @app.command()
-def demo(home: Annotated[Path, typer.Option(help="EMDATA_HOME for the demo, apart from real data.")] = Path(
-        ".emdata-demo")) -> None:
-    """Run the whole pipeline offline on a local replica (no internet needed)."""
+def demo(home: Annotated[Path, typer.Option(
+             help="Folder for the demo's replicas and volumes (its EMDATA_HOME): new, empty or an earlier demo's.")
+         ] = Path(".emdata-demo"),
+         dataset: Annotated[list[str] | None, typer.Option(
+             "--dataset", help="Demo this dataset instead of snemi3d, mitoem2, cremi (repeatable; any with a recipe).")
+         ] = None) -> None:
+    """Run the whole pipeline offline on local replicas (no internet needed)."""
     from emdata.demo import run_demo
 
-    run_demo(home)
+    run_demo(home, datasets=dataset or None)
 
 
 def main() -> None:

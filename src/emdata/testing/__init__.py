@@ -1,20 +1,20 @@
-"""Offline test kit: a loopback mirror server and replica writers for every dataset.
+"""Offline kit: replicas of every preparable dataset in its published layout, a loopback
+mirror that serves them, and :func:`serve_replicas` that does both and points emdata at them.
 
 Example:
-    >>> import tempfile, urllib.request
-    >>> from pathlib import Path
-    >>> from emdata.testing import MirrorServer, write_snemi3d_replica
-    >>> with tempfile.TemporaryDirectory() as root:
-    ...     truth = write_snemi3d_replica(Path(root), shape=(2, 16, 16))
-    ...     with MirrorServer(Path(root)) as server:
-    ...         url = f"{server.url}/rhoana.rc.fas.harvard.edu/dataset/snemi.zip"
-    ...         urllib.request.urlopen(url).read()[:2]
-    b'PK'
+    >>> import tempfile
+    >>> import emdata
+    >>> from emdata.testing import serve_replicas
+    >>> with serve_replicas(["platelet-em"], tempfile.mkdtemp()) as served:
+    ...     [v.name for v in emdata.prepare("platelet-em", **served.options["platelet-em"])]
+    ['volume-50', 'volume-24']
 """
 
 from emdata.testing.precomputed import write_precomputed_layer
+from emdata.testing.replica_sets import prepared_replicas, serve_replicas
 from emdata.testing.replicas import *  # noqa: F403  (every write_<dataset>_replica)
 from emdata.testing.replicas import __all__ as _replicas
 from emdata.testing.server import LoggedRequest, MirrorServer
 
-__all__ = ["LoggedRequest", "MirrorServer", "write_precomputed_layer", *_replicas]
+__all__ = ["LoggedRequest", "MirrorServer", "prepared_replicas", "serve_replicas", "write_precomputed_layer",
+           *_replicas]

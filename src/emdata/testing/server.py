@@ -5,10 +5,16 @@ a request log for asserting what was fetched.
 Set ``EMDATA_MIRROR`` to :attr:`MirrorServer.url` and the real download code fetches from it.
 
 Example:
-    >>> with MirrorServer(root) as server:  # doctest: +SKIP
-    ...     os.environ["EMDATA_MIRROR"] = server.url
-    ...     emdata.prepare("snemi3d")
-    ...     server.requests_for("snemi.zip")
+    >>> import tempfile
+    >>> import requests
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "example.org").mkdir()
+    >>> _ = (root / "example.org" / "a.bin").write_bytes(b"0123456789")
+    >>> with MirrorServer(root) as server:
+    ...     requests.get(server.url + "/example.org/a.bin", headers={"Range": "bytes=2-4"}).content
+    b'234'
+    >>> [(r.method, r.status) for r in server.requests_for("a.bin")]
+    [('GET', 206)]
 """
 
 from __future__ import annotations
