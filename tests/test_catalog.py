@@ -1,4 +1,4 @@
-"""The catalog: every id, schema-valid cards, facts carried over from the references."""
+"""The catalog: every id, schema-valid cards, public citations and licences, card layers == what prepare writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import emdata
-
 from emdata.catalog import UnknownDatasetError, dataset_ids, get_card, list_cards, suggest_ids
 from emdata.catalog.card import CardError, parse_card
 from emdata.labels.ontology import ontology
@@ -248,7 +247,8 @@ def _bibtex_fields(entry: str) -> tuple[str, str, set[str]]:
         depth += {"{": 1, "}": -1}.get(char, 0)
         assert depth >= 0, "unbalanced braces"
     assert depth == 0, "unbalanced braces"
-    return match.group("type"), match.group("key"), {m.group("name") for m in _BIBTEX_FIELD.finditer(match.group("body"))}
+    fields = {m.group("name") for m in _BIBTEX_FIELD.finditer(match.group("body"))}
+    return match.group("type"), match.group("key"), fields
 
 
 @pytest.mark.parametrize("dataset", sorted(REQUIRED_IDS))
@@ -256,7 +256,8 @@ def test_citation_is_real_bibtex(dataset: str) -> None:
     card = get_card(dataset)
     kind, key, fields = _bibtex_fields(card.citation)
     assert kind in {"article", "inproceedings", "misc", "dataset", "online"}, kind
-    assert {"title", "author", "year"} <= fields, f"{dataset}: BibTeX {key} lacks {({'title', 'author', 'year'} - fields)}"
+    missing = {"title", "author", "year"} - fields
+    assert not missing, f"{dataset}: BibTeX {key} lacks {sorted(missing)}"
     assert not re.search(r"placeholder|todo|tbd|xxx|unknown", card.citation, re.IGNORECASE), card.citation
     assert "doi" in fields or "url" in fields or "howpublished" in fields, f"{dataset}: give a DOI or URL"
 

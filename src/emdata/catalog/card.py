@@ -120,6 +120,7 @@ class Card:
     subsets: tuple[Subset, ...]
     pitfalls: tuple[str, ...]
     raw: dict[str, Any]
+    license_url: str = ""
 
     @property
     def voxel_size_nm(self) -> tuple[float, float, float] | None:
@@ -163,6 +164,7 @@ class Card:
         out["sources"] = self.raw.get("sources", [])
         out["citation"] = self.citation
         out["license"] = self.license
+        out["license_url"] = self.license_url
         out["subsets"] = self.raw.get("subsets", [])
         return out
 
@@ -173,7 +175,7 @@ class Card:
 
 _TOP = {
     "id": str, "title": str, "kind": str, "species": str, "organism": str, "tissue": str,
-    "microscopy": str, "description": str, "homepage": str, "license": str, "license_note": str,
+    "microscopy": str, "description": str, "homepage": str, "license": str, "license_url": str, "license_note": str,
     "citation": str, "citation_note": str, "voxel_size": dict, "extent": dict, "counts": dict,
     "awesome": dict, "labels": list, "volumes": list, "sources": list, "subsets": list,
     "pitfalls": list, "conflicts": list, "facts_from": list, "species_aliases": list,
@@ -299,6 +301,9 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
                               checksum_source=s.get("checksum_source", ""),
                               mirrors=tuple(s.get("mirrors", [])), format=s.get("format", ""),
                               subset=s.get("subset"), note=s.get("note", "")))
+    if doc["license"] != "unverified" and not doc.get("license_url", "").startswith("https://"):
+        raise CardError(f"{where}.license_url: licence {doc['license']!r} needs the https URL of the published "
+                        f"statement it comes from (dataset page, repository LICENSE), or set license = 'unverified'")
     if not doc["citation"].lstrip().startswith("@"):
         raise CardError(f"{where}.citation: expected a BibTeX entry starting with '@'")
     for i, p in enumerate(doc.get("pitfalls", [])):
@@ -310,4 +315,5 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
         microscopy=doc["microscopy"], voxel_size=voxel, homepage=doc["homepage"], license=doc["license"],
         citation=doc["citation"].strip() + "\n", labels=tuple(labels), volumes=tuple(volumes),
         sources=tuple(sources), subsets=tuple(subsets), pitfalls=tuple(doc.get("pitfalls", [])), raw=doc,
+        license_url=doc.get("license_url", ""),
     )
