@@ -18,7 +18,7 @@ REQUIRED_IDS = {
     "kasthuri-pp", "isbi2012", "lucchi-pp", "fib25", "hemibrain", "nucmm",
 }
 
-# (species, microscopy, voxel size z,y,x nm or None) as reference/datasets.md states them.
+# (species, microscopy, voxel size z,y,x nm or None) as the public sources cited in each card state them.
 REFERENCE = {
     "snemi3d": ("mouse", "ATUM-SEM", (30, 6, 6)),
     "cremi": ("Drosophila", "ssTEM", (40, 4, 4)),
@@ -38,7 +38,7 @@ REFERENCE = {
     "nucmm": (None, None, None),
 }
 
-# The awesome-em-datasets rows (seed-002 table), written out here independently of the cards.
+# The JackieZhai/awesome-em-datasets table rows, written out here independently of the cards.
 AWESOME = {
     "axonem": ("mouse", "primary visual cortex", "ssTEM", "30×30×30", "7×7×40"),
     "h01": ("human", "temporal lobe", "ATUM-mSEM", "2,000×3,000×175", "4×4×30"),
@@ -60,7 +60,7 @@ AWESOME_NUMBERS = {
 }
 
 
-def test_every_seed_dataset_has_a_card() -> None:
+def test_every_required_dataset_has_a_card() -> None:
     assert set(dataset_ids()) >= REQUIRED_IDS
 
 
@@ -114,8 +114,10 @@ def test_every_card_class_is_in_the_ontology() -> None:
     for card in list_cards():
         for layer in card.labels:
             if layer.kind == "instance":
-                assert layer.instance_of, f"{card.id}/{layer.name}: instance layer without instance_of"
-                onto.resolve(layer.instance_of)
+                assert layer.instance_of or layer.value_ranges, (
+                    f"{card.id}/{layer.name}: instance layer without instance_of or value_ranges")
+                for cls in [layer.instance_of] if layer.instance_of else [r["ontology"] for r in layer.value_ranges]:
+                    onto.resolve(cls)
             for cls in layer.classes:
                 assert cls.ontology, f"{card.id}/{layer.name}: class {cls.value} {cls.name!r} has no ontology class"
                 onto.resolve(cls.ontology)
@@ -156,7 +158,7 @@ def test_schema_rejects_typos_and_bad_checksums() -> None:
         parse_card({**doc, "voxel_size": {"nm": [30, 6], "verified": False, "source": "x"}})
 
 
-def test_ontology_keeps_seed_union_ids() -> None:
+def test_ontology_keeps_the_union_ids_0_to_4() -> None:
     onto = ontology()
     assert [(c.id, c.name) for c in onto.classes[:5]] == [
         (0, "background"), (1, "neuron"), (2, "cleft"), (3, "mitochondria"), (4, "mito_boundary")]

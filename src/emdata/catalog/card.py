@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ class LabelLayer:
     dtype: str | None = None
     instance_of: str | None = None
     classes: tuple[LabelClass, ...] = ()
+    value_ranges: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,19 @@ class VolumeSpec:
     shape: tuple[int, ...] | None = None
     labelled: bool = True
     subset: str | None = None
+    cases: tuple[str, ...] = ()
+
+    def writes(self, volume_name: str) -> bool:
+        """Whether ``prepare`` writing ``volume_name`` belongs to this entry: its own name, or one
+        of its ``cases`` (exact names or shell-style patterns such as ``human-train-*``).
+
+        Example:
+            >>> from emdata.catalog import get_card
+            >>> group = next(v for v in get_card("mitoem2").volumes if v.name == "beta-train")
+            >>> group.writes("beta-train02"), group.writes("beta-test01")
+            (True, False)
+        """
+        return volume_name == self.name or any(fnmatch.fnmatchcase(volume_name, c) for c in self.cases)
 
 
 @dataclass(frozen=True)
@@ -188,10 +203,11 @@ _EXTENT = {"voxels": list, "size_um": str, "note": str}
 _AWESOME = {"name": str, "species": str, "sample": str, "microscopy": str, "size_um": str,
             "resolution_nm": str, "numbers": str, "link": str, "note": str, "list": str}
 _LABEL = {"name": str, "kind": str, "description": str, "dtype": str, "instance_of": str,
-          "classes": list}
+          "classes": list, "value_ranges": list}
+_VALUE_RANGE = {"min": int, "max": int, "ontology": str}
 _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "description": str}
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
-           "subset": str}
+           "subset": str, "cases": list}
 _SOURCE = {"name": str, "url": str, "checksum": str, "size_bytes": int, "size_note": str,
            "checksum_source": str, "mirrors": list, "format": str, "subset": str, "note": str}
 _SUBSET = {"id": str, "title": str, "tissue": str, "microscopy": str, "voxel_size_nm": list,
@@ -260,9 +276,13 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
             classes.append(LabelClass(value=c["value"], name=c["name"], ontology=c.get("ontology"),
                                       color=tuple(c["color"]) if "color" in c else None,
                                       description=c.get("description", "")))
+        for j, r in enumerate(la.get("value_ranges", [])):
+            _check(f"{w}.value_ranges[{j}]", r, _VALUE_RANGE, ("min", "max", "ontology"))
+            if r["min"] > r["max"]:
+                raise CardError(f"{w}.value_ranges[{j}]: min {r['min']} is above max {r['max']}")
         labels.append(LabelLayer(name=la["name"], kind=la["kind"], description=la.get("description", ""),
                                  dtype=la.get("dtype"), instance_of=la.get("instance_of"),
-                                 classes=tuple(classes)))
+                                 classes=tuple(classes), value_ranges=tuple(la.get("value_ranges", []))))
 
     subsets = []
     for i, s in enumerate(doc.get("subsets", [])):
@@ -283,9 +303,12 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
             raise CardError(f"{w}.split: expected one of {SPLITS}, got {v['split']!r}")
         if "subset" in v and v["subset"] not in subset_ids:
             raise CardError(f"{w}.subset: {v['subset']!r} is not one of the card's subsets {sorted(subset_ids)}")
+        if not all(isinstance(c, str) and c for c in v.get("cases", [])):
+            raise CardError(f"{w}.cases: expected volume names or patterns (strings), got {v['cases']!r}")
         volumes.append(VolumeSpec(name=v["name"], split=v["split"], description=v.get("description", ""),
                                   shape=tuple(v["shape"]) if "shape" in v else None,
-                                  labelled=v.get("labelled", True), subset=v.get("subset")))
+                                  labelled=v.get("labelled", True), subset=v.get("subset"),
+                                  cases=tuple(v.get("cases", []))))
 
     sources = []
     for i, s in enumerate(doc["sources"]):

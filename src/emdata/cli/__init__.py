@@ -97,7 +97,8 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
         con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}): {classes}")
     for v in card.volumes:
         con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
-                  f"{' shape ' + str(v.shape) if v.shape else ''}")
+                  f"{' shape ' + str(v.shape) if v.shape else ''}"
+                  f"{' writes ' + ', '.join(v.cases) if v.cases else ''}")
     for s in card.subsets:
         con.print(f"subset {s.id}: {s.title} {_fmt_voxel(s.voxel_size_nm)}")
     for s in card.sources:
