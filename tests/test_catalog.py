@@ -36,6 +36,7 @@ REFERENCE = {
     "parlakgul-liver": ("mouse", "FIB-SEM", (8, 8, 8)),
     "human-liver-em": ("human", "SBF-SEM", None),
     "nucmm": (None, None, None),
+    "densecell": ("human", "SBF-SEM", None),
 }
 
 # The JackieZhai/awesome-em-datasets table rows, written out here independently of the cards.
