@@ -90,7 +90,8 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
     con.print(f"species: {card.species}   tissue: {card.tissue}   microscopy: {card.microscopy}")
     con.print(f"voxel size (z, y, x): {_fmt_voxel(card.voxel_size.nm, card.voxel_size.verified)}"
               f"  [dim]{card.voxel_size.source}[/dim]")
-    con.print(f"licence: {card.license}   homepage: {card.homepage}")
+    licence_source = f" ({card.license_url})" if card.license_url else ""
+    con.print(f"licence: {card.license}{licence_source}   homepage: {card.homepage}")
     for layer in card.labels:
         classes = ", ".join(f"{c.value}={c.name}" for c in layer.classes)
         of = f", of {layer.instance_of}" if layer.instance_of else ""
