@@ -96,3 +96,17 @@ def test_volume_cases_match_names_and_patterns() -> None:
     assert human.writes("human-train-0-0-0_pad") and not human.writes("mouse-train-0-0-0_pad")
     crop = next(v for v in get_card("parlakgul-liver").volumes if v.name == "6461")
     assert crop.writes("6461-z1-5_y13-45_x7-70") and not crop.writes("1857-z1-5_y13-45_x7-70")
+
+
+def test_info_shows_volume_cases_and_licence_source() -> None:
+    from typer.testing import CliRunner
+
+    from emdata.cli import app
+
+    runner = CliRunner()
+    mitoem2 = runner.invoke(app, ["info", "mitoem2"], env={"COLUMNS": "400"})
+    assert mitoem2.exit_code == 0, mitoem2.output
+    assert "beta-train01, beta-train02, beta-train03, beta-train04" in mitoem2.output
+    assert "labels instances" in mitoem2.output and "labels semantic" in mitoem2.output
+    mitoem = runner.invoke(app, ["info", "mitoem"], env={"COLUMNS": "400"})
+    assert "licence: MIT (https://huggingface.co/datasets/pytc/MitoEM)" in mitoem.output

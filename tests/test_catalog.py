@@ -269,3 +269,16 @@ def test_bibtex_check_rejects_broken_entries() -> None:
     with pytest.raises(AssertionError):
         _bibtex_fields("@article{x, title = {a}, author = {b}")
     assert _bibtex_fields("@misc{k1, title = {T}, author = {A}, year = {2020}}")[2] == {"title", "author", "year"}
+
+
+def test_schema_requires_a_licence_source_and_checks_cases_and_ranges() -> None:
+    doc = dict(get_card("snemi3d").raw)
+    with pytest.raises(CardError, match="license_url"):
+        parse_card({**doc, "license": "CC-BY-4.0"})
+    assert parse_card({**doc, "license": "CC-BY-4.0", "license_url": "https://example.org/terms"}).license_url
+    bad_volume = {**doc["volumes"][0], "cases": ["train-01", 3]}
+    with pytest.raises(CardError, match="cases"):
+        parse_card({**doc, "volumes": [bad_volume]})
+    bad_layer = {**doc["labels"][0], "value_ranges": [{"min": 5, "max": 1, "ontology": "neuron"}]}
+    with pytest.raises(CardError, match="min 5 is above max 1"):
+        parse_card({**doc, "labels": [bad_layer]})
