@@ -56,6 +56,12 @@ class LabelLayer:
     instance_of: str | None = None
     classes: tuple[LabelClass, ...] = ()
     value_ranges: tuple[dict[str, Any], ...] = ()
+    written_as: str | None = None
+
+    @property
+    def stored_name(self) -> str:
+        """The layer name in prepared volumes (``written_as`` where the card's name differs)."""
+        return self.written_as or self.name
 
 
 @dataclass(frozen=True)
@@ -203,7 +209,7 @@ _EXTENT = {"voxels": list, "size_um": str, "note": str}
 _AWESOME = {"name": str, "species": str, "sample": str, "microscopy": str, "size_um": str,
             "resolution_nm": str, "numbers": str, "link": str, "note": str, "list": str}
 _LABEL = {"name": str, "kind": str, "description": str, "dtype": str, "instance_of": str,
-          "classes": list, "value_ranges": list}
+          "classes": list, "value_ranges": list, "written_as": str}
 _VALUE_RANGE = {"min": int, "max": int, "ontology": str}
 _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "description": str}
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
@@ -282,7 +288,8 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
                 raise CardError(f"{w}.value_ranges[{j}]: min {r['min']} is above max {r['max']}")
         labels.append(LabelLayer(name=la["name"], kind=la["kind"], description=la.get("description", ""),
                                  dtype=la.get("dtype"), instance_of=la.get("instance_of"),
-                                 classes=tuple(classes), value_ranges=tuple(la.get("value_ranges", []))))
+                                 classes=tuple(classes), value_ranges=tuple(la.get("value_ranges", [])),
+                                 written_as=la.get("written_as")))
 
     subsets = []
     for i, s in enumerate(doc.get("subsets", [])):

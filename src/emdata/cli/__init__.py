@@ -95,7 +95,8 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
     for layer in card.labels:
         classes = ", ".join(f"{c.value}={c.name}" for c in layer.classes)
         of = f", of {layer.instance_of}" if layer.instance_of else ""
-        con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}): {classes}")
+        stored = f", written as '{layer.written_as}'" if layer.written_as else ""
+        con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}{stored}): {classes}")
     for v in card.volumes:
         con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
                   f"{' shape ' + str(v.shape) if v.shape else ''}"
