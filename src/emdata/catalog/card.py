@@ -57,6 +57,7 @@ class LabelLayer:
     classes: tuple[LabelClass, ...] = ()
     value_ranges: tuple[dict[str, Any], ...] = ()
     written_as: str | None = None
+    prepared: bool = True
 
     @property
     def stored_name(self) -> str:
@@ -209,7 +210,8 @@ _EXTENT = {"voxels": list, "size_um": str, "note": str}
 _AWESOME = {"name": str, "species": str, "sample": str, "microscopy": str, "size_um": str,
             "resolution_nm": str, "numbers": str, "link": str, "note": str, "list": str}
 _LABEL = {"name": str, "kind": str, "description": str, "dtype": str, "instance_of": str,
-          "classes": list, "value_ranges": list, "written_as": str}
+          "classes": list, "value_ranges": list, "written_as": str,
+          "prepared": bool}
 _VALUE_RANGE = {"min": int, "max": int, "ontology": str}
 _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "description": str}
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
@@ -289,7 +291,7 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
         labels.append(LabelLayer(name=la["name"], kind=la["kind"], description=la.get("description", ""),
                                  dtype=la.get("dtype"), instance_of=la.get("instance_of"),
                                  classes=tuple(classes), value_ranges=tuple(la.get("value_ranges", [])),
-                                 written_as=la.get("written_as")))
+                                 written_as=la.get("written_as"), prepared=la.get("prepared", True)))
 
     subsets = []
     for i, s in enumerate(doc.get("subsets", [])):

@@ -96,6 +96,7 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
         classes = ", ".join(f"{c.value}={c.name}" for c in layer.classes)
         of = f", of {layer.instance_of}" if layer.instance_of else ""
         stored = f", written as '{layer.written_as}'" if layer.written_as else ""
+        stored += "" if layer.prepared else ", not written by prepare"
         con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}{stored}): {classes}")
     for v in card.volumes:
         con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
