@@ -74,6 +74,7 @@ class VolumeSpec:
     labelled: bool = True
     subset: str | None = None
     cases: tuple[str, ...] = ()
+    prepared: bool = True
 
     def writes(self, volume_name: str) -> bool:
         """Whether ``prepare`` writing ``volume_name`` belongs to this entry: its own name, or one
@@ -215,7 +216,7 @@ _LABEL = {"name": str, "kind": str, "description": str, "dtype": str, "instance_
 _VALUE_RANGE = {"min": int, "max": int, "ontology": str}
 _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "description": str}
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
-           "subset": str, "cases": list}
+           "subset": str, "cases": list, "prepared": bool}
 _SOURCE = {"name": str, "url": str, "checksum": str, "size_bytes": int, "size_note": str,
            "checksum_source": str, "mirrors": list, "format": str, "subset": str, "note": str}
 _SUBSET = {"id": str, "title": str, "tissue": str, "microscopy": str, "voxel_size_nm": list,
@@ -317,7 +318,7 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
         volumes.append(VolumeSpec(name=v["name"], split=v["split"], description=v.get("description", ""),
                                   shape=tuple(v["shape"]) if "shape" in v else None,
                                   labelled=v.get("labelled", True), subset=v.get("subset"),
-                                  cases=tuple(v.get("cases", []))))
+                                  cases=tuple(v.get("cases", [])), prepared=v.get("prepared", True)))
 
     sources = []
     for i, s in enumerate(doc["sources"]):

@@ -101,7 +101,8 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
     for v in card.volumes:
         con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
                   f"{' shape ' + str(v.shape) if v.shape else ''}"
-                  f"{' writes ' + ', '.join(v.cases) if v.cases else ''}")
+                  f"{' writes ' + ', '.join(v.cases) if v.cases else ''}"
+                  f"{'' if v.prepared else ' (published; not written by prepare)'}")
     for s in card.subsets:
         con.print(f"subset {s.id}: {s.title} {_fmt_voxel(s.voxel_size_nm)}")
     for s in card.sources:
