@@ -1,9 +1,13 @@
-"""The catalog: every id, schema-valid cards, facts carried over from the references."""
+"""The catalog: every id, schema-valid cards, public citations and licences, card layers == what prepare writes."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+import emdata
 from emdata.catalog import UnknownDatasetError, dataset_ids, get_card, list_cards, suggest_ids
 from emdata.catalog.card import CardError, parse_card
 from emdata.labels.ontology import ontology
@@ -14,7 +18,7 @@ REQUIRED_IDS = {
     "kasthuri-pp", "isbi2012", "lucchi-pp", "fib25", "hemibrain", "nucmm",
 }
 
-# (species, microscopy, voxel size z,y,x nm or None) as reference/datasets.md states them.
+# (species, microscopy, voxel size z,y,x nm or None) as the public sources cited in each card state them.
 REFERENCE = {
     "snemi3d": ("mouse", "ATUM-SEM", (30, 6, 6)),
     "cremi": ("Drosophila", "ssTEM", (40, 4, 4)),
@@ -32,9 +36,10 @@ REFERENCE = {
     "parlakgul-liver": ("mouse", "FIB-SEM", (8, 8, 8)),
     "human-liver-em": ("human", "SBF-SEM", None),
     "nucmm": (None, None, None),
+    "densecell": ("human", "SBF-SEM", None),
 }
 
-# The awesome-em-datasets rows (seed-002 table), written out here independently of the cards.
+# The JackieZhai/awesome-em-datasets table rows, written out here independently of the cards.
 AWESOME = {
     "axonem": ("mouse", "primary visual cortex", "ssTEM", "30×30×30", "7×7×40"),
     "h01": ("human", "temporal lobe", "ATUM-mSEM", "2,000×3,000×175", "4×4×30"),
@@ -56,7 +61,7 @@ AWESOME_NUMBERS = {
 }
 
 
-def test_every_seed_dataset_has_a_card() -> None:
+def test_every_required_dataset_has_a_card() -> None:
     assert set(dataset_ids()) >= REQUIRED_IDS
 
 
@@ -110,8 +115,10 @@ def test_every_card_class_is_in_the_ontology() -> None:
     for card in list_cards():
         for layer in card.labels:
             if layer.kind == "instance":
-                assert layer.instance_of, f"{card.id}/{layer.name}: instance layer without instance_of"
-                onto.resolve(layer.instance_of)
+                assert layer.instance_of or layer.value_ranges, (
+                    f"{card.id}/{layer.name}: instance layer without instance_of or value_ranges")
+                for cls in [layer.instance_of] if layer.instance_of else [r["ontology"] for r in layer.value_ranges]:
+                    onto.resolve(cls)
             for cls in layer.classes:
                 assert cls.ontology, f"{card.id}/{layer.name}: class {cls.value} {cls.name!r} has no ontology class"
                 onto.resolve(cls.ontology)
@@ -152,9 +159,126 @@ def test_schema_rejects_typos_and_bad_checksums() -> None:
         parse_card({**doc, "voxel_size": {"nm": [30, 6], "verified": False, "source": "x"}})
 
 
-def test_ontology_keeps_seed_union_ids() -> None:
+def test_ontology_keeps_the_union_ids_0_to_4() -> None:
     onto = ontology()
     assert [(c.id, c.name) for c in onto.classes[:5]] == [
         (0, "background"), (1, "neuron"), (2, "cleft"), (3, "mitochondria"), (4, "mito_boundary")]
     assert onto.resolve("mitochondrion").id == 3
     assert [c.name for c in onto.ancestors("er_sheets")] == ["er"]
+
+
+# ---------------------------------------------------------------------------------------------
+# what a user sees: card text, ontology, catalog docs and docstrings carry no internal words
+
+_SRC = Path(emdata.__file__).parent
+_DOCS = Path(__file__).resolve().parent.parent / "docs"
+USER_VISIBLE_FILES = sorted(
+    [*(_SRC / "catalog" / "cards").glob("*.toml"), *(_SRC / "catalog").glob("*.py"),
+     *(_SRC / "labels").glob("*.py"), _SRC / "labels" / "ontology.toml", _DOCS / "catalog.md"],
+    key=lambda p: p.name)
+# Private notes' names and short-hands; a public original (paper, page, repository) must be cited instead.
+BANNED_WORDS = re.compile("|".join((
+    r"\bseeds?[\s_-]*\d",            # seed-004, seed 004, SEED_004
+    r"reference/", r"§", r"\bthe reference\b", r"\breference list\b",
+    r"stored (?:sources?|material|copy)", r"any stored", r"in the stored",
+    r"awesome-vem(?!-datasets)",      # the public repository is JackieZhai/awesome-vem-datasets
+    r"(?<!tmquan/)nanocosmos",        # the public repository is tmquan/nanoCosmos
+    r"\bpeers\.md", r"\becosystem\.md", r"\bDESIGN\.md", r"(?<!doc/)\bdatasets\.md",
+    r"\bb3d-(?:site|pkg)\b", r"\bleap-(?:ex|site)\b", r"\bfe-platelet\b", r"\bneutro-ann\b",
+    r"\bmitoem2-repo\b", r"\bawesome-old\b", r"\bcremi-page\b",
+    r"(?<!tmquan/)\bneurons (?:notebook|nb|DATASETS|datasets/|scripts/|CombineDataModule)",
+    r"\(neurons[,;)/ ]", r"\(seed", r"\bper nanocosmos",
+)), re.IGNORECASE)
+
+
+def _banned_hits(text: str) -> list[str]:
+    return [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}" for m in BANNED_WORDS.finditer(text)]
+
+
+@pytest.mark.parametrize("path", USER_VISIBLE_FILES, ids=lambda p: p.name)
+def test_no_internal_words_in_user_visible_text(path: Path) -> None:
+    hits = _banned_hits(path.read_text(encoding="utf-8"))
+    assert not hits, f"{path.name}: internal note names {hits}; cite the public paper, page or repository instead"
+
+
+def test_banned_words_catch_internal_names_but_not_public_ones() -> None:
+    for internal in ("seed-004", "SEED_004_SPACE", "reference/datasets.md §5", "no stored source",
+                     "awesome-vem", "nanocosmos comment", "(neurons)", "peers.md"):
+        assert _banned_hits(internal), internal
+    for public in ("tmquan/nanoCosmos", "JackieZhai/awesome-vem-datasets", "tmquan/neurons doc/DATASETS.md",
+                   "451 neurons (417 PyCs)"):
+        assert not _banned_hits(public), public
+
+
+@pytest.mark.parametrize("dataset", sorted(REQUIRED_IDS))
+def test_info_json_has_no_internal_words(dataset: str) -> None:
+    import json
+
+    import emdata
+
+    text = json.dumps(emdata.info(dataset), ensure_ascii=False)
+    assert not _banned_hits(text), f"{dataset}: `emdata info --json` shows {_banned_hits(text)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# licences and citations
+
+SPDX_DATA_LICENCES = {"CC-BY-4.0", "CC0-1.0", "CC-BY-NC-4.0", "CC-BY-SA-4.0", "MIT", "ODC-By-1.0"}
+
+
+@pytest.mark.parametrize("dataset", sorted(REQUIRED_IDS))
+def test_licence_is_published_or_plainly_unverified(dataset: str) -> None:
+    card = get_card(dataset)
+    if card.license == "unverified":
+        assert card.raw.get("license_note"), f"{dataset}: say what was looked at in license_note"
+        return
+    assert card.license in SPDX_DATA_LICENCES, f"{dataset}: licence {card.license!r} is not an SPDX id we know"
+    url = card.raw.get("license_url", "")
+    assert url.startswith("https://"), f"{dataset}: licence {card.license} needs license_url, the published statement"
+
+
+_BIBTEX = re.compile(r"^@(?P<type>[a-z]+)\{(?P<key>[A-Za-z0-9_:-]+),\s*(?P<body>.*)\}\s*$", re.DOTALL)
+_BIBTEX_FIELD = re.compile(r"(?:^|,)\s*(?P<name>[a-z]+)\s*=\s*[{\"0-9]", re.MULTILINE)
+
+
+def _bibtex_fields(entry: str) -> tuple[str, str, set[str]]:
+    """(type, key, field names) of one BibTeX entry; raises AssertionError on a malformed one."""
+    match = _BIBTEX.match(entry.strip())
+    assert match, f"not one BibTeX entry: {entry[:60]!r}"
+    depth = 0
+    for char in match.group("body"):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        assert depth >= 0, "unbalanced braces"
+    assert depth == 0, "unbalanced braces"
+    fields = {m.group("name") for m in _BIBTEX_FIELD.finditer(match.group("body"))}
+    return match.group("type"), match.group("key"), fields
+
+
+@pytest.mark.parametrize("dataset", sorted(REQUIRED_IDS))
+def test_citation_is_real_bibtex(dataset: str) -> None:
+    card = get_card(dataset)
+    kind, key, fields = _bibtex_fields(card.citation)
+    assert kind in {"article", "inproceedings", "misc", "dataset", "online"}, kind
+    missing = {"title", "author", "year"} - fields
+    assert not missing, f"{dataset}: BibTeX {key} lacks {sorted(missing)}"
+    assert not re.search(r"placeholder|todo|tbd|xxx|unknown", card.citation, re.IGNORECASE), card.citation
+    assert "doi" in fields or "url" in fields or "howpublished" in fields, f"{dataset}: give a DOI or URL"
+
+
+def test_bibtex_check_rejects_broken_entries() -> None:
+    with pytest.raises(AssertionError):
+        _bibtex_fields("@article{x, title = {a}, author = {b}")
+    assert _bibtex_fields("@misc{k1, title = {T}, author = {A}, year = {2020}}")[2] == {"title", "author", "year"}
+
+
+def test_schema_requires_a_licence_source_and_checks_cases_and_ranges() -> None:
+    doc = dict(get_card("snemi3d").raw)
+    with pytest.raises(CardError, match="license_url"):
+        parse_card({**doc, "license": "CC-BY-4.0"})
+    assert parse_card({**doc, "license": "CC-BY-4.0", "license_url": "https://example.org/terms"}).license_url
+    bad_volume = {**doc["volumes"][0], "cases": ["train-01", 3]}
+    with pytest.raises(CardError, match="cases"):
+        parse_card({**doc, "volumes": [bad_volume]})
+    bad_layer = {**doc["labels"][0], "value_ranges": [{"min": 5, "max": 1, "ontology": "neuron"}]}
+    with pytest.raises(CardError, match="min 5 is above max 1"):
+        parse_card({**doc, "labels": [bad_layer]})

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,14 @@ class LabelLayer:
     dtype: str | None = None
     instance_of: str | None = None
     classes: tuple[LabelClass, ...] = ()
+    value_ranges: tuple[dict[str, Any], ...] = ()
+    written_as: str | None = None
+    prepared: bool = True
+
+    @property
+    def stored_name(self) -> str:
+        """The layer name in prepared volumes (``written_as`` where the card's name differs)."""
+        return self.written_as or self.name
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,20 @@ class VolumeSpec:
     shape: tuple[int, ...] | None = None
     labelled: bool = True
     subset: str | None = None
+    cases: tuple[str, ...] = ()
+    prepared: bool = True
+
+    def writes(self, volume_name: str) -> bool:
+        """Whether ``prepare`` writing ``volume_name`` belongs to this entry: its own name, or one
+        of its ``cases`` (exact names or shell-style patterns such as ``human-train-*``).
+
+        Example:
+            >>> from emdata.catalog import get_card
+            >>> group = next(v for v in get_card("mitoem2").volumes if v.name == "beta-train")
+            >>> group.writes("beta-train02"), group.writes("beta-test01")
+            (True, False)
+        """
+        return volume_name == self.name or any(fnmatch.fnmatchcase(volume_name, c) for c in self.cases)
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,7 @@ class Card:
     subsets: tuple[Subset, ...]
     pitfalls: tuple[str, ...]
     raw: dict[str, Any]
+    license_url: str = ""
 
     @property
     def voxel_size_nm(self) -> tuple[float, float, float] | None:
@@ -163,6 +187,7 @@ class Card:
         out["sources"] = self.raw.get("sources", [])
         out["citation"] = self.citation
         out["license"] = self.license
+        out["license_url"] = self.license_url
         out["subsets"] = self.raw.get("subsets", [])
         return out
 
@@ -173,7 +198,7 @@ class Card:
 
 _TOP = {
     "id": str, "title": str, "kind": str, "species": str, "organism": str, "tissue": str,
-    "microscopy": str, "description": str, "homepage": str, "license": str, "license_note": str,
+    "microscopy": str, "description": str, "homepage": str, "license": str, "license_url": str, "license_note": str,
     "citation": str, "citation_note": str, "voxel_size": dict, "extent": dict, "counts": dict,
     "awesome": dict, "labels": list, "volumes": list, "sources": list, "subsets": list,
     "pitfalls": list, "conflicts": list, "facts_from": list, "species_aliases": list,
@@ -186,10 +211,12 @@ _EXTENT = {"voxels": list, "size_um": str, "note": str}
 _AWESOME = {"name": str, "species": str, "sample": str, "microscopy": str, "size_um": str,
             "resolution_nm": str, "numbers": str, "link": str, "note": str, "list": str}
 _LABEL = {"name": str, "kind": str, "description": str, "dtype": str, "instance_of": str,
-          "classes": list}
+          "classes": list, "value_ranges": list, "written_as": str,
+          "prepared": bool}
+_VALUE_RANGE = {"min": int, "max": int, "ontology": str}
 _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "description": str}
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
-           "subset": str}
+           "subset": str, "cases": list, "prepared": bool}
 _SOURCE = {"name": str, "url": str, "checksum": str, "size_bytes": int, "size_note": str,
            "checksum_source": str, "mirrors": list, "format": str, "subset": str, "note": str}
 _SUBSET = {"id": str, "title": str, "tissue": str, "microscopy": str, "voxel_size_nm": list,
@@ -258,9 +285,14 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
             classes.append(LabelClass(value=c["value"], name=c["name"], ontology=c.get("ontology"),
                                       color=tuple(c["color"]) if "color" in c else None,
                                       description=c.get("description", "")))
+        for j, r in enumerate(la.get("value_ranges", [])):
+            _check(f"{w}.value_ranges[{j}]", r, _VALUE_RANGE, ("min", "max", "ontology"))
+            if r["min"] > r["max"]:
+                raise CardError(f"{w}.value_ranges[{j}]: min {r['min']} is above max {r['max']}")
         labels.append(LabelLayer(name=la["name"], kind=la["kind"], description=la.get("description", ""),
                                  dtype=la.get("dtype"), instance_of=la.get("instance_of"),
-                                 classes=tuple(classes)))
+                                 classes=tuple(classes), value_ranges=tuple(la.get("value_ranges", [])),
+                                 written_as=la.get("written_as"), prepared=la.get("prepared", True)))
 
     subsets = []
     for i, s in enumerate(doc.get("subsets", [])):
@@ -281,9 +313,12 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
             raise CardError(f"{w}.split: expected one of {SPLITS}, got {v['split']!r}")
         if "subset" in v and v["subset"] not in subset_ids:
             raise CardError(f"{w}.subset: {v['subset']!r} is not one of the card's subsets {sorted(subset_ids)}")
+        if not all(isinstance(c, str) and c for c in v.get("cases", [])):
+            raise CardError(f"{w}.cases: expected volume names or patterns (strings), got {v['cases']!r}")
         volumes.append(VolumeSpec(name=v["name"], split=v["split"], description=v.get("description", ""),
                                   shape=tuple(v["shape"]) if "shape" in v else None,
-                                  labelled=v.get("labelled", True), subset=v.get("subset")))
+                                  labelled=v.get("labelled", True), subset=v.get("subset"),
+                                  cases=tuple(v.get("cases", [])), prepared=v.get("prepared", True)))
 
     sources = []
     for i, s in enumerate(doc["sources"]):
@@ -299,6 +334,9 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
                               checksum_source=s.get("checksum_source", ""),
                               mirrors=tuple(s.get("mirrors", [])), format=s.get("format", ""),
                               subset=s.get("subset"), note=s.get("note", "")))
+    if doc["license"] != "unverified" and not doc.get("license_url", "").startswith("https://"):
+        raise CardError(f"{where}.license_url: licence {doc['license']!r} needs the https URL of the published "
+                        f"statement it comes from (dataset page, repository LICENSE), or set license = 'unverified'")
     if not doc["citation"].lstrip().startswith("@"):
         raise CardError(f"{where}.citation: expected a BibTeX entry starting with '@'")
     for i, p in enumerate(doc.get("pitfalls", [])):
@@ -310,4 +348,5 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
         microscopy=doc["microscopy"], voxel_size=voxel, homepage=doc["homepage"], license=doc["license"],
         citation=doc["citation"].strip() + "\n", labels=tuple(labels), volumes=tuple(volumes),
         sources=tuple(sources), subsets=tuple(subsets), pitfalls=tuple(doc.get("pitfalls", [])), raw=doc,
+        license_url=doc.get("license_url", ""),
     )

@@ -101,14 +101,19 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
     con.print(f"species: {card.species}   tissue: {card.tissue}   microscopy: {card.microscopy}")
     con.print(f"voxel size (z, y, x): {_fmt_voxel(card.voxel_size.nm, card.voxel_size.verified)}"
               f"  [dim]{card.voxel_size.source}[/dim]")
-    con.print(f"licence: {card.license}   homepage: {card.homepage}")
+    licence_source = f" ({card.license_url})" if card.license_url else ""
+    con.print(f"licence: {card.license}{licence_source}   homepage: {card.homepage}")
     for layer in card.labels:
         classes = ", ".join(f"{c.value}={c.name}" for c in layer.classes)
         of = f", of {layer.instance_of}" if layer.instance_of else ""
-        con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}): {classes}")
+        stored = f", written as '{layer.written_as}'" if layer.written_as else ""
+        stored += "" if layer.prepared else ", not written by prepare"
+        con.print(f"labels [bold]{layer.name}[/bold] ({layer.kind}{of}{stored}): {classes}")
     for v in card.volumes:
         con.print(f"volume {v.name}: split {v.split}{' (unlabelled)' if not v.labelled else ''}"
-                  f"{' shape ' + str(v.shape) if v.shape else ''}")
+                  f"{' shape ' + str(v.shape) if v.shape else ''}"
+                  f"{' writes ' + ', '.join(v.cases) if v.cases else ''}"
+                  f"{'' if v.prepared else ' (published; not written by prepare)'}")
     for s in card.subsets:
         con.print(f"subset {s.id}: {s.title} {_fmt_voxel(s.voxel_size_nm)}")
     for s in card.sources:

@@ -115,7 +115,7 @@ def connected_components(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
 
 
 def offset_encode(layers: Mapping[int, np.ndarray], where: str) -> np.ndarray:
-    """Combine instance layers into one uint64 volume with offsets (the CREMI code of tmquan/neurons).
+    """Combine instance layers into one uint64 volume with offsets (as in the CREMI loader of tmquan/neurons).
 
     ``layers`` maps an offset (0, 1_000_000, 2_000_000, …) to an instance array (0 =
     none); later layers win where they overlap. Ids must fit below the next offset.
