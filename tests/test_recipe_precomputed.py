@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import emdata
+from emdata.boxes import BoxTooLargeError
 from emdata.catalog import get_card
 from emdata.config import prepared_dir
 from emdata.sources.precomputed import BoxOutOfBoundsError, MissingChunksError
@@ -277,3 +280,69 @@ def test_replica_urls_are_the_cards(mirror_root: Path) -> None:
         assert set(urls) <= {s.url for s in get_card(dataset).sources}, dataset
     assert json.loads((replicas.write_kasthuri_replica(mirror_root)["em"].path / "info").read_text())["scales"][0][
         "resolution"] == [6, 6, 30]
+
+
+# -- size guard and region-by-region writing of large boxes -------------------------------------------
+
+
+def test_box_over_the_size_limit_is_refused_before_any_chunk_request(mirror_root: Path, mirror,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    replicas.write_h01_replica(mirror_root)  # uint8 EM + uint64 c3: 9 bytes per voxel
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "0.00005")  # 50 kB
+    with pytest.raises(BoxTooLargeError) as err:  # 9 × 40 × 30 voxels × 9 bytes = 97 kB
+        emdata.prepare("h01", bbox="6:15,130:170,70:100")
+    message = str(err.value)
+    assert message.startswith("h01: the bbox (EM and label layers at mip 0) z 6:15, y 130:170, x 70:100 "
+                              "(9×40×30 voxels) would read 97.2 kB, over the limit of 50.0 kB")
+    assert "set EMDATA_MAX_BOX_GB=1 to allow it" in message and "\n" not in message
+    assert chunk_paths(mirror) == set()  # only info files were read
+    assert not list(prepared_dir("h01").glob("*.ome.zarr"))
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "1")  # the override the message names
+    (vol,) = emdata.prepare("h01", bbox="6:15,130:170,70:100")
+    assert vol.shape == (9, 40, 30)
+
+
+def _small_shards(shape: tuple[int, ...], voxel: tuple[float, float, float], itemsize: int) -> tuple[Any, Any]:
+    """Chunks of at most 4×16×16 and shards of 1×2×2 chunks, so a small box has many regions."""
+    from emdata.store.chunking import choose_chunks
+
+    chunks, _ = choose_chunks(shape, voxel, itemsize)
+    chunks = tuple(min(c, m) for c, m in zip(chunks, (4, 16, 16)))
+    return chunks, tuple(min(k * c, -(-n // c) * c) for c, k, n in zip(chunks, (1, 2, 2), shape))
+
+
+def test_large_box_is_streamed_region_by_region_with_the_same_result(mirror_root: Path, mirror,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.datasets import _precomputed_recipe as recipe
+    from emdata.store import sharded
+
+    layers = replicas.write_hemibrain_replica(mirror_root)  # two label layers, mito upsampled ×2
+    bbox = BBOX["hemibrain"]
+    (whole,) = emdata.prepare("hemibrain", bbox=bbox)
+    expected = {"raw": whole.raw[...], **{k: whole.labels[k][...] for k in whole.labels}}
+    meta = {k: v for k, v in whole.meta.items() if k not in ("created", "raw", "labels")}
+
+    regions: list[tuple[int, ...]] = []
+    written = sharded.ShardedVolumeWriter.write_region
+
+    def spy(self, region, fill):  # the regions written at level 0, and how big each read is
+        regions.append(region.shape)
+        return written(self, region, fill)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", spy)
+    monkeypatch.setattr(recipe, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(recipe, "CHUNKING", _small_shards)
+    (streamed,) = emdata.prepare("hemibrain", bbox=bbox, force=True)
+    assert len(regions) > 4 and all(math.prod(r) < math.prod(streamed.shape) // 4 for r in regions)
+    assert streamed.path == whole.path and streamed.shape == whole.shape
+    np.testing.assert_array_equal(streamed.raw[...], expected["raw"])
+    np.testing.assert_array_equal(streamed.raw[...], layers["em"].at(box_of(bbox), decoded=True))
+    assert sorted(streamed.labels) == sorted(whole.labels) == ["mito", "segmentation"]
+    for name in whole.labels:
+        got = streamed.labels[name][...]
+        assert got.dtype == expected[name].dtype == np.uint64
+        np.testing.assert_array_equal(got, expected[name], err_msg=name)
+    assert {k: v for k, v in streamed.meta.items() if k not in ("created", "raw", "labels")} == meta
+    assert streamed.meta["labels"]["mito"]["classes"] == whole.meta["labels"]["mito"]["classes"]
+    assert streamed.meta["labels"]["mito"]["ignore_value"] == whole.meta["labels"]["mito"]["ignore_value"]
+    assert_verified_and_reused("hemibrain", streamed, mirror, bbox=bbox)

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
+from emdata.boxes import Box, bbox_name, check_box_size, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.sources.errors import DownloadError
@@ -53,12 +54,21 @@ from emdata.sources.precomputed import (
     layer_info,
     read_cutout,
 )
-from emdata.store.volume import Volume
+from emdata.sources.progress import status
+from emdata.store.chunking import choose_chunks
+from emdata.store.manifest import record_volume
+from emdata.store.sharded import LabelSpec, Region, ShardedVolumeWriter, build_volume
+from emdata.store.volume import Volume, open_volume
+from emdata.store.writer import LabelLayerData
 
 IMAGE_MIP = 0
 """The EM mip the bbox refers to and the output is read at."""
 EXAMPLE_SIZE = (16, 256, 256)
 """(z, y, x) size of the example bbox suggested when none is given."""
+STREAM_ABOVE_BYTES = 2 * 10**9
+"""A bbox estimated above this many bytes (EM and labels) is written region by region, never held whole."""
+CHUNKING = choose_chunks
+"""Chunk/shard choice of streamed volumes (the canonical one; tests force small shards)."""
 _REL_TOL = 1e-6
 
 
@@ -176,6 +186,18 @@ def upsample_nearest(data: np.ndarray, factor: tuple[int, int, int], crop: Box) 
     return np.ascontiguousarray(data[crop])
 
 
+def _fill_region(recipe: BboxRecipe, card: Card, image_url: str, box: Box, voxel: tuple[float, float, float],
+                 plans: list[_LabelPlan], region: Region, array: str) -> np.ndarray:
+    """The voxels of ``array`` (``raw`` or a label layer) in ``region`` of the bbox volume, read from the layers."""
+    sub = tuple(slice(s.start + a, s.start + b) for s, a, b in zip(box, region.start, region.stop))
+    if array == "raw":
+        return recipe._read(image_url, "EM", sub, IMAGE_MIP).data  # type: ignore[arg-type]
+    plan = next(p for p in plans if p.read.layer == array)
+    data = recipe._label_box(plan, voxel, sub)  # type: ignore[arg-type]
+    recipe._check_label_values(card, plan, data)
+    return data
+
+
 @dataclass(frozen=True)
 class BboxRecipe:
     """A precomputed dataset's recipe, declared by card names.
@@ -283,26 +305,18 @@ class BboxRecipe:
         voxel = scale.voxel_size_nm
         notes = list(self.notes) + self._compare_voxel(card, voxel, image_url)
         plans = [self._plan(card, read, voxel, box, notes) for read in self._label_reads(version)]
-        raw = self._read(image_url, "EM", box, IMAGE_MIP).data
-        layers, label_meta = [], {}
+        need = check_box_size(self.dataset, box, image.dtype.itemsize + sum(p.info.dtype.itemsize for p in plans),
+                              what="the bbox (EM and label layers at mip 0)")
         for plan in plans:
-            data = self._read(plan.url, f"label layer {plan.read.layer!r}", plan.box, plan.mip).data
             if plan.factor != (1, 1, 1):
-                data = upsample_nearest(data, plan.factor, plan.crop)
                 notes.append(f"{plan.read.layer}: read at mip {plan.mip} ({_nm(plan.info.voxel_sizes_nm[plan.mip])} "
                              f"nm) and upsampled by nearest ×{plan.factor} (z, y, x) to the EM's {_nm(voxel)} nm: "
                              f"coarse voxel k covers fine voxels k·f … k·f+f-1 (corner-aligned grids)")
-            if data.shape != raw.shape:
-                raise ValueError(f"{self.dataset}: label layer {plan.url} gave shape {data.shape} for the bbox, the EM "
-                                 f"gave {raw.shape}; the layers do not share a grid")
-            self._check_label_values(card, plan, data)
-            overrides = {} if plan.read.ignore_value is None else {"ignore_value": plan.read.ignore_value}
-            layers.append(layer(card, plan.read.layer, data, **overrides))
-            label_meta[plan.read.layer] = {
-                "url": plan.url, "mip": plan.mip, "box": format_bbox(plan.box),
-                "voxel_size_nm": list(plan.info.voxel_sizes_nm[plan.mip]), "upsampled": list(plan.factor),
-                "dtype": str(plan.info.dtype), "encoding": plan.info.scales[plan.mip].encoding}
         spec = next(v for v in card.volumes if v.name == self.volume)
+        label_meta = {plan.read.layer: {
+            "url": plan.url, "mip": plan.mip, "box": format_bbox(plan.box),
+            "voxel_size_nm": list(plan.info.voxel_sizes_nm[plan.mip]), "upsampled": list(plan.factor),
+            "dtype": str(plan.info.dtype), "encoding": plan.info.scales[plan.mip].encoding} for plan in plans}
         precomputed = {"image": {"url": image_url, "mip": IMAGE_MIP, "box": format_bbox(box),
                                  "voxel_size_nm": list(voxel), "dtype": str(image.dtype),
                                  "encoding": scale.encoding},
@@ -313,7 +327,55 @@ class BboxRecipe:
                                                 f"{spec.name!r}"}
         if version:
             extra["version"] = version
+        if need > STREAM_ABOVE_BYTES:
+            return [self._stream(card, name, spec.split, prov, image_url, image.dtype, box, voxel, plans, extra,
+                                 force=force)]
+        raw = self._read(image_url, "EM", box, IMAGE_MIP).data
+        layers = [self._label_layer(card, plan, self._label_box(plan, voxel, box)) for plan in plans]
+        for lay in layers:
+            if lay.data.shape != raw.shape:
+                raise ValueError(f"{self.dataset}: label layer {lay.name!r} gave shape {lay.data.shape} for the bbox, "
+                                 f"the EM gave {raw.shape}; the layers do not share a grid")
         return [publish(card, name, spec.split, raw, layers, prov, voxel_size_nm=voxel, **extra)]
+
+    def _label_box(self, plan: _LabelPlan, voxel: tuple[float, float, float], box: Box) -> np.ndarray:
+        """The labels of ``plan`` for the EM ``box``, on the EM grid (read at the plan's mip, upsampled)."""
+        mip, at_mip, factor, crop = align_label_mip(voxel, box, plan.info, plan.url, self.dataset)
+        data = self._read(plan.url, f"label layer {plan.read.layer!r}", at_mip, mip).data
+        return upsample_nearest(data, factor, crop) if factor != (1, 1, 1) else data
+
+    def _label_layer(self, card: Card, plan: _LabelPlan, data: np.ndarray) -> LabelLayerData:
+        self._check_label_values(card, plan, data)
+        overrides = {} if plan.read.ignore_value is None else {"ignore_value": plan.read.ignore_value}
+        return layer(card, plan.read.layer, data, **overrides)
+
+    def _stream(self, card: Card, name: str, split: str, prov: dict[str, Any], image_url: str, dtype: np.dtype,
+                box: Box, voxel: tuple[float, float, float], plans: list[_LabelPlan], extra: dict[str, Any], *,
+                force: bool) -> Volume:
+        """Write a large bbox region by region (:mod:`emdata.store.sharded`): memory stays one region.
+
+        An interrupted run resumes at the first region not yet written.
+        """
+        labels = []
+        for plan in plans:
+            described = self._label_layer(card, plan, np.zeros((0, 0, 0), plan.info.dtype))
+            fields = {k: getattr(described, k) for k in LabelSpec.__dataclass_fields__ if k != "dtype"}
+            labels.append(LabelSpec(dtype=str(plan.info.dtype), **fields))
+        meta = {"dataset": card.id, "volume": name, "split": split,
+                "voxel_size_verified": card.voxel_size.verified, "provenance": prov, **extra}
+        shape = tuple(s.stop - s.start for s in box)
+        writer = ShardedVolumeWriter(volume_path(card.id, name), shape, dtype, voxel, labels=labels, meta=meta,
+                                     chunking=CHUNKING)
+        fill = functools.partial(_fill_region, self, card, image_url, box, voxel, plans)
+        with writer.locked():
+            if force:
+                writer.discard()
+            with status(f"{self.dataset}: writing {name} ({'×'.join(map(str, shape))} voxels) in "
+                        f"{len(writer.regions(0))} region(s)"):
+                path = build_volume(writer, fill)
+        vol = open_volume(path)
+        record_volume(vol)
+        return vol
 
     def _require_bbox(self, image_url: str) -> NoReturn:
         required = f"{self.dataset}: a bbox is required (the layers are read as cut-outs, never whole)"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from emdata import config
-from emdata.boxes import parse_bbox
+from emdata.boxes import check_box_size, parse_bbox
 from emdata.sources.download import DownloadError, OfflineError
 from emdata.sources.urls import mirror_url
 
@@ -135,7 +135,9 @@ def read_cutout(path: str, box: Box | str, mip: int = 0, *, allow_missing: bool 
     """Read the (z, y, x) ``box`` of a precomputed layer at ``mip``.
 
     ``box`` is three slices or ``"z0:z1,y0:y1,x0:x1"``, in absolute voxels at that mip; an
-    open end (``":"``) means the layer bound. Single-channel data comes back (z, y, x),
+    open end (``":"``) means the layer bound; a box over :func:`emdata.boxes.max_box_bytes`
+    (``EMDATA_MAX_BOX_GB``) is refused with :class:`~emdata.boxes.BoxTooLargeError` before any
+    chunk is requested. Single-channel data comes back (z, y, x),
     multi-channel data (c, z, y, x). A box touching missing chunk files raises
     :class:`MissingChunksError`; with ``allow_missing=True`` those chunks are zeros and listed
     in ``missing_chunks`` (found before the read by one HEAD per chunk file, or the shard indexes).
@@ -152,19 +154,20 @@ def read_cutout(path: str, box: Box | str, mip: int = 0, *, allow_missing: bool 
         raise ValueError(f"{path}: mip {mip!r} does not exist; the layer has mips {ladder} ((z, y, x) nm)")
     scale = layer.scales[mip]
     box = _parse_box(box, scale.bounds, path, mip)
-    chunks = _chunk_grid(scale, box)
+    check_box_size(path, box, layer.dtype.itemsize * layer.num_channels, what=f"the box at mip {mip}")
     import requests
     from cloudvolume.exceptions import EmptyVolumeException
 
     # provenance={}: skip the optional provenance file (one request saved)
     cv = _cloudvolume()(source, info=info, provenance={}, progress=False, fill_missing=False)
-    missing: list[Box] = _missing_chunks(cv, scale, mip, chunks) if allow_missing else []
+    missing: list[Box] = _missing_chunks(cv, scale, mip, _chunk_grid(scale, box)) if allow_missing else []
     try:
         data = _download(cv, box, mip, fill_missing=bool(missing))
     except EmptyVolumeException as exc:
         if allow_missing:  # the existence check found the chunk, the read did not: the server changed under us
             raise DownloadError(f"{path}: chunk {exc} at mip {mip} vanished between the existence check and "
                                 f"the read (read from {source}); retry") from exc
+        chunks = _chunk_grid(scale, box)
         missing = _missing_chunks(cv, scale, mip, chunks)
         if not missing:
             raise DownloadError(f"{path}: reading chunk {exc} at mip {mip} failed but the existence check finds "
