@@ -49,7 +49,11 @@ def read_dataset(path: Path, key: str, box: tuple[slice, ...] | None = None) -> 
             found = []
             f.visititems(lambda name, o: found.append(name) if isinstance(o, h5py.Dataset) else None)
             raise HDF5FormatError(f"{path}: no dataset {key!r}; the file holds {found[:30]}")
-        data = obj[box] if box is not None else obj[()]
+        try:
+            data = obj[box] if box is not None else obj[()]
+        except OSError as exc:  # a failed filter: fletcher32 checksum, or corrupt compressed chunks
+            raise HDF5FormatError(f"{path}: dataset {key!r} cannot be read ({exc}); a chunk checksum or "
+                                  "decompression failed: the file is corrupt, delete it and fetch it again") from exc
         return H5Dataset(np.asarray(data), {k: v for k, v in obj.attrs.items()})
 
 
