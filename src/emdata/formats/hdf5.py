@@ -1,9 +1,14 @@
 """HDF5 datasets → numpy with their attributes; missing keys are errors listing what exists.
 
 Example:
-    >>> ds = read_dataset(Path("sample_A_20160501.hdf"), "volumes/raw")  # doctest: +SKIP
-    >>> ds.data.shape, ds.attrs["resolution"]  # doctest: +SKIP
-    ((125, 1250, 1250), array([40., 4., 4.]))
+    >>> import h5py, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "sample_A.hdf"
+    >>> with h5py.File(path, "w") as f:
+    ...     f.create_dataset("volumes/raw", data=np.zeros((5, 8, 8), np.uint8), fletcher32=True).attrs["resolution"] = (
+    ...         40.0, 4.0, 4.0)
+    >>> ds = read_dataset(path, "volumes/raw")
+    >>> ds.data.shape, ds.attrs["resolution"]
+    ((5, 8, 8), array([40.,  4.,  4.]))
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """PNG images and PNG/TIFF slice stacks → numpy (z, y, x[, c]).
 
 Example:
-    >>> stack = read_slices([Path("im0000.png"), Path("im0001.png")])  # doctest: +SKIP
-    >>> stack.shape  # doctest: +SKIP
-    (2, 4096, 4096)
+    >>> from PIL import Image
+    >>> def png(value):
+    ...     handle = io.BytesIO()
+    ...     Image.fromarray(np.full((4, 6), value, np.uint8)).save(handle, "PNG")
+    ...     return handle.getvalue()
+    >>> read_slices([png(0), png(255)], names=["im0000.png", "im0001.png"]).shape
+    (2, 4, 6)
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Multipage TIFF stacks → (z, y, x) numpy arrays, with the file's structure checked.
 
 Example:
-    >>> stack = read_stack(Path("train-input.tif"))  # doctest: +SKIP
-    >>> stack.data.shape, stack.data.dtype  # doctest: +SKIP
-    ((100, 1024, 1024), dtype('uint8'))
+    >>> import tifffile
+    >>> handle = io.BytesIO()
+    >>> tifffile.imwrite(handle, np.zeros((3, 16, 16), np.uint8), photometric="minisblack", compression="zlib")
+    >>> stack = read_stack(handle.getvalue(), name="train-input.tif")
+    >>> stack.data.shape, stack.data.dtype, stack.compression
+    ((3, 16, 16), dtype('uint8'), 'ADOBE_DEFLATE')
 """
 
 from __future__ import annotations
