@@ -54,3 +54,14 @@ def test_png_with_a_damaged_data_chunk_names_the_file() -> None:
     raw = handle.getvalue()
     with pytest.raises(ImageFormatError, match=r"^im0001.png: not a readable image"):
         read_image(flip(raw, raw.find(b"IDAT") + 30), name="im0001.png")
+
+
+def test_not_an_hdf5_file_is_named_by_every_reader(tmp_path: Path) -> None:
+    from emdata.formats.hdf5 import list_keys, read_group_attrs
+
+    path = tmp_path / "sample_B.hdf"
+    path.write_bytes(b"<html>not found</html>")
+    for call in (lambda: list_keys(path), lambda: read_dataset(path, "volumes/raw"),
+                 lambda: read_group_attrs(path, "volumes")):
+        with pytest.raises(HDF5FormatError, match=r"sample_B.hdf: not a readable HDF5 file \(.*\); delete it"):
+            call()

@@ -25,10 +25,15 @@ The rules, the same for every dataset:
   and the parameters bbox, version, mip; a rerun with a closed bbox reuses the finished volume
   without a single request.
 
-Example:
-    >>> RECIPE = BboxRecipe("h01", "full", "4nm_raw", labels=(LabelRead("c3", "c3"),))  # doctest: +SKIP
-    >>> RECIPE.prepare(bbox="100:116,20000:20512,30000:30512")  # doctest: +SKIP
-    [Volume(h01/z100-116_y20000-20512_x30000-30512, split=all, ...)]
+A bbox estimated above :func:`emdata.boxes.max_box_bytes` (EM plus label bytes; 16 GB, or
+``EMDATA_MAX_BOX_GB``) is refused before any chunk is read; one above
+:data:`STREAM_ABOVE_BYTES` is written region by region through
+:class:`emdata.store.sharded.ShardedVolumeWriter`, so memory stays one region whatever the box.
+
+Example (reads over the network)::
+
+    RECIPE = BboxRecipe("h01", "full", "4nm_raw", labels=(LabelRead("c3", "c3"),))
+    RECIPE.prepare(bbox="100:116,20000:20512,30000:30512")  # [Volume(h01/z100-116_y20000-20512_x30000-30512, ...)]
 """
 
 from __future__ import annotations
@@ -144,9 +149,13 @@ def align_label_mip(image_voxel_nm: tuple[float, float, float], box: Box, info: 
     prefers a mip with the EM's voxel size (factor 1), else the finest integer multiple.
 
     Example:
-        >>> align_label_mip((8.0, 8.0, 8.0), (slice(3, 9), slice(0, 4), slice(1, 5)), mito_info, url, "mito")
-        ... # doctest: +SKIP
-        (0, (slice(1, 5), slice(0, 2), slice(0, 3)), (2, 2, 2), (slice(1, 7), slice(0, 4), slice(1, 5)))
+        >>> from emdata.sources.precomputed import Scale
+        >>> mito = Scale("16_16_16", (16.0, 16.0, 16.0), (slice(0, 50), slice(0, 50), slice(0, 50)), (8, 8, 8),
+        ...              "compressed_segmentation", sharded=False)
+        >>> mito_info = LayerInfo("https://example.org/mito", np.dtype("uint64"), "segmentation", 1, (mito,))
+        >>> align_label_mip((8.0, 8.0, 8.0), (slice(3, 9), slice(0, 4), slice(1, 5)), mito_info, "mito", "demo")
+        (0, (slice(1, 5, None), slice(0, 2, None), slice(0, 3, None)), (2, 2, 2), \
+(slice(1, 7, None), slice(0, 4, None), slice(1, 5, None)))
     """
     candidates = []
     for mip, scale in enumerate(info.scales):
@@ -272,8 +281,9 @@ class BboxRecipe:
                 version: str | None = None) -> list[Volume]:
         """Prepare the cut-out ``bbox`` (EM mip-0 voxels, ``z0:z1,y0:y1,x0:x1``) as one volume.
 
-        Example:
-            >>> RECIPE.prepare(bbox="0:16,1000:1256,2000:2256")  # doctest: +SKIP
+        Example (reads over the network)::
+
+            RECIPE.prepare(bbox="0:16,1000:1256,2000:2256")  # [Volume(<dataset>/z0-16_y1000-1256_x2000-2256, ...)]
         """
         card = get_card(self.dataset)
         self._check_volumes(volumes)

@@ -30,12 +30,22 @@ class H5Dataset:
     attrs: dict[str, Any]
 
 
+def _open(path: Path) -> Any:
+    """The file opened read-only; an unreadable one is an :class:`HDF5FormatError` naming it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise HDF5FormatError(f"{path}: not a readable HDF5 file ({exc}); delete it and fetch it again") from exc
+
+
 def list_keys(path: Path) -> list[str]:
     """Every dataset path in the file."""
     import h5py
 
     keys: list[str] = []
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         f.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     return keys
 
@@ -44,11 +54,7 @@ def read_dataset(path: Path, key: str, box: tuple[slice, ...] | None = None) -> 
     """Read dataset ``key`` (optionally a ``box`` of it) and its attributes."""
     import h5py
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise HDF5FormatError(f"{path}: not a readable HDF5 file ({exc}); delete it and fetch again") from exc
-    with f:
+    with _open(path) as f:
         obj = f.get(key)
         if not isinstance(obj, h5py.Dataset):
             found = []
@@ -64,9 +70,8 @@ def read_dataset(path: Path, key: str, box: tuple[slice, ...] | None = None) -> 
 
 def read_group_attrs(path: Path, key: str) -> dict[str, Any]:
     """Attributes of a group or dataset (e.g. an ``offset`` on ``annotations``)."""
-    import h5py
 
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         if key not in f:
             raise HDF5FormatError(f"{path}: no group or dataset {key!r}")
         return {k: v for k, v in f[key].attrs.items()}
