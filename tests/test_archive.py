@@ -235,3 +235,25 @@ def test_tar_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match=r"small.tar.gz: expands \d+×.* over the ratio limit 100×"):
         extract(small, dest, ExtractLimits(max_ratio=100))
     assert (extract(small, dest) / "a").stat().st_size == 2 << 20
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_tar_whose_stream_checksum_fails_is_refused(tmp_path: Path, compression: str) -> None:
+    data = bytes(range(256)) * 400
+    archive = tmp_path / f"stack.tar.{compression}"
+    options = {"compresslevel": 0} if compression == "gz" else {}  # stored gzip blocks: a flipped byte still inflates
+    with tarfile.open(archive, f"w:{compression}", **options) as tf:
+        info = tarfile.TarInfo("stack/labels.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    raw = bytearray(archive.read_bytes())
+    if compression == "gz":
+        raw[raw.find(data[:256]) + 1000] ^= 0xFF  # a voxel byte: only the gzip CRC-32 tells
+    else:
+        raw[-5 if compression == "bz2" else -20] ^= 0xFF  # the stream's own check
+    archive.write_bytes(bytes(raw))
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=rf"stack.tar.{compression}: extraction failed \(\w+: .*\); delete the "
+                                           "archive and fetch again"):
+        extract(archive, dest)
+    nothing_extracted(dest)

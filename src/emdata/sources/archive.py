@@ -5,7 +5,8 @@ checks its compression ratio first (zip bombs), fills one buffer of the declared
 fails if the member yields more or fewer bytes; the zip CRC is checked at the end.
 Extraction rejects absolute paths, ``..`` components, links, devices and FIFOs before
 anything is written; member count, total size and compression ratio are bounded (zip and
-tar bombs), and bytes are counted while copying, so a lying header cannot exceed the limits.
+tar bombs), and bytes are counted while copying, so a lying header cannot exceed the limits;
+every zip member's CRC-32 and a compressed tar's stream checksum (gzip, bzip2, xz) are checked.
 Members are copied by hand (no ``extractall``, whose tar filter differs between Python
 releases) into a temporary folder that is renamed into place; the record
 ``<dest>.complete.json`` is written last, so a half-extracted archive is never mistaken for a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import shutil
 import stat
@@ -240,11 +242,14 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
                         raise ArchiveError(f"{archive}: member {m.name!r} cannot be read")
                     with src:
                         _copy_bounded(archive, m.name, src, target, m.size, budget)
+                if kind == "tar":  # read the compressed stream to its end: the gzip/bz2/xz checksums are there
+                    while handle.fileobj.read(COPY_CHUNK):  # type: ignore[union-attr]
+                        pass
             record.unlink(missing_ok=True)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ArchiveError(f"{archive}: extraction failed ({type(exc).__name__}: {exc}); "
                                "delete the archive and fetch again") from exc
