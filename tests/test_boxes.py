@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from emdata.boxes import BoxTooLargeError, check_box_size, max_box_bytes, parse_bbox
@@ -38,3 +43,12 @@ def test_box_size_limit_and_its_override(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("EMDATA_MAX_BOX_GB", "lots")
     with pytest.raises(ValueError, match=r"EMDATA_MAX_BOX_GB='lots' is not a positive number of GB"):
         max_box_bytes()
+
+
+def test_cli_bbox_error_is_one_line_naming_the_value(tmp_path: Path) -> None:
+    env = {**os.environ, "EMDATA_OFFLINE": "1", "EMDATA_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "emdata", "prepare", "h01", "--bbox", "１２:20,0:8,0:8"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "'１２' is not a voxel coordinate (ASCII digits 0-9 only)" in run.stderr
