@@ -196,14 +196,17 @@ def upsample_nearest(data: np.ndarray, factor: tuple[int, int, int], crop: Box) 
 
 
 def _fill_region(recipe: BboxRecipe, card: Card, image_url: str, box: Box, voxel: tuple[float, float, float],
-                 plans: list[_LabelPlan], region: Region, array: str) -> np.ndarray:
-    """The voxels of ``array`` (``raw`` or a label layer) in ``region`` of the bbox volume, read from the layers."""
+                 plans: list[_LabelPlan], reported: dict[str, set[int]], region: Region, array: str) -> np.ndarray:
+    """The voxels of ``array`` (``raw`` or a label layer) in ``region`` of the bbox volume, read from the layers.
+
+    ``reported`` holds, per label layer, the unknown class values already warned about.
+    """
     sub = tuple(slice(s.start + a, s.start + b) for s, a, b in zip(box, region.start, region.stop))
     if array == "raw":
         return recipe._read(image_url, "EM", sub, IMAGE_MIP).data  # type: ignore[arg-type]
     plan = next(p for p in plans if p.read.layer == array)
     data = recipe._label_box(plan, voxel, sub)  # type: ignore[arg-type]
-    recipe._check_label_values(card, plan, data)
+    recipe._check_label_values(card, plan, data, reported.setdefault(array, set()))
     return data
 
 
@@ -376,7 +379,7 @@ class BboxRecipe:
         shape = tuple(s.stop - s.start for s in box)
         writer = ShardedVolumeWriter(volume_path(card.id, name), shape, dtype, voxel, labels=labels, meta=meta,
                                      chunking=CHUNKING)
-        fill = functools.partial(_fill_region, self, card, image_url, box, voxel, plans)
+        fill = functools.partial(_fill_region, self, card, image_url, box, voxel, plans, {})
         with writer.locked():
             if force:
                 writer.discard()
@@ -444,12 +447,16 @@ class BboxRecipe:
         mip, at_mip, factor, crop = align_label_mip(voxel, box, info, url, self.dataset)
         return _LabelPlan(read, url, info, mip, at_mip, factor, crop)
 
-    def _check_label_values(self, card: Card, plan: _LabelPlan, data: np.ndarray) -> None:
+    def _check_label_values(self, card: Card, plan: _LabelPlan, data: np.ndarray,
+                            reported: set[int] | None = None) -> None:
+        """Warn about semantic values the card does not name (each value once, given ``reported``)."""
         spec = card.label_layer(plan.read.layer)
         if spec.kind != "semantic":
             return
         known = {c.value for c in spec.classes} | {0}
-        unknown = sorted(set(np.unique(data).tolist()) - known)
+        unknown = sorted(set(np.unique(data).tolist()) - known - (reported or set()))
+        if reported is not None:
+            reported.update(unknown)
         if unknown:
             self.log.warning("%s: label layer %s holds value(s) %s that the card's classes %s do not name; "
                              "stored as read", self.dataset, plan.url, unknown[:10], sorted(known))
