@@ -187,13 +187,14 @@ def test_microns_bad_version_and_unaligned_segmentation(mirror_root: Path, mirro
 
 def test_voxel_size_is_read_from_info_and_card_difference_logged(mirror_root: Path, mirror,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    layers = replicas.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the awesome table's value
+    layers = replicas.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the card's alternative
     with caplog.at_level(logging.WARNING, logger="emdata"):
         (vol,) = emdata.prepare("j0126", bbox=BBOX["j0126"])
     assert vol.voxel_size == (20.0, 9.0, 9.0) and vol.meta["voxel_size_card_nm"] == [20.0, 10.0, 10.0]
     assert any("gives 20×9×9 nm" in r.getMessage() and "card records 20×10×10" in r.getMessage()
                for r in caplog.records)
-    assert any("20×9×9" in n and "as an alternative (awesome-em-datasets" in n for n in vol.meta["notes"])
+    alternative = next(a for a in get_card("j0126").voxel_size.alternatives if a.get("nm") == [20, 9, 9])
+    assert any(f"lists 20×9×9 as an alternative ({alternative['source']})" in n for n in vol.meta["notes"])
     np.testing.assert_array_equal(vol.labels["ffn_segmentation"][...],
                                   layers["ffn_segmentation"].at(box_of(BBOX["j0126"])))
 
