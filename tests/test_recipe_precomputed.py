@@ -347,3 +347,40 @@ def test_large_box_is_streamed_region_by_region_with_the_same_result(mirror_root
     assert streamed.meta["labels"]["mito"]["classes"] == whole.meta["labels"]["mito"]["classes"]
     assert streamed.meta["labels"]["mito"]["ignore_value"] == whole.meta["labels"]["mito"]["ignore_value"]
     assert_verified_and_reused("hemibrain", streamed, mirror, bbox=bbox)
+
+
+def test_interrupted_streamed_box_resumes_where_it_stopped(mirror_root: Path, mirror,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.datasets import _precomputed_recipe as recipe
+    from emdata.store import sharded
+
+    layers = replicas.write_hemibrain_replica(mirror_root)
+    monkeypatch.setattr(recipe, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(recipe, "CHUNKING", _small_shards)
+    written: list[tuple[int, ...]] = []
+    write_region = sharded.ShardedVolumeWriter.write_region
+
+    def interrupt_after_five(self, region, fill):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
+        write_region(self, region, fill)
+        written.append(region.index)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", interrupt_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        emdata.prepare("hemibrain", bbox=BBOX["hemibrain"])
+    assert not list(prepared_dir("hemibrain").glob("*.ome.zarr"))  # nothing published half-done
+    first = list(written)
+
+    def count(self, region, fill):
+        write_region(self, region, fill)
+        written.append(region.index)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", count)
+    (vol,) = emdata.prepare("hemibrain", bbox=BBOX["hemibrain"])
+    again = written[len(first):]
+    assert not set(first) & set(again) and len(first) + len(again) == len(set(first) | set(again)) > 4
+    box = box_of(BBOX["hemibrain"])
+    np.testing.assert_array_equal(vol.raw[...], layers["em"].at(box, decoded=True))
+    np.testing.assert_array_equal(vol.labels["segmentation"][...], layers["segmentation"].at(box))
+    assert verify_volume(vol.path, deep=True).ok
