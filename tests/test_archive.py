@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import random
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from emdata.sources.archive import ArchiveError, ExtractLimits, extract
+import emdata
+from emdata.sources.archive import ArchiveError, ExtractLimits, extract, read_member
 
 
 def make_zip(path: Path, members: dict[str, bytes], link: str | None = None) -> Path:
@@ -118,3 +123,137 @@ def test_corrupt_archive_names_the_file(tmp_path: Path) -> None:
     junk.write_bytes(b"not an archive at all")
     with pytest.raises(ArchiveError, match=r"junk.zip: neither a zip nor a tar"):
         extract(junk, tmp_path / "out")
+
+
+# -- reading one member: bounded memory, bombs refused, CRC checked ------------------------------------
+
+RSS_PROBE = """
+import resource, sys
+from pathlib import Path
+from emdata.sources.archive import ArchiveError, read_member
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    outcome = f"read {len(read_member(Path(sys.argv[1]), 'zeros.bin'))}"
+except ArchiveError as exc:
+    outcome = f"refused {exc}"
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(grew * 1024 if sys.platform != "darwin" else grew, outcome)
+"""
+
+
+def zeros_zip(path: Path, mib: int, level: int) -> Path:
+    """A zip whose one member ``zeros.bin`` is ``mib`` MiB of zeros, written without holding it in memory."""
+    with (zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf,
+          zf.open("zeros.bin", "w", force_zip64=True) as fh):
+        for _ in range(mib):
+            fh.write(bytes(1 << 20))
+    return path
+
+
+def peak_rss_of_read(archive: Path) -> tuple[int, str]:
+    """Peak RSS growth (bytes) of one read_member call in a fresh interpreter, and its outcome."""
+    run = subprocess.run([sys.executable, "-c", RSS_PROBE, str(archive)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(emdata.__file__).parents[1])})
+    assert run.returncode == 0, run.stderr
+    grew, outcome = run.stdout.split(" ", 1)
+    return int(grew), outcome.strip()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource.getrusage is POSIX")
+def test_read_member_refuses_a_zip_bomb_before_allocating(tmp_path: Path) -> None:
+    bomb = zeros_zip(tmp_path / "bomb.zip", 200, level=9)  # 200 MiB → ~200 KB (1029×)
+    assert bomb.stat().st_size < 300_000
+    grew, outcome = peak_rss_of_read(bomb)
+    assert outcome.startswith(f"refused {bomb}: member 'zeros.bin' expands 1029×") and "decompression bomb" in outcome
+    assert grew < 30 << 20  # before: the 200 MiB member was read, twice over (~400 MiB)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource.getrusage is POSIX")
+def test_read_member_holds_one_copy_of_the_member(tmp_path: Path) -> None:
+    archive = zeros_zip(tmp_path / "ok.zip", 64, level=1)  # 229×: under the ratio limit
+    grew, outcome = peak_rss_of_read(archive)
+    assert outcome == f"read {64 << 20}"
+    assert grew < (64 << 20) * 1.3  # one buffer of the member's size (before: two)
+
+
+def test_read_member_ratio_limit_is_adjustable_and_small_members_pass(tmp_path: Path) -> None:
+    big = random.Random(0).randbytes(1 << 20) + bytes(1 << 20)  # expands ~2×
+    archive = make_zip(tmp_path / "a.zip", {"top/small.bin": bytes(4096), "top/big.bin": big})
+    assert read_member(archive, "small.bin", ExtractLimits(max_ratio=1.5)) == bytes(4096)  # under 1 MiB: no check
+    with pytest.raises(ArchiveError, match=r"'top/big.bin' expands 2×.* over the ratio limit 1.5×"):
+        read_member(archive, "big.bin", ExtractLimits(max_ratio=1.5))
+    assert read_member(archive, "big.bin") == big
+
+
+def test_zip_member_with_a_bad_crc_is_refused_naming_the_member(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 64
+    archive = tmp_path / "crc.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("stack/labels.tif", data)
+    raw = bytearray(archive.read_bytes())
+    at = raw.find(data)
+    raw[at + 1000] ^= 0xFF  # one flipped byte in the stored data: only the CRC can tell
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match=r"crc.zip: member 'stack/labels.tif' cannot be read \(BadZipFile: "
+                                           r"Bad CRC-32.*delete the archive and fetch it again"):
+        read_member(archive, "labels.tif")
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"crc.zip: extraction failed \(BadZipFile: Bad CRC-32"):
+        extract(archive, dest)
+    nothing_extracted(dest)
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read in pieces (a tar member body that is never in memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_tar_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz", compresslevel=9) as tf:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 200 << 20
+        tf.addfile(info, io.BufferedReader(_Zeros(info.size)))
+    assert bomb.stat().st_size < 300_000
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"bomb.tar.gz: expands 10\d\d× \(\d+ → 209715200 bytes\), over the ratio "
+                                           r"limit 1000× \(a decompression bomb\?\)"):
+        extract(bomb, dest)
+    nothing_extracted(dest)
+    small = make_tar(tmp_path / "small.tar.gz", {"a": bytes(2 << 20)})  # ~500×: under the default limit
+    with pytest.raises(ArchiveError, match=r"small.tar.gz: expands \d+×.* over the ratio limit 100×"):
+        extract(small, dest, ExtractLimits(max_ratio=100))
+    assert (extract(small, dest) / "a").stat().st_size == 2 << 20
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_tar_whose_stream_checksum_fails_is_refused(tmp_path: Path, compression: str) -> None:
+    data = bytes(range(256)) * 400
+    archive = tmp_path / f"stack.tar.{compression}"
+    options = {"compresslevel": 0} if compression == "gz" else {}  # stored gzip blocks: a flipped byte still inflates
+    with tarfile.open(archive, f"w:{compression}", **options) as tf:
+        info = tarfile.TarInfo("stack/labels.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    raw = bytearray(archive.read_bytes())
+    if compression == "gz":
+        raw[raw.find(data[:256]) + 1000] ^= 0xFF  # a voxel byte: only the gzip CRC-32 tells
+    else:
+        raw[-5 if compression == "bz2" else -20] ^= 0xFF  # the stream's own check
+    archive.write_bytes(bytes(raw))
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=rf"stack.tar.{compression}: extraction failed \(\w+: .*\); delete the "
+                                           "archive and fetch again"):
+        extract(archive, dest)
+    nothing_extracted(dest)

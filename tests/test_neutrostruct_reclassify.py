@@ -360,3 +360,31 @@ def test_cli_module_imports_only_typer() -> None:
             "'emdata.datasets.tem_neutrostruct.reclassify'); print([m for m in heavy if m in sys.modules])")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failure_midway_leaves_no_partial_output(tmp_path: Path) -> None:
+    f = _files(tmp_path)
+    args = ["reclassify", str(f["coco"]), "--scale", str(f["scale"]), "--cvat", str(f["cvat"]),
+            "--images", str(f["images"])]
+    Image.fromarray(np.zeros((7, 7), np.uint8)).save(f["images"] / "b.png")  # the 2nd image: a.png's outputs exist
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(app, [*args, "--out", str(fresh)])
+    assert isinstance(result.exception, AnnotationFormatError)
+    assert "b.png: image is 7×7 (W×H) but the COCO file says width 400 height 400" in str(result.exception)
+    assert not fresh.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+    Image.fromarray(np.full((400, 400), 100, np.uint8)).save(f["images"] / "b.png")
+    done = tmp_path / "done"
+    assert CliRunner().invoke(app, [*args, "--out", str(done)]).exit_code == 0
+    before = _tree(done)
+    assert {"annotations_7classes.json", "statistics.xlsx", "masks/a.png", "overlays/b.png"} <= set(before)
+    Image.fromarray(np.zeros((7, 7), np.uint8)).save(f["images"] / "b.png")
+    result = CliRunner().invoke(app, [*args, "--out", str(done), "--empty-threshold", "1.0"])
+    assert isinstance(result.exception, AnnotationFormatError)
+    assert _tree(done) == before  # the earlier run's outputs, untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -76,3 +76,26 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
         read_nifti(path)
     with pytest.raises(NiftiFormatError, match=r"missing.nii.gz"):
         read_nifti(tmp_path / "missing.nii.gz")
+
+
+def _flip_voxel_keep_gzip_valid(blob: bytes) -> bytes:
+    """The gzip of ``blob`` (stored blocks) with one data byte flipped: it inflates fine, only the CRC-32 tells."""
+    packed = bytearray(gzip.compress(blob, compresslevel=0))
+    at = packed.find(blob[-64:])  # inside the voxel data, past the 352-byte header
+    packed[at + 10] ^= 0x5A
+    return bytes(packed)
+
+
+def test_gzip_crc_mismatch_is_refused_naming_the_file(tmp_path: Path) -> None:
+    xyz, img = _image((64, 64, 32), dtype="uint8")  # larger than the reader's buffers: nibabel stops short of the end
+    path = tmp_path / "case_0000.nii.gz"
+    path.write_bytes(_flip_voxel_keep_gzip_valid(img.to_bytes()))
+    assert np.asarray(nib.load(path).dataobj).tobytes() != xyz.tobytes()  # nibabel alone decodes a wrong voxel
+    with pytest.raises(NiftiFormatError, match=r"case_0000.nii.gz: the gzip data is corrupt or truncated "
+                                               r"\(BadGzipFile: CRC check failed.*fetch it again"):
+        read_nifti(path)
+    with pytest.raises(NiftiFormatError, match=r"member.nii.gz: not a readable NIfTI image \(BadGzipFile: CRC check"):
+        read_nifti(path.read_bytes(), name="member.nii.gz")
+    path.write_bytes(gzip.compress(img.to_bytes())[:-6])  # truncated trailer
+    with pytest.raises(NiftiFormatError, match=r"case_0000.nii.gz: the gzip data is corrupt or truncated \(EOFError"):
+        read_nifti(path)

@@ -197,3 +197,16 @@ def test_missing_info_and_missing_extra_are_explained(mirror_root: Path, mirror,
     monkeypatch.setitem(sys.modules, "cloudvolume", None)
     with pytest.raises(ImportError, match=r"pip install 'emdata\[precomputed\]'"):
         layer_info("gs://bucket/nothing")
+
+
+def test_box_over_the_size_limit_is_refused_before_any_chunk_request(image: np.ndarray, mirror,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.boxes import BoxTooLargeError
+
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "0.00001")  # 10 kB; the box is 12 × 20 × 50 uint8 = 12 kB
+    with pytest.raises(BoxTooLargeError, match=r"^precomputed://gs://bucket/em: the box at mip 0 z 5:17, y 30:50, "
+                                               r"x 10:60 \(12×20×50 voxels\) would read 12.0 kB, over the limit"):
+        read_cutout("precomputed://gs://bucket/em", "5:17,30:50,10:60")
+    assert chunk_gets(mirror) == []
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "0.001")
+    assert read_cutout("precomputed://gs://bucket/em", "5:17,30:50,10:60").data.shape == (12, 20, 50)

@@ -173,3 +173,22 @@ def test_header_unit_is_applied_only_when_it_explains_the_numbers() -> None:
     img.header.set_xyzt_units("mm")  # nm numbers under an "mm" code: kept as nm
     voxel, meta = _voxel_size(read_nifti(img.to_bytes()), (30.0, 8.0, 8.0), None, "y.nii.gz")
     assert voxel == (30.0, 8.0, 8.0) and "nifti_header_spacing_as_stored" not in meta
+
+
+def test_nifti_with_a_bad_gzip_crc_is_not_published(mirror_root: Path, mirror) -> None:
+    write_mitoem2_replica(mirror_root, subsets=("podo",), n_train=1, n_test=0)
+    target = zip_path(mirror_root, "podo")
+    with zipfile.ZipFile(target) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    image = "Dataset005_ME2-Podo/imagesTr/me2-podo_train01_0000.nii.gz"
+    blob = gzip.decompress(members[image])
+    packed = bytearray(gzip.compress(blob, compresslevel=0))  # stored blocks: a flipped byte still inflates
+    packed[packed.find(blob[-64:]) + 10] ^= 0x5A
+    members[image] = bytes(packed)
+    with zipfile.ZipFile(target, "w") as zf:  # the zip's own CRC is of the corrupt file, so it passes
+        for n, data in members.items():
+            zf.writestr(n, data)
+    with pytest.raises(ValueError, match=r"me2-podo_train01_0000.nii.gz: the gzip data is corrupt or truncated "
+                                         r"\(BadGzipFile: CRC check failed"):
+        emdata.prepare("mitoem2", subset="podo")
+    assert not (emdata.config.prepared_dir("mitoem2") / "podo-train01.ome.zarr").exists()

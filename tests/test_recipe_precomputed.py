@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import emdata
+from emdata.boxes import BoxTooLargeError
 from emdata.catalog import get_card
 from emdata.config import prepared_dir
 from emdata.sources.precomputed import BoxOutOfBoundsError, MissingChunksError
@@ -184,13 +187,14 @@ def test_microns_bad_version_and_unaligned_segmentation(mirror_root: Path, mirro
 
 def test_voxel_size_is_read_from_info_and_card_difference_logged(mirror_root: Path, mirror,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    layers = replicas.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the awesome table's value
+    layers = replicas.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the card's alternative
     with caplog.at_level(logging.WARNING, logger="emdata"):
         (vol,) = emdata.prepare("j0126", bbox=BBOX["j0126"])
     assert vol.voxel_size == (20.0, 9.0, 9.0) and vol.meta["voxel_size_card_nm"] == [20.0, 10.0, 10.0]
     assert any("gives 20×9×9 nm" in r.getMessage() and "card records 20×10×10" in r.getMessage()
                for r in caplog.records)
-    assert any("20×9×9" in n and "as an alternative (awesome-em-datasets" in n for n in vol.meta["notes"])
+    alternative = next(a for a in get_card("j0126").voxel_size.alternatives if a.get("nm") == [20, 9, 9])
+    assert any(f"lists 20×9×9 as an alternative ({alternative['source']})" in n for n in vol.meta["notes"])
     np.testing.assert_array_equal(vol.labels["ffn_segmentation"][...],
                                   layers["ffn_segmentation"].at(box_of(BBOX["j0126"])))
 
@@ -277,3 +281,106 @@ def test_replica_urls_are_the_cards(mirror_root: Path) -> None:
         assert set(urls) <= {s.url for s in get_card(dataset).sources}, dataset
     assert json.loads((replicas.write_kasthuri_replica(mirror_root)["em"].path / "info").read_text())["scales"][0][
         "resolution"] == [6, 6, 30]
+
+
+# -- size guard and region-by-region writing of large boxes -------------------------------------------
+
+
+def test_box_over_the_size_limit_is_refused_before_any_chunk_request(mirror_root: Path, mirror,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    replicas.write_h01_replica(mirror_root)  # uint8 EM + uint64 c3: 9 bytes per voxel
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "0.00005")  # 50 kB
+    with pytest.raises(BoxTooLargeError) as err:  # 9 × 40 × 30 voxels × 9 bytes = 97 kB
+        emdata.prepare("h01", bbox="6:15,130:170,70:100")
+    message = str(err.value)
+    assert message.startswith("h01: the bbox (EM and label layers at mip 0) z 6:15, y 130:170, x 70:100 "
+                              "(9×40×30 voxels) would read 97.2 kB, over the limit of 50.0 kB")
+    assert "set EMDATA_MAX_BOX_GB=1 to allow it" in message and "\n" not in message
+    assert chunk_paths(mirror) == set()  # only info files were read
+    assert not list(prepared_dir("h01").glob("*.ome.zarr"))
+    monkeypatch.setenv("EMDATA_MAX_BOX_GB", "1")  # the override the message names
+    (vol,) = emdata.prepare("h01", bbox="6:15,130:170,70:100")
+    assert vol.shape == (9, 40, 30)
+
+
+def _small_shards(shape: tuple[int, ...], voxel: tuple[float, float, float], itemsize: int) -> tuple[Any, Any]:
+    """Chunks of at most 4×16×16 and shards of 1×2×2 chunks, so a small box has many regions."""
+    from emdata.store.chunking import choose_chunks
+
+    chunks, _ = choose_chunks(shape, voxel, itemsize)
+    chunks = tuple(min(c, m) for c, m in zip(chunks, (4, 16, 16)))
+    return chunks, tuple(min(k * c, -(-n // c) * c) for c, k, n in zip(chunks, (1, 2, 2), shape))
+
+
+def test_large_box_is_streamed_region_by_region_with_the_same_result(mirror_root: Path, mirror,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.datasets import _precomputed_recipe as recipe
+    from emdata.store import sharded
+
+    layers = replicas.write_hemibrain_replica(mirror_root)  # two label layers, mito upsampled ×2
+    bbox = BBOX["hemibrain"]
+    (whole,) = emdata.prepare("hemibrain", bbox=bbox)
+    expected = {"raw": whole.raw[...], **{k: whole.labels[k][...] for k in whole.labels}}
+    meta = {k: v for k, v in whole.meta.items() if k not in ("created", "raw", "labels")}
+
+    regions: list[tuple[int, ...]] = []
+    written = sharded.ShardedVolumeWriter.write_region
+
+    def spy(self, region, fill):  # the regions written at level 0, and how big each read is
+        regions.append(region.shape)
+        return written(self, region, fill)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", spy)
+    monkeypatch.setattr(recipe, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(recipe, "CHUNKING", _small_shards)
+    (streamed,) = emdata.prepare("hemibrain", bbox=bbox, force=True)
+    assert len(regions) > 4 and all(math.prod(r) < math.prod(streamed.shape) // 4 for r in regions)
+    assert streamed.path == whole.path and streamed.shape == whole.shape
+    np.testing.assert_array_equal(streamed.raw[...], expected["raw"])
+    np.testing.assert_array_equal(streamed.raw[...], layers["em"].at(box_of(bbox), decoded=True))
+    assert sorted(streamed.labels) == sorted(whole.labels) == ["mito", "segmentation"]
+    for name in whole.labels:
+        got = streamed.labels[name][...]
+        assert got.dtype == expected[name].dtype == np.uint64
+        np.testing.assert_array_equal(got, expected[name], err_msg=name)
+    assert {k: v for k, v in streamed.meta.items() if k not in ("created", "raw", "labels")} == meta
+    assert streamed.meta["labels"]["mito"]["classes"] == whole.meta["labels"]["mito"]["classes"]
+    assert streamed.meta["labels"]["mito"]["ignore_value"] == whole.meta["labels"]["mito"]["ignore_value"]
+    assert_verified_and_reused("hemibrain", streamed, mirror, bbox=bbox)
+
+
+def test_interrupted_streamed_box_resumes_where_it_stopped(mirror_root: Path, mirror,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.datasets import _precomputed_recipe as recipe
+    from emdata.store import sharded
+
+    layers = replicas.write_hemibrain_replica(mirror_root)
+    monkeypatch.setattr(recipe, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(recipe, "CHUNKING", _small_shards)
+    written: list[tuple[int, ...]] = []
+    write_region = sharded.ShardedVolumeWriter.write_region
+
+    def interrupt_after_five(self, region, fill):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
+        write_region(self, region, fill)
+        written.append(region.index)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", interrupt_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        emdata.prepare("hemibrain", bbox=BBOX["hemibrain"])
+    assert not list(prepared_dir("hemibrain").glob("*.ome.zarr"))  # nothing published half-done
+    first = list(written)
+
+    def count(self, region, fill):
+        write_region(self, region, fill)
+        written.append(region.index)
+
+    monkeypatch.setattr(sharded.ShardedVolumeWriter, "write_region", count)
+    (vol,) = emdata.prepare("hemibrain", bbox=BBOX["hemibrain"])
+    again = written[len(first):]
+    assert not set(first) & set(again) and len(first) + len(again) == len(set(first) | set(again)) > 4
+    box = box_of(BBOX["hemibrain"])
+    np.testing.assert_array_equal(vol.raw[...], layers["em"].at(box, decoded=True))
+    np.testing.assert_array_equal(vol.labels["segmentation"][...], layers["segmentation"].at(box))
+    assert verify_volume(vol.path, deep=True).ok

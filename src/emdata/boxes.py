@@ -1,4 +1,5 @@
-"""Voxel boxes written as ``z0:z1,y0:y1,x0:x1`` (the CLI's ``--bbox``), as (z, y, x) slices.
+"""Voxel boxes written as ``z0:z1,y0:y1,x0:x1`` (the CLI's ``--bbox``), as (z, y, x) slices, and
+the size guard that refuses boxes too big to read by mistake.
 
 Example:
     >>> parse_bbox("0:16,100:356,200:456")
@@ -7,28 +8,57 @@ Example:
     '0:16,:,5:'
     >>> bbox_name(parse_bbox("0:16,100:356,200:456"))
     'z0-16_y100-356_x200-456'
+    >>> box_bytes(parse_bbox("0:16,0:256,0:256"), 1 + 8)  # uint8 EM and one uint64 label layer
+    9437184
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+
 Box = tuple[slice, slice, slice]
 EXPECTED = "'z0:z1,y0:y1,x0:x1' in voxels (ends may be left open, e.g. '0:16,:,:')"
+MAX_BOX_ENV = "EMDATA_MAX_BOX_GB"
+"""Environment variable that overrides :data:`DEFAULT_MAX_BOX_BYTES` (decimal GB, e.g. ``64``)."""
+DEFAULT_MAX_BOX_BYTES = 16 * 10**9
+"""Boxes estimated above this many bytes are refused before anything is read (16 GB)."""
+
+_COORD = re.compile(r"[0-9]+")  # ASCII digits only: int() would also take '１２', '1_000', ' +5', '٣'
+
+
+class BoxTooLargeError(ValueError):
+    """A box would read more bytes than :func:`max_box_bytes` allows."""
+
+
+def _coord(value: str, text: str) -> int | None:
+    if value == "":
+        return None
+    if not _COORD.fullmatch(value):
+        raise ValueError(f"bbox {text!r}: {value!r} is not a voxel coordinate (ASCII digits 0-9 only); "
+                         f"expected {EXPECTED}")
+    return int(value)
 
 
 def parse_bbox(text: str) -> Box:
-    """Parse ``z0:z1,y0:y1,x0:x1``; raises ValueError naming the text and the expected form."""
-    try:
-        parts = [[int(v) if v.strip() else None for v in p.split(":")] for p in text.split(",")]
-        if len(parts) != 3 or any(len(p) != 2 for p in parts):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"bbox {text!r} is not {EXPECTED}") from None
-    box = tuple(slice(a, b) for a, b in parts)
+    """Parse ``z0:z1,y0:y1,x0:x1``; raises ValueError naming the text and the expected form.
+
+    Coordinates are plain ASCII digits (no sign, no ``_``, no spaces, no other scripts' digits).
+
+    Example:
+        >>> parse_bbox("1_000:2000,:,:")
+        Traceback (most recent call last):
+        ...
+        ValueError: bbox '1_000:2000,:,:': '1_000' is not a voxel coordinate (ASCII digits 0-9 only); expected ...
+    """
+    parts = [p.split(":") for p in text.split(",")]
+    if len(parts) != 3 or any(len(p) != 2 for p in parts):
+        raise ValueError(f"bbox {text!r} is not {EXPECTED}")
+    box = tuple(slice(_coord(a, text), _coord(b, text)) for a, b in parts)
     for s in box:
         if s.start is not None and s.stop is not None and s.start >= s.stop:
             raise ValueError(f"bbox {text!r} has an empty range {s.start}:{s.stop}; expected start < stop")
-        if (s.start is not None and s.start < 0) or (s.stop is not None and s.stop < 0):
-            raise ValueError(f"bbox {text!r} has a negative coordinate; voxel coordinates start at 0")
     return box  # type: ignore[return-value]
 
 
@@ -47,3 +77,60 @@ def resolve_bbox(box: Box, shape: tuple[int, int, int], where: str = "volume") -
 def bbox_name(box: Box) -> str:
     """A file-system friendly name for a resolved box (volume names of bbox recipes)."""
     return "_".join(f"{axis}{s.start}-{s.stop}" for axis, s in zip("zyx", box))
+
+
+def box_bytes(box: Box, bytes_per_voxel: int) -> int:
+    """Bytes of a resolved (closed) box at ``bytes_per_voxel`` (sum of the layers' item sizes)."""
+    return math.prod(s.stop - s.start for s in box) * int(bytes_per_voxel)
+
+
+def max_box_bytes() -> int:
+    """The size limit for one box: ``EMDATA_MAX_BOX_GB`` (decimal GB) if set, else 16 GB.
+
+    Example:
+        >>> max_box_bytes() == DEFAULT_MAX_BOX_BYTES or MAX_BOX_ENV in os.environ
+        True
+    """
+    value = os.environ.get(MAX_BOX_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BOX_BYTES
+    try:
+        limit = float(value)
+        if not (math.isfinite(limit) and limit > 0):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{MAX_BOX_ENV}={value!r} is not a positive number of GB (e.g. 64)") from None
+    return int(limit * 10**9)
+
+
+def _size(n: float) -> str:
+    """Decimal units: ``_size(97_200) == '97.2 kB'``."""
+    unit = "B"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            break
+        n /= 1000
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def check_box_size(where: str, box: Box, bytes_per_voxel: int, what: str = "the box") -> int:
+    """Refuse ``box`` above :func:`max_box_bytes`; returns its estimated bytes.
+
+    Example:
+        >>> check_box_size("h01", parse_bbox("0:1000,0:100000,0:100000"), 1)
+        Traceback (most recent call last):
+        ...
+        emdata.boxes.BoxTooLargeError: h01: the box z 0:1000, y 0:100000, x 0:100000 (1000×100000×100000 voxels) \
+would read 10000.0 GB, over the limit of 16.0 GB; check the bbox for a typo, or set EMDATA_MAX_BOX_GB=10000 to \
+allow it
+    """
+    need = box_bytes(box, bytes_per_voxel)
+    limit = max_box_bytes()
+    if need > limit:
+        shape = "×".join(str(s.stop - s.start) for s in box)
+        where_box = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", box))
+        raise BoxTooLargeError(
+            f"{where}: {what} {where_box} ({shape} voxels) would read {_size(need)}, over the limit of "
+            f"{_size(limit)}; check the bbox for a typo, or set {MAX_BOX_ENV}={math.ceil(need / 1e9)} to "
+            "allow it")
+    return need

@@ -25,14 +25,20 @@ The rules, the same for every dataset:
   and the parameters bbox, version, mip; a rerun with a closed bbox reuses the finished volume
   without a single request.
 
-Example:
-    >>> RECIPE = BboxRecipe("h01", "full", "4nm_raw", labels=(LabelRead("c3", "c3"),))  # doctest: +SKIP
-    >>> RECIPE.prepare(bbox="100:116,20000:20512,30000:30512")  # doctest: +SKIP
-    [Volume(h01/z100-116_y20000-20512_x30000-30512, split=all, ...)]
+A bbox estimated above :func:`emdata.boxes.max_box_bytes` (EM plus label bytes; 16 GB, or
+``EMDATA_MAX_BOX_GB``) is refused before any chunk is read; one above
+:data:`STREAM_ABOVE_BYTES` is written region by region through
+:class:`emdata.store.sharded.ShardedVolumeWriter`, so memory stays one region whatever the box.
+
+Example (reads over the network)::
+
+    RECIPE = BboxRecipe("h01", "full", "4nm_raw", labels=(LabelRead("c3", "c3"),))
+    RECIPE.prepare(bbox="100:116,20000:20512,30000:30512")  # [Volume(h01/z100-116_y20000-20512_x30000-30512, ...)]
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -41,7 +47,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
+from emdata.boxes import Box, bbox_name, check_box_size, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.sources.errors import DownloadError
@@ -53,12 +59,21 @@ from emdata.sources.precomputed import (
     layer_info,
     read_cutout,
 )
-from emdata.store.volume import Volume
+from emdata.sources.progress import status
+from emdata.store.chunking import choose_chunks
+from emdata.store.manifest import record_volume
+from emdata.store.sharded import LabelSpec, Region, ShardedVolumeWriter, build_volume
+from emdata.store.volume import Volume, open_volume
+from emdata.store.writer import LabelLayerData
 
 IMAGE_MIP = 0
 """The EM mip the bbox refers to and the output is read at."""
 EXAMPLE_SIZE = (16, 256, 256)
 """(z, y, x) size of the example bbox suggested when none is given."""
+STREAM_ABOVE_BYTES = 2 * 10**9
+"""A bbox estimated above this many bytes (EM and labels) is written region by region, never held whole."""
+CHUNKING = choose_chunks
+"""Chunk/shard choice of streamed volumes (the canonical one; tests force small shards)."""
 _REL_TOL = 1e-6
 
 
@@ -134,9 +149,13 @@ def align_label_mip(image_voxel_nm: tuple[float, float, float], box: Box, info: 
     prefers a mip with the EM's voxel size (factor 1), else the finest integer multiple.
 
     Example:
-        >>> align_label_mip((8.0, 8.0, 8.0), (slice(3, 9), slice(0, 4), slice(1, 5)), mito_info, url, "mito")
-        ... # doctest: +SKIP
-        (0, (slice(1, 5), slice(0, 2), slice(0, 3)), (2, 2, 2), (slice(1, 7), slice(0, 4), slice(1, 5)))
+        >>> from emdata.sources.precomputed import Scale
+        >>> mito = Scale("16_16_16", (16.0, 16.0, 16.0), (slice(0, 50), slice(0, 50), slice(0, 50)), (8, 8, 8),
+        ...              "compressed_segmentation", sharded=False)
+        >>> mito_info = LayerInfo("https://example.org/mito", np.dtype("uint64"), "segmentation", 1, (mito,))
+        >>> align_label_mip((8.0, 8.0, 8.0), (slice(3, 9), slice(0, 4), slice(1, 5)), mito_info, "mito", "demo")
+        (0, (slice(1, 5, None), slice(0, 2, None), slice(0, 3, None)), (2, 2, 2), \
+(slice(1, 7, None), slice(0, 4, None), slice(1, 5, None)))
     """
     candidates = []
     for mip, scale in enumerate(info.scales):
@@ -174,6 +193,21 @@ def upsample_nearest(data: np.ndarray, factor: tuple[int, int, int], crop: Box) 
         if f > 1:
             data = np.repeat(data, f, axis=axis)
     return np.ascontiguousarray(data[crop])
+
+
+def _fill_region(recipe: BboxRecipe, card: Card, image_url: str, box: Box, voxel: tuple[float, float, float],
+                 plans: list[_LabelPlan], reported: dict[str, set[int]], region: Region, array: str) -> np.ndarray:
+    """The voxels of ``array`` (``raw`` or a label layer) in ``region`` of the bbox volume, read from the layers.
+
+    ``reported`` holds, per label layer, the unknown class values already warned about.
+    """
+    sub = tuple(slice(s.start + a, s.start + b) for s, a, b in zip(box, region.start, region.stop))
+    if array == "raw":
+        return recipe._read(image_url, "EM", sub, IMAGE_MIP).data  # type: ignore[arg-type]
+    plan = next(p for p in plans if p.read.layer == array)
+    data = recipe._label_box(plan, voxel, sub)  # type: ignore[arg-type]
+    recipe._check_label_values(card, plan, data, reported.setdefault(array, set()))
+    return data
 
 
 @dataclass(frozen=True)
@@ -250,8 +284,9 @@ class BboxRecipe:
                 version: str | None = None) -> list[Volume]:
         """Prepare the cut-out ``bbox`` (EM mip-0 voxels, ``z0:z1,y0:y1,x0:x1``) as one volume.
 
-        Example:
-            >>> RECIPE.prepare(bbox="0:16,1000:1256,2000:2256")  # doctest: +SKIP
+        Example (reads over the network)::
+
+            RECIPE.prepare(bbox="0:16,1000:1256,2000:2256")  # [Volume(<dataset>/z0-16_y1000-1256_x2000-2256, ...)]
         """
         card = get_card(self.dataset)
         self._check_volumes(volumes)
@@ -283,26 +318,18 @@ class BboxRecipe:
         voxel = scale.voxel_size_nm
         notes = list(self.notes) + self._compare_voxel(card, voxel, image_url)
         plans = [self._plan(card, read, voxel, box, notes) for read in self._label_reads(version)]
-        raw = self._read(image_url, "EM", box, IMAGE_MIP).data
-        layers, label_meta = [], {}
+        need = check_box_size(self.dataset, box, image.dtype.itemsize + sum(p.info.dtype.itemsize for p in plans),
+                              what="the bbox (EM and label layers at mip 0)")
         for plan in plans:
-            data = self._read(plan.url, f"label layer {plan.read.layer!r}", plan.box, plan.mip).data
             if plan.factor != (1, 1, 1):
-                data = upsample_nearest(data, plan.factor, plan.crop)
                 notes.append(f"{plan.read.layer}: read at mip {plan.mip} ({_nm(plan.info.voxel_sizes_nm[plan.mip])} "
                              f"nm) and upsampled by nearest ×{plan.factor} (z, y, x) to the EM's {_nm(voxel)} nm: "
                              f"coarse voxel k covers fine voxels k·f … k·f+f-1 (corner-aligned grids)")
-            if data.shape != raw.shape:
-                raise ValueError(f"{self.dataset}: label layer {plan.url} gave shape {data.shape} for the bbox, the EM "
-                                 f"gave {raw.shape}; the layers do not share a grid")
-            self._check_label_values(card, plan, data)
-            overrides = {} if plan.read.ignore_value is None else {"ignore_value": plan.read.ignore_value}
-            layers.append(layer(card, plan.read.layer, data, **overrides))
-            label_meta[plan.read.layer] = {
-                "url": plan.url, "mip": plan.mip, "box": format_bbox(plan.box),
-                "voxel_size_nm": list(plan.info.voxel_sizes_nm[plan.mip]), "upsampled": list(plan.factor),
-                "dtype": str(plan.info.dtype), "encoding": plan.info.scales[plan.mip].encoding}
         spec = next(v for v in card.volumes if v.name == self.volume)
+        label_meta = {plan.read.layer: {
+            "url": plan.url, "mip": plan.mip, "box": format_bbox(plan.box),
+            "voxel_size_nm": list(plan.info.voxel_sizes_nm[plan.mip]), "upsampled": list(plan.factor),
+            "dtype": str(plan.info.dtype), "encoding": plan.info.scales[plan.mip].encoding} for plan in plans}
         precomputed = {"image": {"url": image_url, "mip": IMAGE_MIP, "box": format_bbox(box),
                                  "voxel_size_nm": list(voxel), "dtype": str(image.dtype),
                                  "encoding": scale.encoding},
@@ -313,7 +340,55 @@ class BboxRecipe:
                                                 f"{spec.name!r}"}
         if version:
             extra["version"] = version
+        if need > STREAM_ABOVE_BYTES:
+            return [self._stream(card, name, spec.split, prov, image_url, image.dtype, box, voxel, plans, extra,
+                                 force=force)]
+        raw = self._read(image_url, "EM", box, IMAGE_MIP).data
+        layers = [self._label_layer(card, plan, self._label_box(plan, voxel, box)) for plan in plans]
+        for lay in layers:
+            if lay.data.shape != raw.shape:
+                raise ValueError(f"{self.dataset}: label layer {lay.name!r} gave shape {lay.data.shape} for the bbox, "
+                                 f"the EM gave {raw.shape}; the layers do not share a grid")
         return [publish(card, name, spec.split, raw, layers, prov, voxel_size_nm=voxel, **extra)]
+
+    def _label_box(self, plan: _LabelPlan, voxel: tuple[float, float, float], box: Box) -> np.ndarray:
+        """The labels of ``plan`` for the EM ``box``, on the EM grid (read at the plan's mip, upsampled)."""
+        mip, at_mip, factor, crop = align_label_mip(voxel, box, plan.info, plan.url, self.dataset)
+        data = self._read(plan.url, f"label layer {plan.read.layer!r}", at_mip, mip).data
+        return upsample_nearest(data, factor, crop) if factor != (1, 1, 1) else data
+
+    def _label_layer(self, card: Card, plan: _LabelPlan, data: np.ndarray) -> LabelLayerData:
+        self._check_label_values(card, plan, data)
+        overrides = {} if plan.read.ignore_value is None else {"ignore_value": plan.read.ignore_value}
+        return layer(card, plan.read.layer, data, **overrides)
+
+    def _stream(self, card: Card, name: str, split: str, prov: dict[str, Any], image_url: str, dtype: np.dtype,
+                box: Box, voxel: tuple[float, float, float], plans: list[_LabelPlan], extra: dict[str, Any], *,
+                force: bool) -> Volume:
+        """Write a large bbox region by region (:mod:`emdata.store.sharded`): memory stays one region.
+
+        An interrupted run resumes at the first region not yet written.
+        """
+        labels = []
+        for plan in plans:
+            described = self._label_layer(card, plan, np.zeros((0, 0, 0), plan.info.dtype))
+            fields = {k: getattr(described, k) for k in LabelSpec.__dataclass_fields__ if k != "dtype"}
+            labels.append(LabelSpec(dtype=str(plan.info.dtype), **fields))
+        meta = {"dataset": card.id, "volume": name, "split": split,
+                "voxel_size_verified": card.voxel_size.verified, "provenance": prov, **extra}
+        shape = tuple(s.stop - s.start for s in box)
+        writer = ShardedVolumeWriter(volume_path(card.id, name), shape, dtype, voxel, labels=labels, meta=meta,
+                                     chunking=CHUNKING)
+        fill = functools.partial(_fill_region, self, card, image_url, box, voxel, plans, {})
+        with writer.locked():
+            if force:
+                writer.discard()
+            with status(f"{self.dataset}: writing {name} ({'×'.join(map(str, shape))} voxels) in "
+                        f"{len(writer.regions(0))} region(s)"):
+                path = build_volume(writer, fill)
+        vol = open_volume(path)
+        record_volume(vol)
+        return vol
 
     def _require_bbox(self, image_url: str) -> NoReturn:
         required = f"{self.dataset}: a bbox is required (the layers are read as cut-outs, never whole)"
@@ -372,12 +447,16 @@ class BboxRecipe:
         mip, at_mip, factor, crop = align_label_mip(voxel, box, info, url, self.dataset)
         return _LabelPlan(read, url, info, mip, at_mip, factor, crop)
 
-    def _check_label_values(self, card: Card, plan: _LabelPlan, data: np.ndarray) -> None:
+    def _check_label_values(self, card: Card, plan: _LabelPlan, data: np.ndarray,
+                            reported: set[int] | None = None) -> None:
+        """Warn about semantic values the card does not name (each value once, given ``reported``)."""
         spec = card.label_layer(plan.read.layer)
         if spec.kind != "semantic":
             return
         known = {c.value for c in spec.classes} | {0}
-        unknown = sorted(set(np.unique(data).tolist()) - known)
+        unknown = sorted(set(np.unique(data).tolist()) - known - (reported or set()))
+        if reported is not None:
+            reported.update(unknown)
         if unknown:
             self.log.warning("%s: label layer %s holds value(s) %s that the card's classes %s do not name; "
                              "stored as read", self.dataset, plan.url, unknown[:10], sorted(known))

@@ -6,6 +6,9 @@ so callers never see the NIfTI order. The orientation in the affine is *not* app
 array keeps the stored voxel order, as the nnU-Net readers (SimpleITK, torch-em) do; the
 axis codes are reported for the record.
 
+Compressed files are checked whole first: a ``.nii.gz`` (or gzip bytes) whose CRC-32 or
+length trailer does not match is an error, never an image with wrong voxels.
+
 Values are returned as **stored** (``dataobj.get_unscaled()``): a header slope/intercept is
 reported in :attr:`NiftiVolume.scaling` instead of being applied, so integer data never
 becomes float behind the caller's back. Spacing is returned in the header's own numbers;
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_CHECK_CHUNK = 8 << 20
 
 
 class NiftiFormatError(ValueError):
@@ -62,6 +66,24 @@ class NiftiVolume:
         return self.spacing is not None and all(v == 1.0 for v in self.spacing)
 
 
+def _check_gzip(path: Path, name: str) -> None:
+    """Decompress a gzip file to its end, so its CRC-32 and length trailer are checked.
+
+    nibabel reads only the bytes the image needs and never reaches the trailer, so a corrupt
+    ``.nii.gz`` would otherwise decode to wrong voxels without an error.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(2) != GZIP_MAGIC:
+            return
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(GZIP_CHECK_CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiFormatError(f"{name}: the gzip data is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                               "delete the file and fetch it again") from exc
+
+
 def _load(source: Path | bytes, name: str) -> Any:
     import nibabel as nib
 
@@ -79,6 +101,7 @@ def _load(source: Path | bytes, name: str) -> Any:
                     continue
             raise NiftiFormatError(f"{name}: not a NIfTI-1 or NIfTI-2 image (header not recognised); "
                                    "delete the file and fetch it again")
+        _check_gzip(Path(source), name)
         return nib.load(str(source))
     except NiftiFormatError:
         raise

@@ -1,6 +1,6 @@
 """bio3d-vision run-length JSON labels (platelet-em releases B and C2) → numpy arrays.
 
-The format (reference/datasets.md §1.6; bio3d_vision ``convert.py``): one JSON object per label
+The format (as bio3d_vision ``convert.py`` writes it): one JSON object per label
 volume. Every key except ``.info`` is a non-zero label written as a string (``"1"``, ``"34"``);
 its value is a run-length-encoded binary mask, a string of whitespace-separated
 ``start length`` pairs with **1-based** starts over the **C-order flattened** array. ``.info``

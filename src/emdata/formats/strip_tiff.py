@@ -13,13 +13,18 @@ The structure is checked, never assumed: classic TIFF and BigTIFF, either byte o
 RGB, floats, JPEG, ...) raises :class:`~emdata.formats.tiff.TiffFormatError` naming the tag,
 the value found and what is supported.
 
-Example:
-    >>> remote = RangeReader().file(url)  # doctest: +SKIP
-    >>> layout = StripTiffLayout.from_json(remote.metadata(
-    ...     StripTiffLayout.CACHE_KEY,
-    ...     lambda: StripTiffLayout.from_source(remote, remote.size(), name=url).to_json()))  # doctest: +SKIP
-    >>> read_rows(layout, remote, 1000, 1064, 2000, 4000).shape  # doctest: +SKIP
-    (64, 2000)
+Example (a local file here; remotely, ``fetch`` is a range reader such as
+:meth:`emdata.sources.ranges.RangeReader.file`):
+    >>> import io, tifffile
+    >>> handle = io.BytesIO()
+    >>> tifffile.imwrite(handle, np.arange(64 * 80, dtype=np.uint16).reshape(64, 80), rowsperstrip=8,
+    ...                  compression="lzw", photometric="minisblack")
+    >>> data = handle.getvalue()
+    >>> def fetch(ranges):  # the bytes of each (start, length) range
+    ...     return [data[s:s + n] for s, n in ranges]
+    >>> layout = StripTiffLayout.from_json(StripTiffLayout.from_source(fetch, len(data), name="slice.tif").to_json())
+    >>> read_rows(layout, fetch, 10, 20, 5, 9)[0].tolist()
+    [805, 806, 807, 808]
 """
 
 from __future__ import annotations
@@ -106,10 +111,14 @@ class StripTiffLayout:
     (store it under :attr:`CACHE_KEY`, e.g. in ``RangeReader.metadata``).
 
     Example:
+        >>> import io, tifffile
+        >>> handle = io.BytesIO()
+        >>> tifffile.imwrite(handle, np.zeros((40, 30), np.uint16), rowsperstrip=1, photometric="minisblack")
+        >>> data = handle.getvalue()
         >>> layout = StripTiffLayout.from_source(lambda ranges: [data[s:s + n] for s, n in ranges],
-        ...                                      len(data), name="slice.tif")  # doctest: +SKIP
-        >>> layout.shape, layout.dtype, layout.rows_per_strip  # doctest: +SKIP
-        ((20000, 20000), dtype('uint16'), 1)
+        ...                                      len(data), name="slice.tif")
+        >>> layout.shape, layout.dtype, layout.rows_per_strip
+        ((40, 30), dtype('uint16'), 1)
     """
 
     name: str
@@ -303,7 +312,13 @@ def read_rows(layout: StripTiffLayout, fetch: Fetch, y0: int, y1: int, x0: int =
     and cropped. Empty strips (byte count 0) read as zeros.
 
     Example:
-        >>> read_rows(layout, remote, 100, 108, 0, 512).shape  # doctest: +SKIP
+        >>> import io, tifffile
+        >>> handle = io.BytesIO()
+        >>> tifffile.imwrite(handle, np.ones((16, 600), np.uint8), rowsperstrip=4, photometric="minisblack")
+        >>> data = handle.getvalue()
+        >>> def fetch(ranges):
+        ...     return [data[s:s + n] for s, n in ranges]
+        >>> read_rows(StripTiffLayout.from_source(fetch, len(data)), fetch, 6, 14, 0, 512).shape
         (8, 512)
     """
     import imagecodecs

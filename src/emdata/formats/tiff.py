@@ -1,9 +1,12 @@
 """Multipage TIFF stacks → (z, y, x) numpy arrays, with the file's structure checked.
 
 Example:
-    >>> stack = read_stack(Path("train-input.tif"))  # doctest: +SKIP
-    >>> stack.data.shape, stack.data.dtype  # doctest: +SKIP
-    ((100, 1024, 1024), dtype('uint8'))
+    >>> import tifffile
+    >>> handle = io.BytesIO()
+    >>> tifffile.imwrite(handle, np.zeros((3, 16, 16), np.uint8), photometric="minisblack", compression="zlib")
+    >>> stack = read_stack(handle.getvalue(), name="train-input.tif")
+    >>> stack.data.shape, stack.data.dtype, stack.compression
+    ((3, 16, 16), dtype('uint8'), 'ADOBE_DEFLATE')
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def read_stack(source: Path | bytes, name: str | None = None) -> TiffStack:
     import tifffile
 
     label = name or str(source if isinstance(source, Path) else "<bytes>")
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with tifffile.TiffFile(handle) as tif:
             series = tif.series
@@ -48,8 +51,9 @@ def read_stack(source: Path | bytes, name: str | None = None) -> TiffStack:
             photometric = page.photometric.name
             compression = page.compression.name
             pages = len(tif.pages)
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise TiffFormatError(f"{label}: not a readable TIFF ({exc})") from exc
+    except (tifffile.TiffFileError, ValueError, OSError, RuntimeError) as exc:  # codec errors are RuntimeErrors
+        raise TiffFormatError(f"{label}: not a readable TIFF ({type(exc).__name__}: {exc}); the file is truncated "
+                              "or corrupt — delete it and fetch it again") from exc
     samples = page.samplesperpixel
     if data.ndim == 2 or (samples > 1 and data.ndim == 3):
         data = data[np.newaxis]

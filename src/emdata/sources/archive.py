@@ -1,21 +1,33 @@
 """Archives: read one member in memory, or extract safely.
 
-Extraction never trusts member names or declared sizes: absolute paths, ``..`` components,
-links, devices and FIFOs are rejected before anything is written; member count, total size
-and compression ratio are bounded (zip/tar bombs), and bytes are counted while copying, so
-a lying header cannot exceed the limits. Members are copied by hand (no ``extractall``,
-whose tar filter is unreliable on Python 3.11, see ecosystem.md §2.1) into a temporary
-folder that is renamed into place; the record ``<dest>.complete.json`` is written last, so a
-half-extracted archive is never mistaken for a complete one.
+Nothing trusts member names or declared sizes. Reading one member (:func:`read_member`)
+checks its compression ratio first (zip bombs), fills one buffer of the declared size and
+fails if the member yields more or fewer bytes; the zip CRC is checked at the end.
+Extraction rejects absolute paths, ``..`` components, links, devices and FIFOs before
+anything is written; member count, total size and compression ratio are bounded (zip and
+tar bombs), and bytes are counted while copying, so a lying header cannot exceed the limits;
+every zip member's CRC-32 and a compressed tar's stream checksum (gzip, bzip2, xz) are checked.
+Members are copied by hand (no ``extractall``, whose tar filter differs between Python
+releases) into a temporary folder that is renamed into place; the record
+``<dest>.complete.json`` is written last, so a half-extracted archive is never mistaken for a
+complete one.
 
 Example:
-    >>> data = read_member(Path("snemi.zip"), "image/train-input.tif")  # doctest: +SKIP
-    >>> folder = extract(Path("lucchi_pp.zip"), Path("extracted/lucchi_pp"))  # doctest: +SKIP
+    >>> import io, zipfile, tempfile
+    >>> archive = Path(tempfile.mkdtemp()) / "stack.zip"
+    >>> with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+    ...     zf.writestr("top/image/train-input.tif", b"II*\\0" + bytes(60))
+    >>> len(read_member(archive, "image/train-input.tif"))
+    64
+    >>> sorted(p.name for p in extract(archive, archive.with_suffix("")).rglob("*.tif"))
+    ['train-input.tif']
 """
 
 from __future__ import annotations
 
+import io
 import json
+import lzma
 import os
 import shutil
 import stat
@@ -23,6 +35,7 @@ import tarfile
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +58,7 @@ class ExtractLimits:
 
     max_members: int = 200_000
     max_total_bytes: int = 2 << 40
-    max_ratio: float = 1000.0  # uncompressed / compressed, per zip member larger than 1 MiB
+    max_ratio: float = 1000.0  # uncompressed / compressed: per zip member, per tar archive, above 1 MiB
 
 
 def list_members(archive: Path) -> list[str]:
@@ -70,15 +83,39 @@ def find_member(archive: Path, name: str) -> str:
     raise ArchiveError(f"{archive}: {name!r} is ambiguous: {hits}")
 
 
-def read_member(archive: Path, name: str) -> bytes:
-    """The bytes of member ``name`` (matched by :func:`find_member`)."""
+def read_member(archive: Path, name: str, limits: ExtractLimits | None = None) -> bytes:
+    """The bytes of member ``name`` (matched by :func:`find_member`), read into one buffer.
+
+    Refused before reading: a member declaring more than :data:`MAX_MEMBER_BYTES`, or one
+    larger than 1 MiB that expands more than ``limits.max_ratio`` (a decompression bomb).
+    A member that yields a different number of bytes than it declares, or fails its CRC, is
+    an :class:`ArchiveError` naming the archive and the member.
+    """
+    limits = limits or ExtractLimits()
+    archive = Path(archive)
     member = find_member(archive, name)
-    with zipfile.ZipFile(archive) as zf:
-        info = zf.getinfo(member)
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise ArchiveError(f"{archive}: member {member} claims {info.file_size} bytes, over the "
-                               f"{MAX_MEMBER_BYTES} byte limit for in-memory reads")
-        return zf.read(member)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.getinfo(member)
+            _check_limits(archive, [_Member(member, False, info.file_size, info.compress_size)], limits)
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise ArchiveError(f"{archive}: member {member!r} claims {info.file_size} bytes, over the "
+                                   f"{MAX_MEMBER_BYTES} byte limit for in-memory reads")
+            buffer = io.BytesIO()  # sized up front; getvalue() then hands over its bytes without a copy
+            if info.file_size:
+                buffer.seek(info.file_size - 1)
+                buffer.write(b"\0")
+                buffer.seek(0)
+            with zf.open(info) as src:  # ZipExtFile checks the CRC when it reaches the end
+                while (block := src.read(COPY_CHUNK)) and buffer.tell() + len(block) <= info.file_size:
+                    buffer.write(block)
+                if block or buffer.tell() != info.file_size:
+                    raise ArchiveError(f"{archive}: member {member!r} does not hold the {info.file_size} bytes its "
+                                       "header declares; delete the archive and fetch it again")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+        raise ArchiveError(f"{archive}: member {member!r} cannot be read ({type(exc).__name__}: {exc}); delete the "
+                           "archive and fetch it again") from exc
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,16 +165,20 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[_Member]:
     return out
 
 
-def _check_limits(archive: Path, members: list[_Member], limits: ExtractLimits) -> None:
+def _check_limits(archive: Path, members: list[_Member], limits: ExtractLimits, packed: int | None = None) -> None:
+    """Member count, total size and ratio; ``packed`` is a compressed tar's size (one stream for all members)."""
     if len(members) > limits.max_members:
         raise ArchiveError(f"{archive}: {len(members)} members, over the limit of {limits.max_members}")
     total = sum(m.size for m in members)
     if total > limits.max_total_bytes:
         raise ArchiveError(f"{archive}: would expand to {total} bytes, over the limit of {limits.max_total_bytes}")
+    if packed and total > (1 << 20) and total / packed > limits.max_ratio:
+        raise ArchiveError(f"{archive}: expands {total / packed:.0f}× ({packed} → {total} bytes), over the ratio "
+                           f"limit {limits.max_ratio:g}× (a decompression bomb?)")
     for m in members:
         if m.compressed and m.size > (1 << 20) and m.size / m.compressed > limits.max_ratio:
             raise ArchiveError(f"{archive}: member {m.name!r} expands {m.size / m.compressed:.0f}× "
-                               f"({m.compressed} → {m.size} bytes), over the ratio limit {limits.max_ratio:.0f}× "
+                               f"({m.compressed} → {m.size} bytes), over the ratio limit {limits.max_ratio:g}× "
                                "(a decompression bomb?)")
 
 
@@ -184,7 +225,7 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
             with _open_archive(archive) as (kind, handle):
                 members = (_zip_members(archive, handle) if kind == "zip"  # type: ignore[arg-type]
                            else _tar_members(archive, handle))  # type: ignore[arg-type]
-                _check_limits(archive, members, limits)
+                _check_limits(archive, members, limits, packed=archive.stat().st_size if kind == "tar" else None)
                 targets = [(m, _safe_relpath(archive, m.name)) for m in members]
                 budget = [limits.max_total_bytes]
                 tmp.mkdir()
@@ -201,11 +242,14 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
                         raise ArchiveError(f"{archive}: member {m.name!r} cannot be read")
                     with src:
                         _copy_bounded(archive, m.name, src, target, m.size, budget)
+                if kind == "tar":  # read the compressed stream to its end: the gzip/bz2/xz checksums are there
+                    while handle.fileobj.read(COPY_CHUNK):  # type: ignore[union-attr]
+                        pass
             record.unlink(missing_ok=True)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ArchiveError(f"{archive}: extraction failed ({type(exc).__name__}: {exc}); "
                                "delete the archive and fetch again") from exc

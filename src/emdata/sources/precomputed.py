@@ -8,10 +8,10 @@ them and lists them in :attr:`Cutout.missing_chunks`.
 
 Needs the optional extra: ``pip install 'emdata[precomputed]'``.
 
-Example:
-    >>> cut = read_cutout("precomputed://gs://h01-release/data/20210601/4nm_raw", "0:16,0:256,0:256")  # doctest: +SKIP
-    >>> cut.data.shape, cut.voxel_size_nm  # doctest: +SKIP
-    ((16, 256, 256), (33.0, 4.0, 4.0))
+Example (reads over the network)::
+
+    cut = read_cutout("precomputed://gs://h01-release/data/20210601/4nm_raw", "0:16,0:256,0:256")
+    cut.data.shape, cut.voxel_size_nm  # ((16, 256, 256), (33.0, 4.0, 4.0))
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from emdata import config
-from emdata.boxes import parse_bbox
+from emdata.boxes import check_box_size, parse_bbox
 from emdata.sources.download import DownloadError, OfflineError
 from emdata.sources.urls import mirror_url
 
@@ -70,9 +70,11 @@ class LayerInfo:
     """What a precomputed ``info`` file says, in (z, y, x) order; ``scales[mip]`` per mip.
 
     Example:
-        >>> info = layer_info("gs://h01-release/data/20210601/4nm_raw")  # doctest: +SKIP
-        >>> info.dtype, info.layer_type, info.encoding, info.voxel_sizes_nm[:2]  # doctest: +SKIP
-        (dtype('uint8'), 'image', 'jpeg', ((33.0, 4.0, 4.0), (33.0, 8.0, 8.0)))
+        >>> em = Scale("4_4_33", (33.0, 4.0, 4.0), (slice(0, 100), slice(0, 512), slice(0, 512)), (32, 64, 64),
+        ...            "jpeg", sharded=True)
+        >>> info = LayerInfo("https://example.org/em", np.dtype("uint8"), "image", 1, (em,))
+        >>> info.dtype, info.layer_type, info.encoding, info.voxel_sizes_nm
+        (dtype('uint8'), 'image', 'jpeg', ((33.0, 4.0, 4.0),))
     """
 
     source: str
@@ -105,10 +107,10 @@ class Cutout:
     than one channel. ``offset_voxels`` is the box's (z, y, x) start at ``mip``; ``source`` is
     the layer URL actually read (after mirror rewriting and ``redirect`` hops).
 
-    Example:
-        >>> cut = read_cutout("gs://bucket/seg", "0:8,0:64,0:64", allow_missing=True)  # doctest: +SKIP
-        >>> cut.data.dtype, cut.missing_chunks  # doctest: +SKIP
-        (dtype('uint64'), [(slice(0, 8, None), slice(0, 64, None), slice(0, 64, None))])
+    Example (reads over the network)::
+
+        cut = read_cutout("gs://bucket/seg", "0:8,0:64,0:64", allow_missing=True)
+        cut.data.dtype, cut.missing_chunks  # (dtype('uint64'), [(slice(0, 8), slice(0, 64), slice(0, 64))])
     """
 
     data: np.ndarray
@@ -124,9 +126,9 @@ def layer_info(path: str) -> LayerInfo:
 
     ``path`` is ``precomputed://<url>`` or a bare ``gs://``, ``s3://``, ``http(s)://`` URL.
 
-    Example:
-        >>> layer_info("precomputed://gs://bucket/em").bounds[0]  # doctest: +SKIP
-        (slice(0, 100, None), slice(0, 1024, None), slice(0, 1024, None))
+    Example (reads over the network)::
+
+        layer_info("precomputed://gs://bucket/em").bounds[0]  # (slice(0, 100), slice(0, 1024), slice(0, 1024))
     """
     return _describe(*_fetch_info(path))
 
@@ -135,15 +137,17 @@ def read_cutout(path: str, box: Box | str, mip: int = 0, *, allow_missing: bool 
     """Read the (z, y, x) ``box`` of a precomputed layer at ``mip``.
 
     ``box`` is three slices or ``"z0:z1,y0:y1,x0:x1"``, in absolute voxels at that mip; an
-    open end (``":"``) means the layer bound. Single-channel data comes back (z, y, x),
+    open end (``":"``) means the layer bound; a box over :func:`emdata.boxes.max_box_bytes`
+    (``EMDATA_MAX_BOX_GB``) is refused with :class:`~emdata.boxes.BoxTooLargeError` before any
+    chunk is requested. Single-channel data comes back (z, y, x),
     multi-channel data (c, z, y, x). A box touching missing chunk files raises
     :class:`MissingChunksError`; with ``allow_missing=True`` those chunks are zeros and listed
     in ``missing_chunks`` (found before the read by one HEAD per chunk file, or the shard indexes).
 
-    Example:
-        >>> cut = read_cutout("precomputed://gs://bucket/em", "10:20,0:512,0:512", mip=1)  # doctest: +SKIP
-        >>> cut.data.shape, cut.offset_voxels  # doctest: +SKIP
-        ((10, 512, 512), (10, 0, 0))
+    Example (reads over the network)::
+
+        cut = read_cutout("precomputed://gs://bucket/em", "10:20,0:512,0:512", mip=1)
+        cut.data.shape, cut.offset_voxels  # ((10, 512, 512), (10, 0, 0))
     """
     info, source = _fetch_info(path)
     layer = _describe(info, source)
@@ -152,19 +156,20 @@ def read_cutout(path: str, box: Box | str, mip: int = 0, *, allow_missing: bool 
         raise ValueError(f"{path}: mip {mip!r} does not exist; the layer has mips {ladder} ((z, y, x) nm)")
     scale = layer.scales[mip]
     box = _parse_box(box, scale.bounds, path, mip)
-    chunks = _chunk_grid(scale, box)
+    check_box_size(path, box, layer.dtype.itemsize * layer.num_channels, what=f"the box at mip {mip}")
     import requests
     from cloudvolume.exceptions import EmptyVolumeException
 
     # provenance={}: skip the optional provenance file (one request saved)
     cv = _cloudvolume()(source, info=info, provenance={}, progress=False, fill_missing=False)
-    missing: list[Box] = _missing_chunks(cv, scale, mip, chunks) if allow_missing else []
+    missing: list[Box] = _missing_chunks(cv, scale, mip, _chunk_grid(scale, box)) if allow_missing else []
     try:
         data = _download(cv, box, mip, fill_missing=bool(missing))
     except EmptyVolumeException as exc:
         if allow_missing:  # the existence check found the chunk, the read did not: the server changed under us
             raise DownloadError(f"{path}: chunk {exc} at mip {mip} vanished between the existence check and "
                                 f"the read (read from {source}); retry") from exc
+        chunks = _chunk_grid(scale, box)
         missing = _missing_chunks(cv, scale, mip, chunks)
         if not missing:
             raise DownloadError(f"{path}: reading chunk {exc} at mip {mip} failed but the existence check finds "

@@ -1,7 +1,7 @@
 """TEM-NeutroStruct 4 → 7 class reclassification, as the published scripts code it, with the
 pieces they leave undefined made explicit parameters.
 
-Rules (reference/datasets.md §2.5; scripts extract_statistics_train.py,
+Rules (the dataset's published scripts extract_statistics_train.py,
 update_coco_json_train.py, divide_empty_vesicles.py, update_class_ids.py):
 
 - diameter ``d = (bbox_w + bbox_h) / (2 · px_per_µm)`` in µm, with the image's pixels per µm
@@ -53,7 +53,10 @@ import copy
 import csv
 import json
 import math
+import os
 import re
+import shutil
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -476,12 +479,69 @@ def _find_image(folder: Path, file_name: str) -> Path | None:
     return None
 
 
+def _write_outputs(work: Path, out_dir: Path, new: dict[str, Any], rows: list[dict[str, Any]],
+                   coco: Mapping[str, Any], coco_path: Path, cvat_path: Path | None, images_dir: Path | None,
+                   tolerance_px: float, alpha: float) -> tuple[dict[str, Any], list[str]]:
+    """Write every output into the folder ``work``; the paths reported are those under ``out_dir``."""
+    files: dict[str, Any] = {"coco": str(out_dir / "annotations_7classes.json")}
+    (work / "annotations_7classes.json").write_text(json.dumps(new, indent=4), encoding="utf-8")
+    colours = {CLASSES_7[i]: c for i, c in PALETTE_7.items()}
+    if cvat_path is not None:
+        tree = parse_cvat_tree(Path(cvat_path))
+        n = relabel_cvat(tree, coco, new, where=str(cvat_path), tolerance_px=tolerance_px, colours=colours)
+        write_cvat(tree, work / "annotations_7classes.xml")
+        files["cvat"] = str(out_dir / "annotations_7classes.xml")
+        files["cvat_ellipses"] = n
+    write_statistics_csv(rows, work / "statistics.csv")
+    write_statistics_xlsx(rows, work / "statistics.xlsx")
+    files.update({"statistics_csv": str(out_dir / "statistics.csv"),
+                  "statistics_xlsx": str(out_dir / "statistics.xlsx")})
+    by_image = annotations_by_image(new)
+    missing: list[str] = []
+    masks = overlays = 0
+    for image in new["images"]:
+        _, semantic = masks_for_image(new, image, by_image[image["id"]])
+        rel = Path(str(image["file_name"])).with_suffix(".png")
+        _png(colour_mask(semantic, PALETTE_7), work / "masks" / rel)
+        masks += 1
+        if images_dir is not None:
+            found = _find_image(Path(images_dir), str(image["file_name"]))
+            if found is None:
+                missing.append(str(image["file_name"]))
+                continue
+            from emdata.formats.png import read_image
+
+            pixels = read_image(found)
+            if pixels.shape[:2] != semantic.shape:
+                raise AnnotationFormatError(f"{found}: image is {pixels.shape[1]}×{pixels.shape[0]} (W×H) but the "
+                                            f"COCO file says width {image['width']} height {image['height']}")
+            _png(overlay(pixels, semantic, PALETTE_7, alpha), work / "overlays" / rel)
+            overlays += 1
+    if images_dir is not None and new["images"] and not overlays:
+        raise ReclassifyError(f"{images_dir}: none of the {len(new['images'])} images of {coco_path} is there "
+                              f"(e.g. {new['images'][0]['file_name']!r})")
+    files.update({"masks": masks, "overlays": overlays})
+    return files, missing
+
+
+def _move_into_place(work: Path, out_dir: Path) -> None:
+    """Rename the finished outputs from ``work`` into ``out_dir`` (the whole folder when it is new)."""
+    if not out_dir.exists():
+        os.replace(work, out_dir)
+        return
+    for entry in sorted(work.iterdir()):
+        target = out_dir / entry.name
+        if target.is_dir() and not target.is_symlink():  # an earlier run's masks/ or overlays/
+            os.replace(target, work / f".old-{entry.name}")
+        os.replace(entry, target)
+
+
 def reclassify_files(coco_path: Path, scale_path: Path, out_dir: Path, *, cvat_path: Path | None = None,
                      images_dir: Path | None = None, default_px_per_um: float = DEFAULT_PX_PER_UM,
                      empty_threshold: str | float | Mapping[str, float] = DEFAULT_EMPTY_THRESHOLD,
                      emptying_id: int = DEFAULT_EMPTYING_ID, tolerance_px: float = 0.05,
                      alpha: float = 0.45) -> dict[str, Any]:
-    """Run the reclassification on files and write every output into ``out_dir``:
+    """Run the reclassification on files and write every output into ``out_dir``, all or nothing:
 
     ``annotations_7classes.json`` (COCO), ``annotations_7classes.xml`` (the ``cvat_path``
     XML with 7-class labels, when given), ``statistics.csv`` / ``statistics.xlsx``,
@@ -489,9 +549,19 @@ def reclassify_files(coco_path: Path, scale_path: Path, out_dir: Path, *, cvat_p
     ``overlays/<file_name>.png``. ``empty_threshold="sheet"`` takes the
     ``average_diameter_SG_PG`` column of the scale sheet. Returns a JSON-able summary.
 
+    The outputs are written into a hidden folder next to ``out_dir`` and renamed into place
+    only when all of them are written, so a failure leaves ``out_dir`` as it was.
+
     Example:
-        >>> summary = reclassify_files(Path("annotations_4classes.json"), Path("train_images_statistics.xlsx"),
-        ...                            Path("out"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> coco = {"images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}],
+        ...         "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]}]}
+        >>> _ = (folder / "annotations_4classes.json").write_text(json.dumps(coco))
+        >>> _ = (folder / "scale.csv").write_text("image_name,Pixles per microm\\na.png,100\\n")
+        >>> summary = reclassify_files(folder / "annotations_4classes.json", folder / "scale.csv", folder / "out")
+        >>> summary["counts"]["Empty vesicles"], sorted(p.name for p in (folder / "out").iterdir())
+        (1, ['annotations_7classes.json', 'masks', 'statistics.csv', 'statistics.xlsx'])
     """
     coco_path, scale_path, out_dir = Path(coco_path), Path(scale_path), Path(out_dir)
     coco = load_coco(coco_path)
@@ -505,43 +575,16 @@ def reclassify_files(coco_path: Path, scale_path: Path, out_dir: Path, *, cvat_p
                            emptying_id=emptying_id, where=str(coco_path))
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ReclassifyError(f"{images_dir}: --images is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Any] = {"coco": str(out_dir / "annotations_7classes.json")}
-    (out_dir / "annotations_7classes.json").write_text(json.dumps(new, indent=4), encoding="utf-8")
-    colours = {CLASSES_7[i]: c for i, c in PALETTE_7.items()}
-    if cvat_path is not None:
-        tree = parse_cvat_tree(Path(cvat_path))
-        n = relabel_cvat(tree, coco, new, where=str(cvat_path), tolerance_px=tolerance_px, colours=colours)
-        files["cvat"] = str(write_cvat(tree, out_dir / "annotations_7classes.xml"))
-        files["cvat_ellipses"] = n
-    files["statistics_csv"] = str(write_statistics_csv(rows, out_dir / "statistics.csv"))
-    files["statistics_xlsx"] = str(write_statistics_xlsx(rows, out_dir / "statistics.xlsx"))
-    by_image = annotations_by_image(new)
-    missing: list[str] = []
-    masks = overlays = 0
-    for image in new["images"]:
-        _, semantic = masks_for_image(new, image, by_image[image["id"]])
-        rel = Path(str(image["file_name"])).with_suffix(".png")
-        _png(colour_mask(semantic, PALETTE_7), out_dir / "masks" / rel)
-        masks += 1
-        if images_dir is not None:
-            found = _find_image(Path(images_dir), str(image["file_name"]))
-            if found is None:
-                missing.append(str(image["file_name"]))
-                continue
-            from emdata.formats.png import read_image
-
-            pixels = read_image(found)
-            if pixels.shape[:2] != semantic.shape:
-                raise AnnotationFormatError(f"{found}: image is {pixels.shape[1]}×{pixels.shape[0]} (W×H) but the "
-                                            f"COCO file says width {image['width']} height {image['height']}")
-            _png(overlay(pixels, semantic, PALETTE_7, alpha), out_dir / "overlays" / rel)
-            overlays += 1
-    if images_dir is not None and new["images"] and not overlays:
-        raise ReclassifyError(f"{images_dir}: none of the {len(new['images'])} images of {coco_path} is there "
-                              f"(e.g. {new['images'][0]['file_name']!r})")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        work.mkdir()
+        files, missing = _write_outputs(work, out_dir, new, rows, coco, coco_path, cvat_path, images_dir,
+                                        tolerance_px, alpha)
+        _move_into_place(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     totals = {name: sum(r[col] for r in rows) for name, col in zip(CLASSES_7.values(), STAT_COLUMNS[-7:])}
-    files.update({"masks": masks, "overlays": overlays})
     return {
         "input": str(coco_path), "scale": str(scale_path), "images": len(rows),
         "annotations": len(new["annotations"]), "counts": totals,
