@@ -503,22 +503,49 @@ class MixedPatchDataset:
         return self.sample(int(epoch), int(index))
 
 
-class EpochSampler:
+try:  # a DistributedSampler is left alone by Lightning: it never splits our rank shares again
+    from torch.utils.data import DistributedSampler as _SamplerBase
+except ImportError:  # numpy-only use of PatchDataset
+    _SamplerBase = object  # type: ignore[assignment,misc]
+
+
+class EpochSampler(_SamplerBase):  # type: ignore[misc,valid-type]
     """Yields ``(epoch, i)``: this rank's share (``i = rank, rank + world_size, …``) of the epoch.
 
-    ``set_epoch`` is called by Lightning; a plain loop may call it too.
+    Each new iteration draws the next epoch (0, 1, 2, …), so a plain ``for epoch …: for batch
+    in loader`` loop sees new patches every epoch. ``set_epoch(e)`` (Lightning calls it before
+    every epoch) fixes the epoch of the next iteration; counting resumes from there. The
+    sampler is iterated in the main process only, so worker processes and DDP ranks (which
+    iterate equally often) agree. ``advance=False`` draws the same epoch every time
+    (validation: the same patches each epoch); ``set_epoch`` then changes nothing.
+
+    Example:
+        >>> sampler = EpochSampler(4, rank=1, world_size=2)
+        >>> list(sampler), list(sampler)
+        ([(0, 1), (0, 3)], [(1, 1), (1, 3)])
+        >>> sampler.set_epoch(7); list(sampler)
+        [(7, 1), (7, 3)]
     """
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1, epoch: int = 0) -> None:
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, epoch: int = 0, advance: bool = True) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if n < 1:
+            raise ValueError(f"an epoch needs at least one sample, got n={n}")
         self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, epoch
+        self.num_replicas, self.shuffle, self.drop_last, self.seed = world_size, False, False, 0  # DistributedSampler's
+        self.advance = advance
+        self._next = epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if self.advance:
+            self.epoch = self._next = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, i) for i in range(self.rank, self.n, self.world_size))
+        epoch = self.epoch = self._next
+        if self.advance:
+            self._next = epoch + 1
+        return ((epoch, i) for i in range(self.rank, self.n, self.world_size))
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
@@ -558,12 +585,20 @@ class ThreadedLoader:
 
 def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, num_workers: int = 0,
                 multiprocessing_context: str | None = None, rank: int | None = None,
-                world_size: int | None = None, worker_type: str = "process", **kwargs: Any) -> Any:
+                world_size: int | None = None, worker_type: str = "process", advance_epochs: bool = True,
+                **kwargs: Any) -> Any:
     """A loader drawing this rank's samples of each epoch (rank/world from torch.distributed
     when initialised). ``worker_type="process"``: a torch DataLoader whose workers persist
     across epochs (``multiprocessing_context`` ``"fork"``, ``"spawn"`` or ``"forkserver"``);
     ``"thread"``: a :class:`ThreadedLoader` with ``num_workers`` threads (best for volumes
-    held in memory)."""
+    held in memory). Every new pass over the loader is the next epoch (see
+    :class:`EpochSampler`; ``advance_epochs=False`` repeats epoch 0, e.g. for validation).
+
+    Example:
+        >>> loader = make_loader(range(4), batch_size=2)  # any sized dataset taking (epoch, i) keys
+        >>> len(loader), [key for key in loader.sampler]
+        (2, [(0, 0), (0, 1), (0, 2), (0, 3)])
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -572,7 +607,7 @@ def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, 
         ready = dist.is_available() and dist.is_initialized()
         rank = dist.get_rank() if ready else 0
         world_size = dist.get_world_size() if ready else 1
-    sampler = EpochSampler(len(dataset), rank, world_size)
+    sampler = EpochSampler(len(dataset), rank, world_size, advance=advance_epochs)
     if worker_type == "thread":
         return ThreadedLoader(dataset, batch_size, sampler, threads=max(num_workers, 1),
                               collate=kwargs.get("collate_fn"))
