@@ -1,4 +1,4 @@
-"""seed 004's CombineDataModule over prepared replicas, and a real Trainer.fit."""
+"""CombineDataModule over prepared replicas, train/val splits, and a real Trainer.fit."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def combine(home: Path, **kwargs) -> CombineDataModule:
         batch_size=8, samples_per_epoch=400, **kwargs)
 
 
-def test_combine_datamodule_shape_of_seed_004(home: Path) -> None:
+def test_combine_datamodule_mixes_three_datasets(home: Path) -> None:
     dm = combine(home)
     dm.prepare_data()  # finished volumes are reused: no network, no rework
     dm.setup("fit")

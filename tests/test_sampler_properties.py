@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from emdata.store.writer import LabelLayerData, write_volume  # noqa: E402
-from emdata.torch import Foreground, PatchDataset  # noqa: E402
-from emdata.torch.dataset import origin_range, reach_range, target_voxel  # noqa: E402
+from emdata.store.writer import LabelLayerData, write_volume
+from emdata.torch import Foreground, PatchDataset
+from emdata.torch.dataset import origin_range, reach_range, target_voxel
 
 RATIOS = [0.5, 0.75, 1.0, 1.2, 4 / 3, 1.5, 5 / 3, 2.0, 2.5, 3.0]
 
@@ -53,7 +53,8 @@ def _volume(root: Path, shape: tuple[int, int, int], vs0: tuple[float, float, fl
     sem = (rng.random(shape) < 0.02).astype(np.uint8)
     sem[tuple(n - 1 for n in shape)] = 1  # always some foreground in the far corner
     raw = rng.integers(0, 255, shape, dtype=np.uint8)
-    classes = [{"value": 0, "name": "bg", "ontology": "background"}, {"value": 1, "name": "m", "ontology": "mitochondria"}]
+    classes = [{"value": 0, "name": "bg", "ontology": "background"},
+               {"value": 1, "name": "m", "ontology": "mitochondria"}]
     return write_volume(root / f"v{seed}.ome.zarr", raw, vs0, labels=[LabelLayerData("mito", sem, "semantic", classes)],
                         meta={"dataset": "demo", "volume": f"v{seed}", "split": "train"})
 

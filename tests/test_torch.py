@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from emdata.store.volume import open_volume  # noqa: E402
 from emdata.testing.replica_sets import prepared_replicas  # noqa: E402
 from emdata.torch import (  # noqa: E402
+    CONNECTOMICS_LABEL_SPACE,
     IGNORE,
-    SEED_004_SPACE,
     Foreground,
     MinInstances,
     MixedPatchDataset,
@@ -45,7 +45,7 @@ def _samples(ds: PatchDataset, workers: int, context: str | None, n: int = 10) -
 
 def test_samples_are_identical_across_workers_and_start_methods(prepared: dict[str, list[str]]) -> None:
     ds = PatchDataset(prepared["snemi3d"] + prepared["cremi"], (4, 32, 32), targets=["semantic"],
-                      samples_per_epoch=10, seed=7, label_space=SEED_004_SPACE, voxel_size=(40, 8, 8))
+                      samples_per_epoch=10, seed=7, label_space=CONNECTOMICS_LABEL_SPACE, voxel_size=(40, 8, 8))
     reference = _samples(ds, 0, None)
     assert len({s[2] for s in reference}) > 5, "samples differ from each other"
     for workers, context in ((1, "fork"), (2, "fork"), (2, "spawn")):
@@ -114,7 +114,7 @@ def test_volumes_without_a_valid_location_are_excluded(prepared: dict[str, list[
 
 
 def test_unannotated_classes_never_appear_as_background(prepared: dict[str, list[str]]) -> None:
-    space = list(SEED_004_SPACE)
+    space = list(CONNECTOMICS_LABEL_SPACE)
     snemi = PatchDataset(prepared["snemi3d"], (4, 32, 32), targets=["semantic", "classes"], label_space=space,
                          samples_per_epoch=20)
     mito = PatchDataset(prepared["mitoem2"], (4, 32, 32), targets=["semantic"], label_space=space,
@@ -148,12 +148,12 @@ def test_ignore_classes_do_not_need_to_be_annotated() -> None:
 
     meta = {"cells": {"kind": "semantic", "annotates": ["background", "neuron", "cleft", "mitochondria"],
                       "mapping": {"0": {"name": "background"}, "1": {"name": "neuron"}}}}
-    strict = plan_labels(meta, LabelSpace(list(SEED_004_SPACE)))
-    merged = plan_labels(meta, LabelSpace(list(SEED_004_SPACE), ignore_classes=["mito_boundary"]))
+    strict = plan_labels(meta, LabelSpace(list(CONNECTOMICS_LABEL_SPACE)))
+    merged = plan_labels(meta, LabelSpace(list(CONNECTOMICS_LABEL_SPACE), ignore_classes=["mito_boundary"]))
     assert not strict.complete and merged.complete
     labels = {"cells": np.array([[[0, 1]]])}
-    assert semantic_target(labels, strict, LabelSpace(list(SEED_004_SPACE))).tolist() == [[[IGNORE, 1]]]
-    space = LabelSpace(list(SEED_004_SPACE), ignore_classes=["mito_boundary"])
+    assert semantic_target(labels, strict, LabelSpace(list(CONNECTOMICS_LABEL_SPACE))).tolist() == [[[IGNORE, 1]]]
+    space = LabelSpace(list(CONNECTOMICS_LABEL_SPACE), ignore_classes=["mito_boundary"])
     assert semantic_target(labels, merged, space).tolist() == [[[0, 1]]]
 
 

@@ -698,10 +698,8 @@ class MixedPatchDataset:
     raw dtype (float raw for volumes of different bit depth). Their label spaces are unified:
     parts built without an explicit ``label_space`` switch to the union of the classes all
     parts annotate (or to the explicit space some parts share); explicit spaces that differ
-    are refused. :attr:`class_names` maps target indices to classes.
-
-    Example:
-        >>> mixed = MixedPatchDataset({"snemi3d": (snemi, 1.0), "mitoem2": (mito, 2.0)})  # doctest: +SKIP
+    are refused. :attr:`class_names` maps target indices to classes. Usage:
+    ``MixedPatchDataset({"snemi3d": (snemi, 1.0), "mitoem2": (mito, 2.0)}, samples_per_epoch=4000)``.
     """
 
     def __init__(self, datasets: Mapping[str, tuple[PatchDataset, float]], samples_per_epoch: int = 1000,

@@ -5,9 +5,13 @@ workers); larger levels are read chunk-aligned through a bounded LRU of decoded 
 neighbouring patches reuse each other's decode work.
 
 Example:
-    >>> reader = VolumeReader(path, memory_budget=2 << 30)  # doctest: +SKIP
-    >>> reader.read("raw", 0, (slice(0, 16), slice(0, 128), slice(0, 128))).shape  # doctest: +SKIP
-    (16, 128, 128)
+    >>> import tempfile
+    >>> from emdata.store.writer import write_volume
+    >>> path = write_volume(Path(tempfile.mkdtemp()) / "v.ome.zarr", np.ones((16, 128, 128), "u1"), (30, 6, 6),
+    ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})
+    >>> reader = VolumeReader(path, memory_budget=0)  # nothing held in memory: chunks through the LRU
+    >>> reader.read("raw", 0, (slice(0, 16), slice(0, 100), slice(8, 128))).shape
+    (16, 100, 120)
 """
 
 from __future__ import annotations
