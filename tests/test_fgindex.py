@@ -98,9 +98,7 @@ def test_a_read_only_volume_without_indices_is_never_written(tmp_path: Path, emd
         ds = torch_dataset.PatchDataset([path], (2, 16, 16), sampler=torch_dataset.Foreground("mito"),
                                         samples_per_epoch=5)
         assert all((ds.sample(0, i)["raw"].shape == (1, 2, 16, 16)) for i in range(5))
-        ds2 = torch_dataset.PatchDataset([path], (2, 16, 16), sampler=torch_dataset.MinInstances("cells", k=2),
-                                         samples_per_epoch=2)
-        ds2.sample(0, 0)
+        torch_dataset.PatchDataset([path], (2, 16, 16), sampler=torch_dataset.Foreground("cells"))
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
@@ -113,3 +111,11 @@ def test_a_read_only_volume_without_indices_is_never_written(tmp_path: Path, emd
     assert index.value_counts(1).sum() == int(np.asarray(vol.labels["mito"][...]).sum())
     assert json.loads((path / "zarr.json").read_text())["attributes"]["emdata"]["dataset"] == "demo"
     assert os.access(path, os.R_OK)
+
+
+def test_min_instances_reads_its_layer_even_when_no_labels_are_asked_for(tmp_path: Path) -> None:
+    torch_dataset = pytest.importorskip("emdata.torch")
+    path = _write(tmp_path / "v.ome.zarr", _data())
+    ds = torch_dataset.PatchDataset([path], (2, 16, 16), sampler=torch_dataset.MinInstances("cells", k=3),
+                                    samples_per_epoch=3)
+    assert all(ds.sample(0, i)["meta"]["sampler_ok"] for i in range(3))
