@@ -262,3 +262,21 @@ def test_mixed_dataset_checks_its_weights(tmp_path: Path, weight: float) -> None
 def test_samplers_check_their_inputs(make) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def test_threaded_loader_through_the_chunk_cache_gives_the_serial_samples(tmp_path: Path) -> None:
+    paths = [write_small(tmp_path / f"v{i}.ome.zarr", shape=(16, 96, 96), seed=i, neurons=True) for i in range(2)]
+    ds = PatchDataset(paths, (4, 24, 24), targets=["semantic"], samples_per_epoch=48, memory_budget=0)  # no preload
+    serial = [ds.sample(0, i) for i in range(48)]
+    threaded = make_loader(ds, batch_size=4, num_workers=6, worker_type="thread")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        batches = list(threaded)
+    finally:
+        sys.setswitchinterval(old)
+    raw = np.concatenate([b["raw"].numpy() for b in batches])
+    assert np.array_equal(raw, np.stack([s["raw"] for s in serial]))
+    for reader in ds._readers.values():
+        cache = reader._state["cache"]
+        assert cache.nbytes == sum(a.nbytes for a in cache._items.values()) and cache.misses > 0
