@@ -119,3 +119,13 @@ def test_min_instances_reads_its_layer_even_when_no_labels_are_asked_for(tmp_pat
     ds = torch_dataset.PatchDataset([path], (2, 16, 16), sampler=torch_dataset.MinInstances("cells", k=3),
                                     samples_per_epoch=3)
     assert all(ds.sample(0, i)["meta"]["sampler_ok"] for i in range(3))
+
+
+def test_index_read_in_small_pieces_equals_one_read() -> None:
+    data = _data((9, 40, 70))
+    for layer, kind in (("mito", "semantic"), ("cells", "instance")):
+        whole = compute_index(data[layer], kind, layer, (4, 16, 16))
+        pieces = compute_index(data[layer], kind, layer, (4, 16, 16), max_voxels=2 * 4 * 16 * 16)
+        assert np.array_equal(whole.counts, pieces.counts) and np.array_equal(whole.values, pieces.values)
+        assert kind == "semantic" or np.array_equal(whole.instances, pieces.instances)
+        assert whole.counts.sum() == data[layer].size

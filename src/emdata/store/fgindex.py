@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -70,19 +71,21 @@ def _fingerprint(checksum_attrs: dict[str, Any], layer: str, kind: str, shape: t
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, int, int]) -> ForegroundIndex:
-    """The index of ``labels`` (a numpy or zarr array, read one z-slab of blocks at a time)."""
+def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, int, int],
+                  max_voxels: int = 1 << 26) -> ForegroundIndex:
+    """The index of ``labels`` (a numpy or zarr array), read in block-aligned pieces of at most
+    ``max_voxels`` voxels (at least one block), so any volume size fits in memory."""
     shape = tuple(labels.shape)
     grid = tuple(-(-n // b) for n, b in zip(shape, block_shape))
     per_block: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, int]] = {}
     all_values: set[int] = set()
-    z_step = block_shape[0]
-    for bz in range(grid[0]):  # one z-slab of blocks in memory at a time
-        slab = np.asarray(labels[bz * z_step: (bz + 1) * z_step])
-        small = slab.dtype.kind == "u" and slab.dtype.itemsize == 1
-        for by, bx in itertools.product(range(grid[1]), range(grid[2])):
-            block = slab[:, by * block_shape[1]: (by + 1) * block_shape[1],
-                         bx * block_shape[2]: (bx + 1) * block_shape[2]]
+    bz_, by_, bx_ = block_shape
+    run = max(1, max_voxels // math.prod(block_shape))  # blocks along x per read
+    for bz, by, bx0 in itertools.product(range(grid[0]), range(grid[1]), range(0, grid[2], run)):
+        piece = np.asarray(labels[bz * bz_: (bz + 1) * bz_, by * by_: (by + 1) * by_, bx0 * bx_: (bx0 + run) * bx_])
+        small = piece.dtype.kind == "u" and piece.dtype.itemsize == 1
+        for bx in range(bx0, min(bx0 + run, grid[2])):
+            block = piece[:, :, (bx - bx0) * bx_: (bx - bx0 + 1) * bx_]
             if kind == "instance":  # instance ids are not classes: count background vs foreground
                 fg_ids = block[block != 0]
                 n_inst = len(np.unique(fg_ids))
@@ -134,7 +137,12 @@ def _load(path: Path, layer: str, fingerprint: str, block: tuple[int, ...]) -> F
 
 
 def cache_dir() -> Path:
-    """Where indices of volumes that do not carry their own are cached."""
+    """Where indices of volumes that do not carry their own are cached.
+
+    Example:
+        >>> cache_dir().parts[-2:]
+        ('cache', 'fgindex')
+    """
     return emdata_home() / "cache" / "fgindex"
 
 

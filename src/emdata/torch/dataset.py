@@ -179,7 +179,12 @@ def _positions(origin: int, n: int, t: float, s: float, centre0: float) -> np.nd
 
 
 def target_voxel(voxel0: np.ndarray, vs0: Sequence[float], target: Sequence[float]) -> np.ndarray:
-    """The target-grid voxel holding the centre of level-0 voxel ``voxel0`` (per axis)."""
+    """The target-grid voxel holding the centre of level-0 voxel ``voxel0`` (per axis).
+
+    Example:
+        >>> target_voxel([127, 126, 0], (6, 6, 6), (10, 10, 10)).tolist()  # centres at 765, 759 and 3 nm
+        [76, 75, 0]
+    """
     return np.floor((np.asarray(voxel0) + 0.5) * np.asarray(vs0, dtype=np.float64) / np.asarray(target)).astype(int)
 
 
