@@ -285,6 +285,8 @@ class CombineDataModule(_Loaders):
             dm.prepare_data()
 
     def _mixed(self, part: str, n: int) -> MixedPatchDataset | None:
+        if n == 0:
+            return None
         parts = {}
         for name, (dm, weight) in self.datamodules.items():
             if weight == 0:
@@ -308,7 +310,7 @@ class CombineDataModule(_Loaders):
                 log.warning("%s (weight %s) has no validation patches; validation leaves it out", name, weight)
                 continue
             parts[name] = (ds, weight)
-        return MixedPatchDataset(parts, samples_per_epoch=n, seed=self.seed) if parts and n else None
+        return MixedPatchDataset(parts, samples_per_epoch=n, seed=self.seed) if parts else None
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._mixed("train", self.samples_per_epoch)
