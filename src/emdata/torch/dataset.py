@@ -249,9 +249,10 @@ class PatchDataset:
     Raw keeps its integer dtype by default; volumes of different raw dtypes are then refused
     (a batch would silently promote one to the other's range). ``raw_dtype="float32"`` gives
     float raw, ``normalize`` says how: ``"dtype"`` (the default) maps the dtype's range to
-    [0, 1] (uint8 / 255, uint16 / 65535); ``"percentile"`` maps each volume's 0.5 and 99.5
-    percentiles (recorded when it was prepared; estimated from a stored level otherwise) to
-    0 and 1, clipped, so volumes of different bit depth and contrast share one scale.
+    [0, 1] (uint8 / 255, uint16 / 65535; float raw: its recorded min and max);
+    ``"percentile"`` maps each volume's 0.5 and 99.5 percentiles (recorded when it was
+    prepared; estimated from a stored level otherwise) to 0 and 1, clipped, so volumes of
+    different bit depth and contrast share one scale.
 
     ``augment`` flips (all axes) and rotates by 90° in the xy plane only (z is never mixed in).
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
