@@ -2,20 +2,25 @@
 value covers (semantic layers) or how many non-zero voxels and distinct instances it holds
 (instance layers). Samplers draw blocks in proportion to these counts — no rejection loop.
 
-Computed once (at prepare or first use) and stored with the volume as
-``<volume>/indices/<layer>.npz``, tagged with the layer's content checksum so a rebuilt
-volume never reuses a stale index.
+Built by the writer while preparing, before the volume is marked complete, and stored with it
+as ``<volume>/indices/<layer>.npz``, tagged with the layer's content checksum. A published
+volume is never written to: for volumes that lack an index (written by an older emdata) it is
+computed in memory and cached as ``<EMDATA_HOME>/cache/fgindex/<fingerprint>.npz``.
 
 Example:
-    >>> index = foreground_index(volume, "neurons")  # doctest: +SKIP
-    >>> index.block_shape, index.counts.shape  # doctest: +SKIP
-    ((16, 128, 128), (7, 8, 8, 2))
+    >>> import numpy as np
+    >>> labels = np.zeros((4, 8, 8), np.uint8); labels[0, 0, :3] = 2
+    >>> index = compute_index(labels, "semantic", "cells", (4, 4, 4))
+    >>> index.values.tolist(), index.value_counts(2)[0].tolist()
+    ([0, 2], [[3, 0], [0, 0]])
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -24,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from emdata.config import emdata_home
+
 INDEX_DIR = "indices"
 VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,31 +62,41 @@ class ForegroundIndex:
         return self.counts[..., self.values != 0].sum(axis=-1)
 
 
-def _fingerprint(volume: Any, layer: str) -> str:
-    """Digest of the recorded block checksums of the layer's level 0."""
-    attrs = volume.labels[layer].attrs.get("emdata", {}).get("checksum", {})
-    return hashlib.blake2b("".join(attrs.get("blocks", [])).encode(), digest_size=16).hexdigest()
+def _fingerprint(checksum_attrs: dict[str, Any], layer: str, kind: str, shape: tuple[int, ...],
+                 block: tuple[int, ...]) -> str:
+    """Digest of a layer's recorded level-0 block checksums, its kind, shape and the index block shape."""
+    blocks = "".join(checksum_attrs.get("blocks", []))
+    text = (f"{VERSION}|{layer}|{kind}|{tuple(shape)}|{tuple(block)}|{checksum_attrs.get('algorithm', '')}|"
+            f"{checksum_attrs.get('block_shape')}|{blocks}")
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _compute(volume: Any, layer: str, block_shape: tuple[int, int, int]) -> ForegroundIndex:
-    kind = volume.meta["labels"][layer]["kind"]
-    arr = volume.labels[layer]
-    shape = tuple(arr.shape)
+def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, int, int],
+                  max_voxels: int = 1 << 26) -> ForegroundIndex:
+    """The index of ``labels`` (a numpy or zarr array), read in block-aligned pieces of at most
+    ``max_voxels`` voxels (at least one block), so any volume size fits in memory."""
+    shape = tuple(labels.shape)
     grid = tuple(-(-n // b) for n, b in zip(shape, block_shape))
     per_block: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, int]] = {}
     all_values: set[int] = set()
-    z_step = block_shape[0]
-    for bz in range(grid[0]):  # one z-slab of blocks in memory at a time
-        slab = np.asarray(arr[bz * z_step: (bz + 1) * z_step])
-        for by, bx in itertools.product(range(grid[1]), range(grid[2])):
-            block = slab[:, by * block_shape[1]: (by + 1) * block_shape[1],
-                         bx * block_shape[2]: (bx + 1) * block_shape[2]]
-            values, counts = np.unique(block, return_counts=True)
-            n_inst = int((values != 0).sum()) if kind == "instance" else 0
+    bz_, by_, bx_ = block_shape
+    run = max(1, max_voxels // math.prod(block_shape))  # blocks along x per read
+    for bz, by, bx0 in itertools.product(range(grid[0]), range(grid[1]), range(0, grid[2], run)):
+        piece = np.asarray(labels[bz * bz_: (bz + 1) * bz_, by * by_: (by + 1) * by_, bx0 * bx_: (bx0 + run) * bx_])
+        small = piece.dtype.kind == "u" and piece.dtype.itemsize == 1
+        for bx in range(bx0, min(bx0 + run, grid[2])):
+            block = piece[:, :, (bx - bx0) * bx_: (bx - bx0 + 1) * bx_]
             if kind == "instance":  # instance ids are not classes: count background vs foreground
-                fg = int(counts[values != 0].sum())
-                values = np.array([0, 1], dtype=np.uint64)
-                counts = np.array([block.size - fg, fg])
+                fg_ids = block[block != 0]
+                n_inst = len(np.unique(fg_ids))
+                values, counts = np.array([0, 1], dtype=np.uint64), np.array([block.size - fg_ids.size, fg_ids.size])
+            elif small:  # uint8 classes: a histogram is much faster than sorting
+                hist = np.bincount(block.reshape(-1), minlength=256)
+                values = np.flatnonzero(hist).astype(np.uint64)
+                counts, n_inst = hist[values], 0
+            else:
+                values, counts = np.unique(block, return_counts=True)
+                n_inst = 0
             per_block[(bz, by, bx)] = (values.astype(np.uint64), counts, n_inst)
             all_values.update(int(v) for v in values)
     values = np.array(sorted(all_values), dtype=np.uint64)
@@ -93,31 +111,85 @@ def _compute(volume: Any, layer: str, block_shape: tuple[int, int, int]) -> Fore
     return ForegroundIndex(layer, kind, block_shape, shape, values, counts, instances)  # type: ignore[arg-type]
 
 
+def _save(index: ForegroundIndex, fingerprint: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.npz")
+    np.savez(tmp, version=VERSION, fingerprint=fingerprint, kind=index.kind, block_shape=np.array(index.block_shape),
+             shape=np.array(index.shape), values=index.values, counts=index.counts,
+             instances=index.instances if index.instances is not None else np.zeros(0, np.int64))
+    os.replace(tmp, path)
+
+
+def _load(path: Path, layer: str, fingerprint: str, block: tuple[int, ...]) -> ForegroundIndex | None:
+    """The index saved at ``path`` when it matches; None when absent, unreadable or stale."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if (int(z["version"]) == VERSION and str(z["fingerprint"]) == fingerprint
+                    and tuple(z["block_shape"]) == block):
+                inst = z["instances"] if z["instances"].size else None
+                return ForegroundIndex(layer, str(z["kind"]), block, tuple(z["shape"]),  # type: ignore[arg-type]
+                                       z["values"], z["counts"], inst)
+    except (OSError, KeyError, ValueError):
+        log.debug("%s: unreadable foreground index, rebuilding", path)
+    return None
+
+
+def cache_dir() -> Path:
+    """Where indices of volumes that do not carry their own are cached.
+
+    Example:
+        >>> cache_dir().parts[-2:]
+        ('cache', 'fgindex')
+    """
+    return emdata_home() / "cache" / "fgindex"
+
+
+def store_indices(path: Path, arrays: dict[str, Any] | None = None) -> list[Path]:
+    """Compute and store the index of every label layer of the volume being written at ``path``
+    (its ``emdata`` attributes and checksums already written, the completion marker not yet).
+    ``arrays`` may give level-0 label data already in memory, by layer name.
+    """
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    written = []
+    for layer, meta in root.attrs["emdata"]["labels"].items():
+        stored = root[f"labels/{layer}/0"]
+        block = tuple(meta["levels"][0]["chunks"])
+        fingerprint = _fingerprint(stored.attrs.get("emdata", {}).get("checksum", {}), layer, meta["kind"],
+                                   tuple(stored.shape), block)
+        source = (arrays or {}).get(layer, stored)
+        target = Path(path) / INDEX_DIR / f"{layer}.npz"
+        _save(compute_index(source, meta["kind"], layer, block), fingerprint, target)  # type: ignore[arg-type]
+        written.append(target)
+    return written
+
+
 def foreground_index(volume: Any, layer: str, block_shape: tuple[int, int, int] | None = None) -> ForegroundIndex:
-    """The stored index of ``layer`` (computing and storing it on first use).
+    """The index of ``layer``: the one stored with the volume, else the cached one, else computed
+    (and cached under EMDATA_HOME when that is writable). Never writes into the volume.
 
     ``block_shape`` defaults to the layer's level-0 chunk shape.
     """
     if layer not in volume.meta["labels"]:
         raise KeyError(f"{volume.path}: no label layer {layer!r}; layers: {list(volume.meta['labels'])}")
-    block = tuple(block_shape or volume.meta["labels"][layer]["levels"][0]["chunks"])
-    fingerprint = _fingerprint(volume, layer)
-    path = Path(volume.path) / INDEX_DIR / f"{layer}.npz"
-    if path.is_file():
+    meta = volume.meta["labels"][layer]
+    block = tuple(block_shape or meta["levels"][0]["chunks"])
+    stored = volume.labels[layer]
+    checksums = stored.attrs.get("emdata", {}).get("checksum", {})
+    fingerprint = _fingerprint(checksums, layer, meta["kind"], tuple(stored.shape), block)
+    for path in (Path(volume.path) / INDEX_DIR / f"{layer}.npz", cache_dir() / f"{fingerprint}.npz"):
+        index = _load(path, layer, fingerprint, block)
+        if index is not None:
+            return index
+    if not checksums.get("blocks"):
+        log.warning("%s: layer %r records no block checksums; its foreground index is not cached", volume.path, layer)
+    index = compute_index(volume.labels[layer], meta["kind"], layer, block)  # type: ignore[arg-type]
+    if checksums.get("blocks"):
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if (int(z["version"]) == VERSION and str(z["fingerprint"]) == fingerprint
-                        and tuple(z["block_shape"]) == block):
-                    inst = z["instances"] if z["instances"].size else None
-                    return ForegroundIndex(layer, str(z["kind"]), block, tuple(z["shape"]),  # type: ignore[arg-type]
-                                           z["values"], z["counts"], inst)
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or old: rebuild below
-    index = _compute(volume, layer, block)  # type: ignore[arg-type]
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.npz")
-    np.savez(tmp, version=VERSION, fingerprint=fingerprint, kind=index.kind, block_shape=np.array(block),
-             shape=np.array(index.shape), values=index.values, counts=index.counts,
-             instances=index.instances if index.instances is not None else np.zeros(0, np.int64))
-    os.replace(tmp, path)
+            _save(index, fingerprint, cache_dir() / f"{fingerprint}.npz")
+        except OSError as exc:  # a read-only home: keep it in memory only
+            log.info("foreground index of %s/%s not cached (%s)", volume.path, layer, exc)
     return index

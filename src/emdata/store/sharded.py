@@ -67,6 +67,8 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.checksum import ALGORITHM, block_slices, digest
 from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
+from emdata.store.fgindex import store_indices
+from emdata.store.intensity import IntensityHistogram
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 from emdata.store.writer import (
     COMPLETE_MARKER,
@@ -380,8 +382,26 @@ class ShardedVolumeWriter:
             raise ValueError(f"write_region writes level 0; level {region.level} is built with build_region")
         digests = {}
         for name in self.array_names():
-            digests[name] = self._store(region, name, fill(region, name))
+            data = fill(region, name)
+            digests[name] = self._store(region, name, data)
+            if name == "raw":  # intensity histogram of this region, merged by finish()
+                histogram = IntensityHistogram(self.spec["dtype"])
+                histogram.add(data)
+                np.savez(self._intensity_record(region), **histogram.state())
         _atomic_json(self._record(region), {"level": 0, "index": list(region.index), "digests": digests})
+
+    def _intensity_record(self, region: Region) -> Path:
+        path = self._record(region).with_suffix(".intensity.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _intensity(self) -> dict[str, Any]:
+        """Raw intensity statistics merged from the level-0 regions' histograms."""
+        histogram = IntensityHistogram(self.spec["dtype"])
+        for region in self.regions(0):
+            with np.load(self._intensity_record(region), allow_pickle=False) as state:
+                histogram.merge(state)
+        return histogram.summary()
 
     def build_region(self, region: Region) -> None:
         """Level ≥ 1: compute ``region`` of every array from the level below, then its record."""
@@ -468,10 +488,12 @@ class ShardedVolumeWriter:
             }
         meta = self.spec["meta"]
         block = {"schema": SCHEMA, **meta, "voxel_size_nm": list(self.spec["voxel_size_nm"]),
-                 "shape": list(self.spec["shape"]), "raw": {"dtype": self.spec["dtype"], "levels": raw_levels},
+                 "shape": list(self.spec["shape"]),
+                 "raw": {"dtype": self.spec["dtype"], "levels": raw_levels, "intensity": self._intensity()},
                  "labels": label_meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         root.attrs.update({"ome": ome.multiscales(meta["volume"], _ome_levels(raw_levels), method="mean"),
                            "emdata": block})
+        store_indices(self.building)  # samplers' foreground indices, before publishing
         shutil.rmtree(self.building / RECORDS, ignore_errors=True)
         (self.building / SPEC).unlink(missing_ok=True)
         with self.locked():

@@ -29,6 +29,8 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.checksum import checksum_attr
 from emdata.store.chunking import choose_chunks
+from emdata.store.fgindex import store_indices
+from emdata.store.intensity import raw_intensity
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 
 COMPLETE_MARKER = "emdata-complete.json"
@@ -202,11 +204,13 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
                     }
             emdata_block = {
                 "schema": SCHEMA, **meta, "voxel_size_nm": list(voxel_size), "shape": list(raw.shape),
-                "raw": {"dtype": str(raw.dtype), "levels": raw_levels}, "labels": label_meta,
+                "raw": {"dtype": str(raw.dtype), "levels": raw_levels, "intensity": raw_intensity(raw)},
+                "labels": label_meta,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             root.attrs.update({"ome": ome.multiscales(meta["volume"], _ome_levels(raw_levels), method="mean"),
                                "emdata": emdata_block})
+            store_indices(tmp, {la.name: la.data for la in labels})  # samplers' indices, before publishing
             if path.exists():
                 trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
                 os.replace(path, trash)

@@ -1,11 +1,10 @@
 """PyTorch access to prepared volumes: patches in nanometres, rejection-free samplers,
 targets in the union label space, multi-dataset mixing (extra ``emdata[torch]``).
 
-Example:
-    >>> from emdata.torch import PatchDataset, Foreground, make_loader  # doctest: +SKIP
-    >>> ds = PatchDataset(emdata.volumes("snemi3d", "train"), (16, 128, 128),
-    ...                   sampler=Foreground("neurons"), targets=["semantic", "affinities"])  # doctest: +SKIP
-    >>> for batch in make_loader(ds, batch_size=8, num_workers=2): ...  # doctest: +SKIP
+Example (a full one, on a written volume, is in :mod:`emdata.torch.dataset`):
+    >>> from emdata.torch import CONNECTOMICS_LABEL_SPACE, LabelSpace
+    >>> LabelSpace(list(CONNECTOMICS_LABEL_SPACE)).index("mitochondrion")
+    3
 """
 
 from emdata.torch.dataset import (
@@ -18,7 +17,18 @@ from emdata.torch.dataset import (
                                   Uniform,
                                   make_loader,
 )
-from emdata.torch.targets import IGNORE, SEED_004_SPACE, LabelSpace
+from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE, LabelSpace
 
-__all__ = ["IGNORE", "SEED_004_SPACE", "EpochSampler", "Foreground", "LabelSpace", "MinInstances",
-           "MixedPatchDataset", "NoValidLocationError", "PatchDataset", "Uniform", "make_loader"]
+__all__ = [
+                                  "CONNECTOMICS_LABEL_SPACE",
+                                  "IGNORE",
+                                  "EpochSampler",
+                                  "Foreground",
+                                  "LabelSpace",
+                                  "MinInstances",
+                                  "MixedPatchDataset",
+                                  "NoValidLocationError",
+                                  "PatchDataset",
+                                  "Uniform",
+                                  "make_loader",
+]

@@ -5,15 +5,20 @@ workers); larger levels are read chunk-aligned through a bounded LRU of decoded 
 neighbouring patches reuse each other's decode work.
 
 Example:
-    >>> reader = VolumeReader(path, memory_budget=2 << 30)  # doctest: +SKIP
-    >>> reader.read("raw", 0, (slice(0, 16), slice(0, 128), slice(0, 128))).shape  # doctest: +SKIP
-    (16, 128, 128)
+    >>> import tempfile
+    >>> from emdata.store.writer import write_volume
+    >>> path = write_volume(Path(tempfile.mkdtemp()) / "v.ome.zarr", np.ones((16, 128, 128), "u1"), (30, 6, 6),
+    ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})
+    >>> reader = VolumeReader(path, memory_budget=0)  # nothing held in memory: chunks through the LRU
+    >>> reader.read("raw", 0, (slice(0, 16), slice(0, 100), slice(8, 128))).shape
+    (16, 100, 120)
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -26,28 +31,49 @@ Box = tuple[slice, slice, slice]
 
 
 class ChunkCache:
-    """LRU of decoded chunks, bounded in bytes."""
+    """LRU of decoded chunks, bounded in bytes; safe to share between threads.
+
+    Decoding runs outside the lock, so threads decode different chunks in parallel; when two
+    threads load the same chunk at once, the first one stored wins and is counted once.
+
+    Example:
+        >>> cache = ChunkCache(max_bytes=2048)
+        >>> cache.get(("raw", 0, (0, 0, 0)), lambda: np.zeros(1024, np.uint8)).nbytes, cache.nbytes
+        (1024, 1024)
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the chunks held now."""
+        return self._bytes
+
     def get(self, key: tuple[Any, ...], load: Any) -> np.ndarray:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item
-        self.misses += 1
-        item = load()
-        self._items[key] = item
-        self._bytes += item.nbytes
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
-        return item
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item
+            self.misses += 1
+        loaded = load()
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:  # another thread stored it meanwhile
+                self._items.move_to_end(key)
+                return item
+            self._items[key] = loaded
+            self._bytes += loaded.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+        return loaded
 
 
 class VolumeReader:
@@ -58,16 +84,26 @@ class VolumeReader:
         self.memory_budget = memory_budget
         self.chunk_cache_bytes = chunk_cache_bytes
         self._state: dict[str, Any] | None = None
+        self._lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "memory_budget": self.memory_budget,
                 "chunk_cache_bytes": self.chunk_cache_bytes, "_state": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def _open(self) -> dict[str, Any]:
-        if self._state is None or self._state["pid"] != os.getpid():
-            self._state = {"pid": os.getpid(), "volume": open_volume(self.path), "arrays": {},
-                           "memory": {}, "used": 0, "cache": ChunkCache(self.chunk_cache_bytes)}
-        return self._state
+        state = self._state
+        if state is None or state["pid"] != os.getpid():
+            with self._lock:  # one state per process, even when threads open at once
+                state = self._state
+                if state is None or state["pid"] != os.getpid():
+                    state = {"pid": os.getpid(), "volume": open_volume(self.path), "arrays": {},
+                             "memory": {}, "used": 0, "cache": ChunkCache(self.chunk_cache_bytes)}
+                    self._state = state
+        return state
 
     @property
     def volume(self) -> Volume:
@@ -76,24 +112,28 @@ class VolumeReader:
     def _array(self, layer: str, level: int) -> Any:
         state = self._open()
         key = (layer, level)
-        if key not in state["arrays"]:
-            vol = state["volume"]
-            state["arrays"][key] = vol.level(level) if layer == "raw" else vol.label_level(layer, level)
-        return state["arrays"][key]
+        array = state["arrays"].get(key)
+        if array is None:
+            with self._lock:
+                vol = state["volume"]
+                array = state["arrays"].setdefault(
+                    key, vol.level(level) if layer == "raw" else vol.label_level(layer, level))
+        return array
 
     def preload(self, layer: str, level: int) -> bool:
         """Hold the whole level in memory if it fits the remaining budget; returns whether it does."""
         state = self._open()
         key = (layer, level)
-        if key in state["memory"]:
+        with self._lock:
+            if key in state["memory"]:
+                return True
+            arr = self._array(layer, level)
+            nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
+            if state["used"] + nbytes > self.memory_budget:
+                return False
+            state["memory"][key] = np.asarray(arr[...])
+            state["used"] += nbytes
             return True
-        arr = self._array(layer, level)
-        nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
-        if state["used"] + nbytes > self.memory_budget:
-            return False
-        state["memory"][key] = np.asarray(arr[...])
-        state["used"] += nbytes
-        return True
 
     def read(self, layer: str, level: int, box: Box) -> np.ndarray:
         """The voxels of ``box`` (level coordinates, inside the array) as a new array."""

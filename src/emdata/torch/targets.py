@@ -28,15 +28,16 @@ from emdata.labels.ontology import ontology
 
 IGNORE = -100  # torch.nn.CrossEntropyLoss's default ignore_index
 OUTSIDE = -2  # internal: a known class that is not in the label space
-SEED_004_SPACE = ("background", "neuron", "cleft", "mitochondria", "mito_boundary")
+# The five-class connectomics union: neurons, synaptic clefts, mitochondria and their boundaries
+CONNECTOMICS_LABEL_SPACE = ("background", "neuron", "cleft", "mitochondria", "mito_boundary")
 
 
 @dataclass
 class LabelSpace:
     """Ordered union-ontology classes; ``classes[0]`` must be background.
 
-    ``ignore_classes`` become background (seed 004's documented behaviour) or, with
-    ``ignore_mode="ignore"``, the ignore value.
+    ``ignore_classes`` become background (default) or, with ``ignore_mode="ignore"``, the
+    ignore value.
     """
 
     classes: list[str]
