@@ -62,6 +62,7 @@ PRECOMPUTED: dict[str, tuple[Writer, dict[str, Any], set[str]]] = {
     "kasthuri": (replicas.write_kasthuri_replica, {"bbox": "9:18,40:70,20:50"}, {"ground_truth"}),
     "microns-minnie65": (replicas.write_microns_minnie65_replica, {"bbox": "22:35,100:130,170:200"},
                          {"segmentation"}),
+    "microns-layer23": (replicas.write_microns_layer23_replica, {"bbox": "3:14,101:141,119:157"}, {"segmentation"}),
 }
 if find_spec("cloudvolume") is not None:
     CASES.update(PRECOMPUTED)

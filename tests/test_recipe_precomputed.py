@@ -1,4 +1,4 @@
-"""The precomputed bbox recipes (microns-minnie65, h01, j0126, hemibrain, kasthuri) end to end:
+"""The precomputed bbox recipes (microns-minnie65, microns-layer23, h01, j0126, hemibrain, kasthuri) end to end:
 CloudVolume-written replica layers at the cards' paths, served by the loopback mirror."""
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def chunk_paths(mirror) -> set[str]:
 
 BBOX = {  # each crosses chunk edges (chunks of 8 × 16 × 16 voxels from each layer's offset)
     "microns-minnie65": "22:35,100:130,170:200",
+    "microns-layer23": "3:14,101:141,119:157",  # odd starts: the half-resolution segmentation is cut mid-voxel
     "h01": "6:15,130:170,70:100",
     "j0126": "5:14,20:50,35:70",
     "hemibrain": "33:50,65:100,97:130",
@@ -77,6 +78,7 @@ BBOX = {  # each crosses chunk edges (chunks of 8 × 16 × 16 voxels from each l
 }
 CASES: dict[str, tuple[Callable[..., dict[str, replicas.ReplicaLayer]], tuple[float, float, float]]] = {
     "microns-minnie65": (replicas.write_microns_minnie65_replica, (40.0, 8.0, 8.0)),
+    "microns-layer23": (replicas.write_microns_layer23_replica, (40.0, 4.0, 4.0)),
     "h01": (replicas.write_h01_replica, (33.0, 4.0, 4.0)),
     "j0126": (replicas.write_j0126_replica, (20.0, 10.0, 10.0)),
     "hemibrain": (replicas.write_hemibrain_replica, (8.0, 8.0, 8.0)),
@@ -84,11 +86,17 @@ CASES: dict[str, tuple[Callable[..., dict[str, replicas.ReplicaLayer]], tuple[fl
 }
 
 
+NOMINAL_FRAME = {"microns-layer23": (40.0, 3.58, 3.58)}
+"""Datasets whose layers' info states a nominal voxel frame, not the card's physical voxel size."""
+
+
 def expected_labels(dataset: str, layers: dict[str, replicas.ReplicaLayer], box: Box) -> dict[str, np.ndarray]:
     if dataset == "microns-minnie65":
         return {"segmentation": layers["seg_v1300"].at(box)}
     if dataset == "h01":
         return {"c3": coarse_at(layers["c3"], box, (1, 2, 2))}
+    if dataset == "microns-layer23":
+        return {"segmentation": coarse_at(layers["segmentation"], box, (1, 2, 2))}
     if dataset == "hemibrain":
         return {"segmentation": layers["segmentation"].at(box), "mito": coarse_at(layers["mito"], box, (2, 2, 2))}
     name = next(k for k in layers if k != "em")
@@ -102,10 +110,18 @@ def test_bbox_is_voxel_exact_verified_and_reused(dataset: str, mirror_root: Path
     layers = writer(mirror_root)
     box = box_of(BBOX[dataset])
     card = get_card(dataset)
-    assert voxel == card.voxel_size_nm  # the replicas use the cards' voxel sizes
     with caplog.at_level(logging.WARNING, logger="emdata"):
         (vol,) = emdata.prepare(dataset, bbox=BBOX[dataset])
-    assert not [r for r in caplog.records if r.name.startswith("emdata")]  # info agrees with the card
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("emdata")]
+    if dataset in NOMINAL_FRAME:  # the info states the layers' frame; the card the physical voxel, listing the frame
+        physical = NOMINAL_FRAME[dataset]
+        assert card.voxel_size_nm == physical and [40, 4, 4] in [a["nm"] for a in card.voxel_size.alternatives]
+        assert len(warnings) == 1 and "gives 40×4×4 nm" in warnings[0] and "card records 40×3.58×3.58" in warnings[0]
+        assert any("lists 40×4×4 as an alternative" in n for n in vol.meta["notes"])
+        assert vol.meta["voxel_size_card_nm"] == list(physical)
+    else:
+        assert voxel == card.voxel_size_nm  # the replicas use the cards' voxel sizes
+        assert not warnings  # info agrees with the card
     suffix = "_v1300" if dataset == "microns-minnie65" else ""
     assert vol.name == "z{}-{}_y{}-{}_x{}-{}".format(*(v for s in box for v in (s.start, s.stop))) + suffix
     assert vol.split == "all" and vol.voxel_size == voxel and vol.shape == tuple(s.stop - s.start for s in box)
@@ -272,8 +288,40 @@ def test_deleted_chunk_is_a_missing_chunks_error_not_zeros(mirror_root: Path, mi
     assert vol.shape == (9, 30, 30)
 
 
+def test_layer23_bbox_errors_and_missing_chunks(mirror_root: Path, mirror) -> None:
+    layers = replicas.write_microns_layer23_replica(mirror_root)
+    with pytest.raises(ValueError, match=r"microns-layer23: a bbox is required") as err:
+        emdata.prepare("microns-layer23")
+    assert ("son_of_alignment_v15_rechunked spans z 1:17, y 96:160, x 112:176 (voxels at mip 0, 40×4×4 nm"
+            in str(err.value))
+    with pytest.raises(BoxOutOfBoundsError, match=r"microns-layer23: bbox '0:8,101:141,119:157' .*bounds at mip 0 "
+                                                  r"are z 1:17, y 96:160, x 112:176"):
+        emdata.prepare("microns-layer23", bbox="0:8,101:141,119:157")
+    layers["em"].chunk_file((9, 128, 144)).unlink()  # EM chunk z 9:17, y 128:144, x 144:160
+    with pytest.raises(MissingChunksError, match=r"^microns-layer23: the bbox needs 1 chunk\(s\) of the EM "
+                                                 r"precomputed://.*son_of_alignment_v15_rechunked at mip 0 .*"
+                                                 r"first: z 9:17, y 128:144, x 144:160.*not read as zeros"):
+        emdata.prepare("microns-layer23", bbox=BBOX["microns-layer23"])
+    layers = replicas.write_microns_layer23_replica(mirror_root)  # the EM whole again
+    layers["segmentation"].chunk_file((9, 64, 56)).unlink()  # seg z 9:17, y 64:80, x 56:72 ↔ EM y 128:160, x 112:144
+    with pytest.raises(MissingChunksError) as missing:
+        emdata.prepare("microns-layer23", bbox=BBOX["microns-layer23"])
+    assert str(missing.value).startswith("microns-layer23: the bbox needs 1 chunk(s) of the label layer 'segmentation' "
+                                         "precomputed://https://storage.googleapis.com/microns_public_datasets/"
+                                         "pinky100_v185/seg at mip 0")
+    assert "first: z 9:17, y 64:80, x 56:72" in str(missing.value)
+    assert not list(prepared_dir("microns-layer23").glob("*.ome.zarr"))
+    (vol,) = emdata.prepare("microns-layer23", bbox="3:14,101:127,119:157")  # clear of the hole
+    box = box_of("3:14,101:127,119:157")
+    np.testing.assert_array_equal(vol.labels["segmentation"][...], coarse_at(layers["segmentation"], box, (1, 2, 2)))
+    read = vol.meta["precomputed"]["labels"]["segmentation"]
+    assert (read["mip"], read["voxel_size_nm"], read["upsampled"], read["box"]) == (0, [40.0, 8.0, 8.0], [1, 2, 2],
+                                                                                     "3:14,50:64,59:79")
+
+
 def test_replica_urls_are_the_cards(mirror_root: Path) -> None:
     cards = {"microns-minnie65": [replicas.MICRONS_EM, *replicas.MICRONS_SEG.values()],
+             "microns-layer23": [replicas.LAYER23_EM, replicas.LAYER23_SEG],
              "h01": [replicas.H01_EM, replicas.H01_C3], "j0126": [replicas.J0126_RAW, replicas.J0126_SEG],
              "hemibrain": [replicas.HEMIBRAIN_EM, replicas.HEMIBRAIN_SEG, replicas.HEMIBRAIN_MITO],
              "kasthuri": [replicas.KASTHURI_IMAGE, replicas.KASTHURI_GT]}

@@ -15,7 +15,7 @@ from emdata.store.verify import verify_volume
 from emdata.testing import serve_replicas
 from emdata.testing.replica_sets import REPLICA_SETS
 
-PRECOMPUTED = {"microns-minnie65", "h01", "j0126", "hemibrain", "kasthuri"}
+PRECOMPUTED = {"microns-minnie65", "microns-layer23", "h01", "j0126", "hemibrain", "kasthuri"}
 
 
 def test_every_recipe_has_a_replica_and_nothing_else_does() -> None:

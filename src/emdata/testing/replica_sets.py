@@ -99,6 +99,8 @@ REPLICA_SETS: dict[str, ReplicaSet] = {
     # precomputed layers: fixed tiny extents; the bbox is their whole EM extent
     "microns-minnie65": ReplicaSet(lambda root, small: replicas.write_microns_minnie65_replica(root),
                                    options={"bbox": ":,:,:"}),
+    "microns-layer23": ReplicaSet(lambda root, small: replicas.write_microns_layer23_replica(root),
+                                  options={"bbox": ":,:,:"}),
     "h01": ReplicaSet(lambda root, small: replicas.write_h01_replica(root), options={"bbox": ":,:,:"}),
     "j0126": ReplicaSet(lambda root, small: replicas.write_j0126_replica(root), options={"bbox": ":,:,:"}),
     "hemibrain": ReplicaSet(lambda root, small: replicas.write_hemibrain_replica(root), options={"bbox": ":,:,:"}),

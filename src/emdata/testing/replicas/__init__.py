@@ -19,6 +19,7 @@ from emdata.testing.replicas.precomputed_sets import (
     write_hemibrain_replica,
     write_j0126_replica,
     write_kasthuri_replica,
+    write_microns_layer23_replica,
     write_microns_minnie65_replica,
 )
 from emdata.testing.replicas.snemi3d import write_snemi3d_replica
@@ -37,6 +38,7 @@ __all__ = [
     "write_kasthuri_pp_replica",
     "write_kasthuri_replica",
     "write_lucchi_pp_replica",
+    "write_microns_layer23_replica",
     "write_microns_minnie65_replica",
     "write_mitoem2_replica",
     "write_mitoem_replica",

@@ -1,4 +1,4 @@
-"""Replicas of the precomputed datasets (MICrONS minnie65, H01, J0126, Hemibrain, Kasthuri 2015).
+"""Replicas of the precomputed datasets (MICrONS minnie65 and layer 2/3, H01, J0126, Hemibrain, Kasthuri 2015).
 
 Each writer puts CloudVolume-written Neuroglancer precomputed layers at the published layer
 paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>`` — ``gs://b/p`` as
@@ -42,6 +42,9 @@ MICRONS_SEG = {
     "943": "precomputed://https://storage.googleapis.com/iarpa_microns/minnie/minnie65/seg_m943/",
     "1300": "precomputed://https://storage.googleapis.com/iarpa_microns/minnie/minnie65/seg_m1300/",
 }
+LAYER23_EM = ("precomputed://https://storage.googleapis.com/microns_public_datasets/pinky100_v0/"
+              "son_of_alignment_v15_rechunked")
+LAYER23_SEG = "precomputed://https://storage.googleapis.com/microns_public_datasets/pinky100_v185/seg"
 H01_EM = "gs://h01-release/data/20210601/4nm_raw"
 H01_C3 = "gs://h01-release/data/20210601/c3"
 _J0126 = "https://storage.googleapis.com/j0126-nature-methods-data/GgwKmcKgrcoNxJccKuGIzRnQqfit9hnfK1ctZzNbnuU"
@@ -162,6 +165,31 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
                                         (offset[0], offset[1] * f, offset[2] * f),
                                         encoding="compressed_segmentation", mips=f)
     return out
+
+
+def write_microns_layer23_replica(root: Path, seed: int = 5) -> dict[str, ReplicaLayer]:
+    """EM ``pinky100_v0/son_of_alignment_v15_rechunked`` (uint8 raw, nominal 4×4×40 nm, mip 1 =
+    8×8×40 nm) and ``pinky100_v185/seg`` (uint64 compressed_segmentation at 8×8×40 nm: half the
+    EM's resolution in x and y, as the Allen notebooks show) over the same region, with uint64
+    18-digit root ids (``648518346…``). Keys ``em`` and ``segmentation``.
+
+    The EM is written at the nominal 4 nm frame users report in its info, not the physical
+    3.58 nm; the encodings, offsets (even, like the published 35000/31000/1) and chunk sizes are
+    test choices.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     layers = write_microns_layer23_replica(Path(tmp))
+        >>> layers["em"].voxel_size_nm, layers["segmentation"].voxel_size_nm
+        ((40.0, 4.0, 4.0), (40.0, 8.0, 8.0))
+    """
+    rng = np.random.default_rng(seed)
+    em = _write(root, LAYER23_EM, _em(rng, (16, 64, 64)), (40.0, 4.0, 4.0), (1, 96, 112), mips=2)
+    pool = np.concatenate([[0], 648518346340000000 + rng.choice(10**10, 40, replace=False)]).astype(np.uint64)
+    seg = _write(root, LAYER23_SEG, _ids(rng, (16, 32, 32), pool), (40.0, 8.0, 8.0), (1, 48, 56),
+                 encoding="compressed_segmentation")
+    return {"em": em, "segmentation": seg}
 
 
 def write_h01_replica(root: Path, seed: int = 1) -> dict[str, ReplicaLayer]:
