@@ -85,6 +85,48 @@ def ignore_range() -> Behaviour:
     return behaviour
 
 
+def ignore_range_then_drop(n_bytes: int) -> Behaviour:
+    """Ignore ``Range`` (200, whole file from byte 0) and drop the connection after ``n_bytes``."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        data = path.read_bytes()
+        body = _first_bytes(Response([data]), n_bytes, then_reset=True)
+        return Response(body, status=200, direct_passthrough=True,
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                                 "Connection": "close"})
+
+    return behaviour
+
+
+def gzip_encoded() -> Behaviour:
+    """The file gzip-compressed with ``Content-Encoding: gzip``, whatever the client asked for."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        import gzip
+
+        body = gzip.compress(path.read_bytes(), compresslevel=1)
+        return Response(body, status=200, headers={"Content-Type": "application/octet-stream",
+                                                   "Content-Encoding": "gzip"})
+
+    return behaviour
+
+
+def endless(block: bytes = b"\0" * 65536, stop_after: int = 64 << 20) -> Behaviour:
+    """200 with no ``Content-Length`` and a body that goes on (until ``stop_after`` bytes, a safety net)."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        def body() -> Iterator[bytes]:
+            sent = 0
+            while sent < stop_after:
+                yield block
+                sent += len(block)
+
+        return Response(body(), status=200, direct_passthrough=True,
+                        headers={"Content-Type": "application/octet-stream", "Connection": "close"})
+
+    return behaviour
+
+
 def html_page(title: str = "Google Drive - Virus scan warning", extra: str = "") -> Behaviour:
     """A 200 text/html page instead of the file (Drive/Dropbox interstitials, login walls)."""
     page = f"<!DOCTYPE html><html><head><title>{title}</title></head><body>{extra}</body></html>".encode()
