@@ -14,9 +14,9 @@ import pytest
 import tifffile
 
 import emdata
+from emdata.sources.errors import DownloadError
 from emdata.store.verify import verify_volume
 from emdata.testing import write_snemi3d_replica
-from emdata.sources.errors import DownloadError
 from emdata.testing.replicas.snemi3d import HOST_PATH, TORCH_EM_URLS, write_snemi3d_torch_em_replica
 
 

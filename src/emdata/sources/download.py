@@ -478,7 +478,8 @@ def _download_from(url: str, source: str, part: _Part, expected_size: int | None
             if failures >= policy.tries:
                 raise TransientError(f"{exc} (gave up after {attempts} attempts)") from exc
             if exc.retry_after is None and idle + wait >= policy.give_up_after_s:
-                raise TransientError(f"{exc} (gave up after {attempts} attempts: no progress for {idle:.0f} s)") from exc
+                raise TransientError(f"{exc} (gave up after {attempts} attempts: no progress for "
+                                     f"{idle:.0f} s)") from exc
             log.info("%s; retrying in %.1f s", exc, wait)
             sleep(wait)
 
