@@ -144,3 +144,14 @@ def test_bad_archives_are_refused_with_file_and_value_named(mirror_root: Path, m
         emdata.prepare("lucchi-pp")
     failed = "test" if corrupt is _red else "train"
     assert not (prepared_dir("lucchi-pp") / f"{failed}.ome.zarr").exists()
+
+
+def test_failed_archive_names_the_fetch_only_alternate(mirror) -> None:
+    from emdata.sources.errors import DownloadError
+
+    with pytest.raises(DownloadError) as err:
+        emdata.prepare("lucchi-pp")
+    message = str(err.value)
+    assert "lucchi_pp.zip" in message and "404" in message and "\n" not in message
+    assert "Lucchi++.zip can be fetched with `emdata fetch lucchi-pp --all`, but prepare does not read" in message
+    assert mirror.requests_for("Lucchi%2B%2B.zip") == []

@@ -50,6 +50,19 @@ class Fetched:
         return {"alternate": self.fallback} if self.fallback else {}
 
 
+def fetch_primary(card: Card, primary: str) -> FetchResult:
+    """Fetch ``primary`` for a recipe that reads none of its alternates; a failure names them."""
+    try:
+        return fetch_source(card, primary)
+    except DownloadError as exc:
+        marked = sorted(s.name for s in alternates_of(card, primary))
+        if not marked:
+            raise
+        raise type(exc)(f"{first_line(exc)}; the card's alternate(s) {', '.join(marked)} can be fetched with "
+                        f"`emdata fetch {card.id} --all`, but prepare does not read them (see their note in "
+                        f"`emdata info {card.id}`)") from exc
+
+
 def fetch_with_fallback(card: Card, primary: str, readable: list[str]) -> Fetched:
     """Fetch ``primary``; if every URL of it fails, fetch the alternates ``readable`` instead.
 
@@ -60,11 +73,11 @@ def fetch_with_fallback(card: Card, primary: str, readable: list[str]) -> Fetche
     stray = sorted(set(readable) - marked)
     if stray:
         raise ValueError(f"{card.id}: {stray} are not marked as alternates of {primary} in the card")
+    if not readable:
+        return Fetched(fetch_primary(card, primary), {}, None)
     try:
         return Fetched(fetch_source(card, primary), {}, None)
     except DownloadError as exc:
-        if not readable:
-            raise
         failure = exc
     log.warning("%s: %s could not be fetched (%s); reading its alternate(s) %s instead", card.id, primary,
                 first_line(failure), ", ".join(readable))

@@ -1,9 +1,10 @@
-"""SNEMI3D replica in the organisers' published layout (reference/datasets.md §4.2).
+"""SNEMI3D replica in the organisers' published layout (member names as public download
+scripts and pytorch_connectomics' tutorials/rsunet_snemi.yaml use them).
 
 ``snemi.zip`` on host ``rhoana.rc.fas.harvard.edu`` at ``/dataset/snemi.zip`` holds
 ``image/train-input.tif`` (AC4 raw), ``seg/train-labels.tif`` (AC4 neuron ids) and
 ``image/test-input.tif`` (AC3 raw): multipage greyscale TIFFs, raw uint8, labels uint16
-instance ids with 0 = membrane/background (tmquan mirror notebook facts). Written with
+instance ids with 0 = membrane/background. Written with
 tifffile and zipfile; this module shares no code with the recipe that reads it.
 
 Example:
