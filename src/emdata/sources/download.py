@@ -404,7 +404,8 @@ class _Attempt:
         except requests.exceptions.SSLError as exc:
             raise TLSError(f"{self.url}: TLS certificate of {self.source.split('/')[2]} failed verification "
                            f"({_first_line(exc)})") from exc
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            # network failures only: a full disk (another OSError) is not retried
             raise transient_from(self.url, exc, progressed=False) from exc
 
 
