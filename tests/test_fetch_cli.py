@@ -107,3 +107,9 @@ def test_cache_lists_and_cleans(mirror_root: Path, mirror, tmp_path: Path, monke
 def test_fetch_unknown_subset_is_clear() -> None:
     run = emdata_cli("fetch", "mitoem2", "--subset", "betta")
     assert run.returncode == 1 and "no subset 'betta'" in run.stderr and "beta" in run.stderr
+
+
+def test_fetch_error_names_primary_and_alternate_failures(mirror) -> None:
+    with pytest.raises(DownloadError, match=r"snemi3d: snemi.zip failed \(.*404.*\) and its alternate snemi_train.h5 "
+                                            r"failed too \(.*43iMotlXPyAB39z/download.*404"):
+        emdata.fetch("snemi3d")

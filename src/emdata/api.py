@@ -131,7 +131,11 @@ def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None 
                 raise
             failure = str(exc).splitlines()[0]
             for alternate in fallbacks:
-                entry = get(alternate)
+                try:
+                    entry = get(alternate)
+                except DownloadError as again:
+                    raise DownloadError(f"{dataset_id}: {source.name} failed ({failure}) and its alternate "
+                                        f"{alternate.name} failed too ({str(again).splitlines()[0]})") from again
                 entry.update(instead_of=source.name, because=failure)
                 files.append(entry)
     return {"dataset": dataset_id, "files": files, "skipped": skipped}
