@@ -385,18 +385,20 @@ class _Attempt:
                                     total)
                 self.part.sync_hashes()
                 limit, limit_text = self._limit()
+                held = self.part.size
                 with self.part.open_append() as fh:
                     for block in _chain(first, blocks):
-                        if self.part.size + len(block) > limit:
+                        if held + len(block) > limit:
                             raise SizeLimitError(f"{self.url}: the server sent more than {limit_text} "
-                                                 f"(from {self.source}); stopped at byte {self.part.size}")
+                                                 f"(from {self.source}); stopped at byte {held}")
                         self.part.append(fh, block)
+                        held += len(block)
                         self.received += len(block)
                         self.progress(len(block))
                         if time.monotonic() > deadline:
                             raise TransientError(f"{self.url}: the request ran past its "
                                                  f"{self.policy.attempt_deadline_s:g} s deadline at byte "
-                                                 f"{self.part.size} (a trickling server); resuming")
+                                                 f"{held} (a trickling server); resuming")
                     fh.flush()
                     os.fsync(fh.fileno())
                 if total is not None and self.part.size != total:
