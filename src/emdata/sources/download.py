@@ -395,7 +395,7 @@ class _Attempt:
                         held += len(block)
                         self.received += len(block)
                         self.progress(len(block))
-                        if time.monotonic() > deadline:
+                        if time.monotonic() > deadline and held != total:
                             raise TransientError(f"{self.url}: the request ran past its "
                                                  f"{self.policy.attempt_deadline_s:g} s deadline at byte "
                                                  f"{held} (a trickling server); resuming")
