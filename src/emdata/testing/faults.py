@@ -1,10 +1,16 @@
 """Fault injection for the loopback mirror: rules that make a path misbehave a number of
 times (or always), the way real hosts do.
 
-Example:
-    >>> faults = Faults(root)  # doctest: +SKIP
-    >>> faults.add("snemi.zip", reset_after(700_000), times=3)  # doctest: +SKIP
-    >>> with MirrorServer(root, hook=faults) as server: ...  # doctest: +SKIP
+Example (the first request fails with 503, the next is served):
+    >>> import tempfile, requests
+    >>> from emdata.testing.server import MirrorServer
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "f.bin").write_bytes(b"x" * 10)
+    >>> faults = Faults(root).add("f.bin", status(503), times=1)
+    >>> with MirrorServer(root, hook=faults) as server:
+    ...     codes = [requests.get(f"{server.url}/f.bin").status_code for _ in range(2)]
+    >>> codes, faults.fired
+    ([503, 200], ['f.bin'])
 """
 
 from __future__ import annotations
