@@ -228,23 +228,37 @@ def test_two_processes_one_download(payload: bytes, faulty, tmp_path: Path) -> N
     assert dest.read_bytes() == payload and len(gets(server)) == 1
 
 
-def _hold_lock(path: str) -> None:
+def _hold_lock(path: str, ready) -> None:  # type: ignore[no-untyped-def]
     from filelock import FileLock
 
-    FileLock(path).acquire()
+    lock = FileLock(path)  # kept referenced: a collected FileLock releases itself
+    lock.acquire()
+    ready.send("locked")
     time.sleep(60)
+    lock.release()
 
 
-def test_crashed_lock_holder_does_not_block(payload: bytes, faulty, tmp_path: Path) -> None:
+def test_lock_of_a_killed_holder_does_not_block(payload: bytes, faulty, tmp_path: Path) -> None:
+    """A process that took the download lock is SIGKILLed while holding it; fetch must go on."""
+    from filelock import FileLock, Timeout
+
     dest = tmp_path / "v.bin"
-    holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(dest) + ".lock",))
+    lock_path = str(dest) + ".lock"
+    ctx = mp.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    holder = ctx.Process(target=_hold_lock, args=(lock_path, child_end))
     holder.start()
-    time.sleep(1.5)
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.join()
+    try:
+        assert parent_end.poll(30) and parent_end.recv() == "locked"
+        with pytest.raises(Timeout):  # the lock really is held by the child
+            FileLock(lock_path).acquire(timeout=0.1)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(10)
+    assert holder.exitcode == -signal.SIGKILL and Path(lock_path).exists()  # the lock file outlives its holder
     started = time.monotonic()
-    fetch(URL, dest, checksum=sha(payload), policy=FAST)
-    assert dest.read_bytes() == payload and time.monotonic() - started < 10
+    fetch(URL, dest, checksum=sha(payload), policy=FAST, lock_timeout_s=5)
+    assert dest.read_bytes() == payload and time.monotonic() - started < 5
 
 
 def _self_signed(tmp_path: Path) -> tuple[str, str]:

@@ -30,6 +30,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def replica_checksums(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas were accepted under their own pinned sha256, and a cached file is checked on every use."""
+    monkeypatch.setenv("EMDATA_CHECKSUMS", str(home / "replica-checksums.json"))
+
+
 def combine(home: Path, **kwargs) -> CombineDataModule:
     return CombineDataModule(
         datamodules={"snemi3d": (SNEMI3DDataModule(data_root=home), 1.0),

@@ -144,3 +144,29 @@ def test_bad_archives_are_refused_with_file_and_value_named(mirror_root: Path, m
         emdata.prepare("lucchi-pp")
     failed = "test" if corrupt is _red else "train"
     assert not (prepared_dir("lucchi-pp") / f"{failed}.ome.zarr").exists()
+
+
+def test_failed_archive_names_the_fetch_only_alternate(mirror) -> None:
+    from emdata.sources.errors import DownloadError
+
+    with pytest.raises(DownloadError) as err:
+        emdata.prepare("lucchi-pp")
+    message = str(err.value)
+    assert "lucchi_pp.zip" in message and "404" in message and "\n" not in message
+    assert "Lucchi++.zip can be fetched with `emdata fetch lucchi-pp --all`, but prepare does not read" in message
+    assert mirror.requests_for("Lucchi%2B%2B.zip") == []
+
+
+def test_force_refuses_a_cached_archive_the_card_checksum_no_longer_accepts(mirror_root: Path, mirror, pin: Pin,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.sources.download import CacheMismatchError
+
+    write_lucchi_pp_replica(mirror_root, slices=(2, 2))
+    pin(source_files(mirror_root))  # the replica is accepted under an EMDATA_CHECKSUMS override
+    emdata.prepare("lucchi-pp")
+    monkeypatch.delenv("EMDATA_CHECKSUMS")  # now only the card's sha256 (the real archive's) counts
+    with pytest.raises(CacheMismatchError) as err:
+        emdata.prepare("lucchi-pp", force=True)
+    message = str(err.value)
+    assert "lucchi_pp.zip" in message and "770ce9e98fc6f29c" in message and "delete" in message
+    assert len(mirror.requests_for("lucchi_pp.zip")) == 1

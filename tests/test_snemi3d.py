@@ -14,9 +14,10 @@ import pytest
 import tifffile
 
 import emdata
+from emdata.sources.errors import DownloadError
 from emdata.store.verify import verify_volume
 from emdata.testing import write_snemi3d_replica
-from emdata.testing.replicas.snemi3d import HOST_PATH
+from emdata.testing.replicas.snemi3d import HOST_PATH, TORCH_EM_URLS, write_snemi3d_torch_em_replica
 
 
 def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror) -> None:
@@ -115,3 +116,37 @@ def test_cli_prepare_json_and_verify(mirror_root: Path, mirror, emdata_home: Pat
     bad = subprocess.run([sys.executable, "-m", "emdata", "verify", rows[0]["path"], "--deep"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "labels/neurons/0: block" in bad.stdout
+
+
+def _serve_torch_em_copies_only(root: Path, pin, label_dtype: str = "uint16") -> dict[str, np.ndarray]:
+    truth = write_snemi3d_replica(root, shape=(5, 40, 48))
+    (root / HOST_PATH).unlink()  # every URL of snemi.zip now answers 404
+    pin(write_snemi3d_torch_em_replica(root, truth, label_dtype=label_dtype))
+    return truth
+
+
+def test_prepare_reads_the_torch_em_copies_when_snemi_zip_fails(mirror_root: Path, mirror, pin) -> None:
+    truth = _serve_torch_em_copies_only(mirror_root, pin, label_dtype="uint32")
+    train, test = emdata.prepare("snemi3d")
+    assert np.array_equal(train.raw[...], truth["train_raw"]) and np.array_equal(test.raw[...], truth["test_raw"])
+    labels = train.labels["neurons"]
+    assert labels.dtype == np.uint32 and np.array_equal(labels[...], truth["train_labels"]) and test.labels == {}
+    prov = train.meta["provenance"]
+    assert prov["sources"][0]["url"] == TORCH_EM_URLS["train"]
+    assert prov["alternate"]["used"] == ["snemi_train.h5", "snemi_test.h5"]
+    assert prov["alternate"]["instead_of"] == "snemi.zip" and "404" in prov["alternate"]["because"]
+    assert test.meta["provenance"]["sources"][0]["url"] == TORCH_EM_URLS["test"]
+    assert verify_volume(train.path, deep=True).ok
+
+
+def test_prepare_of_one_volume_fetches_only_its_alternate(mirror_root: Path, mirror, pin) -> None:
+    _serve_torch_em_copies_only(mirror_root, pin)
+    [test] = emdata.prepare("snemi3d", volumes=["test"])
+    assert test.meta["provenance"]["alternate"]["used"] == ["snemi_test.h5"]
+    assert mirror.requests_for("43iMotlXPyAB39z/download") == []
+
+
+def test_when_primary_and_alternate_fail_the_error_names_both(mirror_root: Path, mirror) -> None:
+    with pytest.raises(DownloadError, match=r"snemi3d: snemi.zip failed \(.*404.*\) and its alternate "
+                                            r"snemi_train.h5 failed too \(.*404"):
+        emdata.prepare("snemi3d")

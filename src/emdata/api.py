@@ -72,14 +72,32 @@ def _not_a_file(source: Any) -> str | None:
     return None
 
 
-def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
-    """Download every source file of a dataset (or of one subset) into the cache.
+def _readable_alternates(dataset_id: str) -> frozenset[str]:
+    """The alternate sources the dataset's recipe can read in place of a failed primary."""
+    from emdata.datasets import NoRecipeError, recipe_for
 
-    Returns ``{"dataset", "files": [...], "skipped": [...]}`` with per-file path, size,
-    sha256, md5, the URL it came from and whether it was already cached.
+    try:
+        return frozenset(getattr(recipe_for(dataset_id), "READS_ALTERNATES", frozenset()))
+    except NoRecipeError:
+        return frozenset()
+
+
+def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None = None,
+          all_sources: bool = False) -> dict[str, Any]:
+    """Download the source files ``prepare`` needs (of one subset, or the named ``sources``) into the cache.
+
+    Sources the card marks as alternates are skipped unless named or ``all_sources=True``; when
+    every URL of a primary fails and the recipe reads an alternate of it, that alternate is
+    fetched instead (its entry says ``"instead_of"``). Returns ``{"dataset", "files", "skipped"}``
+    with per-file path, size, sha256, md5, the URL it came from and whether it was cached.
+
+    Example:
+        >>> [s["name"] for s in fetch("h01")["skipped"]]
+        ['4nm_raw', 'c3']
     """
     from emdata.config import downloads_dir
     from emdata.sources.download import fetch as fetch_file
+    from emdata.sources.errors import DownloadError
 
     card = get_card(dataset_id)
     if subset is not None and subset not in {s.id for s in card.subsets}:
@@ -88,20 +106,45 @@ def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None 
         unknown = sorted(set(sources) - {s.name for s in card.sources})
         if unknown:
             raise ValueError(f"{dataset_id} has no source(s) {unknown}; sources: {[s.name for s in card.sources]}")
+
+    def get(source: Any) -> dict[str, Any]:
+        result = fetch_file(source.url, downloads_dir(dataset_id) / source.name, checksum=source.checksum,
+                            size=source.size_bytes, mirrors=source.mirrors)
+        return {"name": source.name, "url": source.url, "path": str(result.path), "bytes": result.size,
+                "sha256": result.sha256, "md5": result.md5, "fetched_from": result.fetched_from,
+                "from_cache": result.from_cache, "checksum": source.checksum, "failed_sources": list(result.failures)}
+
     files, skipped = [], []
+    readable = _readable_alternates(dataset_id) if not (sources or all_sources) else frozenset()
     for source in card.sources:
         if (subset and source.subset not in (None, subset)) or (sources and source.name not in sources):
+            continue
+        if any(f["name"] == source.name for f in files):  # already fetched in place of a failed primary
+            continue
+        if source.is_alternate and not (sources or all_sources):
+            what = f"an alternate of {source.alternate_of}" if source.alternate_of else "not read by prepare"
+            skipped.append({"name": source.name, "url": source.url,
+                            "reason": f"{what}; `emdata fetch {dataset_id} --all` fetches it"})
             continue
         reason = _not_a_file(source)
         if reason:
             skipped.append({"name": source.name, "url": source.url, "reason": reason})
             continue
-        result = fetch_file(source.url, downloads_dir(dataset_id) / source.name, checksum=source.checksum,
-                            size=source.size_bytes, mirrors=source.mirrors)
-        files.append({"name": source.name, "url": source.url, "path": str(result.path), "bytes": result.size,
-                      "sha256": result.sha256, "md5": result.md5, "fetched_from": result.fetched_from,
-                      "from_cache": result.from_cache, "checksum": source.checksum,
-                      "failed_sources": list(result.failures)})
+        fallbacks = [s for s in card.sources if s.alternate_of == source.name and s.name in readable]
+        try:
+            files.append(get(source))
+        except DownloadError as exc:
+            if not fallbacks:
+                raise
+            failure = str(exc).splitlines()[0]
+            for alternate in fallbacks:
+                try:
+                    entry = get(alternate)
+                except DownloadError as again:
+                    raise DownloadError(f"{dataset_id}: {source.name} failed ({failure}) and its alternate "
+                                        f"{alternate.name} failed too ({str(again).splitlines()[0]})") from again
+                entry.update(instead_of=source.name, because=failure)
+                files.append(entry)
     return {"dataset": dataset_id, "files": files, "skipped": skipped}
 
 

@@ -101,6 +101,17 @@ class Source:
     format: str = ""
     subset: str | None = None
     note: str = ""
+    alternate: str | bool = False
+
+    @property
+    def is_alternate(self) -> bool:
+        """True for a source ``prepare`` does not need (fetched only on request, e.g. ``emdata fetch --all``)."""
+        return self.alternate is not False
+
+    @property
+    def alternate_of(self) -> str | None:
+        """The source whose data this one carries in another host or format, if the card names one."""
+        return self.alternate if isinstance(self.alternate, str) else None
 
     @property
     def hash_algorithm(self) -> str | None:
@@ -218,7 +229,8 @@ _CLASS = {"value": int, "name": str, "ontology": str, "color": list, "descriptio
 _VOLUME = {"name": str, "split": str, "description": str, "shape": list, "labelled": bool,
            "subset": str, "cases": list, "prepared": bool}
 _SOURCE = {"name": str, "url": str, "checksum": str, "size_bytes": int, "size_note": str,
-           "checksum_source": str, "mirrors": list, "format": str, "subset": str, "note": str}
+           "checksum_source": str, "mirrors": list, "format": str, "subset": str, "note": str,
+           "alternate": (str, bool)}
 _SUBSET = {"id": str, "title": str, "tissue": str, "microscopy": str, "voxel_size_nm": list,
            "counts": dict, "note": str}
 _CONFLICT = {"field": str, "values": list, "used": str, "note": str}
@@ -239,7 +251,8 @@ def _check(where: str, obj: Any, schema: dict[str, type], required: tuple[str, .
         if expected is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
-            raise CardError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+            raise CardError(f"{where}.{key}: expected {names}, got {value!r}")
 
 
 def _zyx(where: str, value: list) -> tuple[float, float, float]:
@@ -247,6 +260,17 @@ def _zyx(where: str, value: list) -> tuple[float, float, float]:
                                   for v in value):
         raise CardError(f"{where}: expected three positive numbers (z, y, x) in nm, got {value!r}")
     return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _check_alternates(where: str, sources: list[Source]) -> None:
+    """``alternate = "<name>"`` must name a source of the card that is itself not an alternate."""
+    primaries = {s.name for s in sources if not s.is_alternate}
+    for i, s in enumerate(sources):
+        if s.alternate is True and not s.note:
+            raise CardError(f"{where}.sources[{i}].alternate: a source no recipe reads needs a note saying what it is")
+        if s.alternate_of is not None and s.alternate_of not in primaries:
+            raise CardError(f"{where}.sources[{i}].alternate: {s.alternate_of!r} is not a primary source of the card "
+                            f"(primaries: {sorted(primaries)})")
 
 
 def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
@@ -333,7 +357,8 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
                               size_bytes=s.get("size_bytes"), size_note=s.get("size_note", ""),
                               checksum_source=s.get("checksum_source", ""),
                               mirrors=tuple(s.get("mirrors", [])), format=s.get("format", ""),
-                              subset=s.get("subset"), note=s.get("note", "")))
+                              subset=s.get("subset"), note=s.get("note", ""), alternate=s.get("alternate", False)))
+    _check_alternates(where, sources)
     if doc["license"] != "unverified" and not doc.get("license_url", "").startswith("https://"):
         raise CardError(f"{where}.license_url: licence {doc['license']!r} needs the https URL of the published "
                         f"statement it comes from (dataset page, repository LICENSE), or set license = 'unverified'")

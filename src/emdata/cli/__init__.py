@@ -153,13 +153,19 @@ def fetch(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
           subset: Annotated[str | None, typer.Option(help="Only the files of this subset.")] = None,
           source: Annotated[list[str] | None,
                             typer.Option("--source", help="Only this source file (repeatable).")] = None,
+          all_sources: Annotated[bool, typer.Option("--all", help="Also the alternate sources prepare does not need.")]
+          = False,
           as_json: JsonOpt = False) -> None:
-    """Download every source file of a dataset into the cache (resumable, verified)."""
+    """Download the source files `prepare` needs into the cache (resumable, verified).
+
+    Alternate sources (other hosts or formats of the same data, or data no recipe reads) are
+    fetched with --all or --source; one the recipe can read replaces a primary that fails.
+    """
     import emdata
 
     if as_json:
         config.set_quiet(True)
-    report = emdata.fetch(dataset, subset=subset, sources=source or None)
+    report = emdata.fetch(dataset, subset=subset, sources=source or None, all_sources=all_sources)
     if as_json:
         _print_json(report)
         return
@@ -173,8 +179,12 @@ def fetch(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
         table.add_row(f["name"], _human_bytes(f["bytes"]), f["sha256"][:16] + "…", origin)
     con = _console()
     con.print(table)
+    for f in report["files"]:
+        if f.get("instead_of"):
+            con.print(f"{f['name']} was fetched instead of {f['instead_of']} ({f['because']})", style="yellow",
+                      markup=False)
     for s in report["skipped"]:
-        con.print(f"[dim]skipped {s['name']}: {s['reason']}[/dim]")
+        con.print(f"skipped {s['name']}: {s['reason']}", style="dim", markup=False)
 
 
 from emdata.datasets.tem_neutrostruct.cli import app as neutrostruct_app  # noqa: E402  (light: typer only)

@@ -21,3 +21,15 @@ class OfflineError(DownloadError):
 
 class TLSError(DownloadError):
     """The server's TLS certificate failed verification (expired, self-signed, wrong host)."""
+
+
+class SizeLimitError(DownloadError):
+    """The server sent more bytes than the file can have (its expected size or the limit for unknown sizes)."""
+
+
+class CacheMismatchError(ChecksumError):
+    """A cached file no longer matches the checksum expected now (card corrected, override removed, file edited)."""
+
+
+class UnsafePathError(DownloadError):
+    """A cache path is a symbolic link leading out of the emdata home; emdata does not follow it."""

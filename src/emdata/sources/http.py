@@ -2,7 +2,8 @@
 and a retry policy with exponential backoff, jitter and ``Retry-After``.
 
 A failure is *transient* (connection error, timeout, 408/425/429/5xx: worth retrying) or
-*permanent* (other 4xx, an HTML error page: try the next mirror instead).
+*permanent* (other 4xx such as 403/404/410, an HTML error page, an unasked-for
+``Content-Encoding``: try the next mirror instead, at once).
 
 Example:
     >>> policy = RetryPolicy(tries=3, backoff_s=0.5)
@@ -45,16 +46,23 @@ class PermanentError(DownloadError):
 class RetryPolicy:
     """How often and how patiently to retry one URL before failing over.
 
-    ``tries`` counts attempts that made no progress; an attempt that received bytes does not
-    use one up, so a download cut many times still completes.
+    ``tries`` counts attempts that made no progress; an attempt that carried the file beyond
+    the most bytes ever held does not use one up, so a download cut many times still
+    completes while a server that ignores ``Range`` and drops the connection does not loop.
+    ``give_up_after_s`` bounds the time one URL may go without progress (a dead server is
+    reported within it); ``attempt_deadline_s`` bounds one request (a trickling server is cut
+    and resumed); ``max_unknown_size_bytes`` caps a body whose size nobody states.
     """
 
     tries: int = 5
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
-    connect_timeout_s: float = 20.0
-    read_timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
     max_retry_after_s: float = 300.0
+    give_up_after_s: float = 60.0
+    attempt_deadline_s: float = 6 * 3600.0
+    max_unknown_size_bytes: int = 1 << 40
 
     def delay(self, failures: int, retry_after: float | None) -> float:
         """Seconds to wait before the next attempt after ``failures`` consecutive failures."""
@@ -66,6 +74,11 @@ class RetryPolicy:
     @property
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout_s, self.read_timeout_s)
+
+    def timeout_within(self, remaining_s: float) -> tuple[float, float]:
+        """Connect/read timeouts that end no later than ``remaining_s`` from now."""
+        remaining_s = max(remaining_s, 0.05)
+        return (min(self.connect_timeout_s, remaining_s), min(self.read_timeout_s, remaining_s))
 
 
 DEFAULT_POLICY = RetryPolicy()

@@ -1,10 +1,16 @@
 """Fault injection for the loopback mirror: rules that make a path misbehave a number of
 times (or always), the way real hosts do.
 
-Example:
-    >>> faults = Faults(root)  # doctest: +SKIP
-    >>> faults.add("snemi.zip", reset_after(700_000), times=3)  # doctest: +SKIP
-    >>> with MirrorServer(root, hook=faults) as server: ...  # doctest: +SKIP
+Example (the first request fails with 503, the next is served):
+    >>> import tempfile, requests
+    >>> from emdata.testing.server import MirrorServer
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "f.bin").write_bytes(b"x" * 10)
+    >>> faults = Faults(root).add("f.bin", status(503), times=1)
+    >>> with MirrorServer(root, hook=faults) as server:
+    ...     codes = [requests.get(f"{server.url}/f.bin").status_code for _ in range(2)]
+    >>> codes, faults.fired
+    ([503, 200], ['f.bin'])
 """
 
 from __future__ import annotations
@@ -81,6 +87,48 @@ def ignore_range() -> Behaviour:
 
     def behaviour(request: Request, path: Path) -> Response:
         return Response(path.read_bytes(), status=200, headers={"Content-Type": "application/octet-stream"})
+
+    return behaviour
+
+
+def ignore_range_then_drop(n_bytes: int) -> Behaviour:
+    """Ignore ``Range`` (200, whole file from byte 0) and drop the connection after ``n_bytes``."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        data = path.read_bytes()
+        body = _first_bytes(Response([data]), n_bytes, then_reset=True)
+        return Response(body, status=200, direct_passthrough=True,
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                                 "Connection": "close"})
+
+    return behaviour
+
+
+def gzip_encoded() -> Behaviour:
+    """The file gzip-compressed with ``Content-Encoding: gzip``, whatever the client asked for."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        import gzip
+
+        body = gzip.compress(path.read_bytes(), compresslevel=1)
+        return Response(body, status=200, headers={"Content-Type": "application/octet-stream",
+                                                   "Content-Encoding": "gzip"})
+
+    return behaviour
+
+
+def endless(block: bytes = b"\0" * 65536, stop_after: int = 64 << 20) -> Behaviour:
+    """200 with no ``Content-Length`` and a body that goes on (until ``stop_after`` bytes, a safety net)."""
+
+    def behaviour(request: Request, path: Path) -> Response:
+        def body() -> Iterator[bytes]:
+            sent = 0
+            while sent < stop_after:
+                yield block
+                sent += len(block)
+
+        return Response(body(), status=200, direct_passthrough=True,
+                        headers={"Content-Type": "application/octet-stream", "Connection": "close"})
 
     return behaviour
 

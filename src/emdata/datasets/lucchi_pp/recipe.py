@@ -1,7 +1,7 @@
 """Lucchi++: ``lucchi_pp.zip`` (Casser et al. re-annotation of the EPFL hippocampus stacks) →
 volumes ``train`` and ``test`` with a binary ``mitochondria`` layer.
 
-Layout (reference/datasets.md §9): ``Lucchi++/{Train_In,Train_Out,Test_In,Test_Out}/``; raw
+Layout (as torch-em's lucchi.py reads it): ``Lucchi++/{Train_In,Train_Out,Test_In,Test_Out}/``; raw
 slices ``mask%04d.png``, label slices ``%d.png``. Slices are ordered and paired by the number in
 their names (``10.png`` comes after ``9.png``), never by the text order of the names.
 
@@ -14,11 +14,13 @@ Splits follow the folder names (``Train_*`` → ``train``, ``Test_*`` → ``test
 them the other way round (``Test_*`` → ``lucchi_train.h5``); each volume records that in its
 metadata (``torch_em_split``) so numbers can be compared with papers that used torch-em.
 
+The card's Hugging Face copy ``Lucchi++.zip`` (pytorch_connectomics) is a fetch-only alternate: its
+layout is not published consistently, so when ``lucchi_pp.zip`` cannot be fetched the error says so
+instead of guessing.
+
 Example:
-    >>> import emdata
-    >>> train, test = emdata.prepare("lucchi-pp")  # doctest: +SKIP
-    >>> train.labels["mitochondria"].dtype  # doctest: +SKIP
-    dtype('uint8')
+    >>> FOLDERS["train"]
+    ('Train_In', 'Train_Out', 'test')
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from emdata.catalog import get_card
-from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._alternates import fetch_primary
+from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import check_contiguous, folder_members, indexed, read_grey_stack, read_png
 from emdata.labels.remap import colours_to_index, map_values
 from emdata.store.volume import Volume
@@ -90,7 +93,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
     unknown = sorted(set(wanted) - set(FOLDERS))
     if unknown:
         raise ValueError(f"{DATASET} has no volume(s) {unknown}; choose from {list(FOLDERS)}")
-    fetched = fetch_source(card, SOURCE)
+    fetched = fetch_primary(card, SOURCE)
     archive = fetched.path
     folders = folder_members(archive, TOP, tuple(f for v in FOLDERS.values() for f in v[:2]), LucchiPPFormatError)
     out = []

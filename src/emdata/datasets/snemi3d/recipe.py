@@ -1,23 +1,31 @@
 """SNEMI3D: the organisers' ``snemi.zip`` → volumes ``train`` (AC4 raw + neuron ids) and
 ``test`` (AC3 raw).
 
+When every URL of ``snemi.zip`` fails, the recipe reads the card's alternates instead: torch-em's
+HDF5 copies ``snemi_train.h5`` (``volumes/raw``, ``volumes/labels/neuron_ids``) and
+``snemi_test.h5`` (``volumes/raw``), as published by torch_em/data/datasets/electron_microscopy/snemi.py
+(commit 3ef8183); the volume's provenance then names the alternate and why it was used.
+
 Structure is checked (greyscale integer raw, unsigned integer labels of the raw's shape);
 sizes are not, so small replicas work — a size that differs from the card is logged.
 Labels are stored bit-identical to the source file.
 
 Example:
-    >>> import emdata
-    >>> train, test = emdata.prepare("snemi3d")  # doctest: +SKIP
+    >>> sorted(READS_ALTERNATES)
+    ['snemi_test.h5', 'snemi_train.h5']
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from emdata.catalog import get_card
-from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._alternates import fetch_with_fallback
+from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.formats.hdf5 import list_keys, read_dataset
 from emdata.formats.tiff import TiffFormatError, read_stack
 from emdata.sources.archive import read_member
 from emdata.store.volume import Volume
@@ -25,10 +33,17 @@ from emdata.store.volume import Volume
 DATASET = "snemi3d"
 RECIPE_VERSION = 1
 OPTIONS: frozenset[str] = frozenset()
+PRIMARY = "snemi.zip"
 MEMBERS = {
     "train": ("image/train-input.tif", "seg/train-labels.tif"),
     "test": ("image/test-input.tif", None),
 }
+# volume → (alternate source, raw key, label key): torch-em's HDF5 copies of snemi.zip
+ALTERNATES = {
+    "train": ("snemi_train.h5", "volumes/raw", "volumes/labels/neuron_ids"),
+    "test": ("snemi_test.h5", "volumes/raw", None),
+}
+READS_ALTERNATES = frozenset(name for name, _, _ in ALTERNATES.values())
 log = logging.getLogger(__name__)
 
 
@@ -36,21 +51,17 @@ class SNEMI3DFormatError(TiffFormatError):
     """A file in snemi.zip does not have the structure SNEMI3D publishes."""
 
 
-def _read_raw(archive, member: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    stack = read_stack(read_member(archive, member), name=f"{archive.name}:{member}")
-    if stack.data.ndim != 3 or not np.issubdtype(stack.data.dtype, np.integer):
-        raise SNEMI3DFormatError(f"{archive.name}:{member}: expected a greyscale integer z-stack, got "
-                                 f"shape {stack.data.shape} dtype {stack.data.dtype}")
-    return stack.data
+def _check_raw(data: np.ndarray, where: str) -> np.ndarray:
+    if data.ndim != 3 or not np.issubdtype(data.dtype, np.integer):
+        raise SNEMI3DFormatError(f"{where}: expected a greyscale integer z-stack, got shape {data.shape} "
+                                 f"dtype {data.dtype}")
+    return data
 
 
-def _read_labels(archive, member: str, raw_shape: tuple[int, ...]) -> np.ndarray:  # type: ignore[no-untyped-def]
-    stack = read_stack(read_member(archive, member), name=f"{archive.name}:{member}")
-    data = stack.data
-    where = f"{archive.name}:{member}"
+def _check_labels(data: np.ndarray, where: str, raw_shape: tuple[int, ...], encoding: str = "") -> np.ndarray:
     if data.ndim != 3:
         raise SNEMI3DFormatError(f"{where}: expected single-channel instance ids, got shape {data.shape} "
-                                 f"({stack.photometric}); colour-coded labels are not the SNEMI3D encoding")
+                                 f"{encoding}; colour-coded labels are not the SNEMI3D encoding")
     if not np.issubdtype(data.dtype, np.unsignedinteger):
         if np.issubdtype(data.dtype, np.signedinteger) and data.min() >= 0:
             pass  # non-negative signed ids are kept as stored
@@ -61,29 +72,58 @@ def _read_labels(archive, member: str, raw_shape: tuple[int, ...]) -> np.ndarray
     return data
 
 
+def _read_zip(archive: Path, raw_member: str, label_member: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    raw = _check_raw(read_stack(read_member(archive, raw_member), name=f"{archive.name}:{raw_member}").data,
+                     f"{archive.name}:{raw_member}")
+    if label_member is None:
+        return raw, None
+    stack = read_stack(read_member(archive, label_member), name=f"{archive.name}:{label_member}")
+    return raw, _check_labels(stack.data, f"{archive.name}:{label_member}", raw.shape, f"({stack.photometric})")
+
+
+def _read_h5(path: Path, name: str, raw_key: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    raw = _check_raw(read_dataset(path, raw_key).data, f"{name}:{raw_key}")
+    if label_key is None:
+        extra = [k for k in list_keys(path) if k != raw_key]
+        if extra:
+            log.info("snemi3d: %s also holds %s; not used (the test labels were never released)", name, extra)
+        return raw, None
+    return raw, _check_labels(read_dataset(path, label_key).data, f"{name}:{label_key}", raw.shape)
+
+
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
-    """Fetch ``snemi.zip`` and write the selected volumes (default: train and test)."""
+    """Fetch ``snemi.zip`` (or, failing that, its HDF5 alternates) and write the selected volumes."""
     card = get_card(DATASET)
     wanted = volumes or list(MEMBERS)
     unknown = sorted(set(wanted) - set(MEMBERS))
     if unknown:
         raise ValueError(f"snemi3d has no volume(s) {unknown}; choose from {list(MEMBERS)}")
-    fetched = fetch_source(card, "snemi.zip")
+    got = fetch_with_fallback(card, PRIMARY, [ALTERNATES[v][0] for v in MEMBERS if v in wanted])
     out = []
     for spec in card.volumes:
         if spec.name not in wanted:
             continue
-        raw_member, label_member = MEMBERS[spec.name]
-        prov = provenance(DATASET, RECIPE_VERSION, [fetched],
-                          {"volume": spec.name, "members": [m for m in (raw_member, label_member) if m]})
+        if got.primary is not None:
+            fetched = got.primary
+            raw_member, label_member = MEMBERS[spec.name]
+            parameters = {"volume": spec.name, "members": [m for m in (raw_member, label_member) if m]}
+        else:
+            name, raw_key, label_key = ALTERNATES[spec.name]
+            fetched = got.alternates[name]
+            parameters = {"volume": spec.name, "keys": [k for k in (raw_key, label_key) if k]}
+        prov = provenance(DATASET, RECIPE_VERSION, [fetched], parameters)
+        prov.update(got.provenance_note())
         existing = None if force else reusable(volume_path(DATASET, spec.name), prov)
         if existing is not None:
             out.append(existing)
             continue
-        raw = _read_raw(fetched.path, raw_member)
+        if got.primary is not None:
+            raw, labels = _read_zip(fetched.path, raw_member, label_member)
+        else:
+            raw, labels = _read_h5(fetched.path, name, raw_key, label_key)
         if spec.shape and raw.shape != spec.shape:
             log.warning("snemi3d %s: raw shape %s differs from the published %s (a replica or a different "
                         "release); preparing it anyway", spec.name, raw.shape, spec.shape)
-        layers = [layer(card, "neurons", _read_labels(fetched.path, label_member, raw.shape))] if label_member else []
+        layers = [layer(card, "neurons", labels)] if labels is not None else []
         out.append(publish(card, spec.name, spec.split, raw, layers, prov, description=spec.description))
     return out

@@ -1,10 +1,10 @@
-"""Lucchi++ replica in the published layout (reference/datasets.md §9), small in z and xy.
+"""Lucchi++ replica in the published layout (as torch-em's lucchi.py reads it), small in z and xy.
 
 ``lucchi_pp.zip`` on host ``www.casser.io`` at ``/files/lucchi_pp.zip`` holds the folder
 ``Lucchi++/`` with ``Train_In``, ``Train_Out``, ``Test_In`` and ``Test_Out``: raw slices
 ``mask%04d.png`` (8-bit greyscale), label slices ``%d.png`` (no zero padding), either RGBA with
 (255,255,255,255) = mitochondrion or greyscale with 255 = mitochondrion. The RGBA background
-colour is not stated in the reference; it is a parameter (default opaque black). Written with
+colour is not stated by any public reader; it is a parameter (default opaque black). Written with
 PIL and zipfile; shares no code with the recipe.
 
 Example:

@@ -1,9 +1,10 @@
-"""SNEMI3D replica in the organisers' published layout (reference/datasets.md §4.2).
+"""SNEMI3D replica in the organisers' published layout (member names as public download
+scripts and pytorch_connectomics' tutorials/rsunet_snemi.yaml use them).
 
 ``snemi.zip`` on host ``rhoana.rc.fas.harvard.edu`` at ``/dataset/snemi.zip`` holds
 ``image/train-input.tif`` (AC4 raw), ``seg/train-labels.tif`` (AC4 neuron ids) and
 ``image/test-input.tif`` (AC3 raw): multipage greyscale TIFFs, raw uint8, labels uint16
-instance ids with 0 = membrane/background (tmquan mirror notebook facts). Written with
+instance ids with 0 = membrane/background. Written with
 tifffile and zipfile; this module shares no code with the recipe that reads it.
 
 Example:
@@ -22,6 +23,10 @@ from pathlib import Path
 import numpy as np
 
 HOST_PATH = "rhoana.rc.fas.harvard.edu/dataset/snemi.zip"
+# torch-em's HDF5 copies (torch_em/data/datasets/electron_microscopy/snemi.py at 3ef8183): one file per
+# sample, raw at ``volumes/raw``, neuron ids at ``volumes/labels/neuron_ids``.
+TORCH_EM_URLS = {"train": "https://oc.embl.de/index.php/s/43iMotlXPyAB39z/download",
+                 "test": "https://oc.embl.de/index.php/s/aRhphk35H23De2s/download"}
 
 
 def _raw(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
@@ -75,3 +80,35 @@ def write_snemi3d_replica(root: Path, shape: tuple[int, int, int] = (12, 128, 12
         zf.writestr("seg/train-labels.tif", _tiff_bytes(truth["train_labels"]))
         zf.writestr("image/test-input.tif", _tiff_bytes(truth["test_raw"]))
     return truth
+
+
+def write_snemi3d_torch_em_replica(root: Path, truth: dict[str, np.ndarray], label_dtype: str = "uint16",
+                                   test_labels: np.ndarray | None = None) -> dict[str, Path]:
+    """Write torch-em's two HDF5 copies of ``truth`` (from :func:`write_snemi3d_replica`) with h5py.
+
+    Train holds ``volumes/raw`` and ``volumes/labels/neuron_ids`` (as ``label_dtype``); test holds
+    ``volumes/raw`` and, when ``test_labels`` is given, labels too. Returns ``{card URL: file}``.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> files = write_snemi3d_torch_em_replica(root, write_snemi3d_replica(root, shape=(2, 16, 16)))
+        >>> sorted(p.name for p in files.values())
+        ['download', 'download']
+    """
+    import h5py
+
+    contents = {"train": {"volumes/raw": truth["train_raw"],
+                          "volumes/labels/neuron_ids": truth["train_labels"].astype(label_dtype)},
+                "test": {"volumes/raw": truth["test_raw"]}}
+    if test_labels is not None:
+        contents["test"]["volumes/labels/neuron_ids"] = test_labels
+    files = {}
+    for sample, url in TORCH_EM_URLS.items():
+        target = Path(root) / url.split("://", 1)[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(target, "w") as f:
+            for key, data in contents[sample].items():
+                f.create_dataset(key, data=data, chunks=True, compression="gzip")
+        files[url] = target
+    return files
