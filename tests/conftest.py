@@ -12,6 +12,7 @@ import pytest
 
 from emdata import config
 from emdata.testing import MirrorServer
+from emdata.testing.faults import Faults
 
 ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET")
 
@@ -69,3 +70,30 @@ def pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pin:
         monkeypatch.setenv("EMDATA_CHECKSUMS", str(target))
         return target
     return write
+
+
+# ---------------------------------------------------------------------------------------------
+# a file served at two URLs behind the fault-injection hook (download engine tests)
+
+@pytest.fixture
+def payload(mirror_root: Path, request: pytest.FixtureRequest) -> bytes:
+    """``SIZE`` random bytes published at the test module's ``URL`` and ``MIRROR_URL``."""
+    import numpy as np
+
+    size, urls = request.module.SIZE, (request.module.URL, request.module.MIRROR_URL)
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    for url in urls:
+        target = mirror_root / url.split("://", 1)[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def faulty(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Faults, MirrorServer]]:
+    """The mirror behind a :class:`Faults` hook: ``(faults, server)``."""
+    faults = Faults(mirror_root)
+    with MirrorServer(mirror_root, hook=faults) as server:
+        monkeypatch.setenv("EMDATA_MIRROR", server.url)
+        yield faults, server
+

@@ -11,7 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from emdata.sources import download
@@ -25,30 +24,12 @@ from emdata.sources.download import (
 )
 from emdata.sources.http import PermanentError, RetryPolicy, TransientError
 from emdata.testing import MirrorServer
-from emdata.testing.faults import Faults, endless, gzip_encoded, ignore_range_then_drop, slow, status, stub, throttle
+from emdata.testing.faults import endless, gzip_encoded, ignore_range_then_drop, slow, status, stub, throttle
 
 URL = "https://files.example.org/data/volume.bin"
 MIRROR_URL = "https://mirror.example.net/copies/volume.bin"
 SIZE = 1_500_000
 FAST = RetryPolicy(tries=3, backoff_s=0.01, max_backoff_s=0.05, connect_timeout_s=2, read_timeout_s=2)
-
-
-@pytest.fixture
-def payload(mirror_root: Path) -> bytes:
-    data = np.random.default_rng(11).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
-    for url in (URL, MIRROR_URL):
-        target = mirror_root / url.split("://", 1)[1]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return data
-
-
-@pytest.fixture
-def faulty(mirror_root: Path, monkeypatch: pytest.MonkeyPatch):
-    faults = Faults(mirror_root)
-    with MirrorServer(mirror_root, hook=faults) as server:
-        monkeypatch.setenv("EMDATA_MIRROR", server.url)
-        yield faults, server
 
 
 def sha(data: bytes) -> str:

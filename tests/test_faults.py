@@ -10,14 +10,12 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from emdata.sources.download import ChecksumError, DownloadError, ErrorPageError, fetch, record_path
 from emdata.sources.http import RetryPolicy, TransientError
 from emdata.testing import MirrorServer
 from emdata.testing.faults import (
-    Faults,
     html_page,
     ignore_range,
     reset_after,
@@ -32,24 +30,6 @@ URL = "https://files.example.org/data/volume.bin"
 MIRROR_URL = "https://mirror.example.net/copies/volume.bin"
 SIZE = 3_000_000
 FAST = RetryPolicy(tries=3, backoff_s=0.01, max_backoff_s=0.05, connect_timeout_s=2, read_timeout_s=2)
-
-
-@pytest.fixture
-def payload(mirror_root: Path) -> bytes:
-    data = np.random.default_rng(5).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
-    for url in (URL, MIRROR_URL):
-        target = mirror_root / url.split("://", 1)[1]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return data
-
-
-@pytest.fixture
-def faulty(mirror_root: Path, monkeypatch: pytest.MonkeyPatch):
-    faults = Faults(mirror_root)
-    with MirrorServer(mirror_root, hook=faults) as server:
-        monkeypatch.setenv("EMDATA_MIRROR", server.url)
-        yield faults, server
 
 
 def sha(data: bytes) -> str:
