@@ -38,14 +38,7 @@ from emdata.labels.ontology import ontology
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import flip_and_turn
 from emdata.torch.collate import with_channel
-from emdata.torch.planning import (
-    NORMALIZE,
-    NoValidLocationError,
-    RegionNm,
-    VolumePlan,
-    check_sizes,
-    plan_volumes,
-)
+from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
 from emdata.torch.reader import VolumeReader
 from emdata.torch.resample import level_positions, resample_at
 from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_weights
@@ -53,6 +46,15 @@ from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, as_int64, plan_lab
 
 log = logging.getLogger(__name__)
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
+
+
+def _check_sizes(what: str, values: Sequence[float], lengths: tuple[int, ...] = (3,)) -> tuple[float, ...]:
+    """Positive finite numbers, as many as one of ``lengths``."""
+    out = tuple(float(v) for v in values)
+    if len(out) not in lengths or not all(math.isfinite(v) and v > 0 for v in out):
+        count = " or ".join(map(str, lengths))
+        raise ValueError(f"{what} must be {count} positive finite numbers (z, y, x), got {tuple(values)}")
+    return out
 
 
 class PatchDataset:
@@ -118,16 +120,16 @@ class PatchDataset:
         self.raw_dtype = "float32" if self.normalize else None
         self.augment = augment
         self.affinity_offsets = [tuple(o) for o in affinity_offsets]
-        target = check_sizes("voxel_size", voxel_size if voxel_size is not None else vols[0].voxel_size)
+        target = _check_sizes("voxel_size", voxel_size if voxel_size is not None else vols[0].voxel_size)
         if patch_shape is None and patch_size_nm is None:
             raise ValueError("give patch_shape (voxels at voxel_size) or patch_size_nm")
         if patch_shape is not None:
-            sizes = check_sizes("patch_shape", patch_shape, (2, 3))
+            sizes = _check_sizes("patch_shape", patch_shape, (2, 3))
             if any(v != int(v) for v in sizes):
                 raise ValueError(f"patch_shape must be whole voxels, got {tuple(patch_shape)}")
             shape = (1, *sizes) if len(sizes) == 2 else sizes
         else:
-            nm = check_sizes("patch_size_nm", patch_size_nm, (2, 3))  # type: ignore[arg-type]
+            nm = _check_sizes("patch_size_nm", patch_size_nm, (2, 3))  # type: ignore[arg-type]
             nm = (target[0], *nm) if len(nm) == 2 else nm
             shape = tuple(max(1, round(n / t)) for n, t in zip(nm, target))
         self.patch_shape: Zyx = tuple(int(s) for s in shape)  # type: ignore[assignment]

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,20 +47,6 @@ ReadLevel0 = Callable[[str, int, tuple[slice, ...]], np.ndarray]  # (layer, leve
 
 class NoValidLocationError(ValueError):
     """No volume has a location where the requested patch (and sampler) fits."""
-
-
-def check_sizes(what: str, values: Sequence[float], lengths: tuple[int, ...] = (3,)) -> tuple[float, ...]:
-    """Positive finite numbers, as many as one of ``lengths``.
-
-    Example:
-        >>> check_sizes("voxel_size", [30, 6, 6])
-        (30.0, 6.0, 6.0)
-    """
-    out = tuple(float(v) for v in values)
-    if len(out) not in lengths or not all(math.isfinite(v) and v > 0 for v in out):
-        count = " or ".join(map(str, lengths))
-        raise ValueError(f"{what} must be {count} positive finite numbers (z, y, x), got {tuple(values)}")
-    return out
 
 
 def choose_level(levels: list[dict[str, Any]], target: Sequence[float]) -> int:
