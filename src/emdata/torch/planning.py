@@ -140,7 +140,22 @@ def plan_volumes(vols: list[Volume], *, voxel_size: tuple[float, float, float], 
                  normalize: str | None, weights: Sequence[float] | None,
                  regions: Sequence[RegionNm | None] | None) -> tuple[list[VolumePlan], list[str]]:
     """A plan for every volume that can give ``patch_shape`` voxels at ``voxel_size``, and why
-    each other one is excluded. ``with_targets``: read every label layer (targets need them)."""
+    each other one is excluded. ``with_targets``: read every label layer (targets need them).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from emdata.store.volume import open_volume
+        >>> from emdata.store.writer import write_volume
+        >>> from emdata.torch.samplers import Uniform
+        >>> path = write_volume(Path(tempfile.mkdtemp()) / "v.ome.zarr", np.zeros((4, 64, 64), "u1"), (30, 6, 6),
+        ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})
+        >>> plans, excluded = plan_volumes([open_volume(path)], voxel_size=(30.0, 12.0, 12.0), patch_shape=(2, 16, 16),
+        ...                                sampler=Uniform(), label_layers=[], with_targets=False,
+        ...                                space=LabelSpace(["background"]), normalize=None, weights=None, regions=None)
+        >>> plans[0].min_origin, plans[0].max_origin, plans[0].weight, excluded  # 3 * 17 * 17 valid origins
+        ((0, 0, 0), (2, 16, 16), 867.0, [])
+    """
     plans, excluded = [], []
     sampler_layer = getattr(sampler, "layer", None)
     needed = set(label_layers) | ({sampler_layer} if sampler_layer else set())
@@ -179,17 +194,17 @@ def plan_volumes(vols: list[Volume], *, voxel_size: tuple[float, float, float], 
                           vol.meta["labels"], plan_labels(vol.meta["labels"], space), layers, weight,
                           str(vol.meta["raw"]["dtype"]))
         if isinstance(sampler, Foreground | MinInstances):
-            why = plan_foreground(plan, vol, sampler)
+            why = _plan_foreground(plan, vol, sampler)
             if why:
                 excluded.append(f"{where} excluded: {why}")
                 continue
         if normalize:
-            plan.intensity = intensity_range(vol, normalize)
+            plan.intensity = _intensity_range(vol, normalize)
         plans.append(plan)
     return plans, excluded
 
 
-def plan_foreground(plan: VolumePlan, vol: Volume, sampler: Foreground | MinInstances) -> str | None:
+def _plan_foreground(plan: VolumePlan, vol: Volume, sampler: Foreground | MinInstances) -> str | None:
     """Per-block sampler weights of the voxels a valid patch can hold; why not, if none."""
     layer = sampler.layer
     index = foreground_index(vol, layer)
@@ -214,7 +229,7 @@ def plan_foreground(plan: VolumePlan, vol: Volume, sampler: Foreground | MinInst
     return None
 
 
-def intensity_range(vol: Volume, normalize: str) -> tuple[float, float]:
+def _intensity_range(vol: Volume, normalize: str) -> tuple[float, float]:
     """The raw values ``normalize`` (``"dtype"`` or ``"percentile"``) maps to 0 and 1 for ``vol``."""
     dtype = np.dtype(vol.meta["raw"]["dtype"])
     stats = vol.meta["raw"].get("intensity")
