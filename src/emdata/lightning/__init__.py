@@ -33,15 +33,8 @@ from typing import Any
 
 import lightning as L
 
-from emdata.torch import (
-    CONNECTOMICS_LABEL_SPACE,
-    IGNORE,
-    MixedPatchDataset,
-    NoValidLocationError,
-    PatchDataset,
-    Uniform,
-    make_loader,
-)
+from emdata.torch import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader
+from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE
 
 log = logging.getLogger(__name__)
 Region = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
