@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 from emdata.store.writer import LabelLayerData, write_volume
 from emdata.torch import Foreground, PatchDataset
-from emdata.torch.dataset import origin_range, reach_range, target_voxel
+from emdata.torch.samplers import origin_range, reach_range, target_voxel
 
 RATIOS = [0.5, 0.75, 1.0, 1.2, 4 / 3, 1.5, 5 / 3, 2.0, 2.5, 3.0]
 

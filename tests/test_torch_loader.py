@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from emdata.store.writer import LabelLayerData, write_volume
 from emdata.torch import IGNORE, Foreground, MinInstances, MixedPatchDataset, PatchDataset, make_loader
-from emdata.torch.dataset import collate_patches
+from emdata.torch.collate import collate_patches
 from emdata.torch.reader import ChunkCache
 
 MITO = [{"value": 0, "name": "background", "ontology": "background"},

@@ -33,7 +33,7 @@ from typing import Any
 
 import lightning as L
 
-from emdata.torch.dataset import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader
+from emdata.torch import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader
 from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE
 
 log = logging.getLogger(__name__)

@@ -7,28 +7,23 @@ Example (a full one, on a written volume, is in :mod:`emdata.torch.dataset`):
     3
 """
 
-from emdata.torch.dataset import (
-                                  EpochSampler,
-                                  Foreground,
-                                  MinInstances,
-                                  MixedPatchDataset,
-                                  NoValidLocationError,
-                                  PatchDataset,
-                                  Uniform,
-                                  make_loader,
-)
+from emdata.torch.dataset import PatchDataset
+from emdata.torch.loaders import EpochSampler, make_loader
+from emdata.torch.mixing import MixedPatchDataset
+from emdata.torch.planning import NoValidLocationError
+from emdata.torch.samplers import Foreground, MinInstances, Uniform
 from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE, LabelSpace
 
 __all__ = [
-                                  "CONNECTOMICS_LABEL_SPACE",
-                                  "IGNORE",
-                                  "EpochSampler",
-                                  "Foreground",
-                                  "LabelSpace",
-                                  "MinInstances",
-                                  "MixedPatchDataset",
-                                  "NoValidLocationError",
-                                  "PatchDataset",
-                                  "Uniform",
-                                  "make_loader",
+    "CONNECTOMICS_LABEL_SPACE",
+    "IGNORE",
+    "EpochSampler",
+    "Foreground",
+    "LabelSpace",
+    "MinInstances",
+    "MixedPatchDataset",
+    "NoValidLocationError",
+    "PatchDataset",
+    "Uniform",
+    "make_loader",
 ]

@@ -49,3 +49,32 @@ def resample(data: np.ndarray, out_shape: tuple[int, int, int], steps: tuple[flo
             out = np.clip(np.rint(out), info.min, info.max)
         out = out.astype(dtype)
     return np.ascontiguousarray(out)
+
+
+def level_positions(origin: int, n: int, target: float, scale: float, centre0: float) -> np.ndarray:
+    """Source indices (float) of the ``n`` target voxels from ``origin`` (voxel ``target`` nm) in a
+    level of voxel ``scale`` nm whose voxel 0 is centred at ``centre0`` nm.
+
+    Example:
+        >>> level_positions(0, 2, 10.0, 5.0, 2.5).tolist()  # 10 nm voxels over a 5 nm level
+        [0.5, 2.5]
+    """
+    return ((origin + np.arange(n) + 0.5) * target - centre0) / scale
+
+
+def resample_at(block: np.ndarray, positions: list[np.ndarray], linear: bool) -> np.ndarray:
+    """Resample ``block`` at evenly spaced per-axis source ``positions`` (relative to the block),
+    all axes in one pass so integer raw is rounded once.
+
+    Example:
+        >>> a = np.arange(4, dtype=np.uint8)[None, None]
+        >>> resample_at(a, [np.array([0.0]), np.array([0.0]), np.array([0.5, 2.5])], linear=True)[0, 0].tolist()
+        [0, 2]
+    """
+    steps, starts = [], []
+    for pos in positions:
+        step = float(pos[1] - pos[0]) if len(pos) > 1 else 1.0
+        steps.append(step)
+        starts.append(float(pos[0]) - 0.5 * step + 0.5)
+    shape = tuple(len(p) for p in positions)
+    return resample(block, shape, tuple(steps), tuple(starts), linear)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ IGNORE = -100  # torch.nn.CrossEntropyLoss's default ignore_index
 OUTSIDE = -2  # internal: a known class that is not in the label space
 # The five-class connectomics union: neurons, synaptic clefts, mitochondria and their boundaries
 CONNECTOMICS_LABEL_SPACE = ("background", "neuron", "cleft", "mitochondria", "mito_boundary")
+TARGETS = ("semantic", "classes", "instances", "foreground", "boundaries", "affinities")
 
 
 @dataclass
@@ -170,6 +171,19 @@ def relabel(ids: np.ndarray) -> np.ndarray:
     return (np.arange(start, start + len(values), dtype=np.int64))[inverse].reshape(ids.shape)
 
 
+def as_int64(ids: np.ndarray) -> np.ndarray:
+    """Label values as int64 without a copy where possible: uint64 ids keep their bits (ids ≥ 2**63
+    read as negative numbers, identity preserved); use ``targets.relabel`` for ids 1..n.
+
+    Example:
+        >>> as_int64(np.array([1, 2**63], np.uint64)).tolist()
+        [1, -9223372036854775808]
+    """
+    if ids.dtype == np.uint64:
+        return ids.view(np.int64)
+    return ids.astype(np.int64, copy=False)
+
+
 def boundaries(instances: np.ndarray) -> np.ndarray:
     """1 where a voxel's instance differs from a face neighbour's (in-plane only for 2D)."""
     out = np.zeros(instances.shape, dtype=bool)
@@ -196,3 +210,45 @@ def affinities(instances: np.ndarray, offsets: list[tuple[int, int, int]]) -> tu
         aff[(k, *src)] = (a == b) & (a != 0)
         mask[(k, *src)] = 1
     return aff, mask
+
+
+def sample_targets(names: Iterable[str], labels: dict[str, np.ndarray], plan: VolumeLabels, space: LabelSpace,
+                   shape: tuple[int, int, int], affinity_offsets: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+    """The targets ``names`` (of :data:`TARGETS`) of one patch from its label layers ``labels``;
+    targets the volume cannot give are ``ignore_value`` (semantic, instances) or zero (masks).
+
+    Example:
+        >>> cells = np.zeros((1, 2, 2), "u4"); cells[..., 1] = 5
+        >>> meta = {"cells": {"kind": "instance", "annotates": ["neuron"], "mapping": {"nonzero": {"name": "neuron"}}}}
+        >>> space = LabelSpace(["background", "neuron"])
+        >>> out = sample_targets(["semantic", "boundaries"], {"cells": cells}, plan_labels(meta, space), space,
+        ...                      (1, 2, 2), [])
+        >>> out["semantic"].tolist(), out["boundaries"].tolist()
+        ([[[0, 1], [0, 1]]], [[[[1, 1], [1, 1]]]])
+    """
+    names = set(names)
+    out: dict[str, np.ndarray] = {}
+    if not names:
+        return out
+    if {"semantic", "classes"} & names:
+        sem = semantic_target(labels, plan, space) if labels else np.full(shape, space.ignore_value, np.int64)
+        if "semantic" in names:
+            out["semantic"] = sem
+        if "classes" in names:
+            out["classes"] = classes_target(sem, space)
+            out["classes_ignore"] = (sem == space.ignore_value).astype(np.uint8)
+    inst_layer = next((name for name, _, _ in plan.instance_layers), None)
+    inst = as_int64(labels[inst_layer]) if inst_layer else None
+    if "instances" in names:
+        out["instances"] = inst if inst is not None else np.full(shape, space.ignore_value, np.int64)
+    if "foreground" in names:
+        out["foreground"] = ((inst != 0).astype(np.uint8) if inst is not None
+                             else np.zeros(shape, np.uint8)).reshape(1, *shape)
+    if "boundaries" in names:
+        out["boundaries"] = (boundaries(inst) if inst is not None else np.zeros(shape, np.uint8)).reshape(1, *shape)
+    if "affinities" in names:
+        base = inst if inst is not None else np.zeros(shape, np.int64)
+        out["affinities"], out["affinities_mask"] = affinities(base, affinity_offsets)
+        if inst is None:
+            out["affinities_mask"][:] = 0
+    return out
