@@ -22,8 +22,9 @@ How a build goes:
    downsampling step (one source region at a time), so block means and label picks equal the
    whole-array computation.
 4. :meth:`~ShardedVolumeWriter.finish` gathers the digests into each array's
-   ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes, renames the folder
-   into place and writes ``emdata-complete.json`` last.
+   ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes and publishes the
+   folder as the volume's next version (:func:`emdata.store.publish.commit`: completion
+   marker, then the ``<name>.ome.zarr`` link switched in one step).
 
 A rerun after an interruption redoes only regions without a record. Memory per task: one
 region of one array (level 0: plus whatever ``fill`` needs to produce it; coarser levels: the
@@ -67,9 +68,9 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.checksum import ALGORITHM, block_slices, digest
 from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
+from emdata.store.publish import commit, tidy, volume_lock
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 from emdata.store.writer import (
-    COMPLETE_MARKER,
     SCHEMA,
     LabelLayerData,
     StoreWriteError,
@@ -282,7 +283,7 @@ class ShardedVolumeWriter:
         """Hold ``<path>.lock`` (the lock ``write_volume`` uses); re-entrant on this object."""
         if self._lock_depth == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.path) + ".lock")
+            self._lock = volume_lock(self.path)
             self._lock.acquire()
         self._lock_depth += 1
         try:
@@ -301,6 +302,8 @@ class ShardedVolumeWriter:
         if self._prepared and (self.building / SPEC).is_file():
             return True
         self._prepared = True
+        with self.locked():
+            tidy(self.path)
         spec_path = self.building / SPEC
         if spec_path.is_file():
             try:
@@ -475,14 +478,8 @@ class ShardedVolumeWriter:
         shutil.rmtree(self.building / RECORDS, ignore_errors=True)
         (self.building / SPEC).unlink(missing_ok=True)
         with self.locked():
-            if self.path.exists():
-                trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(self.building, self.path)
-            marker = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": SCHEMA,
-                      "arrays": len(self.array_names()), "levels": len(self.levels)}
-            _atomic_json(self.path / COMPLETE_MARKER, marker)
+            # Everything is written: from here on the folder is only marked complete and published.
+            commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
 
 
