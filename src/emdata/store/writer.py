@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -231,12 +232,34 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
             # Everything is written: from here on the folder is only marked complete and published.
             commit(path, tmp, {"arrays": 1 + len(labels), "levels": len(factors)})
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard_failed_write(tmp)
             clear = disk_error(path, exc)
             if clear is None:
                 raise
             raise clear from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard_failed_write(tmp)
             raise
     return path
+
+
+def discard_failed_write(folder: Path) -> None:
+    """Remove the temporary ``folder`` of a failed write, once zarr's writes still in flight are over.
+
+    When one chunk write fails (disk full), zarr's other writes of the same call are still
+    running on its event loop; they would re-create folders after a plain ``rmtree`` and be
+    reported as "Task was destroyed but it is pending!" at exit. Waiting for them first
+    leaves nothing behind and keeps the error to one line.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def drain() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=60)
+
+    with contextlib.suppress(Exception):  # the loop is gone or busy: removing the folder is what matters
+        sync(drain())
+    shutil.rmtree(folder, ignore_errors=True)
