@@ -107,14 +107,14 @@ def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
     crashed writers left); then ``publish`` of the same volume looks once more under its lock.
     """
     path = Path(path)
+    if litter(path):
+        _tidy_if_free(path)
     volume = _matching(path, prov)
     if volume is None:
         with volume_lock(path):
             tidy(path)
             volume = _matching(path, prov)
             _looked_at[str(path)] = generation(path)
-    elif litter(path):
-        _tidy_if_free(path)
     if volume is not None:
         _looked_at.pop(str(path), None)
         return _listed(volume)
