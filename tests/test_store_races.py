@@ -107,7 +107,7 @@ def test_full_disk_at_the_manifest_loses_nothing(replica: Path, monkeypatch: pyt
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    (train,) = emdata.prepare("snemi3d", volumes=["train"])
+    emdata.prepare("snemi3d", volumes=["train"])
     assert [p.name for p in replica.glob("dataset.json*")] == ["dataset.json.lock"]  # no manifest, no temp file
     assert [v.name for v in emdata.volumes("snemi3d")] == ["train"]
     monkeypatch.setattr(Path, "write_text", real)
@@ -202,7 +202,7 @@ def test_readers_never_see_a_half_replaced_volume(tmp_path: Path) -> None:
     assert seen["pinned"] and all(v == [1] for v in seen["pinned"])  # the version it opened, all along
     assert seen["fresh"] and all(len(v) == 1 and v[0] in (1, 2, 3, 4, 5) for v in seen["fresh"])  # never zeros
     assert int(open_volume(path).raw[0, 0, 0]) == 5
-    assert [n for n, _ in versions(path)][0] == 1  # the pinned version survived the replaces
+    assert versions(path)[0][0] == 1  # the pinned version survived the replaces
     pinned.close()
     _write_uniform(path, 6)
     assert litter(path) == [] and len(versions(path)) == 1  # and is gone once nobody reads it
