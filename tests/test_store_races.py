@@ -281,3 +281,18 @@ def test_full_disk_during_the_store_write_is_one_line(replica: Path) -> None:
     assert lines[0].startswith("emdata: error: no space left on device writing") and ".train.ome.zarr.tmp-" in lines[0]
     assert litter(_train(replica)) == [] and not _train(replica).exists()
     assert os.path.isdir(replica)
+
+
+def test_tidy_removes_only_leftovers_never_resumable_work(tmp_path: Path) -> None:
+    from emdata.store.publish import tidy, volume_lock
+
+    path = tmp_path / "v.ome.zarr"
+    _write_uniform(path, 1)
+    keep = [tmp_path / ".v.ome.zarr.building", tmp_path / ".v.ome.zarr.staging", tmp_path / ".w.ome.zarr.tmp-1-ab"]
+    gone = [tmp_path / f".v.ome.zarr.{suffix}" for suffix in ("tmp-1-ab", "old-cd", "building.old-ef")]
+    for folder in keep + gone:
+        (folder / "0").mkdir(parents=True)
+    with volume_lock(path):
+        removed = tidy(path)
+    assert sorted(removed) == sorted(gone) and all(f.is_dir() for f in keep) and not any(f.exists() for f in gone)
+    assert int(open_volume(path).raw[0, 0, 0]) == 1

@@ -218,9 +218,13 @@ def retire(folder: Path) -> bool:
         os.close(fd)
 
 
+_LITTER = re.compile(r"\.(tmp-.+|(?:[a-z]+\.)?old-.+|link-.+|v\d+)$")
+
+
 def litter(path: Path) -> list[Path]:
-    """Folders and files of the volume at ``path`` that no published state needs (crash leftovers,
-    replaced versions): what :func:`tidy` removes. A resumable ``.building`` folder is not litter."""
+    """Folders and files of the volume at ``path`` that no published state needs (crash leftovers:
+    ``.tmp-*``, ``.old-*``, a half-made link; replaced versions): what :func:`tidy` removes. Other
+    hidden folders of the volume (a resumable ``.building`` or staging folder) are not litter."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
@@ -228,9 +232,9 @@ def litter(path: Path) -> list[Path]:
     out = []
     for entry in path.parent.iterdir():
         name = entry.name
-        if not name.startswith(_prefix(path)) or name == f"{_prefix(path)}building":
+        if not name.startswith(_prefix(path)) or not _LITTER.fullmatch(name[len(_prefix(path)) - 1:]):
             continue
-        if version_number(entry) is not None and current is not None and entry.name == current.name:
+        if current is not None and name == current.name:
             continue
         out.append(entry)
     return sorted(out)
