@@ -104,7 +104,7 @@ def test_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path, monkeyp
 
 def test_bad_input_is_refused_before_writing(tmp_path: Path) -> None:
     raw = np.zeros((4, 8, 8), np.uint8)
-    with pytest.raises(StoreWriteError, match="shape"):
+    with pytest.raises(StoreWriteError, match=r"v\.ome\.zarr: label layer .a. has shape"):
         write_volume(tmp_path / "v.ome.zarr", raw, (1, 1, 1), meta=META,
                      labels=[LabelLayerData("a", np.zeros((4, 8, 9), np.uint8), "semantic")])
     with pytest.raises(StoreWriteError, match="integer"):

@@ -192,11 +192,13 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
     raw = _standard(raw)
     labels = [LabelLayerData(**{**la.__dict__, "data": _standard(la.data)}) for la in labels]
     voxel_size = tuple(float(v) for v in voxel_size_nm)
-    _validate(raw, voxel_size, labels)
+    try:
+        _validate(raw, voxel_size, labels)
+    except StoreWriteError as exc:
+        raise StoreWriteError(f"{path}: {exc}") from None
     for key in ("dataset", "volume", "split"):
         if key not in meta:
-            raise StoreWriteError(f"volume metadata needs {key!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+            raise StoreWriteError(f"{path}: volume metadata needs {key!r}")
     factors = plan_levels(raw.shape, voxel_size, max_levels=max_levels)
 
     with volume_lock(path):
