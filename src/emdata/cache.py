@@ -123,11 +123,14 @@ def leftovers(dataset: str) -> list[dict[str, Any]]:
 
 
 def cache_report() -> dict[str, Any]:
-    """Every dataset with something on disk: downloads (complete or partial), volumes and leftovers."""
+    """Every dataset with something on disk: downloads (complete or partial), volumes and leftovers
+    (lock files, which ``clean`` keeps, do not count)."""
     home = emdata_home()
     datasets = {}
     for name in cached_datasets():
         downloads, prepared, litter = _downloads(name), _prepared(name), leftovers(name)
+        if not (downloads or prepared or litter):  # only lock files left: nothing cached
+            continue
         datasets[name] = {"downloads": downloads, "prepared": prepared, "leftovers": litter,
                           "leftover_bytes": sum(x["bytes"] for x in litter),
                           "bytes": sum(d["bytes"] for d in downloads) + sum(v["bytes"] for v in prepared)
