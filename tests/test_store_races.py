@@ -296,3 +296,16 @@ def test_tidy_removes_only_leftovers_never_resumable_work(tmp_path: Path) -> Non
         removed = tidy(path)
     assert sorted(removed) == sorted(gone) and all(f.is_dir() for f in keep) and not any(f.exists() for f in gone)
     assert int(open_volume(path).raw[0, 0, 0]) == 1
+
+
+def test_pickled_volume_reads_the_version_it_was_opened_on(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "v.ome.zarr"
+    _write_uniform(path, 1)
+    vol = open_volume(path)
+    assert int(vol.raw[0, 0, 0]) == 1
+    blob = pickle.dumps(vol)
+    _write_uniform(path, 2)  # `vol` pins version 1, so it stays
+    copy = pickle.loads(blob)
+    assert int(copy.raw[0, 0, 0]) == 1 and int(open_volume(path).raw[0, 0, 0]) == 2

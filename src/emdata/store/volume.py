@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from functools import cached_property
 from pathlib import Path
@@ -49,6 +48,7 @@ class Volume:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._pin: int | None = None
+        self._fixed = False  # True when the version to read was fixed elsewhere (unpickled)
 
     def __getstate__(self) -> dict[str, Any]:
         folder = self.__dict__.get("folder")
@@ -58,6 +58,7 @@ class Volume:
         self.__init__(state["path"])  # type: ignore[misc]
         if "folder" in state:
             self.__dict__["folder"] = state["folder"]
+            self._fixed = True
 
     def __del__(self) -> None:
         self.close()
@@ -66,8 +67,10 @@ class Volume:
         """Release the pin on the version being read (done on garbage collection too)."""
         fd, self._pin = getattr(self, "_pin", None), None
         if fd is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except Exception:  # already closed, or the interpreter is shutting down
+                return
 
     @cached_property
     def folder(self) -> Path:
@@ -84,6 +87,11 @@ class Volume:
 
         if self._pin is None:
             self._pin = pin(self.folder)
+            for _ in range(20):  # replaced between resolving the link and pinning: take the new version
+                if self._pin is not None or self._fixed or resolve(self.path) == self.folder:
+                    break
+                self.__dict__["folder"] = resolve(self.path)
+                self._pin = pin(self.folder)
         if not (self.folder / COMPLETE_MARKER).is_file():
             raise VolumeReplacedError(f"{self.path}: the version {self.folder.name} opened earlier was replaced "
                                       "or removed; open the volume again")
