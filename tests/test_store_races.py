@@ -141,6 +141,8 @@ def test_reuse_rebuilds_a_volume_missing_what_its_marker_promises(replica: Path)
 
     emdata.prepare("snemi3d", volumes=["train"])
     shutil.rmtree(resolve(_train(replica)) / "0")
+    with pytest.raises(KeyError, match=r"\.train\.ome\.zarr\.v1/0: array missing from .*train\.ome\.zarr"):
+        open_volume(_train(replica)).raw  # noqa: B018
     (train,) = emdata.prepare("snemi3d", volumes=["train"])
     assert verify_volume(train.path).ok
     assert train.raw[...].shape == SHAPE

@@ -34,7 +34,7 @@ import numpy as np
 
 from emdata.store import ome
 from emdata.store.checksum import block_slices, digest
-from emdata.store.publish import COMPLETE_MARKER, SCHEMA, promise_problems, resolve
+from emdata.store.publish import COMPLETE_MARKER, SCHEMA, promise_problems, resolve, version_number
 
 REQUIRED_EMDATA = ("schema", "dataset", "volume", "split", "voxel_size_nm", "shape", "raw", "labels")
 LABEL_KINDS = ("instance", "semantic")
@@ -159,10 +159,11 @@ def _check_identity(path: Path, em: dict[str, Any], report: VerifyReport) -> Non
     for key in ("dataset", "volume", "split"):
         if not isinstance(em[key], str) or not em[key]:
             report.problems.append(f"{path}: emdata.{key} must be a non-empty string, got {em[key]!r}")
+    name = path.name[1:].rsplit(".v", 1)[0] if version_number(path) is not None else path.name
     if path.parent.parent.name == "prepared" and (em["dataset"], f"{em['volume']}.ome.zarr") != (
-            path.parent.name, path.name):
+            path.parent.name, name):
         report.problems.append(f"{path}: emdata block says {em['dataset']}/{em['volume']}, the volume lies at "
-                               f"{path.parent.name}/{path.name}")
+                               f"{path.parent.name}/{name}")
     voxel = em["voxel_size_nm"]
     if not (isinstance(voxel, list) and len(voxel) == 3 and all(isinstance(v, int | float) and v > 0 for v in voxel)):
         report.problems.append(f"{path}: emdata.voxel_size_nm must be three positive numbers, got {voxel!r}")
