@@ -61,18 +61,19 @@ CHILD = textwrap.dedent("""
     for target, action in spec.get("hooks", {}).items():
         hook(target, action)
     import emdata
-    emdata.prepare("snemi3d", volumes=["train"], force=spec.get("force", False))
+    options = spec.get("options", {"volumes": ["train"]})
+    emdata.prepare(spec.get("dataset", "snemi3d"), force=spec.get("force", False), **options)
 """)
 
 
-def _child(hooks: dict[str, str] | None = None, force: bool = False) -> subprocess.Popen[str]:
-    spec = json.dumps({"hooks": hooks or {}, "force": force})
+def _child(hooks: dict[str, str] | None = None, force: bool = False, **spec: Any) -> subprocess.Popen[str]:
+    spec = json.dumps({"hooks": hooks or {}, "force": force, **spec})
     return subprocess.Popen([sys.executable, "-c", CHILD, spec], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def _run(hooks: dict[str, str] | None = None, force: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = _child(hooks, force)
+def _run(hooks: dict[str, str] | None = None, force: bool = False, **spec: Any) -> subprocess.CompletedProcess[str]:
+    proc = _child(hooks, force, **spec)
     out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -311,3 +312,17 @@ def test_pickled_volume_reads_the_version_it_was_opened_on(tmp_path: Path) -> No
     _write_uniform(path, 2)  # `vol` pins version 1, so it stays
     copy = pickle.loads(blob)
     assert int(copy.raw[0, 0, 0]) == 1 and int(open_volume(path).raw[0, 0, 0]) == 2
+
+
+def test_kill_mid_extraction_leftovers_are_removed_by_the_next_run(mirror_root: Path, mirror: Any) -> None:
+    from emdata.testing import write_mitoem2_replica
+
+    write_mitoem2_replica(mirror_root, subsets=("beta",), n_train=1, n_test=0)
+    options = {"subset": ["beta"]}
+    killed = _run({"emdata.sources.archive._copy_bounded": "kill:2"}, dataset="mitoem2", options=options)
+    assert killed.returncode == -9
+    downloads = config.downloads_dir("mitoem2")
+    assert len(list(downloads.glob(".*.tmp-*"))) == 1
+    assert [Path(x["path"]).parent.name for x in cache_report()["datasets"]["mitoem2"]["leftovers"]] == ["mitoem2"]
+    emdata.prepare("mitoem2", **options)
+    assert list(downloads.glob(".*.tmp-*")) == [] and cache_report()["datasets"]["mitoem2"]["leftovers"] == []

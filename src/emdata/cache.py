@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from emdata.config import downloads_dir, emdata_home, prepared_dir
 from emdata.store import publish
@@ -120,6 +120,28 @@ def leftovers(dataset: str) -> list[dict[str, Any]]:
     home = emdata_home()
     paths = _download_litter(downloads_dir(dataset)) if downloads_dir(dataset).is_dir() else []
     return [{"path": str(p.relative_to(home)), "bytes": _size(p)} for p in paths + _prepared_litter(dataset)]
+
+
+def tidy_downloads(dataset: str) -> list[Path]:
+    """Remove the dataset's download leftovers whose writer is gone; returns what was removed.
+
+    Each leftover belongs to one download or extraction, whose writer holds ``<base>.lock``
+    while it exists; a leftover whose lock is free has no living owner. Never waits.
+    """
+    root = downloads_dir(dataset)
+    removed: list[Path] = []
+    for entry in _download_litter(root) if root.is_dir() else []:
+        lock = FileLock(str(entry.parent / (_download_base(entry.name) + ".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            continue
+        try:
+            _delete([entry])
+            removed.append(entry)
+        finally:
+            lock.release()
+    return removed
 
 
 def cache_report() -> dict[str, Any]:

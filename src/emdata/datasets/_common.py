@@ -33,11 +33,18 @@ from emdata.store.volume import Volume, open_volume
 from emdata.store.writer import LabelLayerData, is_complete, write_volume
 
 log = logging.getLogger(__name__)
+_tidied: set[str] = set()  # download folders whose leftovers this process removed
 _looked_at: dict[str, str | None] = {}  # volume path -> generation seen when `reusable` said no
 
 
 def fetch_source(card: Card, name: str) -> FetchResult:
     """Download (or reuse) the card's source ``name`` into the dataset's download folder."""
+    from emdata.cache import tidy_downloads
+
+    folder = str(downloads_dir(card.id))
+    if folder not in _tidied:  # once per process: leftovers of interrupted downloads and extractions
+        _tidied.add(folder)
+        tidy_downloads(card.id)
     source = card.source(name)
     return fetch(source.url, downloads_dir(card.id) / source.name, checksum=source.checksum,
                  size=source.size_bytes, mirrors=source.mirrors)
