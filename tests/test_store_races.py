@@ -326,3 +326,27 @@ def test_kill_mid_extraction_leftovers_are_removed_by_the_next_run(mirror_root: 
     assert [Path(x["path"]).parent.name for x in cache_report()["datasets"]["mitoem2"]["leftovers"]] == ["mitoem2"]
     emdata.prepare("mitoem2", **options)
     assert list(downloads.glob(".*.tmp-*")) == [] and cache_report()["datasets"]["mitoem2"]["leftovers"] == []
+
+
+def test_download_leftovers_of_a_live_writer_are_kept(emdata_home: Path) -> None:
+    from filelock import FileLock
+
+    from emdata.cache import tidy_downloads
+
+    root = config.downloads_dir("demo")
+    leftover = root / ".x.tmp-1-ab"
+    leftover.mkdir(parents=True)
+    held, release = threading.Event(), threading.Event()
+
+    def write() -> None:  # a live extraction of `x` holds its lock while its temporary folder exists
+        with FileLock(str(root / "x.lock")):
+            held.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert held.wait(10)
+    assert tidy_downloads("demo") == [] and leftover.is_dir()
+    release.set()
+    writer.join(10)
+    assert tidy_downloads("demo") == [leftover] and not leftover.exists()
