@@ -34,13 +34,14 @@ output region plus one source region of the level below, read one at a time).
 :func:`dask_client`: a ``LocalCluster`` by default, or an existing scheduler's address).
 
 Example:
-    >>> import numpy as np
-    >>> writer = ShardedVolumeWriter(tmp / "v.ome.zarr", (64, 512, 512), "uint16", (30, 6, 6),
-    ...                              meta={"dataset": "demo", "volume": "v", "split": "all"})  # doctest: +SKIP
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> writer = ShardedVolumeWriter(tmp / "v.ome.zarr", (16, 128, 128), "uint16", (30, 6, 6),
+    ...                              meta={"dataset": "demo", "volume": "v", "split": "all"})
     >>> def fill(region, name):  # voxels of one region of one array, from anywhere
-    ...     return np.zeros(region.shape, "uint16")
-    >>> build_volume(writer, fill)  # doctest: +SKIP
-    PosixPath('.../v.ome.zarr')
+    ...     return np.ones(region.shape, "uint16")
+    >>> build_volume(writer, fill) == tmp / "v.ome.zarr"
+    True
 """
 
 from __future__ import annotations
@@ -607,9 +608,12 @@ def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
     ``functools.partial`` of one). ``on_region`` runs on this side after each region; raising
     in it stops the build like an interruption (tests use it).
 
-    Example:
-        >>> with dask_client() as client:  # doctest: +SKIP
-        ...     build_volume(writer, functools.partial(my_fill, source), client=client)
+    Example (on a cluster: ``with dask_client() as client: build_volume(writer, fill, client=client)``):
+        >>> import tempfile
+        >>> writer = ShardedVolumeWriter(Path(tempfile.mkdtemp()) / "v.ome.zarr", (8, 64, 64), "uint8", (1, 1, 1),
+        ...                              meta={"dataset": "d", "volume": "v", "split": "all"})
+        >>> build_volume(writer, lambda region, name: np.full(region.shape, 3, "uint8")).name
+        'v.ome.zarr'
     """
     with writer.locked():
         writer.prepare()
@@ -639,7 +643,7 @@ def dask_client(scheduler: str | None = None, **local: Any) -> Iterator[Any]:
     closed on exit. Workers of an existing cluster must see the same file system paths.
 
     Example:
-        >>> with dask_client(n_workers=2, processes=False) as client:  # doctest: +SKIP
+        >>> with dask_client(n_workers=1, processes=False) as client:
         ...     client.submit(sum, [1, 2]).result()
         3
     """
