@@ -124,6 +124,7 @@ class Campaign:
         self.counts: Counter[str] = Counter()
         self.problems: list[str] = []
         self.reference: dict[str, dict[str, str]] = {}
+        self.duration: dict[str, float] = {}  # seconds of a clean prepare, to aim random kills inside one
 
     def env(self, home: Path) -> dict[str, str]:
         return {**os.environ, "EMDATA_HOME": str(home), "EMDATA_QUIET": "1"}
@@ -142,7 +143,9 @@ class Campaign:
     def setup(self) -> None:
         for dataset in DATASETS:
             home = self.work / f"reference-{dataset}"
+            t0 = time.monotonic()
             assert self.run(self.prepare_spec(dataset), home) == 0, f"clean run of {dataset} failed"
+            self.duration[dataset] = time.monotonic() - t0
             self.reference[dataset] = fingerprint(home / "prepared" / dataset)
 
     def check(self, dataset: str, home: Path, case: str) -> None:
@@ -174,9 +177,10 @@ class Campaign:
     def kill_case(self, dataset: str, home: Path, case: str) -> None:
         prepared = home / "prepared" / dataset
         before = self.intact(prepared)
-        force = bool(before) and self.rng.random() < 0.6
+        targeted = self.rng.random() < 0.5
+        force = bool(before) and (not targeted or self.rng.random() < 0.6)  # a timed kill needs work to hit
         spec = self.prepare_spec(dataset, force)
-        if self.rng.random() < 0.5:
+        if targeted:
             point = self.rng.choice(sorted(KILL_POINTS))
             target, _, n = KILL_POINTS[point].partition(":")
             if point in ("download", "extraction"):
@@ -186,7 +190,7 @@ class Campaign:
             self.counts[f"kill at {point}"] += 1
         else:
             proc = _child(spec, self.env(home))
-            time.sleep(self.rng.uniform(0.3, 3.0))
+            time.sleep(self.rng.uniform(0.5, self.duration[dataset]))
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)
             code = proc.returncode
@@ -263,7 +267,7 @@ class Campaign:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=60, help="at most this many cases")
+    parser.add_argument("--cases", type=int, default=500, help="at most this many cases")
     parser.add_argument("--minutes", type=float, default=4.0, help="stop starting cases after this long")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
