@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 EXTRAS := dev,precomputed,dask,torch,lightning
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench torture clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/chunk_shapes.py
+
+torture: $(STAMP)
+	$(BIN)/python benchmarks/torture.py
 
 clean:
 	rm -rf $(VENV) .emdata-demo .pytest_cache

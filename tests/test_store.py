@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from emdata.store.chunking import choose_chunks
+from emdata.store.publish import litter
 from emdata.store.pyramid import downsample_mean, plan_levels
 from emdata.store.verify import verify_volume
 from emdata.store.volume import IncompleteVolumeError, VolumeNotFoundError, open_volume
@@ -103,7 +104,7 @@ def test_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path, monkeyp
 
 def test_bad_input_is_refused_before_writing(tmp_path: Path) -> None:
     raw = np.zeros((4, 8, 8), np.uint8)
-    with pytest.raises(StoreWriteError, match="shape"):
+    with pytest.raises(StoreWriteError, match=r"v\.ome\.zarr: label layer .a. has shape"):
         write_volume(tmp_path / "v.ome.zarr", raw, (1, 1, 1), meta=META,
                      labels=[LabelLayerData("a", np.zeros((4, 8, 9), np.uint8), "semantic")])
     with pytest.raises(StoreWriteError, match="integer"):
@@ -133,7 +134,9 @@ def test_concurrent_writers_never_corrupt(tmp_path: Path) -> None:
     value = int(vol.raw[0, 0, 0])
     assert value in (7, 9)
     assert np.all(vol.raw[...] == value) and np.all(vol.labels["a"][...] == value)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert litter(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".v.ome.zarr.v{vol.folder.name[-1]}", "v.ome.zarr",
+                                                         "v.ome.zarr.lock"]
 
 
 def _chunk_files(array_dir: Path) -> list[Path]:

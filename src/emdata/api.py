@@ -22,7 +22,7 @@ from typing import Any
 
 from emdata.catalog import get_card, list_cards
 from emdata.config import prepared_dir
-from emdata.store.manifest import read_manifest
+from emdata.store.manifest import complete_volumes
 from emdata.store.volume import Volume, open_volume
 
 
@@ -149,14 +149,22 @@ def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None 
 
 
 def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
-    """The prepared volumes of a dataset (optionally one split), from its manifest."""
+    """The prepared volumes of a dataset (optionally one split): every complete volume on disk.
+
+    Example:
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> with mock.patch.dict("os.environ", EMDATA_HOME=tempfile.mkdtemp()):  # nothing prepared there
+        ...     volumes("snemi3d")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        FileNotFoundError: snemi3d is not prepared under ...; run `emdata prepare snemi3d`
+    """
     get_card(dataset_id)
     root = prepared_dir(dataset_id)
-    manifest = read_manifest(root)
-    if not manifest["volumes"]:
+    found = [open_volume(path) for path in complete_volumes(root)]
+    if not found:
         raise FileNotFoundError(f"{dataset_id} is not prepared under {root}; run `emdata prepare {dataset_id}`")
-    return [open_volume(root / entry["path"]) for entry in manifest["volumes"].values()
-            if split is None or entry["split"] == split]
+    return [v for v in found if split is None or v.split == split]
 
 
 __all__ = ["Volume", "fetch", "info", "list_datasets", "open_volume", "prepare", "volumes"]

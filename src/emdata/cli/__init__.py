@@ -197,7 +197,7 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.callback()
 def cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List cached downloads and prepared volumes per dataset."""
+    """List cached downloads, prepared volumes and leftovers of interrupted runs per dataset."""
     if ctx.invoked_subcommand is not None:
         return
     from emdata.cache import cache_report
@@ -209,30 +209,39 @@ def cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report['home']}: {_human_bytes(report['bytes'])}")
-    for col in ("dataset", "downloads", "prepared volumes", "size"):
+    for col in ("dataset", "downloads", "prepared volumes", "leftovers", "size"):
         table.add_column(col)
     for name, d in report["datasets"].items():
         files = f"{sum(f['complete'] for f in d['downloads'])}/{len(d['downloads'])} complete"
         vols = ", ".join(v["volume"] + ("" if v["complete"] else " (incomplete)") for v in d["prepared"]) or "-"
-        table.add_row(name, files, vols, _human_bytes(d["bytes"]))
+        left = f"{len(d['leftovers'])} ({_human_bytes(d['leftover_bytes'])})" if d["leftovers"] else "-"
+        table.add_row(name, files, vols, left, _human_bytes(d["bytes"]))
     _console().print(table)
 
 
 @cache_app.command("clean")
-def cache_clean(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
-                prepared: Annotated[bool, typer.Option(help="Also remove its prepared volumes.")] = False,
+def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id.")] = None,
+                all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset in the cache.")] = False,
+                prepared: Annotated[bool, typer.Option(help="Also remove prepared volumes.")] = False,
                 as_json: JsonOpt = False) -> None:
-    """Remove a dataset's downloads (and with --prepared its volumes)."""
-    from emdata.cache import clean
+    """Remove a dataset's downloads (and with --prepared its volumes); waits for a running writer of them."""
+    from emdata.cache import cached_datasets, clean
     from emdata.catalog import get_card
 
-    get_card(dataset)
-    freed = clean(dataset, prepared=prepared)
+    if (dataset is None) == (not all_datasets):
+        raise ValueError("name one dataset id or pass --all (not both)")
+    names = cached_datasets() if all_datasets else [dataset]
+    if dataset is not None:
+        get_card(dataset)
+    freed = [clean(name, prepared=prepared) for name in names]
     if as_json:
-        _print_json(freed)
+        _print_json(freed[0] if dataset is not None else {"datasets": freed})
         return
-    _console().print(f"{dataset}: freed {_human_bytes(freed['downloads_bytes'])} of downloads"
-                     + (f" and {_human_bytes(freed['prepared_bytes'])} of volumes" if prepared else ""))
+    for f in freed:
+        _console().print(f"{f['dataset']}: freed {_human_bytes(f['downloads_bytes'])} of downloads"
+                         + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else ""))
+    if not freed:
+        _console().print("nothing cached")
 
 
 @app.command()
@@ -279,12 +288,23 @@ def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
 
 
 @app.command()
-def verify(path: Annotated[Path, typer.Argument(help="A *.ome.zarr volume or a prepared dataset folder.")],
-           deep: Annotated[bool, typer.Option(help="Decode every chunk and compare the recorded checksums.")] = False,
+def verify(target: Annotated[str, typer.Argument(
+               help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
+           deep: Annotated[bool, typer.Option(help="Decode every chunk and compare the recorded checksums; "
+                                                   "check provenance against the cached downloads.")] = False,
            as_json: JsonOpt = False) -> None:
-    """Check volumes: schema, completeness, shapes, dtypes (and content with --deep)."""
+    """Check volumes: schema, completeness, metadata, shapes, dtypes (and content with --deep)."""
     from emdata.store.verify import find_volumes, verify_volume
 
+    path = Path(target).expanduser()
+    if not path.exists() and not path.is_symlink() and "/" not in target:
+        from emdata.catalog import get_card
+        from emdata.config import prepared_dir
+
+        get_card(target)  # an unknown id fails here, with suggestions
+        path = prepared_dir(target)
+        if not find_volumes(path):
+            raise FileNotFoundError(f"{target} is not prepared under {path}; run `emdata prepare {target}`")
     found = find_volumes(path)
     if not found:
         raise FileNotFoundError(f"{path}: no OME-Zarr volume (zarr.json) and no *.ome.zarr inside")

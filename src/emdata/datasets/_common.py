@@ -1,30 +1,50 @@
 """What every recipe does the same way: fetch a card source, record provenance, reuse a
 finished volume, publish a new one and list it in the dataset manifest.
 
+``reusable`` and ``publish`` work as a pair under the volume's writer lock: a volume that is
+not reusable is looked at again once any writer of it has finished, and ``publish`` looks
+once more inside the lock, so concurrent ``prepare`` runs write a volume once (the others
+return the one that was published while they were computing). A finished, intact volume is
+reused without taking a lock or writing anything (a read-only data folder works); leftovers
+of crashed writers of the volume are tidied on the way.
+
 Example:
-    >>> fetched = fetch_source(card, "snemi.zip")  # doctest: +SKIP
-    >>> prov = provenance("snemi3d", 1, [fetched], {"volume": "train"})  # doctest: +SKIP
-    >>> volume = reusable(path, prov) or publish(card, "train", "train", raw, layers, prov)  # doctest: +SKIP
+    >>> from emdata.catalog import get_card
+    >>> choose_volumes(get_card("snemi3d"), None), as_list("train")
+    (['train', 'test'], ['train'])
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import Timeout
 
 from emdata.catalog import Card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.sources.download import FetchResult, fetch
 from emdata.sources.progress import status
-from emdata.store.manifest import record_volume
+from emdata.store.manifest import is_recorded, record_volume
+from emdata.store.publish import generation, litter, promise_problems, tidy, volume_lock
 from emdata.store.volume import Volume, open_volume
 from emdata.store.writer import LabelLayerData, is_complete, write_volume
+
+log = logging.getLogger(__name__)
+_tidied: set[str] = set()  # download folders whose leftovers this process removed
+_looked_at: dict[str, str | None] = {}  # volume path -> generation seen when `reusable` said no
 
 
 def fetch_source(card: Card, name: str) -> FetchResult:
     """Download (or reuse) the card's source ``name`` into the dataset's download folder."""
+    from emdata.cache import tidy_downloads
+
+    folder = str(downloads_dir(card.id))
+    if folder not in _tidied:  # once per process: leftovers of interrupted downloads and extractions
+        _tidied.add(folder)
+        tidy_downloads(card.id)
     source = card.source(name)
     return fetch(source.url, downloads_dir(card.id) / source.name, checksum=source.checksum,
                  size=source.size_bytes, mirrors=source.mirrors)
@@ -46,9 +66,13 @@ def volume_path(dataset: str, volume: str) -> Path:
     return prepared_dir(dataset) / f"{volume}.ome.zarr"
 
 
-def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
-    """The finished volume at ``path`` if it was built from the same sources, recipe and parameters."""
+def _matching(path: Path, prov: dict[str, Any]) -> Volume | None:
+    """The complete, intact volume at ``path`` if it was built from the same sources, recipe and parameters."""
     if not is_complete(path):
+        return None
+    problems = promise_problems(path)
+    if problems:
+        log.warning("%s; rebuilding it", problems[0])
         return None
     volume = open_volume(path)
     old = volume.meta.get("provenance", {})
@@ -56,6 +80,52 @@ def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
         s.get("sha256", s["url"]) for s in old.get("sources", [])] == [s.get("sha256", s["url"])
                                                                       for s in prov["sources"]]
     return volume if same else None
+
+
+def _listed(volume: Volume) -> Volume:
+    """``volume``, recorded in the manifest if a crashed run left it out (skipped on a read-only folder)."""
+    if not is_recorded(volume):
+        try:
+            record_volume(volume)
+        except OSError as exc:
+            log.info("%s: not recorded in the manifest (%s)", volume.path, exc)
+    return volume
+
+
+def _tidy_if_free(path: Path) -> None:
+    """Remove the volume's leftovers if no writer holds it (never waits, never fails)."""
+    try:
+        lock = volume_lock(path)
+        lock.acquire(timeout=0)
+    except (Timeout, OSError):
+        return
+    try:
+        tidy(path)
+    except OSError as exc:
+        log.info("%s: leftovers not removed (%s)", path, exc)
+    finally:
+        lock.release()
+
+
+def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
+    """The finished volume at ``path`` if it was built from the same sources, recipe and parameters.
+
+    When it is not, waits for any writer of it to finish and looks again (and tidies what
+    crashed writers left); then ``publish`` of the same volume looks once more under its lock.
+    """
+    path = Path(path)
+    if litter(path):
+        _tidy_if_free(path)
+    volume = _matching(path, prov)
+    if volume is None:
+        with volume_lock(path):
+            tidy(path)
+            volume = _matching(path, prov)
+            _looked_at[str(path)] = generation(path)
+    if volume is not None:
+        _looked_at.pop(str(path), None)
+        return _listed(volume)
+    return None
 
 
 def layer(card: Card, name: str, data: np.ndarray, **overrides: Any) -> LabelLayerData:
@@ -82,10 +152,20 @@ def publish(card: Card, volume: str, split: str, raw: np.ndarray, layers: list[L
     block = {"dataset": card.id, "volume": volume, "split": split,
              "voxel_size_verified": card.voxel_size.verified, "provenance": prov, **meta}
     shape = "×".join(map(str, raw.shape))
-    with status(f"writing {card.id}/{volume} ({shape} voxels, {len(layers)} label layer(s))"):
-        write_volume(path, raw, voxel, labels=layers, meta=block)
-    vol = open_volume(path)
-    record_volume(vol)
+    with volume_lock(path):
+        if str(path) in _looked_at:  # not forced: another run may have published it meanwhile
+            seen = _looked_at.pop(str(path))
+            done = _matching(path, prov)
+            if done is not None and generation(path) != seen:
+                log.info("%s was published by another run meanwhile; reusing it", path)
+                return _listed(done)
+        with status(f"writing {card.id}/{volume} ({shape} voxels, {len(layers)} label layer(s))"):
+            write_volume(path, raw, voxel, labels=layers, meta=block)
+        vol = open_volume(path)
+    try:
+        record_volume(vol)
+    except OSError as exc:  # the manifest is a summary: `emdata.volumes()` lists what is on disk anyway
+        log.warning("%s: published, but the manifest was not updated (%s); the next run records it", path, exc)
     return vol
 
 

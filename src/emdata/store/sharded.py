@@ -22,8 +22,9 @@ How a build goes:
    downsampling step (one source region at a time), so block means and label picks equal the
    whole-array computation.
 4. :meth:`~ShardedVolumeWriter.finish` gathers the digests into each array's
-   ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes, renames the folder
-   into place and writes ``emdata-complete.json`` last.
+   ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes and publishes the
+   folder as the volume's next version (:func:`emdata.store.publish.commit`: completion
+   marker, then the ``<name>.ome.zarr`` link switched in one step).
 
 A rerun after an interruption redoes only regions without a record. Memory per task: one
 region of one array (level 0: plus whatever ``fill`` needs to produce it; coarser levels: the
@@ -33,13 +34,14 @@ output region plus one source region of the level below, read one at a time).
 :func:`dask_client`: a ``LocalCluster`` by default, or an existing scheduler's address).
 
 Example:
-    >>> import numpy as np
-    >>> writer = ShardedVolumeWriter(tmp / "v.ome.zarr", (64, 512, 512), "uint16", (30, 6, 6),
-    ...                              meta={"dataset": "demo", "volume": "v", "split": "all"})  # doctest: +SKIP
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> writer = ShardedVolumeWriter(tmp / "v.ome.zarr", (16, 128, 128), "uint16", (30, 6, 6),
+    ...                              meta={"dataset": "demo", "volume": "v", "split": "all"})
     >>> def fill(region, name):  # voxels of one region of one array, from anywhere
-    ...     return np.zeros(region.shape, "uint16")
-    >>> build_volume(writer, fill)  # doctest: +SKIP
-    PosixPath('.../v.ome.zarr')
+    ...     return np.ones(region.shape, "uint16")
+    >>> build_volume(writer, fill) == tmp / "v.ome.zarr"
+    True
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ from emdata.store.checksum import ALGORITHM, block_slices, digest
 from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import IntensityHistogram
+from emdata.store.publish import commit, tidy, volume_lock
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 from emdata.store.writer import (
-    COMPLETE_MARKER,
     SCHEMA,
     LabelLayerData,
     StoreWriteError,
@@ -284,7 +286,7 @@ class ShardedVolumeWriter:
         """Hold ``<path>.lock`` (the lock ``write_volume`` uses); re-entrant on this object."""
         if self._lock_depth == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.path) + ".lock")
+            self._lock = volume_lock(self.path)
             self._lock.acquire()
         self._lock_depth += 1
         try:
@@ -303,6 +305,8 @@ class ShardedVolumeWriter:
         if self._prepared and (self.building / SPEC).is_file():
             return True
         self._prepared = True
+        with self.locked():
+            tidy(self.path)
         spec_path = self.building / SPEC
         if spec_path.is_file():
             try:
@@ -497,14 +501,8 @@ class ShardedVolumeWriter:
         shutil.rmtree(self.building / RECORDS, ignore_errors=True)
         (self.building / SPEC).unlink(missing_ok=True)
         with self.locked():
-            if self.path.exists():
-                trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(self.building, self.path)
-            marker = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": SCHEMA,
-                      "arrays": len(self.array_names()), "levels": len(self.levels)}
-            _atomic_json(self.path / COMPLETE_MARKER, marker)
+            # Everything is written: from here on the folder is only marked complete and published.
+            commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
 
 
@@ -632,9 +630,12 @@ def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
     ``functools.partial`` of one). ``on_region`` runs on this side after each region; raising
     in it stops the build like an interruption (tests use it).
 
-    Example:
-        >>> with dask_client() as client:  # doctest: +SKIP
-        ...     build_volume(writer, functools.partial(my_fill, source), client=client)
+    Example (on a cluster: ``with dask_client() as client: build_volume(writer, fill, client=client)``):
+        >>> import tempfile
+        >>> writer = ShardedVolumeWriter(Path(tempfile.mkdtemp()) / "v.ome.zarr", (8, 64, 64), "uint8", (1, 1, 1),
+        ...                              meta={"dataset": "d", "volume": "v", "split": "all"})
+        >>> build_volume(writer, lambda region, name: np.full(region.shape, 3, "uint8")).name
+        'v.ome.zarr'
     """
     with writer.locked():
         writer.prepare()
@@ -664,7 +665,7 @@ def dask_client(scheduler: str | None = None, **local: Any) -> Iterator[Any]:
     closed on exit. Workers of an existing cluster must see the same file system paths.
 
     Example:
-        >>> with dask_client(n_workers=2, processes=False) as client:  # doctest: +SKIP
+        >>> with dask_client(n_workers=1, processes=False) as client:
         ...     client.submit(sum, [1, 2]).result()
         3
     """

@@ -1,19 +1,25 @@
 """Write one canonical volume: OME-Zarr 0.5 on zarr v3, published atomically.
 
-The volume is built in a hidden temporary folder next to its final path, renamed into
-place, and only then marked complete (``emdata-complete.json``, written last). A file lock
-(``<path>.lock``) serialises writers, so two processes preparing the same volume never
-interleave; a reader never sees a half-written volume as complete.
+The volume is built in a hidden temporary folder next to its final path and then published
+as a new version with :func:`emdata.store.publish.commit` (completion marker written last,
+the ``<name>.ome.zarr`` link switched in one step). The writer lock (``<path>.lock``)
+serialises writers, so two processes preparing the same volume never interleave; a reader
+never sees a half-written or half-replaced volume.
 
 Example:
+    >>> import tempfile
     >>> import numpy as np
+    >>> tmp = Path(tempfile.mkdtemp())
     >>> path = write_volume(tmp / "v.ome.zarr", np.zeros((8, 64, 64), "u1"), (30, 6, 6),
-    ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})  # doctest: +SKIP
+    ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})
+    >>> is_complete(path)
+    True
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -23,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 
 from emdata.labels.ontology import ontology
 from emdata.store import ome
@@ -31,14 +36,29 @@ from emdata.store.checksum import checksum_attr
 from emdata.store.chunking import choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import raw_intensity
+from emdata.store.publish import COMPLETE_MARKER, SCHEMA, commit, tidy, volume_lock
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 
-COMPLETE_MARKER = "emdata-complete.json"
-SCHEMA = "emdata-volume/1"
+__all__ = ["COMPLETE_MARKER", "SCHEMA", "LabelLayerData", "StoreWriteError", "is_complete", "write_volume"]
 
 
 class StoreWriteError(ValueError):
-    """The data handed to the writer cannot form a valid volume."""
+    """The data handed to the writer cannot form a valid volume, or the disk refused it."""
+
+
+def disk_error(path: Path, exc: OSError) -> StoreWriteError | None:
+    """A one-line error for a full or read-only disk while writing the volume at ``path`` (else None).
+
+    Example:
+        >>> str(disk_error(Path("/d/v.ome.zarr"), OSError(errno.ENOSPC, "No space left", "/d/.v.tmp/0/c/0/0/0")))
+        'no space left on device writing /d/.v.tmp/0/c/0/0/0 (volume /d/v.ome.zarr); free space there and re-run'
+    """
+    where = exc.filename or path
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreWriteError(f"no space left on device writing {where} (volume {path}); free space there and re-run")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreWriteError(f"cannot write {where} (volume {path}): {exc.strerror}; choose a writable EMDATA_HOME")
+    return None
 
 
 @dataclass
@@ -155,6 +175,7 @@ def _ome_levels(levels: list[dict[str, Any]]) -> list[tuple[str, tuple[float, ..
 
 
 def is_complete(path: Path) -> bool:
+    """Whether a complete version is published at ``path``."""
     return (Path(path) / COMPLETE_MARKER).is_file()
 
 
@@ -173,14 +194,17 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
     raw = _standard(raw)
     labels = [LabelLayerData(**{**la.__dict__, "data": _standard(la.data)}) for la in labels]
     voxel_size = tuple(float(v) for v in voxel_size_nm)
-    _validate(raw, voxel_size, labels)
+    try:
+        _validate(raw, voxel_size, labels)
+    except StoreWriteError as exc:
+        raise StoreWriteError(f"{path}: {exc}") from None
     for key in ("dataset", "volume", "split"):
         if key not in meta:
-            raise StoreWriteError(f"volume metadata needs {key!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+            raise StoreWriteError(f"{path}: volume metadata needs {key!r}")
     factors = plan_levels(raw.shape, voxel_size, max_levels=max_levels)
 
-    with FileLock(str(path) + ".lock"):
+    with volume_lock(path):
+        tidy(path)
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -211,17 +235,37 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
             root.attrs.update({"ome": ome.multiscales(meta["volume"], _ome_levels(raw_levels), method="mean"),
                                "emdata": emdata_block})
             store_indices(tmp, {la.name: la.data for la in labels})  # samplers' indices, before publishing
-            if path.exists():
-                trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, path)
+            # Everything is written: from here on the folder is only marked complete and published.
+            commit(path, tmp, {"arrays": 1 + len(labels), "levels": len(factors)})
+        except OSError as exc:
+            discard_failed_write(tmp)
+            clear = disk_error(path, exc)
+            if clear is None:
+                raise
+            raise clear from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard_failed_write(tmp)
             raise
-        marker = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": SCHEMA,
-                  "arrays": 1 + len(labels), "levels": len(factors)}
-        tmp_marker = path / (COMPLETE_MARKER + ".tmp")
-        tmp_marker.write_text(json.dumps(marker), encoding="utf-8")
-        os.replace(tmp_marker, path / COMPLETE_MARKER)
     return path
+
+
+def discard_failed_write(folder: Path) -> None:
+    """Remove the temporary ``folder`` of a failed write, once zarr's writes still in flight are over.
+
+    When one chunk write fails (disk full), zarr's other writes of the same call are still
+    running on its event loop; they would re-create folders after a plain ``rmtree`` and be
+    reported as "Task was destroyed but it is pending!" at exit. Waiting for them first
+    leaves nothing behind and keeps the error to one line.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def drain() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=60)
+
+    with contextlib.suppress(Exception):  # the loop is gone or busy: removing the folder is what matters
+        sync(drain())
+    shutil.rmtree(folder, ignore_errors=True)
