@@ -49,6 +49,30 @@ def test_fetch_verifies_publishes_and_caches(served: bytes, mirror, tmp_path: Pa
     assert again.from_cache and len(mirror.requests_for("volume.bin")) == 1
 
 
+def test_kill_between_publish_and_record_keeps_the_source(served: bytes, mirror, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download killed after the file is in place but before its record is written is adopted on the
+    next call with the URL it came from, not as a file placed by hand."""
+    from emdata.sources import download
+
+    dest = tmp_path / "cache" / "volume.bin"
+    real = download._publish_record
+
+    def killed(path: Path, result: object) -> None:
+        raise KeyboardInterrupt("killed before the record")
+
+    monkeypatch.setattr(download, "_publish_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(URL, dest, checksum=f"sha256:{sha(served)}")
+    assert dest.read_bytes() == served and not record_path(dest).exists()
+    monkeypatch.setattr(download, "_publish_record", real)
+    again = fetch(URL, dest, checksum=f"sha256:{sha(served)}")
+    assert again.fetched_from == mirror_url(URL) and again.fetched_from.startswith(mirror.url)
+    assert json.loads(record_path(dest).read_text())["fetched_from"] == again.fetched_from
+    assert not dest.with_name("volume.bin.part.json").exists()
+    assert len(mirror.requests_for("volume.bin")) == 1
+
+
 def test_md5_checksums_are_accepted(served: bytes, mirror, tmp_path: Path) -> None:
     md5 = hashlib.md5(served).hexdigest()
     assert fetch(URL, tmp_path / "v.bin", checksum=f"md5:{md5}").md5 == md5

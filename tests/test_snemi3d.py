@@ -150,3 +150,16 @@ def test_when_primary_and_alternate_fail_the_error_names_both(mirror_root: Path,
     with pytest.raises(DownloadError, match=r"snemi3d: snemi.zip failed \(.*404.*\) and its alternate "
                                             r"snemi_train.h5 failed too \(.*404"):
         emdata.prepare("snemi3d")
+
+
+def test_rerun_on_a_copy_without_lock_files_creates_or_changes_nothing(mirror_root: Path, mirror,
+                                                                       emdata_home: Path) -> None:
+    """A finished data folder (e.g. copied to read-only shared storage) is reused without a lock file."""
+    write_snemi3d_replica(mirror_root, shape=(4, 64, 64))
+    emdata.prepare("snemi3d")
+    for lock in emdata_home.rglob("*.lock"):
+        lock.unlink()
+    before = {p: p.lstat().st_mtime_ns for p in emdata_home.rglob("*")}
+    assert [v.name for v in emdata.prepare("snemi3d")] == ["train", "test"]
+    after = {p: p.lstat().st_mtime_ns for p in emdata_home.rglob("*")}
+    assert after == before

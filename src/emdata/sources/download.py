@@ -157,6 +157,18 @@ def _refuse_outside_link(path: Path) -> None:
                               "does not follow it: remove the link (or copy the file there) and fetch again")
 
 
+def _reuse(url: str, dest: Path, size: int | None, algo: str | None, value: str | None) -> FetchResult | None:
+    """The cached copy of ``dest``, checked against what is expected now; None when there is none."""
+    _refuse_outside_link(dest)
+    _refuse_outside_link(record_path(dest))
+    record = cached(dest)
+    if record is None:
+        return None
+    _reverify(url, dest, record, size, algo, value)
+    return FetchResult(dest, url, record["fetched_from"], record["size"], record["sha256"], record["md5"],
+                       from_cache=True, announced_size=record.get("announced_size"))
+
+
 def _reverify(url: str, dest: Path, record: dict[str, Any], size: int | None, algo: str | None,
               value: str | None) -> None:
     """Check a cached file against what is expected *now*; re-hash it if it changed after its record.
@@ -534,20 +546,22 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, size: int | None
     algo, value = _expected(url, checksum)
     if url in config.checksum_overrides():
         size = None  # the card's size describes the original file, not the repackaged one
+    finished = _reuse(url, dest, size, algo, value)  # no lock file for a complete copy (read-only caches)
+    if finished is not None:
+        return finished
     lock = _lock(dest, lock_timeout_s)
     try:
-        _refuse_outside_link(dest)
-        _refuse_outside_link(record_path(dest))
-        record = cached(dest)
-        if record is not None:
-            _reverify(url, dest, record, size, algo, value)
-            return FetchResult(dest, url, record["fetched_from"], record["size"], record["sha256"], record["md5"],
-                               from_cache=True, announced_size=record.get("announced_size"))
-        if dest.is_file():  # placed by hand: verify, then adopt
+        finished = _reuse(url, dest, size, algo, value)
+        if finished is not None:
+            return finished
+        if dest.is_file():  # placed by hand, or published by a download killed before its record: verify, adopt
             sha, md5 = hash_file(dest)
             _check(url, f"file placed at {dest}", dest.stat().st_size, sha, md5, size, algo, value)
-            result = FetchResult(dest, url, str(dest), dest.stat().st_size, sha, md5, from_cache=True)
+            part = _Part(dest)
+            origin = part.meta().get("source") or str(dest)
+            result = FetchResult(dest, url, origin, dest.stat().st_size, sha, md5, from_cache=True)
             _publish_record(dest, result)
+            part.meta_path.unlink(missing_ok=True)
             return result
         if config.offline():
             expect = f"{algo} {value}" if algo else "no published checksum"
@@ -588,11 +602,11 @@ def _fetch_sources(url: str, dest: Path, mirrors: Sequence[str], size: int | Non
             if len(candidates) == 1:
                 raise type(exc)(f"{exc} (cache file {dest})") from exc
             raise type(exc)(f"{url}: all {len(candidates)} sources failed for {dest}: " + "; ".join(failures)) from exc
-        os.replace(part.path, dest)
-        part.meta_path.unlink(missing_ok=True)
+        os.replace(part.path, dest)  # the sidecar names the source until the record is written
         result = FetchResult(dest, url, source, dest.stat().st_size, sha, md5, from_cache=False,
                              attempts=attempts, bytes_transferred=received, failures=tuple(failures),
                              announced_size=announced)
         _publish_record(dest, result)
+        part.meta_path.unlink(missing_ok=True)
         return result
     raise DownloadError(f"{url}: no source to fetch {dest} from")  # unreachable: candidates is never empty
