@@ -280,3 +280,20 @@ def test_threaded_loader_through_the_chunk_cache_gives_the_serial_samples(tmp_pa
     for reader in ds._readers.values():
         cache = reader._state["cache"]
         assert cache.nbytes == sum(a.nbytes for a in cache._items.values()) and cache.misses > 0
+
+
+def test_workers_read_the_version_the_dataset_was_built_on(tmp_path: Path) -> None:
+    """A volume replaced (`prepare --force`) during training: a worker started afterwards reads the
+    version the dataset was planned on, not a mix of old geometry and new voxels."""
+    import pickle
+
+    from emdata.store.volume import open_volume
+
+    path = tmp_path / "v.ome.zarr"
+    meta = {"dataset": "demo", "volume": "v", "split": "train"}
+    write_volume(path, np.zeros((8, 64, 64), np.uint8), (30, 6, 6), meta=meta)
+    volume = open_volume(path)
+    ds = PatchDataset([volume], (4, 32, 32))
+    write_volume(path, np.full((8, 64, 64), 200, np.uint8), (30, 6, 6), meta=meta)
+    worker = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker receives
+    assert not worker.sample(0, 0)["raw"].any()

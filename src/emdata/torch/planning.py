@@ -186,7 +186,7 @@ def plan_volumes(vols: list[Volume], *, voxel_size: tuple[float, float, float], 
         else:
             layers = sorted(set(label_layers) | ({sampler_layer} if isinstance(sampler, MinInstances) else set()))
         weight = float(weights[n]) if weights is not None else float(np.prod([hi - lo + 1 for lo, hi in ranges]))
-        plan = VolumePlan(str(vol.path), vol.dataset, vol.name, level, tuple(levels[level]["scale"]),  # type: ignore[arg-type]
+        plan = VolumePlan(str(vol.folder), vol.dataset, vol.name, level, tuple(levels[level]["scale"]),  # type: ignore[arg-type]
                           voxel_size, vol.voxel_size,
                           tuple(levels[level]["translation"] or (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
                           tuple(lo for lo, _ in ranges), tuple(hi for _, hi in ranges), reach,  # type: ignore[arg-type]
