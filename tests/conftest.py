@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from emdata import config
 from emdata.testing import MirrorServer
 
 ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET")
@@ -27,7 +26,6 @@ def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # closed loopback port and fails at once (subprocesses inherit this too).
     monkeypatch.setenv("EMDATA_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setenv("EMDATA_QUIET", "1")
-    config.set_quiet(False)
     return home
 
 
