@@ -4,6 +4,7 @@ never passed by writing os.environ."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import threading
 from pathlib import Path
@@ -126,6 +127,18 @@ def test_human_liver_worker_task_runs_under_the_settings_it_is_passed(tmp_path: 
             "classes": []}
     (staging / "staging.json").write_text(json.dumps(spec), encoding="utf-8")
     given = Settings(home=tmp_path / "driver-home", offline=True)
+    assert pickle.loads(pickle.dumps(given)) == given  # it travels to process workers too
     with pytest.raises(OfflineError, match=re.escape(str(given.home / "range-cache"))):
         full.stage_slice(str(staging), given, 0)
     assert config.current() == Settings.from_env()  # the worker's own settings are left as they were
+
+
+def test_cli_runs_a_command_under_its_settings_and_leaves_none_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from emdata.cli import app
+
+    monkeypatch.delenv("EMDATA_QUIET")
+    result = CliRunner().invoke(app, ["--quiet", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert not config.quiet() and config.current() == Settings.from_env()  # --quiet / --json ended with the command
