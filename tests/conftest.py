@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from emdata import config
 from emdata.testing import MirrorServer
 from emdata.testing.faults import Faults
 
@@ -28,7 +27,6 @@ def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # closed loopback port and fails at once (subprocesses inherit this too).
     monkeypatch.setenv("EMDATA_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setenv("EMDATA_QUIET", "1")
-    config.set_quiet(False)
     return home
 
 

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from emdata import config
 from emdata.testing.offline import offline_replica
 
 
-def test_environment_and_folder_are_restored(emdata_home: Path) -> None:
-    before = {k: os.environ.get(k) for k in ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_CHECKSUMS", "EMDATA_OFFLINE")}
+def test_settings_environment_and_folder_are_restored(emdata_home: Path) -> None:
+    env_before, settings_before = dict(os.environ), config.current()
     with offline_replica("isbi2012", shape=(2, 16, 16)) as truth:
-        home = Path(os.environ["EMDATA_HOME"])
+        inside = config.current()
+        home = inside.home
         assert home != emdata_home and home.is_dir()
-        assert os.environ["EMDATA_MIRROR"].startswith("http://127.0.0.1:")
-        assert Path(os.environ["EMDATA_CHECKSUMS"]).is_file() and truth["path"].is_file()
-    assert {k: os.environ.get(k) for k in before} == before
+        assert inside.mirror.startswith("http://127.0.0.1:") and not inside.offline
+        assert Path(inside.checksums).is_file() and truth["path"].is_file()
+        assert dict(os.environ) == env_before  # settings travel by value, not through the environment
+    assert config.current() == settings_before and dict(os.environ) == env_before
     assert not home.exists() and not truth["path"].exists()
 
 

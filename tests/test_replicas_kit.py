@@ -3,13 +3,13 @@ turns into verified volumes, offline, and the environment is restored afterwards
 
 from __future__ import annotations
 
-import os
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 import emdata
+from emdata import config
 from emdata.datasets import preparable
 from emdata.store.verify import verify_volume
 from emdata.testing import serve_replicas
@@ -27,12 +27,12 @@ def test_each_recipe_prepares_from_its_replica(dataset: str, tmp_path: Path, mon
     if dataset in PRECOMPUTED and find_spec("cloudvolume") is None:
         pytest.skip("precomputed replicas are written with emdata[precomputed]")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # cloudvolume writes ~/.cloudvolume
-    before = {k: os.environ.get(k) for k in ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_CHECKSUMS", "EMDATA_OFFLINE")}
+    before = config.current()
     with serve_replicas([dataset], tmp_path / "kit", small=True) as served:
-        assert os.environ["EMDATA_HOME"] == str(served.home) and os.environ["EMDATA_MIRROR"] == served.url
+        assert config.emdata_home() == served.home and config.mirror() == served.url
         vols = emdata.prepare(dataset, **served.options[dataset])
         assert served.server.log or dataset in {"nucmm", "tem-neutrostruct"}  # hand-placed: no request
-    assert {k: os.environ.get(k) for k in before} == before
+    assert config.current() == before
     assert vols and all(v.dataset == dataset for v in vols)
     assert all(str(v.path).startswith(str(tmp_path / "kit" / "prepared")) for v in vols)
     for vol in vols:

@@ -26,6 +26,10 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import emdata` and `emdata lis
         from emdata import api
 
         return getattr(api, name)
+    if name == "config":  # settings: emdata.config.using(home=...)
+        import emdata.config
+
+        return emdata.config
     raise AttributeError(f"module 'emdata' has no attribute {name!r}")
 
 

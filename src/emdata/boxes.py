@@ -15,13 +15,13 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import re
+
+from emdata import config
+from emdata.config import MAX_BOX_ENV
 
 Box = tuple[slice, slice, slice]
 EXPECTED = "'z0:z1,y0:y1,x0:x1' in voxels (ends may be left open, e.g. '0:16,:,:')"
-MAX_BOX_ENV = "EMDATA_MAX_BOX_GB"
-"""Environment variable that overrides :data:`DEFAULT_MAX_BOX_BYTES` (decimal GB, e.g. ``64``)."""
 DEFAULT_MAX_BOX_BYTES = 16 * 10**9
 """Boxes estimated above this many bytes are refused before anything is read (16 GB)."""
 
@@ -85,22 +85,17 @@ def box_bytes(box: Box, bytes_per_voxel: int) -> int:
 
 
 def max_box_bytes() -> int:
-    """The size limit for one box: ``EMDATA_MAX_BOX_GB`` (decimal GB) if set, else 16 GB.
+    """The size limit for one box: the settings' ``max_box_gb`` (``EMDATA_MAX_BOX_GB``, decimal
+    GB) if set, else 16 GB.
 
     Example:
-        >>> max_box_bytes() == DEFAULT_MAX_BOX_BYTES or MAX_BOX_ENV in os.environ
-        True
+        >>> from emdata import config
+        >>> with config.using(max_box_gb=64):
+        ...     max_box_bytes()
+        64000000000
     """
-    value = os.environ.get(MAX_BOX_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_BOX_BYTES
-    try:
-        limit = float(value)
-        if not (math.isfinite(limit) and limit > 0):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{MAX_BOX_ENV}={value!r} is not a positive number of GB (e.g. 64)") from None
-    return int(limit * 10**9)
+    limit = config.current().max_box_gb
+    return DEFAULT_MAX_BOX_BYTES if limit is None else int(limit * 10**9)
 
 
 def _size(n: float) -> str:

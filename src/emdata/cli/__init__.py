@@ -55,12 +55,14 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+def _root(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
           version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                 help="Print the emdata version and exit.")] = False) -> None:
     _state["debug"] = debug
-    config.set_quiet(quiet)
+    # The environment is read once; the command runs under these settings (restored on exit).
+    ctx.with_resource(config.using(config.Settings.from_env(), **({"quiet": True} if quiet else {})))
 
 
 @app.command("list")

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
+from emdata import config
 from emdata.torch import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader
 from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE
 
@@ -41,21 +41,9 @@ Region = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
 Part = list[tuple[Any, Region | None]]
 
 
-@contextmanager
-def _home(data_root: str | Path | None) -> Iterator[None]:
-    """Use ``data_root`` as EMDATA_HOME for the duration (None: leave it)."""
-    if data_root is None:
-        yield
-        return
-    old = os.environ.get("EMDATA_HOME")
-    os.environ["EMDATA_HOME"] = str(Path(data_root).expanduser())
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("EMDATA_HOME", None)
-        else:
-            os.environ["EMDATA_HOME"] = old
+def _home(data_root: str | Path | None) -> AbstractContextManager[Any]:
+    """Use ``data_root`` as the emdata home for the duration (None: leave it)."""
+    return nullcontext() if data_root is None else config.using(home=Path(data_root).expanduser())
 
 
 def split_volumes(volumes: Sequence[Any], *, val_volumes: Sequence[str] = (), val_fraction: float = 0.1,

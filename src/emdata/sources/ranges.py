@@ -477,7 +477,7 @@ class RangeReader:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="emdata-range")
+                self._pool = config.thread_pool(self.max_workers, "emdata-range")
             return self._pool
 
     @staticmethod

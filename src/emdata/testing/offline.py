@@ -3,8 +3,8 @@
 :func:`offline_replica` writes the dataset's replica (``write_<id>_replica`` of
 :mod:`emdata.testing.replicas`) into a temporary folder, serves it on a loopback
 :class:`~emdata.testing.MirrorServer`, pins the replica files' own sha256 (the cards pin the
-real files') and points ``EMDATA_HOME``, ``EMDATA_MIRROR`` and ``EMDATA_CHECKSUMS`` there for the
-block. Docstring examples of the recipes use it so that they run offline in a second or two.
+real files') and makes those the active settings (:func:`emdata.config.using`: home, mirror,
+checksums) for the block. Docstring examples of the recipes use it so that they run offline in a second or two.
 
 Example:
     >>> import emdata
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,10 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from emdata import config
 from emdata.testing import replicas
 from emdata.testing.server import MirrorServer
-
-ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_CHECKSUMS", "EMDATA_OFFLINE")
 
 
 def mirror_path(root: Path, url: str) -> Path:
@@ -69,23 +67,15 @@ def pin_replica_checksums(root: Path, datasets: Sequence[str], target: Path) -> 
 
 @contextmanager
 def offline_environment(root: Path, home: Path, datasets: Sequence[str]) -> Iterator[MirrorServer]:
-    """Serve ``root`` and point emdata at it (``EMDATA_HOME=home``) for the block, with the
-    replica files of ``datasets`` pinned; the previous environment is restored afterwards."""
+    """Serve ``root`` and point emdata at it (home ``home``, the loopback mirror, the replica
+    files of ``datasets`` pinned, network allowed) for the block, through
+    :func:`emdata.config.using`: this thread only, ``os.environ`` untouched. A subprocess run
+    in the block sees the same settings with ``env={**os.environ, **config.current().to_env()}``."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     sums = pin_replica_checksums(root, datasets, home / "replica-checksums.json")
-    saved = {key: os.environ.get(key) for key in ENV_KEYS}
-    try:
-        with MirrorServer(root) as server:
-            os.environ.update({"EMDATA_HOME": str(home), "EMDATA_MIRROR": server.url,
-                               "EMDATA_CHECKSUMS": str(sums), "EMDATA_OFFLINE": "0"})
-            yield server
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with MirrorServer(root) as server, config.using(home=home, mirror=server.url, checksums=sums, offline=False):
+        yield server
 
 
 @contextmanager

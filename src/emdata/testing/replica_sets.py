@@ -2,8 +2,8 @@
 
 :func:`serve_replicas` writes small synthetic files in each dataset's published layout under
 ``<home>/mirror``, pins their sha256 in ``<home>/replica-checksums.json`` (the catalog pins the
-real files'), serves the mirror on ``127.0.0.1`` and points ``EMDATA_HOME``, ``EMDATA_MIRROR``
-and ``EMDATA_CHECKSUMS`` at them inside the block. Datasets whose files are placed by hand
+real files'), serves the mirror on ``127.0.0.1`` and makes them the active settings (home,
+mirror, checksums; :func:`emdata.config.using`) inside the block. Datasets whose files are placed by hand
 (``nucmm``, ``tem-neutrostruct``) are copied into their download folder, as a user would.
 :func:`prepared_replicas` also runs ``prepare`` on each.
 
@@ -135,8 +135,8 @@ def serve_replicas(datasets: Sequence[str], home: Path | str, *, small: bool = F
     (with ``served.options[dataset]``) reads them through the real download code.
 
     ``small=True`` writes the tiniest replicas (quick tests); otherwise replicas whose writer
-    takes a size fit a 16×128×128 patch. ``EMDATA_OFFLINE`` is off inside the block; the
-    environment is restored afterwards.
+    takes a size fit a 16×128×128 patch. Inside the block (this thread only) the network is
+    allowed and the settings point at the replicas; the previous settings hold afterwards.
     """
     from emdata.config import downloads_dir
 

@@ -27,8 +27,9 @@ once per shard along x. So:
 
 Both phases run on a ``distributed`` client: a ``LocalCluster`` (one thread per worker, as many
 workers as cores and memory allow; :data:`LOCAL_CLUSTER` adds keyword arguments) or, with
-``scheduler=ADDRESS``, an existing cluster whose workers see the same ``EMDATA_HOME`` path (a
-shared file system). An interrupted build resumes: staged slices and written shards are kept.
+``scheduler=ADDRESS``, an existing cluster whose workers see the driver's emdata home at the same
+path (a shared file system); each task is passed the driver's :class:`~emdata.config.Settings`.
+An interrupted build resumes: staged slices and written shards are kept.
 
 Started with ``emdata.prepare("human-liver-em", full=True)`` (CLI: ``emdata prepare human-liver-em
 --full``, optionally ``--scheduler ADDRESS``).
@@ -49,8 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from emdata import config
 from emdata.boxes import Box, format_bbox
 from emdata.catalog import Card, get_card
+from emdata.config import Settings
 from emdata.datasets._common import provenance, reusable, volume_path
 from emdata.datasets.human_liver_em import source as src
 from emdata.formats.strip_tiff import read_rows
@@ -138,11 +141,16 @@ def _staged(folder: Path) -> set[int]:
     return {int(p.stem) for p in (folder / ".slices").glob("*.json")}
 
 
-def stage_slice(staging: str, env: dict[str, str | None], z: int) -> int:
-    """Worker task: stage raw rows and every mask class of slice ``z`` of the region."""
+def stage_slice(staging: str, settings: Settings, z: int) -> int:
+    """Worker task: stage raw rows and every mask class of slice ``z`` of the region, under the
+    driver's ``settings`` (home, mirror, offline, checksums) in this worker thread."""
+    with config.using(settings):
+        return _stage_slice(staging, z)
+
+
+def _stage_slice(staging: str, z: int) -> int:
     import zarr
 
-    src.apply_env(env)
     folder = Path(staging)
     spec = json.loads((folder / "staging.json").read_text(encoding="utf-8"))
     card = get_card(src.DATASET)
@@ -222,9 +230,7 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
     existing = None if force else reusable(path, prov) or reusable(path, _prov(card, LEGACY_TISSUE_KEY))
     if existing is not None:
         return existing
-    from concurrent.futures import ThreadPoolExecutor
-
-    with RangeReader() as reader, ThreadPoolExecutor(16, thread_name_prefix="emdata-liver") as pool:
+    with RangeReader() as reader, config.thread_pool(16, "emdata-liver") as pool:
         n_slices = src.slice_count(reader, card, force=force)
         first = src.layout(reader, src.raw_url(card, 0))
         region, region_note = tissue_region(n_slices, first.shape)
@@ -272,7 +278,7 @@ def build_full(card: Card, *, force: bool = False, scheduler: str | None = None,
         with _client(client, scheduler, local) as active:
             if todo:
                 with status(f"{src.DATASET}: staging {len(todo)} slice(s) of {shape} voxels"):
-                    run_tasks(active, stage_slice, [(str(staging), src.worker_env(), z) for z in todo], what="slice")
+                    run_tasks(active, stage_slice, [(str(staging), config.current(), z) for z in todo], what="slice")
             with status(f"{src.DATASET}: writing {len(writer.regions(0))} shard region(s) and the pyramid"):
                 build_volume(writer, functools.partial(fill_from_staging, str(staging)), client=active,
                              on_region=on_region)

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from emdata import config
 from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
@@ -235,7 +236,7 @@ class _BoxReader:
 
 
 def _prepare_box(card: Card, box: Box, text: str, force: bool) -> Volume:
-    with RangeReader() as reader, ThreadPoolExecutor(BOX_THREADS, thread_name_prefix="emdata-liver") as pool:
+    with RangeReader() as reader, config.thread_pool(BOX_THREADS, "emdata-liver") as pool:
         box, first = _resolve(reader, card, box, text, force)
         name, prov = _prov(card, box)
         existing = None if force else reusable(volume_path(DATASET, name), prov)
@@ -245,7 +246,7 @@ def _prepare_box(card: Card, box: Box, text: str, force: bool) -> Volume:
         job = _BoxReader(card, reader, box, first)
         job.start_raw(pool)  # raw reads start while the mask folders are probed
         try:
-            with ThreadPoolExecutor(len(src.CLASSES), thread_name_prefix="emdata-liver-probe") as probes:
+            with config.thread_pool(len(src.CLASSES), "emdata-liver-probe") as probes:
                 masks = probe_classes(card, reader, zs.start, zs.stop - 1, force=force, pool=probes)
         except BaseException:
             job.wait(cancel=True)

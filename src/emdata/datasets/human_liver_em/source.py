@@ -317,24 +317,3 @@ def label_classes(card: Card, cls: str) -> list[dict[str, Any]]:
     spec = card.label_layer(cls)
     return [{"value": 1 if c.value == 255 else c.value, "name": c.name, "ontology": c.ontology, "color": c.color}
             for c in spec.classes]
-
-
-def worker_env() -> dict[str, str | None]:
-    """The emdata settings a worker process needs to see the same files and mirror."""
-    import os
-
-    from emdata.config import emdata_home
-
-    keys = ("EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET")
-    return {"EMDATA_HOME": str(emdata_home()), **{k: os.environ.get(k) for k in keys}}
-
-
-def apply_env(env: dict[str, str | None]) -> None:
-    """Set the driver's emdata settings in this (worker) process."""
-    import os
-
-    for key, value in env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        elif os.environ.get(key) != value:
-            os.environ[key] = value

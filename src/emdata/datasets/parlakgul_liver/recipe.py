@@ -57,6 +57,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 
+from emdata import config
 from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
@@ -464,7 +465,7 @@ def _prepare_sample(card: Card, sample: str, box: Box, force: bool) -> Volume:
     z_box = _resolve(box, (depth, published[1], published[2]), f"sample {sample} ({depth} slices in its class ZIPs)")
     zs = range(z_box[0].start, z_box[0].stop)
 
-    with RangeReader() as reader, ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="parlakgul") as pool:
+    with RangeReader() as reader, config.thread_pool(READ_WORKERS, "parlakgul") as pool:
         raw_slices = _RawSlices(card, sample, reader)
         raw_slices.locate(zs, pool)
         plane, dtype = raw_slices.describe(zs[0])
