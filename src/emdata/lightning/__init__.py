@@ -204,8 +204,9 @@ class EMDataModule(_Loaders):
         if not chosen or n == 0:
             return None
         regions = [r for _, r in chosen]
-        return PatchDataset([v for v, _ in chosen], patch_shape, regions_nm=regions if any(regions) else None,
-                            **options)
+        with _home(self.data_root):  # an index computed for an older volume is cached under this home
+            return PatchDataset([v for v, _ in chosen], patch_shape, regions_nm=regions if any(regions) else None,
+                                **options)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self.build_dataset("train", self.samples_per_epoch)
