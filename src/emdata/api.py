@@ -33,14 +33,23 @@ def list_datasets(species: str | None = None, microscopy: str | None = None) -> 
 
 def info(dataset_id: str) -> dict[str, Any]:
     """Everything the catalog knows about one dataset (the card as JSON), plus whether
-    ``prepare`` supports it and with which options."""
+    ``prepare`` supports it and with which options (``prepare.options``: their names;
+    ``prepare_options``: their declarations, with type, help, choices and default).
+
+    Example:
+        >>> [(o["name"], o["type"], o["choices"], o["default"]) for o in info("platelet-em")["prepare_options"]]
+        [('release', 'str', ['json', 'rgba', 'rgb'], 'json')]
+    """
     from emdata.datasets import NoRecipeError, recipe_for
+    from emdata.datasets.contract import option_names
 
     doc = get_card(dataset_id).to_json()
     try:
-        doc["prepare"] = {"available": True, "options": sorted(recipe_for(dataset_id).OPTIONS)}
+        declared = recipe_for(dataset_id).OPTIONS
     except NoRecipeError:
-        doc["prepare"] = {"available": False, "options": []}
+        declared = None
+    doc["prepare"] = {"available": declared is not None, "options": option_names(declared or ())}
+    doc["prepare_options"] = [option.to_json() for option in declared or ()]
     return doc
 
 
@@ -51,14 +60,10 @@ def prepare(dataset_id: str, volumes: list[str] | None = None, force: bool = Fal
     Options a recipe does not take are refused with the list of those it does.
     """
     from emdata.datasets import recipe_for
+    from emdata.datasets.contract import check_options
 
     recipe = recipe_for(dataset_id)
-    given = {k for k, v in options.items() if v is not None}
-    unknown = sorted(given - set(recipe.OPTIONS))
-    if unknown:
-        accepted = ", ".join(sorted(recipe.OPTIONS)) or "none"
-        raise ValueError(f"{dataset_id} does not take option(s) {', '.join(unknown)} (it takes: {accepted})")
-    return recipe.prepare(volumes=volumes, force=force, **{k: options[k] for k in given})
+    return recipe.prepare(volumes=volumes, force=force, **check_options(dataset_id, recipe.OPTIONS, options))
 
 
 def _not_a_file(source: Any) -> str | None:

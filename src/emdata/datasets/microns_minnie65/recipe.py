@@ -20,6 +20,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import Option
 from emdata.store.volume import Volume
 
 DATASET = "microns-minnie65"
@@ -34,7 +35,7 @@ RECIPE = BboxRecipe(
            "with any ids taken from this volume",),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = RECIPE.options
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None,
