@@ -18,12 +18,21 @@ Example (offline, on a replica of SNEMI3D served from loopback):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emdata.catalog import get_card, list_cards
 from emdata.config import prepared_dir
-from emdata.store.manifest import read_manifest
-from emdata.store.volume import Volume, open_volume
+
+if TYPE_CHECKING:
+    from emdata.store.volume import Volume, open_volume
+
+
+def __getattr__(name: str) -> Any:  # the store (zarr, numpy) loads on first use: `emdata info` stays fast
+    if name in ("Volume", "open_volume"):
+        from emdata.store import volume
+
+        return getattr(volume, name)
+    raise AttributeError(f"module 'emdata.api' has no attribute {name!r}")
 
 
 def list_datasets(species: str | None = None, microscopy: str | None = None) -> list[dict[str, Any]]:
@@ -40,12 +49,12 @@ def info(dataset_id: str) -> dict[str, Any]:
         >>> [(o["name"], o["type"], o["choices"], o["default"]) for o in info("platelet-em")["prepare_options"]]
         [('release', 'str', ['json', 'rgba', 'rgb'], 'json')]
     """
-    from emdata.datasets import NoRecipeError, recipe_for
+    from emdata.datasets import NoRecipeError, declared_options
     from emdata.datasets.contract import option_names
 
     doc = get_card(dataset_id).to_json()
     try:
-        declared = recipe_for(dataset_id).OPTIONS
+        declared = declared_options(dataset_id)  # read from the recipe's source: no recipe code runs
     except NoRecipeError:
         declared = None
     doc["prepare"] = {"available": declared is not None, "options": option_names(declared or ())}
@@ -155,6 +164,9 @@ def fetch(dataset_id: str, subset: str | None = None, sources: list[str] | None 
 
 def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
     """The prepared volumes of a dataset (optionally one split), from its manifest."""
+    from emdata.store.manifest import read_manifest
+    from emdata.store.volume import open_volume
+
     get_card(dataset_id)
     root = prepared_dir(dataset_id)
     manifest = read_manifest(root)

@@ -292,7 +292,7 @@ def prepare(ctx: typer.Context,
     """
     import emdata
     from emdata.cli.recipe_options import build_parser, parse_options
-    from emdata.datasets import recipe_for
+    from emdata.datasets import declared_options
 
     dataset, tokens = _split_dataset(([dataset] if dataset else []) + list(ctx.args))
     if dataset is None:
@@ -300,7 +300,7 @@ def prepare(ctx: typer.Context,
             sys.stdout.write(ctx.get_help() + "\n")
             raise typer.Exit()
         ctx.fail("Missing argument 'dataset'.")
-    declared = recipe_for(dataset).OPTIONS
+    declared = declared_options(dataset)
     if show_help:
         sys.stdout.write(build_parser(dataset, declared, with_common=True).format_help())
         raise typer.Exit()

@@ -24,6 +24,7 @@ from importlib import resources
 from types import ModuleType
 
 from emdata.catalog import dataset_ids, get_card
+from emdata.datasets.contract import Option, read_declarations
 
 
 class NoRecipeError(NotImplementedError):
@@ -45,13 +46,31 @@ def preparable() -> list[str]:
     return [d for d in dataset_ids() if module_name(d) in _recipe_packages()]
 
 
-def recipe_for(dataset_id: str) -> ModuleType:
-    """The recipe module of ``dataset_id`` (validates the id against the catalog)."""
+def _check_recipe(dataset_id: str) -> str:
+    """The recipe package name of ``dataset_id``; unknown ids and ids without a recipe raise."""
     get_card(dataset_id)  # unknown ids raise with suggestions
     if module_name(dataset_id) not in _recipe_packages():
         raise NoRecipeError(f"{dataset_id} is in the catalog but has no recipe yet (preparable now: "
                             f"{', '.join(preparable()) or 'none'}); `emdata info {dataset_id}` lists its sources")
-    return importlib.import_module(f"emdata.datasets.{module_name(dataset_id)}.recipe")
+    return module_name(dataset_id)
+
+
+def recipe_for(dataset_id: str) -> ModuleType:
+    """The recipe module of ``dataset_id`` (validates the id against the catalog)."""
+    return importlib.import_module(f"emdata.datasets.{_check_recipe(dataset_id)}.recipe")
+
+
+@cache
+def declared_options(dataset_id: str) -> tuple[Option, ...]:
+    """The ``OPTIONS`` of ``dataset_id``'s recipe, read from its source without importing it.
+
+    Example:
+        >>> [(o.name, o.choices) for o in declared_options("platelet-em")]
+        [('release', ('json', 'rgba', 'rgb'))]
+    """
+    package = _check_recipe(dataset_id)
+    source = resources.files("emdata.datasets").joinpath(package, "recipe.py").read_text(encoding="utf-8")
+    return read_declarations(source, f"emdata/datasets/{package}/recipe.py")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import functools
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -50,7 +50,6 @@ import numpy as np
 from emdata.boxes import Box, bbox_name, check_box_size, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
-from emdata.datasets.contract import BBOX, Option
 from emdata.sources.errors import DownloadError
 from emdata.sources.precomputed import (
     BoxOutOfBoundsError,
@@ -223,8 +222,8 @@ class BboxRecipe:
     Example:
         >>> RECIPE = BboxRecipe("kasthuri", "full", "image_color_corrected",
         ...                     labels=(LabelRead("ground_truth", "ground_truth"),))
-        >>> [option.name for option in RECIPE.options]
-        ['bbox']
+        >>> RECIPE.log.name
+        'emdata.datasets.kasthuri.recipe'
     """
 
     dataset: str
@@ -240,16 +239,6 @@ class BboxRecipe:
     def log(self) -> logging.Logger:
         """The logger of the dataset's recipe module."""
         return logging.getLogger(f"emdata.datasets.{self.dataset.replace('-', '_')}.recipe")
-
-    @property
-    def options(self) -> tuple[Option, ...]:
-        """The keyword options ``prepare`` takes (``bbox``, and ``version`` with versions)."""
-        bbox = replace(BBOX, help="Region z0:z1,y0:y1,x0:x1 in voxels of the EM layer's mip 0 (required); open ends "
-                                  "reach the EM layer's bounds.")
-        if not self.versions:
-            return (bbox,)
-        return (bbox, Option("version", str, f"Segmentation version: {', '.join(self.versions)} (a leading v is "
-                                             f"accepted).", default=self.default_version, metavar="VERSION"))
 
     # -- checks that need no network --------------------------------------------------------------
 

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -105,9 +106,57 @@ BBOX = Option("bbox", str, "Region z0:z1,y0:y1,x0:x1 in voxels (mip 0), half-ope
               "bounds.", metavar="Z0:Z1,Y0:Y1,X0:X1")
 """The ``bbox`` option of box-cutting recipes (parse with :func:`emdata.boxes.parse_bbox`)."""
 
+EM_BBOX = Option("bbox", str, "Region z0:z1,y0:y1,x0:x1 in voxels of the EM layer's mip 0 (required); open ends "
+                 "reach the EM layer's bounds.", metavar="Z0:Z1,Y0:Y1,X0:X1")
+"""The ``bbox`` option of the precomputed (Neuroglancer) datasets."""
+
 SUBSET = Option("subset", str, "Only this subset of the card (repeatable; `emdata info ID` lists them); "
                 "default: all.", repeatable=True, metavar="SUBSET")
 """The ``subset`` option of recipes whose card has subsets."""
+
+
+SHARED: dict[str, Option] = {"BBOX": BBOX, "EM_BBOX": EM_BBOX, "SUBSET": SUBSET}
+"""The shared declarations a recipe's ``OPTIONS`` may name."""
+
+
+def read_declarations(source: str, where: str) -> tuple[Option, ...]:
+    """The ``OPTIONS`` of a recipe module's source text, read without importing (running) it.
+
+    ``OPTIONS`` must be written with literals, ``Option(...)`` calls and the names in
+    :data:`SHARED`, so ``emdata info`` can show them without importing a recipe.
+
+    Example:
+        >>> read_declarations('OPTIONS = (SUBSET, Option("padded", bool, "Padded files."))', "demo.py")[1].type
+        <class 'bool'>
+        >>> read_declarations("OPTIONS = RECIPE.options", "demo.py")
+        Traceback (most recent call last):
+        ...
+        ValueError: demo.py: OPTIONS must be a tuple of Option(...) calls with literal arguments and the shared \
+declarations BBOX, EM_BBOX, SUBSET; found RECIPE.options
+    """
+    names: dict[str, Any] = {**SHARED, **{t.__name__: t for t in OPTION_TYPES}, "None": None}
+
+    def value(node: ast.expr) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Tuple):
+            return tuple(value(e) for e in node.elts)
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Option":
+            return Option(*map(value, node.args), **{k.arg: value(k.value) for k in node.keywords if k.arg})
+        raise ValueError(f"{where}: OPTIONS must be a tuple of Option(...) calls with literal arguments and the "
+                         f"shared declarations {', '.join(SHARED)}; found {ast.unparse(node)}")
+
+    for node in ast.parse(source, filename=where).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else getattr(
+            node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "OPTIONS" and getattr(node, "value", None) is not None:
+            declared = value(node.value)  # type: ignore[attr-defined]
+            if not isinstance(declared, tuple) or not all(isinstance(o, Option) for o in declared):
+                raise ValueError(f"{where}: OPTIONS must be a tuple of Option declarations")
+            return declared
+    raise ValueError(f"{where}: no module-level OPTIONS; declare the options prepare takes (OPTIONS = () for none)")
 
 
 class Recipe(Protocol):
@@ -138,4 +187,5 @@ def check_options(dataset_id: str, declared: Sequence[Option], options: Mapping[
     return given
 
 
-__all__ = ["BBOX", "OPTION_TYPES", "SUBSET", "Option", "Recipe", "check_options", "option_names"]
+__all__ = ["BBOX", "EM_BBOX", "OPTION_TYPES", "SHARED", "SUBSET", "Option", "Recipe", "check_options", "option_names",
+           "read_declarations"]
