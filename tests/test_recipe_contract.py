@@ -19,7 +19,7 @@ import emdata.datasets
 from emdata.catalog import dataset_ids
 from emdata.cli import app
 from emdata.datasets import DatasetVerb, dataset_verbs, declared_options, preparable, recipe_for
-from emdata.datasets.contract import Option
+from emdata.datasets.contract import Option, Recipe
 
 CLI_DIR = Path(__file__).resolve().parents[1] / "src" / "emdata" / "cli"
 
@@ -31,12 +31,16 @@ def emdata_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("dataset", preparable())
 def test_every_recipe_declares_typed_options_matching_prepare(dataset: str) -> None:
     recipe = recipe_for(dataset)
+    assert isinstance(recipe, Recipe)
     assert isinstance(recipe.OPTIONS, tuple) and all(isinstance(o, Option) for o in recipe.OPTIONS)
     names = [o.name for o in recipe.OPTIONS]
     assert len(names) == len(set(names)), f"{dataset}: an option is declared twice: {names}"
     keywords = set(inspect.signature(recipe.prepare).parameters) - {"volumes", "force"}
     assert set(names) == keywords, f"{dataset}: declared {sorted(names)}, prepare takes {sorted(keywords)}"
     assert all(len(o.help) > 15 for o in recipe.OPTIONS)
+    parameters = inspect.signature(recipe.prepare).parameters
+    for o in recipe.OPTIONS:  # a default in prepare's signature is the declared one
+        assert parameters[o.name].default in (None, False, o.default), f"{dataset}: {o.name}"
     assert declared_options(dataset) == recipe.OPTIONS  # what `emdata info` reads without importing the recipe
     bbox_recipe = getattr(recipe, "RECIPE", None)
     if bbox_recipe is not None and bbox_recipe.versions:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from emdata.store.volume import Volume
@@ -159,8 +159,15 @@ declarations BBOX, EM_BBOX, SUBSET; found RECIPE.options
     raise ValueError(f"{where}: no module-level OPTIONS; declare the options prepare takes (OPTIONS = () for none)")
 
 
+@runtime_checkable
 class Recipe(Protocol):
-    """The shape of a recipe module (modules satisfy it structurally)."""
+    """The shape of a recipe module (modules satisfy it structurally).
+
+    Example:
+        >>> from emdata.datasets import recipe_for
+        >>> isinstance(recipe_for("snemi3d"), Recipe)
+        True
+    """
 
     OPTIONS: tuple[Option, ...]
 
