@@ -18,12 +18,21 @@ Example (offline, on a replica of SNEMI3D served from loopback):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emdata.catalog import get_card, list_cards
 from emdata.config import prepared_dir
-from emdata.store.manifest import complete_volumes
-from emdata.store.volume import Volume, open_volume
+
+if TYPE_CHECKING:
+    from emdata.store.volume import Volume, open_volume
+
+
+def __getattr__(name: str) -> Any:  # the store (zarr, numpy) loads on first use: `emdata info` stays fast
+    if name in ("Volume", "open_volume"):
+        from emdata.store import volume
+
+        return getattr(volume, name)
+    raise AttributeError(f"module 'emdata.api' has no attribute {name!r}")
 
 
 def list_datasets(species: str | None = None, microscopy: str | None = None) -> list[dict[str, Any]]:
@@ -33,14 +42,23 @@ def list_datasets(species: str | None = None, microscopy: str | None = None) -> 
 
 def info(dataset_id: str) -> dict[str, Any]:
     """Everything the catalog knows about one dataset (the card as JSON), plus whether
-    ``prepare`` supports it and with which options."""
-    from emdata.datasets import NoRecipeError, recipe_for
+    ``prepare`` supports it and with which options (``prepare.options``: their names;
+    ``prepare_options``: their declarations, with type, help, choices and default).
+
+    Example:
+        >>> [(o["name"], o["type"], o["choices"], o["default"]) for o in info("platelet-em")["prepare_options"]]
+        [('release', 'str', ['json', 'rgba', 'rgb'], 'json')]
+    """
+    from emdata.datasets import NoRecipeError, declared_options
+    from emdata.datasets.contract import option_names
 
     doc = get_card(dataset_id).to_json()
     try:
-        doc["prepare"] = {"available": True, "options": sorted(recipe_for(dataset_id).OPTIONS)}
+        declared = declared_options(dataset_id)  # read from the recipe's source: no recipe code runs
     except NoRecipeError:
-        doc["prepare"] = {"available": False, "options": []}
+        declared = None
+    doc["prepare"] = {"available": declared is not None, "options": option_names(declared or ())}
+    doc["prepare_options"] = [option.to_json() for option in declared or ()]
     return doc
 
 
@@ -51,14 +69,10 @@ def prepare(dataset_id: str, volumes: list[str] | None = None, force: bool = Fal
     Options a recipe does not take are refused with the list of those it does.
     """
     from emdata.datasets import recipe_for
+    from emdata.datasets.contract import check_options
 
     recipe = recipe_for(dataset_id)
-    given = {k for k, v in options.items() if v is not None}
-    unknown = sorted(given - set(recipe.OPTIONS))
-    if unknown:
-        accepted = ", ".join(sorted(recipe.OPTIONS)) or "none"
-        raise ValueError(f"{dataset_id} does not take option(s) {', '.join(unknown)} (it takes: {accepted})")
-    return recipe.prepare(volumes=volumes, force=force, **{k: options[k] for k in given})
+    return recipe.prepare(volumes=volumes, force=force, **check_options(dataset_id, recipe.OPTIONS, options))
 
 
 def _not_a_file(source: Any) -> str | None:
@@ -159,6 +173,9 @@ def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
         Traceback (most recent call last):
         FileNotFoundError: snemi3d is not prepared under ...; run `emdata prepare snemi3d`
     """
+    from emdata.store.manifest import complete_volumes
+    from emdata.store.volume import open_volume
+
     get_card(dataset_id)
     root = prepared_dir(dataset_id)
     found = [open_volume(path) for path in complete_volumes(root)]

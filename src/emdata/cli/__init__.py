@@ -7,8 +7,10 @@ Example:
     >>> from typer.testing import CliRunner
     >>> CliRunner().invoke(app, ["--version"]).output.startswith("emdata ")
     True
-    >>> json.loads(CliRunner().invoke(app, ["cite", "snemi3d", "--json"]).output)["dataset"]
-    'snemi3d'
+    >>> from emdata.catalog import dataset_ids
+    >>> first = dataset_ids()[0]
+    >>> json.loads(CliRunner().invoke(app, ["cite", first, "--json"]).output)["dataset"] == first
+    True
 """
 
 from __future__ import annotations
@@ -19,10 +21,34 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from emdata import config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+
+class _VerbGroup(TyperGroup):
+    """The root command group, plus the verbs datasets declare (imported only when one runs or help lists them)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        from emdata.datasets import dataset_verbs
+
+        return [*super().list_commands(ctx), *(name for name in dataset_verbs() if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None:
+            return found
+        from emdata.datasets import dataset_verbs, load_verb
+
+        verb = dataset_verbs().get(cmd_name)
+        if verb is None:
+            return None
+        command = typer.main.get_command(load_verb(cmd_name).app)
+        command.name, command.help, command.short_help = cmd_name, verb.help, verb.help
+        return command
+
+
+app = typer.Typer(cls=_VerbGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="emdata: volume-EM segmentation datasets, from a name to PyTorch batches.")
 _state = {"debug": False}
 
@@ -88,7 +114,7 @@ def list_cmd(species: Annotated[str | None, typer.Option(help="Filter by species
 
 
 @app.command()
-def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d.")], as_json: JsonOpt = False) -> None:
+def info(dataset: Annotated[str, typer.Argument(help="Dataset id.")], as_json: JsonOpt = False) -> None:
     """Show everything the catalog knows about one dataset."""
     import emdata
     from emdata.catalog import get_card
@@ -126,6 +152,11 @@ def info(dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. snemi3d."
     options = " ".join(f"--{o}" for o in prep["options"]) or "no options"
     con.print(f"prepare: emdata prepare {card.id} ({options})" if prep["available"] else
               "prepare: no recipe yet; `emdata fetch` downloads its files")
+    for o in doc["prepare_options"]:
+        value = "" if o["type"] == "bool" else " " + ("|".join(map(str, o["choices"])) if o["choices"] else o["type"])
+        more = (" (repeatable)" if o["repeatable"] else "") + (f" [default: {o['default']}]" if o["default"] is not None
+                                                               else "")
+        con.print(f"  --{o['name'].replace('_', '-')}{value}: {o['help']}{more}", markup=False, highlight=False)
     con.print(f"cite with: emdata cite {card.id}")
 
 
@@ -189,10 +220,6 @@ def fetch(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
         con.print(f"skipped {s['name']}: {s['reason']}", style="dim", markup=False)
 
 
-from emdata.datasets.tem_neutrostruct.cli import app as neutrostruct_app  # noqa: E402  (light: typer only)
-
-app.add_typer(neutrostruct_app, name="neutrostruct", help="TEM-NeutroStruct tools (4→7 class reclassification).")
-
 cache_app = typer.Typer(help="What emdata keeps on disk, and removing it.", invoke_without_command=True)
 app.add_typer(cache_app, name="cache")
 
@@ -246,32 +273,51 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
         _console().print("nothing cached")
 
 
-@app.command()
-def prepare(dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+_PREPARE_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def _split_dataset(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """The dataset id among ``prepare``'s free tokens (the first catalog id, else the first word) and the rest."""
+    from emdata.catalog import dataset_ids
+
+    known = set(dataset_ids())
+    words = [i for i, t in enumerate(tokens) if not t.startswith("-")]
+    at = next((i for i in words if tokens[i] in known), words[0] if words else None)
+    if at is None:
+        return None, tokens
+    return tokens[at], tokens[:at] + tokens[at + 1:]
+
+
+@app.command(context_settings=_PREPARE_CONTEXT)
+def prepare(ctx: typer.Context,
+            dataset: Annotated[str | None, typer.Argument(help="Dataset id.", show_default=False)] = None,
             volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
-            subset: Annotated[list[str] | None, typer.Option("--subset", help="Only this subset (repeatable).")] = None,
-            bbox: Annotated[str | None, typer.Option(help="Region z0:z1,y0:y1,x0:x1 in voxels (mip 0).")] = None,
-            version: Annotated[str | None, typer.Option(help="Release/segmentation version.")] = None,
-            padded: Annotated[bool, typer.Option("--padded", help="The padded variant (more context).")] = False,
-            release: Annotated[str | None, typer.Option(help="Which published release (e.g. rgb|rgba|json).")] = None,
-            sample: Annotated[list[str] | None, typer.Option("--sample", help="Only this sample (repeatable).")] = None,
-            classes: Annotated[int | None, typer.Option(help="Class scheme (e.g. 4 or 7).")] = None,
-            full: Annotated[bool, typer.Option("--full", help="The whole volume, built in parallel.")] = False,
-            scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address for --full.")] = None,
             force: Annotated[bool, typer.Option(help="Rebuild even if the volumes are complete.")] = False,
-            as_json: JsonOpt = False) -> None:
+            as_json: JsonOpt = False,
+            show_help: Annotated[bool, typer.Option("--help", help="Show this message (after ID: that dataset's "
+                                                                   "options) and exit.")] = False) -> None:
     """Fetch a dataset and write its canonical OME-Zarr volumes.
 
-    Options other than --volume and --force apply only to datasets that take them
-    (`emdata info ID` lists them); others refuse them by name.
+    Each dataset declares its own options (--subset, --bbox, ...): `emdata prepare ID --help`
+    shows them, `emdata info ID` lists them; an option a dataset does not take is refused by name.
     """
     import emdata
+    from emdata.cli.recipe_options import build_parser, parse_options
+    from emdata.datasets import declared_options
 
+    dataset, tokens = _split_dataset(([dataset] if dataset else []) + list(ctx.args))
+    if dataset is None:
+        if show_help:
+            sys.stdout.write(ctx.get_help() + "\n")
+            raise typer.Exit()
+        ctx.fail("Missing argument 'dataset'.")
+    declared = declared_options(dataset)
+    if show_help:
+        sys.stdout.write(build_parser(dataset, declared, with_common=True).format_help())
+        raise typer.Exit()
     if as_json:
         config.set_quiet(True)
-    options = {"subset": subset or None, "bbox": bbox, "version": version, "padded": padded or None,
-               "release": release, "sample": sample or None, "classes": classes, "full": full or None,
-               "scheduler": scheduler}
+    options = parse_options(dataset, declared, tokens)
     vols = emdata.prepare(dataset, volumes=volume or None, force=force, **options)
     rows = [{"volume": v.name, "split": v.split, "path": str(v.path), "shape": list(v.shape),
              "voxel_size_nm": list(v.voxel_size), "labels": list(v.meta["labels"])} for v in vols]
@@ -330,7 +376,7 @@ def demo(home: Annotated[Path, typer.Option(
              help="Folder for the demo's replicas and volumes (its EMDATA_HOME): new, empty or an earlier demo's.")
          ] = Path(".emdata-demo"),
          dataset: Annotated[list[str] | None, typer.Option(
-             "--dataset", help="Demo this dataset instead of snemi3d, mitoem2, cremi (repeatable; any with a recipe).")
+             "--dataset", help="Demo this dataset instead of the default ones (repeatable; any with a recipe).")
          ] = None) -> None:
     """Run the whole pipeline offline on local replicas (no internet needed)."""
     from emdata.demo import run_demo

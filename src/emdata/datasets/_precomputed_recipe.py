@@ -222,8 +222,8 @@ class BboxRecipe:
     Example:
         >>> RECIPE = BboxRecipe("kasthuri", "full", "image_color_corrected",
         ...                     labels=(LabelRead("ground_truth", "ground_truth"),))
-        >>> sorted(RECIPE.options)
-        ['bbox']
+        >>> RECIPE.log.name
+        'emdata.datasets.kasthuri.recipe'
     """
 
     dataset: str
@@ -239,11 +239,6 @@ class BboxRecipe:
     def log(self) -> logging.Logger:
         """The logger of the dataset's recipe module."""
         return logging.getLogger(f"emdata.datasets.{self.dataset.replace('-', '_')}.recipe")
-
-    @property
-    def options(self) -> frozenset[str]:
-        """The keyword options ``prepare`` takes (``bbox``, and ``version`` with versions)."""
-        return frozenset({"bbox", "version"} if self.versions else {"bbox"})
 
     # -- checks that need no network --------------------------------------------------------------
 

@@ -49,13 +49,14 @@ from emdata.datasets._common import (
     reusable,
     volume_path,
 )
+from emdata.datasets.contract import SUBSET, Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
 from emdata.sources.archive import extract, list_members
 from emdata.store.volume import Volume
 
 DATASET = "axonem"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"subset"})
+OPTIONS: tuple[Option, ...] = (SUBSET,)
 KEY = "main"
 PAIR = re.compile(r"^(?P<dir>(?:[^/]+/)*)(?P<kind>im|seg)_(?P<name>.+)\.h5$")
 log = logging.getLogger(__name__)

@@ -52,6 +52,7 @@ import numpy as np
 
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, list_keys, read_dataset, read_group_attrs
 from emdata.labels.remap import offset_encode
 from emdata.store.volume import Volume
@@ -59,7 +60,9 @@ from emdata.store.writer import LabelLayerData
 
 DATASET = "cremi"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"padded"})
+OPTIONS: tuple[Option, ...] = (
+    Option("padded", bool, "Read the padded files (raw with more context around the labels), not the cropped ones."),
+)
 # card volume name → (cropped file, padded file); both names are card sources.
 FILES: dict[str, tuple[str, str]] = {
     "A": ("sample_A_20160501.hdf", "sample_A_padded_20160501.hdf"),

@@ -61,6 +61,7 @@ from emdata import config
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import Option
 from emdata.formats.tiff import read_stack
 from emdata.sources.archive import extract
 from emdata.sources.download import FetchResult
@@ -69,7 +70,7 @@ from emdata.store.writer import LabelLayerData
 
 DATASET = "densecell"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 SOURCE = "platelet_data_1219.zip"
 TOP = "platelet_data"
 FILES = {"train": ("train-images.tif", "train-labels.tif"), "eval": ("eval-images.tif", "eval-labels.tif"),

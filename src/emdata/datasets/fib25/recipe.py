@@ -41,12 +41,13 @@ from emdata.datasets._common import (
     reusable,
     volume_path,
 )
+from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
 from emdata.store.volume import Volume
 
 DATASET = "fib25"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 # card volume name → (raw source, ground-truth source); both are card source names.
 FILES: dict[str, tuple[str, str]] = {
     "training_sample2": ("training_sample2/grayscale_maps.h5", "training_sample2/groundtruth.h5"),

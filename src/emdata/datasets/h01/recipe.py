@@ -18,6 +18,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import EM_BBOX, Option
 from emdata.store.volume import Volume
 
 DATASET = "h01"
@@ -29,7 +30,7 @@ RECIPE = BboxRecipe(
     notes=("c3 is the automated segmentation, not proofread ground truth",),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = (EM_BBOX,)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None) -> list[Volume]:

@@ -57,6 +57,7 @@ from emdata import config
 from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import BBOX, Option
 from emdata.datasets.human_liver_em import source as src
 from emdata.formats.strip_tiff import StripTiffLayout
 from emdata.sources.ranges import RangeReader
@@ -64,7 +65,11 @@ from emdata.store.volume import Volume
 
 DATASET = src.DATASET
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"bbox", "full", "scheduler"})
+OPTIONS: tuple[Option, ...] = (
+    BBOX,
+    Option("full", bool, "Build the whole tissue region as volume full, in parallel with dask (instead of --bbox)."),
+    Option("scheduler", str, "Dask scheduler address for --full (default: a local cluster).", metavar="ADDRESS"),
+)
 VOLUME = "full"
 TORCH_EM_TISSUE = (1195, 18890, 469, 19570, 0, 597)
 """The tissue region torch-em's loader uses, in its order (x_min, x_max, y_min, y_max, z_min, z_max)."""

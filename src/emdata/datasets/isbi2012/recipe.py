@@ -42,6 +42,7 @@ from emdata.datasets._common import (
     reusable,
     volume_path,
 )
+from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
 from emdata.labels.remap import map_values
 from emdata.store.volume import Volume
@@ -49,7 +50,7 @@ from emdata.store.writer import LabelLayerData
 
 DATASET = "isbi2012"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 SOURCE = "isbi.h5"
 RAW_KEY = "raw"
 MEMBRANES_KEY = "labels/membranes"

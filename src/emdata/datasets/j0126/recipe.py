@@ -18,6 +18,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import EM_BBOX, Option
 from emdata.store.volume import Volume
 
 DATASET = "j0126"
@@ -29,7 +30,7 @@ RECIPE = BboxRecipe(
     notes=("ffn_segmentation is the automated flood-filling-network result, not manual ground truth",),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = (EM_BBOX,)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None) -> list[Volume]:

@@ -19,6 +19,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import EM_BBOX, Option
 from emdata.store.volume import Volume
 
 DATASET = "kasthuri"
@@ -31,7 +32,7 @@ RECIPE = BboxRecipe(
            "6x6x30 nm); outside it 0 means unannotated, not background",),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = (EM_BBOX,)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None) -> list[Volume]:

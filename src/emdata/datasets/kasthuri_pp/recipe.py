@@ -39,12 +39,13 @@ import numpy as np
 from emdata.catalog import get_card
 from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import folder_members, natural_key, read_grey_stack, read_png
+from emdata.datasets.contract import Option
 from emdata.labels.remap import map_values
 from emdata.store.volume import Volume
 
 DATASET = "kasthuri-pp"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 SOURCE = "kasthuri_pp.zip"
 TOP = "Kasthuri++"
 # volume → (raw folder, label folder, the split torch-em files this folder under)

@@ -35,12 +35,13 @@ from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_primary
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import check_contiguous, folder_members, indexed, read_grey_stack, read_png
+from emdata.datasets.contract import Option
 from emdata.labels.remap import colours_to_index, map_values
 from emdata.store.volume import Volume
 
 DATASET = "lucchi-pp"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 SOURCE = "lucchi_pp.zip"
 TOP = "Lucchi++"
 # volume → (raw folder, label folder, the split torch-em files this folder under)

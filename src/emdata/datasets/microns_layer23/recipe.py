@@ -20,6 +20,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import EM_BBOX, Option
 from emdata.store.volume import Volume
 
 DATASET = "microns-layer23"
@@ -34,7 +35,7 @@ RECIPE = BboxRecipe(
            "layers' nominal 4×4×40 nm frame, scale x and y by 0.895 for physical distances"),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = (EM_BBOX,)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None) -> list[Volume]:

@@ -20,6 +20,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 from emdata.datasets._precomputed_recipe import BboxRecipe, LabelRead
+from emdata.datasets.contract import EM_BBOX, Option
 from emdata.store.volume import Volume
 
 DATASET = "microns-minnie65"
@@ -34,7 +35,11 @@ RECIPE = BboxRecipe(
            "with any ids taken from this volume",),
 )
 RECIPE_VERSION = RECIPE.recipe_version
-OPTIONS: frozenset[str] = RECIPE.options
+OPTIONS: tuple[Option, ...] = (
+    EM_BBOX,
+    Option("version", str, "Proofread segmentation version: 117, 343, 943 or 1300 (a leading v is accepted).",
+           default="1300", metavar="VERSION"),
+)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | None = None,

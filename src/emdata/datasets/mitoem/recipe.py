@@ -43,6 +43,7 @@ import numpy as np
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import SUBSET, Option
 from emdata.formats.png import ImageFormatError, read_image
 from emdata.formats.tiff import TiffFormatError, read_stack
 from emdata.sources.archive import list_members, read_member
@@ -51,7 +52,7 @@ from emdata.store.volume import Volume
 
 DATASET = "mitoem"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"subset"})
+OPTIONS: tuple[Option, ...] = (SUBSET,)
 # subset → (raw zip, label zip): card source names
 SOURCES = {"human": ("EM30-H-im.zip", "EM30-H-mito-train-val-v2.zip"),
            "rat": ("EM30-R-im.zip", "EM30-R-mito-train-val-v2.zip")}

@@ -64,6 +64,7 @@ from emdata.datasets._common import (
     reusable,
     volume_path,
 )
+from emdata.datasets.contract import SUBSET, Option
 from emdata.formats.nifti import NiftiVolume, read_nifti
 from emdata.labels.remap import connected_components
 from emdata.sources.archive import extract, list_members, read_member
@@ -72,7 +73,7 @@ from emdata.store.volume import Volume
 
 DATASET = "mitoem2"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"subset"})
+OPTIONS: tuple[Option, ...] = (SUBSET,)
 FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 SPLIT_OF_FOLDER = {"imagesTr": "train", "imagesTs": "test"}
 DECLARED_LABELS = {"background": 0, "mitochondria": 1, "boundary": 2}

@@ -47,13 +47,14 @@ import numpy as np
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import choose_subsets, layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import SUBSET, Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
 from emdata.sources.download import FetchResult, hash_file
 from emdata.store.volume import Volume
 
 DATASET = "nucmm"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"subset"})
+OPTIONS: tuple[Option, ...] = (SUBSET,)
 KEY = "main"
 SPLITS = ("train", "val")
 FOLDERS = {"zebrafish": ("Zebrafish (NucMM-Z)", "NucMM-Z"), "mouse": ("Mouse (NucMM-M)", "NucMM-M")}

@@ -63,6 +63,7 @@ from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import as_list, layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import is_junk
+from emdata.datasets.contract import BBOX, Option
 from emdata.formats.strip_tiff import StripTiffLayout, read_rows
 from emdata.formats.tiff import TiffFormatError, read_stack
 from emdata.sources.archive import MAX_MEMBER_BYTES, ArchiveError, list_members
@@ -74,7 +75,11 @@ from emdata.store.writer import is_complete
 
 DATASET = "parlakgul-liver"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"sample", "bbox"})
+OPTIONS: tuple[Option, ...] = (
+    Option("sample", str, "The sample to cut from (required, repeatable; `emdata info ID` lists them).",
+           repeatable=True, metavar="SAMPLE"),
+    BBOX,
+)
 CLASSES: dict[str, str] = {
     "er": "ER",
     "er_sheets": "ER Sheets",

@@ -82,6 +82,7 @@ import numpy as np
 
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import Option
 from emdata.formats.rle_json import read_rle_json
 from emdata.formats.tiff import read_stack
 from emdata.labels.remap import LabelEncodingError, colours_to_index, colours_to_instances
@@ -90,7 +91,10 @@ from emdata.store.volume import Volume
 
 DATASET = "platelet-em"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"release"})
+OPTIONS: tuple[Option, ...] = (
+    Option("release", str, "Which published release to read: json (run-length JSON labels), rgba or rgb (colour TIFs).",
+           choices=("json", "rgba", "rgb"), default="json"),
+)
 TOP = "platelet-em"
 DEFAULT_RELEASE = "json"
 STEMS = {"volume-50": "50", "volume-24": "24"}

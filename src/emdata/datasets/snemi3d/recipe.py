@@ -25,6 +25,7 @@ import numpy as np
 from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_with_fallback
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import list_keys, read_dataset
 from emdata.formats.tiff import TiffFormatError, read_stack
 from emdata.sources.archive import read_member
@@ -32,7 +33,7 @@ from emdata.store.volume import Volume
 
 DATASET = "snemi3d"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: tuple[Option, ...] = ()
 PRIMARY = "snemi.zip"
 MEMBERS = {
     "train": ("image/train-input.tif", "seg/train-labels.tif"),

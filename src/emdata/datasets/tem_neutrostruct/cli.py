@@ -1,7 +1,8 @@
-"""``emdata neutrostruct``: TEM-NeutroStruct tools (a typer sub-app; registered by ``emdata.cli``).
+"""``emdata neutrostruct``: TEM-NeutroStruct tools (a dataset verb: ``VERB``, ``HELP`` and the
+typer ``app``, found by :func:`emdata.datasets.dataset_verbs` and loaded when the verb runs).
 
-Only typer, pathlib and typing are imported at module level so ``emdata list`` stays fast;
-the work is imported when a command runs. Errors are raised as exceptions, which the
+Only typer, pathlib and typing are imported at module level; the work is imported when a
+command runs. Errors are raised as exceptions, which the
 ``emdata`` entry point prints as one line.
 
 Example:
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+VERB = "neutrostruct"
+HELP = "TEM-NeutroStruct tools (4→7 class reclassification)."
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="TEM-NeutroStruct tools: the 4 → 7 class reclassification.")

@@ -68,6 +68,7 @@ import numpy as np
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.datasets.contract import Option
 from emdata.datasets.tem_neutrostruct.annotations import Ellipse, annotations_by_image, load_coco
 from emdata.datasets.tem_neutrostruct.reclassify import (
     CLASSES_4,
@@ -91,7 +92,10 @@ from emdata.store.volume import Volume
 
 DATASET = "tem-neutrostruct"
 RECIPE_VERSION = 1
-OPTIONS: frozenset[str] = frozenset({"classes"})
+OPTIONS: tuple[Option, ...] = (
+    Option("classes", int, "Class scheme: 7 (the final classes) or 4 (the original annotation).", choices=(7, 4),
+           default=7),
+)
 SPLITS = ("train", "test")
 WRAPPER = "TEM-NeutroStruct"
 VERSIONS = ("7classes_version", "4classes_version")
