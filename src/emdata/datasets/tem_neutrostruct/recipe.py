@@ -68,7 +68,6 @@ from emdata.atomic import write_atomic
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
-from emdata.datasets.tem_neutrostruct.annotations import Ellipse, annotations_by_image, load_coco
 from emdata.datasets.tem_neutrostruct.reclassify import (
     CLASSES_4,
     CLASSES_7,
@@ -85,6 +84,8 @@ from emdata.datasets.tem_neutrostruct.reclassify import (
     reclassify,
     to_final_7,
 )
+from emdata.formats.coco import annotations_by_image, load_coco
+from emdata.formats.cvat import Ellipse
 from emdata.formats.png import read_image
 from emdata.sources.download import FetchResult, hash_file
 from emdata.store.volume import Volume

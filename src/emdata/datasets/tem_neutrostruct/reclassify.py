@@ -64,19 +64,9 @@ from typing import Any
 import numpy as np
 
 from emdata.atomic import unique_sibling
-from emdata.datasets.tem_neutrostruct.annotations import (
-    AnnotationFormatError,
-    Colour,
-    Ellipse,
-    annotations_by_image,
-    colour_mask,
-    load_coco,
-    overlay,
-    parse_cvat_tree,
-    relabel_cvat,
-    render_ellipses,
-    write_cvat,
-)
+from emdata.datasets.tem_neutrostruct.annotations import colour_mask, overlay, render_ellipses
+from emdata.formats.coco import AnnotationFormatError, annotations_by_image, load_coco
+from emdata.formats.cvat import Colour, Ellipse, parse_cvat_tree, relabel_cvat, write_cvat
 
 DEFAULT_PX_PER_UM = 375.0
 DEFAULT_EMPTY_THRESHOLD = "mean-of-class-means"
