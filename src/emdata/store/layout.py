@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,9 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.publish import SCHEMA
 
-__all__ = ["REQUIRED_META", "LabelLayerData", "StoreWriteError", "create_label_groups", "create_level_array",
-           "emdata_block", "label_entry", "level_entry", "ome_levels", "standard_dtype", "union_mapping",
-           "validate_labels", "validate_meta", "validate_voxel_size", "write_metadata"]
+__all__ = ["REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
+           "create_level_array", "emdata_block", "label_entry", "level_entry", "ome_levels", "standard_dtype",
+           "union_mapping", "validate_labels", "validate_meta", "validate_voxel_size", "write_metadata"]
 
 REQUIRED_META = ("dataset", "volume", "split")
 """Keys every volume's ``meta`` must hold."""
@@ -37,16 +37,31 @@ class StoreWriteError(ValueError):
     """The data handed to the writer cannot form a valid volume, or the disk refused it."""
 
 
-@dataclass
-class LabelLayerData:
-    """One label layer to store, with its meaning.
+@dataclass(frozen=True)
+class LabelMeaning:
+    """What a label layer's values mean, beyond its name, kind and classes (keyword-only fields).
+
+    For instance layers, ``instance_of`` names the union class every non-zero id belongs to;
+    offset-coded layers whose ids mean different classes by range give ``value_ranges``
+    instead (``{"min", "max", "ontology"}``, inclusive). ``annotates`` lists the union
+    classes this layer labels (default: every structure class named; ignore-role classes
+    such as ``unannotated`` mark where nothing is known).
+    """
+
+    _: KW_ONLY
+    instance_of: str | None = None
+    annotates: list[str] | None = None
+    ignore_value: int | None = None
+    description: str = ""
+    value_ranges: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LabelLayerData(LabelMeaning):
+    """One label layer to store, with its meaning (see :class:`LabelMeaning`).
 
     ``classes`` are dicts with ``value``, ``name`` and optionally ``ontology`` (a union class
-    name) and ``color``. For instance layers, ``instance_of`` names the union class every
-    non-zero id belongs to; offset-coded layers whose ids mean different classes by range
-    give ``value_ranges`` instead (``{"min", "max", "ontology"}``, inclusive). ``annotates``
-    lists the union classes this layer labels (default: every structure class named above;
-    ignore-role classes such as ``unannotated`` mark where nothing is known).
+    name) and ``color``.
 
     Example:
         >>> LabelLayerData("cells", np.zeros((1, 2, 2), "u4"), "instance", instance_of="cell").kind
@@ -57,11 +72,6 @@ class LabelLayerData:
     data: np.ndarray
     kind: str
     classes: list[dict[str, Any]] = field(default_factory=list)
-    instance_of: str | None = None
-    annotates: list[str] | None = None
-    ignore_value: int | None = None
-    description: str = ""
-    value_ranges: list[dict[str, Any]] = field(default_factory=list)
 
 
 def standard_dtype(dtype: Any) -> np.dtype:

@@ -69,6 +69,7 @@ from emdata.store.fgindex import store_indices
 from emdata.store.intensity import IntensityHistogram
 from emdata.store.layout import (
     LabelLayerData,
+    LabelMeaning,
     StoreWriteError,
     create_label_groups,
     create_level_array,
@@ -96,8 +97,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LabelSpec:
-    """A label layer to build: :class:`~emdata.store.writer.LabelLayerData` without the data.
+class LabelSpec(LabelMeaning):
+    """A label layer to build: :class:`~emdata.store.layout.LabelLayerData` without the data.
 
     Example:
         >>> LabelSpec("mito", "uint8", "semantic", [{"value": 0, "name": "background", "ontology": "background"},
@@ -109,11 +110,6 @@ class LabelSpec:
     dtype: str
     kind: str
     classes: list[dict[str, Any]] = field(default_factory=list)
-    instance_of: str | None = None
-    annotates: list[str] | None = None
-    ignore_value: int | None = None
-    description: str = ""
-    value_ranges: list[dict[str, Any]] = field(default_factory=list)
 
     def layer_data(self) -> LabelLayerData:
         """The writer's description of this layer (with an empty array: only the meaning is used)."""
