@@ -2,9 +2,11 @@
 region (in parallel, e.g. on dask workers), resumable region by region, published atomically.
 
 The result is the volume :func:`emdata.store.writer.write_volume` would write for the same
-arrays: the same OME-Zarr 0.5 layout, chunk and shard shapes (:func:`choose_chunks`), codecs,
-pyramid (:func:`plan_levels`, :func:`downsample_mean` / :func:`downsample_nearest`), label
-metadata, per-block checksums and completion marker, so ``verify --deep`` checks it the same way.
+arrays: every array, attribute and metadata block comes from the same functions of
+:mod:`emdata.store.layout`; the pyramid from :mod:`emdata.store.pyramid`; the region grid from
+:mod:`emdata.store.regions`; tasks run through :mod:`emdata.store.tasks`. So ``verify --deep``
+checks it the same way. (This module stays one concept over ~400 lines: the lifecycle of one
+resumable build — prepare, fill, downsample, finish — whose steps share the on-disk records.)
 
 How a build goes:
 
@@ -64,7 +66,7 @@ from filelock import FileLock
 
 from emdata.atomic import write_atomic
 from emdata.store.checksum import ALGORITHM, block_slices, digest
-from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
+from emdata.store.chunking import choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import IntensityHistogram
 from emdata.store.layout import (
@@ -81,14 +83,13 @@ from emdata.store.layout import (
     write_metadata,
 )
 from emdata.store.publish import commit, tidy, volume_lock
-from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
+from emdata.store.pyramid import downsample_mean, downsample_nearest
+from emdata.store.regions import Chunking, Region, Zyx, ceil_div, plan_build_levels
 from emdata.store.tasks import BuildError, dask_client, default_workers, run_tasks
 
 __all__ = ["BuildError", "LabelSpec", "Region", "ShardedVolumeWriter", "build_volume", "dask_client", "default_workers",
            "run_tasks"]
 
-Zyx = tuple[int, int, int]
-Chunking = Callable[[tuple[int, ...], tuple[float, float, float], int], tuple[Zyx, Zyx | None]]
 Fill = Callable[["Region", str], np.ndarray]
 SPEC = "emdata-build.json"
 RECORDS = ".emdata-shards"
@@ -115,42 +116,6 @@ class LabelSpec(LabelMeaning):
         """The writer's description of this layer (with an empty array: only the meaning is used)."""
         fields = {k: v for k, v in asdict(self).items() if k != "dtype"}
         return LabelLayerData(data=np.empty((0, 0, 0), self.dtype), **fields)
-
-
-@dataclass(frozen=True)
-class Region:
-    """One unit of work: the box ``[start, stop)`` of grid cell ``index`` at pyramid ``level``.
-
-    Example:
-        >>> r = Region(0, (0, 1, 0), (0, 256, 0), (64, 512, 256))
-        >>> r.shape, r.slices[1]
-        ((64, 256, 256), slice(256, 512, None))
-    """
-
-    level: int
-    index: Zyx
-    start: Zyx
-    stop: Zyx
-
-    @property
-    def shape(self) -> Zyx:
-        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
-
-    @property
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
-
-    @property
-    def key(self) -> str:
-        return "_".join(map(str, self.index))
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _atomic_json(path: Path, doc: Any) -> None:
-    write_atomic(path, json.dumps(doc))
 
 
 class ShardedVolumeWriter:
@@ -180,21 +145,9 @@ class ShardedVolumeWriter:
         validate_meta(meta)
         raw_dtype = standard_dtype(dtype)
         validate_labels((s.name, s.dtype, s.kind) for s in labels)
-        factors = plan_levels(shape, voxel, max_levels=max_levels)
-        levels = []
-        prev = (1, 1, 1)
-        for i, factor in enumerate(factors):
-            lshape = level_shape(shape, factor)
-            lvoxel = tuple(v * f for v, f in zip(voxel, factor))
-            arrays = {}
-            for name, dt, rel in [("raw", raw_dtype, str(i))] + [
-                    (s.name, standard_dtype(s.dtype), f"labels/{s.name}/{i}") for s in labels]:
-                chunks, shards = chunking(lshape, lvoxel, dt.itemsize)  # type: ignore[arg-type]
-                arrays[name] = {"path": rel, "dtype": dt.name, "chunks": list(chunks),
-                                "shards": list(shards) if shards else None}
-            levels.append({"level": i, "factor": list(factor), "step": [f // p for f, p in zip(factor, prev)],
-                           "shape": list(lshape), "unit": list(_unit(lshape, arrays)), "arrays": arrays})
-            prev = factor
+        arrays = [("raw", raw_dtype.name, "")] + [(x.name, standard_dtype(x.dtype).name, f"labels/{x.name}/")
+                                                  for x in labels]
+        levels = plan_build_levels(shape, voxel, arrays, max_levels=max_levels, chunking=chunking)
         self.path = Path(path)
         self.spec: dict[str, Any] = {
             "format": _SPEC_FORMAT, "shape": list(shape), "dtype": raw_dtype.name, "voxel_size_nm": list(voxel),
@@ -227,7 +180,7 @@ class ShardedVolumeWriter:
         """Every region of ``level`` in C order."""
         lv = self.levels[level]
         shape, unit = lv["shape"], lv["unit"]
-        grid = [range(_ceil_div(n, u)) for n, u in zip(shape, unit)]
+        grid = [range(ceil_div(n, u)) for n, u in zip(shape, unit)]
         return [self.region(level, idx) for idx in itertools.product(*grid)]  # type: ignore[arg-type]
 
     def region(self, level: int, index: Sequence[int]) -> Region:
@@ -312,7 +265,7 @@ class ShardedVolumeWriter:
         for lv in self.levels:
             for plan in lv["arrays"].values():
                 create_level_array(root, plan["path"], lv["shape"], plan["dtype"], plan["chunks"], plan["shards"])
-        _atomic_json(self.building / SPEC, self.spec)  # last: a folder without it is not resumable
+        write_atomic(self.building / SPEC, json.dumps(self.spec))  # last: a folder without it is not resumable
 
     @classmethod
     def attach(cls, building: str | Path) -> ShardedVolumeWriter:
@@ -356,7 +309,7 @@ class ShardedVolumeWriter:
                 histogram = IntensityHistogram(self.spec["dtype"])
                 histogram.add(data)
                 np.savez(self._intensity_record(region), **histogram.state())
-        _atomic_json(self._record(region), {"level": 0, "index": list(region.index), "digests": digests})
+        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests}))
 
     def _intensity_record(self, region: Region) -> Path:
         path = self._record(region).with_suffix(".intensity.npz")
@@ -382,7 +335,7 @@ class ShardedVolumeWriter:
             source = self._array(region.level - 1, name)
             out = np.empty(region.shape, dtype=lv["arrays"][name]["dtype"])
             src_unit = self.levels[region.level - 1]["unit"]
-            piece = tuple(max(1, _ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
+            piece = tuple(max(1, ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
             for sub in block_slices(region.shape, piece):
                 t0 = [r + s.start for r, s in zip(region.start, sub)]
                 t1 = [r + s.stop for r, s in zip(region.start, sub)]
@@ -391,7 +344,8 @@ class ShardedVolumeWriter:
                 small = downsample_mean(values, step) if name == "raw" else downsample_nearest(values, step)
                 out[sub] = small
             digests[name] = self._store(region, name, out)
-        _atomic_json(self._record(region), {"level": region.level, "index": list(region.index), "digests": digests})
+        record = {"level": region.level, "index": list(region.index), "digests": digests}
+        write_atomic(self._record(region), json.dumps(record))
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -443,25 +397,6 @@ class ShardedVolumeWriter:
             # Everything is written: from here on the folder is only marked complete and published.
             commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
-
-
-def _unit(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx:
-    """The region shape of one level: the shard (or, unsharded, a shard's worth of chunks).
-
-    Every array's checksum block must tile it, so a region holds whole blocks only.
-    """
-    blocks = [tuple(a["shards"] or a["chunks"]) for a in arrays.values()]
-    sharded = [tuple(a["shards"]) for a in arrays.values() if a["shards"]]
-    if sharded:
-        unit = tuple(max(b[i] for b in sharded) for i in range(3))
-    else:
-        chunk = tuple(arrays["raw"]["chunks"])
-        unit = tuple(min(c * k, _ceil_div(n, c) * c) for c, k, n in zip(chunk, SHARD_CHUNKS, shape))
-    for b in blocks:
-        if any(u % c and u < n for u, c, n in zip(unit, b, shape)):
-            raise StoreWriteError(f"block {b} of one array does not tile the region shape {unit} (level shape "
-                                  f"{tuple(shape)}); choose chunk/shard shapes that nest")
-    return unit  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=8)
