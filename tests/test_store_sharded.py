@@ -126,6 +126,37 @@ def test_same_volume_as_write_volume_byte_for_byte_metadata(tmp_path: Path) -> N
     assert report.ok and report.blocks > 0
 
 
+def test_both_writers_write_the_documented_layout(tmp_path: Path) -> None:
+    """The shared format, checked against fixed facts (not one writer against the other)."""
+    raw, mito, ids = _data((19, 150, 134))
+    writer = ShardedVolumeWriter(tmp_path / "v.ome.zarr", raw.shape, raw.dtype, VOXEL, labels=_labels(), meta=META)
+    for path in (_reference(tmp_path, raw, mito, ids),
+                 build_volume(writer, Source({"raw": raw, "mito": mito, "cells": ids}))):
+        level0 = json.loads((path / "0" / "zarr.json").read_text())
+        assert level0["data_type"] == "uint16" and level0["fill_value"] == 0
+        assert level0["dimension_names"] == ["z", "y", "x"]
+        codecs = json.dumps(level0["codecs"])
+        assert '"zstd"' in codecs and '"level": 3' in codecs
+        root = json.loads((path / "zarr.json").read_text())["attributes"]
+        ms = root["ome"]["multiscales"][0]
+        assert root["ome"]["version"] == "0.5" and ms["name"] == "v" and ms["type"] == "mean"
+        assert ms["datasets"][1]["coordinateTransformations"] == [
+            {"type": "scale", "scale": [30.0, 12.0, 12.0]}, {"type": "translation", "translation": [0.0, 3.0, 3.0]}]
+        block = root["emdata"]
+        assert block["schema"] == "emdata-volume/1" and block["voxel_size_nm"] == list(VOXEL)
+        assert block["shape"] == [19, 150, 134] and block["notes"] == ["built in regions"]
+        assert block["raw"]["levels"][1]["shape"] == [19, 75, 67] and block["raw"]["intensity"]
+        labels = json.loads((path / "labels" / "zarr.json").read_text())["attributes"]["ome"]
+        assert labels == {"version": "0.5", "labels": ["mito", "cells"]}
+        mito_attrs = json.loads((path / "labels" / "mito" / "zarr.json").read_text())["attributes"]["ome"]
+        assert mito_attrs["multiscales"][0]["type"] == "nearest"
+        assert mito_attrs["image-label"]["colors"][1] == {"label-value": 1, "rgba": [0, 255, 0, 255]}
+        cells = block["labels"]["cells"]
+        assert cells["kind"] == "instance" and cells["dtype"] == "uint64"
+        assert cells["mapping"]["nonzero"] == {"name": "neuron", "id": 1}
+        assert block["labels"]["mito"]["annotates"] == ["background", "mitochondria"]
+
+
 def test_real_shards_pyramid_equals_whole_array_computation(tmp_path: Path, client: Any) -> None:
     raw, mito, ids = _data((21, 261, 77))  # no axis a multiple of the shard; odd sizes at every level
     isotropic = (8.0, 8.0, 8.0)  # so z is halved too: levels (21, 261, 77) → (11, 131, 39) → (6, 66, 20)

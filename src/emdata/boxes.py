@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 from emdata import config
 from emdata.config import MAX_BOX_ENV
@@ -66,12 +67,74 @@ def format_bbox(box: Box) -> str:
     return ",".join(f"{'' if s.start is None else s.start}:{'' if s.stop is None else s.stop}" for s in box)
 
 
-def resolve_bbox(box: Box, shape: tuple[int, int, int], where: str = "volume") -> Box:
-    """Fill open ends from ``shape`` and check the box lies inside it."""
-    out = tuple(slice(0 if s.start is None else s.start, n if s.stop is None else s.stop) for s, n in zip(box, shape))
-    if any(not (0 <= s.start < s.stop <= n) for s, n in zip(out, shape)):
-        raise ValueError(f"bbox {format_bbox(box)} lies outside the {where} of shape {tuple(shape)} (z, y, x)")
-    return out  # type: ignore[return-value]
+def parse_bbox_option(where: str, bbox: object) -> Box:
+    """:func:`parse_bbox` of a recipe's ``bbox`` option; errors start with ``where`` (the dataset).
+
+    Example:
+        >>> parse_bbox_option("h01", 5)
+        Traceback (most recent call last):
+        ...
+        ValueError: h01: bbox must be a string 'z0:z1,y0:y1,x0:x1', got 5
+    """
+    if not isinstance(bbox, str):
+        raise ValueError(f"{where}: bbox must be a string 'z0:z1,y0:y1,x0:x1', got {bbox!r}")
+    try:
+        return parse_bbox(bbox)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def is_closed(box: Box) -> bool:
+    """Whether every end of ``box`` is given (so its volume name is known without reading anything).
+
+    Example:
+        >>> is_closed(parse_bbox("0:16,0:64,0:64")), is_closed(parse_bbox("0:16,:,0:64"))
+        (True, False)
+    """
+    return all(s.start is not None and s.stop is not None for s in box)
+
+
+def _as_bounds(bounds: Box | Sequence[int]) -> Box:
+    """A closed box from a closed box or a shape (``(z, y, x)`` sizes, starting at 0)."""
+    return tuple(b if isinstance(b, slice) else slice(0, int(b)) for b in bounds)  # type: ignore[return-value]
+
+
+def resolve_bbox(box: Box, bounds: Box | Sequence[int]) -> Box:
+    """``box`` with open ends filled from ``bounds`` (a closed box, or a shape starting at 0).
+
+    Example:
+        >>> resolve_bbox(parse_bbox("2:4,:,5:"), (8, 64, 80))
+        (slice(2, 4, None), slice(0, 64, None), slice(5, 80, None))
+    """
+    return tuple(slice(b.start if s.start is None else s.start, b.stop if s.stop is None else s.stop)
+                 for s, b in zip(box, _as_bounds(bounds)))  # type: ignore[return-value]
+
+
+def inside(box: Box, bounds: Box | Sequence[int]) -> bool:
+    """Whether the closed, non-empty ``box`` lies within ``bounds`` (a closed box, or a shape).
+
+    Example:
+        >>> inside(parse_bbox("0:8,0:64,70:90"), (8, 64, 80))
+        False
+    """
+    return all(b.start <= s.start < s.stop <= b.stop for s, b in zip(box, _as_bounds(bounds)))
+
+
+def example_bbox(bounds: Box | Sequence[int], size: Sequence[int] = (16, 256, 256)) -> str:
+    """A bbox of up to ``size`` voxels in the middle of ``bounds`` (a closed box, or a shape), for messages.
+
+    Example:
+        >>> example_bbox((5638, 8000, 12000))
+        '2811:2827,3872:4128,5872:6128'
+        >>> example_bbox((slice(0, 100), slice(0, 1000), slice(50, 150)))
+        '42:58,372:628,50:150'
+    """
+    parts = []
+    for b, n in zip(_as_bounds(bounds), size):
+        extent = min(int(n), b.stop - b.start)
+        start = b.start + (b.stop - b.start - extent) // 2
+        parts.append(f"{start}:{start + extent}")
+    return ",".join(parts)
 
 
 def bbox_name(box: Box) -> str:

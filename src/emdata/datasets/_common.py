@@ -66,7 +66,7 @@ def volume_path(dataset: str, volume: str) -> Path:
     return prepared_dir(dataset) / f"{volume}.ome.zarr"
 
 
-def _matching(path: Path, prov: dict[str, Any]) -> Volume | None:
+def _matching(path: Path, prov: dict[str, Any], sources_by: str = "sha256") -> Volume | None:
     """The complete, intact volume at ``path`` if it was built from the same sources, recipe and parameters."""
     if not is_complete(path):
         return None
@@ -76,9 +76,11 @@ def _matching(path: Path, prov: dict[str, Any]) -> Volume | None:
         return None
     volume = open_volume(path)
     old = volume.meta.get("provenance", {})
+    def key(source: dict[str, Any]) -> Any:
+        return source.get("url") if sources_by == "url" else source.get("sha256", source["url"])
+
     same = all(old.get(k) == prov[k] for k in ("recipe", "recipe_version", "parameters")) and [
-        s.get("sha256", s["url"]) for s in old.get("sources", [])] == [s.get("sha256", s["url"])
-                                                                      for s in prov["sources"]]
+        key(s) for s in old.get("sources", [])] == [key(s) for s in prov["sources"]]
     return volume if same else None
 
 
@@ -107,8 +109,11 @@ def _tidy_if_free(path: Path) -> None:
         lock.release()
 
 
-def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
+def reusable(path: Path, prov: dict[str, Any], *, sources_by: str = "sha256") -> Volume | None:
     """The finished volume at ``path`` if it was built from the same sources, recipe and parameters.
+
+    Sources are compared by their file hash (streamed ones by URL); ``sources_by="url"``
+    compares URLs only, for a check made before anything is fetched.
 
     When it is not, waits for any writer of it to finish and looks again (and tidies what
     crashed writers left); then ``publish`` of the same volume looks once more under its lock.
@@ -116,11 +121,11 @@ def reusable(path: Path, prov: dict[str, Any]) -> Volume | None:
     path = Path(path)
     if litter(path):
         _tidy_if_free(path)
-    volume = _matching(path, prov)
+    volume = _matching(path, prov, sources_by)
     if volume is None:
         with volume_lock(path):
             tidy(path)
-            volume = _matching(path, prov)
+            volume = _matching(path, prov, sources_by)
             _looked_at[str(path)] = generation(path)
     if volume is not None:
         _looked_at.pop(str(path), None)

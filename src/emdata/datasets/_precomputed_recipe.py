@@ -47,7 +47,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from emdata.boxes import Box, bbox_name, check_box_size, format_bbox, parse_bbox
+from emdata.boxes import (
+    Box,
+    bbox_name,
+    check_box_size,
+    example_bbox,
+    format_bbox,
+    inside,
+    is_closed,
+    parse_bbox_option,
+    resolve_bbox,
+)
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.sources.errors import DownloadError
@@ -120,25 +130,6 @@ def _nm(voxel: tuple[float, ...]) -> str:
 
 def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(math.isclose(x, y, rel_tol=_REL_TOL) for x, y in zip(a, b))
-
-
-def _is_closed(box: Box) -> bool:
-    return all(s.start is not None and s.stop is not None for s in box)
-
-
-def example_bbox(bounds: Box, size: tuple[int, int, int] = EXAMPLE_SIZE) -> str:
-    """A bbox of up to ``size`` voxels in the middle of ``bounds`` (for error messages).
-
-    Example:
-        >>> example_bbox((slice(0, 100), slice(0, 1000), slice(50, 150)))
-        '42:58,372:628,50:150'
-    """
-    parts = []
-    for b, n in zip(bounds, size):
-        extent = min(n, b.stop - b.start)
-        start = b.start + (b.stop - b.start - extent) // 2
-        parts.append(f"{start}:{start + extent}")
-    return ",".join(parts)
 
 
 def align_label_mip(image_voxel_nm: tuple[float, float, float], box: Box, info: LayerInfo, url: str,
@@ -289,13 +280,8 @@ class BboxRecipe:
         image_url = card.source(self.image).url
         if bbox is None:
             self._require_bbox(image_url)
-        if not isinstance(bbox, str):
-            raise ValueError(f"{self.dataset}: bbox must be a string 'z0:z1,y0:y1,x0:x1', got {bbox!r}")
-        try:
-            box = parse_bbox(bbox)
-        except ValueError as exc:
-            raise ValueError(f"{self.dataset}: {exc}") from None
-        if _is_closed(box):  # decided without a request: a finished volume is reused offline
+        box = parse_bbox_option(self.dataset, bbox)
+        if is_closed(box):  # decided without a request: a finished volume is reused offline
             name, prov = self._prov(card, box, version)
             existing = None if force else reusable(volume_path(self.dataset, name), prov)
             if existing is not None:
@@ -392,7 +378,7 @@ class BboxRecipe:
         except (DownloadError, ImportError) as exc:  # still say what is missing, and why the bounds are not given
             raise ValueError(f"{required}: pass --bbox z0:z1,y0:y1,x0:x1 in voxels at mip 0 of the EM layer "
                              f"{image_url} (its bounds could not be read: {exc})") from exc
-        example = example_bbox(scale.bounds)
+        example = example_bbox(scale.bounds, EXAMPLE_SIZE)
         raise ValueError(
             f"{required}: the EM layer {image_url} spans {_fmt(scale.bounds)} (voxels at mip 0, "
             f"{_nm(scale.voxel_size_nm)} nm z×y×x); pass a box inside it, e.g. "
@@ -407,13 +393,12 @@ class BboxRecipe:
                              self.dataset, url, info.layer_type)
 
     def _resolve(self, box: Box, bounds: Box, url: str, text: str) -> Box:
-        out = tuple(slice(b.start if s.start is None else s.start, b.stop if s.stop is None else s.stop)
-                    for s, b in zip(box, bounds))
-        if any(not (b.start <= s.start < s.stop <= b.stop) for s, b in zip(out, bounds)):
+        out = resolve_bbox(box, bounds)
+        if not inside(out, bounds):
             raise BoxOutOfBoundsError(
                 f"{self.dataset}: bbox {text!r} ({_fmt(out)}) is not inside the EM layer {url}, whose bounds at mip 0 "
                 f"are {_fmt(bounds)} (absolute voxels, voxel_offset included); choose a box inside them, e.g. "
-                f"--bbox {example_bbox(bounds)}")
+                f"--bbox {example_bbox(bounds, EXAMPLE_SIZE)}")
         return out  # type: ignore[return-value]
 
     def _compare_voxel(self, card: Card, voxel: tuple[float, float, float], url: str) -> list[str]:

@@ -28,12 +28,10 @@ from __future__ import annotations
 import io
 import json
 import lzma
-import os
 import shutil
 import stat
 import tarfile
 import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -43,6 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from filelock import FileLock
+
+from emdata.atomic import replacing, write_atomic
 
 MAX_MEMBER_BYTES = 16 << 30
 COPY_CHUNK = 1 << 20
@@ -220,9 +220,8 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
             done = json.loads(record.read_text(encoding="utf-8"))
             if all(done.get(k) == v for k, v in fingerprint.items()):
                 return dest
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            with _open_archive(archive) as (kind, handle):
+            with replacing(dest) as tmp, _open_archive(archive) as (kind, handle):
                 members = (_zip_members(archive, handle) if kind == "zip"  # type: ignore[arg-type]
                            else _tar_members(archive, handle))  # type: ignore[arg-type]
                 _check_limits(archive, members, limits, packed=archive.stat().st_size if kind == "tar" else None)
@@ -245,20 +244,13 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
                 if kind == "tar":  # read the compressed stream to its end: the gzip/bz2/xz checksums are there
                     while handle.fileobj.read(COPY_CHUNK):  # type: ignore[union-attr]
                         pass
-            record.unlink(missing_ok=True)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+                record.unlink(missing_ok=True)
+                if dest.exists():
+                    shutil.rmtree(dest)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise ArchiveError(f"{archive}: extraction failed ({type(exc).__name__}: {exc}); "
                                "delete the archive and fetch again") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         fingerprint.update({"members": len(members), "bytes": sum(m.size for m in members),
                             "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        tmp_record = record.with_suffix(".tmp")
-        tmp_record.write_text(json.dumps(fingerprint, indent=1), encoding="utf-8")
-        os.replace(tmp_record, record)
+        write_atomic(record, json.dumps(fingerprint, indent=1), tmp=record.with_suffix(".tmp"))
     return dest

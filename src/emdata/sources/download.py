@@ -32,6 +32,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from emdata import config
+from emdata.atomic import write_atomic
 from emdata.sources.errors import (
     CacheMismatchError,
     ChecksumError,
@@ -132,10 +133,9 @@ def _publish_record(path: Path, result: FetchResult) -> None:
     data = asdict(result)
     data["path"] = str(result.path)
     data["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    tmp = record_path(path).with_suffix(".tmp")
+    tmp = record_path(path).with_suffix(".tmp")  # a known name: `cache clean` finds a crash's leftover
     _drop_link(tmp)
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, record_path(path))
+    write_atomic(record_path(path), json.dumps(data, indent=1), tmp=tmp)
 
 
 def _drop_link(path: Path) -> None:

@@ -50,14 +50,12 @@ Example (a file served on loopback, read twice: the second read is served from t
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -68,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from emdata import config
+from emdata.atomic import write_atomic
 from emdata.sources.errors import DownloadError, ErrorPageError, OfflineError
 from emdata.sources.http import (
     DEFAULT_POLICY,
@@ -121,19 +120,6 @@ def coalesce(spans: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int]
         else:
             merged.append((start, stop))
     return merged
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _hash(text: str, n: int) -> str:
@@ -334,7 +320,7 @@ class RangeReader:
         text = json.dumps({"url": url, "key": key, "value": value})  # fails early if not JSON-able
         info = self._read_info(url)  # compute() usually fetched bytes and so learned the validator
         version = _hash(str(info.get("validator") if info else None), 16)
-        _atomic_write(self._meta_path(url, version, key), text.encode("utf-8"))
+        write_atomic(self._meta_path(url, version, key), text.encode("utf-8"))
         value = json.loads(text)["value"]  # hand back exactly what a cache hit would return
         self._remember((url, version, key), value)
         return value
@@ -577,7 +563,7 @@ class RangeReader:
             return
         path = self._span_dir(url, result.validator) / f"{result.start}-{result.start + len(result.data)}"
         try:
-            _atomic_write(path, result.data)
+            write_atomic(path, result.data)
         except OSError as exc:  # the cache is an optimisation: the read itself still succeeds
             log.warning("range cache: cannot store %s (%s); the bytes will be fetched again next time", path, exc)
 
@@ -590,7 +576,7 @@ class RangeReader:
         if size is None and old is not None:
             size = old.get("size")
         info = {"url": url, "validator": validator, "size": size, "checked": time.time()}
-        _atomic_write(self._url_dir(url) / "info.json", json.dumps(info).encode("utf-8"))
+        write_atomic(self._url_dir(url) / "info.json", json.dumps(info).encode("utf-8"))
 
 
 @dataclass(frozen=True)

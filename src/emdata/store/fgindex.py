@@ -21,14 +21,13 @@ import hashlib
 import itertools
 import logging
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from emdata.atomic import replacing, unique_sibling
 from emdata.config import emdata_home
 
 INDEX_DIR = "indices"
@@ -113,11 +112,11 @@ def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, in
 
 def _save(index: ForegroundIndex, fingerprint: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.npz")
-    np.savez(tmp, version=VERSION, fingerprint=fingerprint, kind=index.kind, block_shape=np.array(index.block_shape),
-             shape=np.array(index.shape), values=index.values, counts=index.counts,
-             instances=index.instances if index.instances is not None else np.zeros(0, np.int64))
-    os.replace(tmp, path)
+    with replacing(path, unique_sibling(path, suffix=".npz")) as tmp:  # np.savez adds .npz to other names
+        np.savez(tmp, version=VERSION, fingerprint=fingerprint, kind=index.kind,
+                 block_shape=np.array(index.block_shape), shape=np.array(index.shape), values=index.values,
+                 counts=index.counts,
+                 instances=index.instances if index.instances is not None else np.zeros(0, np.int64))
 
 
 def _load(path: Path, layer: str, fingerprint: str, block: tuple[int, ...]) -> ForegroundIndex | None:

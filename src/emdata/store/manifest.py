@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from emdata.atomic import write_atomic
 from emdata.store.publish import COMPLETE_MARKER
 from emdata.store.volume import Volume
 
@@ -68,10 +68,5 @@ def record_volume(volume: Volume) -> None:
         manifest["volumes"][volume.name] = entry(volume)
         manifest["volumes"] = dict(sorted(manifest["volumes"].items()))
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        tmp = dataset_dir / (MANIFEST + f".tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            os.replace(tmp, dataset_dir / MANIFEST)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        write_atomic(dataset_dir / MANIFEST, json.dumps(manifest, indent=1),
+                     tmp=dataset_dir / (MANIFEST + f".tmp-{os.getpid()}"))  # the name the stale sweep above finds

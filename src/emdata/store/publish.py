@@ -54,6 +54,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from emdata.atomic import replacing, write_atomic
+
 COMPLETE_MARKER = "emdata-complete.json"
 SCHEMA = "emdata-volume/1"
 _VERSION = re.compile(r"\.v(\d+)$")
@@ -122,16 +124,6 @@ def generation(path: Path) -> str | None:
     return f"{folder.name}:{marker.get('id', marker.get('completed'))}" if isinstance(marker, dict) else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _remove_tree(folder: Path) -> None:
     """Rename ``folder`` aside (one atomic step), then delete it."""
     if not folder.exists() and not folder.is_symlink():
@@ -159,7 +151,7 @@ def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
     os.replace(built, version)
     doc = {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "schema": SCHEMA, **marker,
            "id": uuid.uuid4().hex}
-    _atomic_write(version / COMPLETE_MARKER, json.dumps(doc))
+    write_atomic(version / COMPLETE_MARKER, json.dumps(doc))
     _link(path, version)
     for _, old in versions(path)[:-1]:
         retire(old)
@@ -167,13 +159,8 @@ def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
 
 
 def _link(path: Path, version: Path) -> None:
-    tmp = path.parent / f"{_prefix(path)}link-{uuid.uuid4().hex[:8]}"
-    os.symlink(version.name, tmp)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path, path.parent / f"{_prefix(path)}link-{uuid.uuid4().hex[:8]}") as tmp:
+        os.symlink(version.name, tmp)
 
 
 def pin(folder: Path) -> int | None:

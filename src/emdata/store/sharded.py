@@ -2,9 +2,11 @@
 region (in parallel, e.g. on dask workers), resumable region by region, published atomically.
 
 The result is the volume :func:`emdata.store.writer.write_volume` would write for the same
-arrays: the same OME-Zarr 0.5 layout, chunk and shard shapes (:func:`choose_chunks`), codecs,
-pyramid (:func:`plan_levels`, :func:`downsample_mean` / :func:`downsample_nearest`), label
-metadata, per-block checksums and completion marker, so ``verify --deep`` checks it the same way.
+arrays: every array, attribute and metadata block comes from the same functions of
+:mod:`emdata.store.layout`; the pyramid from :mod:`emdata.store.pyramid`; the region grid from
+:mod:`emdata.store.regions`; tasks run through :mod:`emdata.store.tasks`. So ``verify --deep``
+checks it the same way. (This module stays one concept over ~400 lines: the lifecycle of one
+resumable build — prepare, fill, downsample, finish — whose steps share the on-disk records.)
 
 How a build goes:
 
@@ -51,11 +53,8 @@ import functools
 import itertools
 import json
 import logging
-import math
 import os
 import shutil
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,26 +64,32 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from emdata.labels.ontology import ontology
-from emdata.store import ome
+from emdata.atomic import write_atomic
 from emdata.store.checksum import ALGORITHM, block_slices, digest
-from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
+from emdata.store.chunking import choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import IntensityHistogram
-from emdata.store.publish import commit, tidy, volume_lock
-from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
-from emdata.store.writer import (
-    SCHEMA,
+from emdata.store.layout import (
     LabelLayerData,
+    LabelMeaning,
     StoreWriteError,
-    _ome_levels,
-    _union_mapping,
+    create_label_groups,
+    create_level_array,
+    level_entry,
+    standard_dtype,
+    validate_labels,
+    validate_meta,
+    validate_voxel_size,
+    write_metadata,
 )
+from emdata.store.publish import commit, tidy, volume_lock
+from emdata.store.pyramid import downsample_mean, downsample_nearest
+from emdata.store.regions import Chunking, Region, Zyx, ceil_div, plan_build_levels
+from emdata.store.tasks import BuildError, dask_client, default_workers, run_tasks
 
-__all__ = ["BuildError", "LabelSpec", "Region", "ShardedVolumeWriter", "build_volume", "dask_client"]
+__all__ = ["BuildError", "LabelSpec", "Region", "ShardedVolumeWriter", "build_volume", "dask_client", "default_workers",
+           "run_tasks"]
 
-Zyx = tuple[int, int, int]
-Chunking = Callable[[tuple[int, ...], tuple[float, float, float], int], tuple[Zyx, Zyx | None]]
 Fill = Callable[["Region", str], np.ndarray]
 SPEC = "emdata-build.json"
 RECORDS = ".emdata-shards"
@@ -92,13 +97,9 @@ _SPEC_FORMAT = "emdata.sharded-build/1"
 log = logging.getLogger(__name__)
 
 
-class BuildError(RuntimeError):
-    """Some regions of a build failed; the finished ones are kept and a rerun resumes."""
-
-
 @dataclass(frozen=True)
-class LabelSpec:
-    """A label layer to build: :class:`~emdata.store.writer.LabelLayerData` without the data.
+class LabelSpec(LabelMeaning):
+    """A label layer to build: :class:`~emdata.store.layout.LabelLayerData` without the data.
 
     Example:
         >>> LabelSpec("mito", "uint8", "semantic", [{"value": 0, "name": "background", "ontology": "background"},
@@ -110,65 +111,11 @@ class LabelSpec:
     dtype: str
     kind: str
     classes: list[dict[str, Any]] = field(default_factory=list)
-    instance_of: str | None = None
-    annotates: list[str] | None = None
-    ignore_value: int | None = None
-    description: str = ""
-    value_ranges: list[dict[str, Any]] = field(default_factory=list)
 
     def layer_data(self) -> LabelLayerData:
         """The writer's description of this layer (with an empty array: only the meaning is used)."""
         fields = {k: v for k, v in asdict(self).items() if k != "dtype"}
         return LabelLayerData(data=np.empty((0, 0, 0), self.dtype), **fields)
-
-
-@dataclass(frozen=True)
-class Region:
-    """One unit of work: the box ``[start, stop)`` of grid cell ``index`` at pyramid ``level``.
-
-    Example:
-        >>> r = Region(0, (0, 1, 0), (0, 256, 0), (64, 512, 256))
-        >>> r.shape, r.slices[1]
-        ((64, 256, 256), slice(256, 512, None))
-    """
-
-    level: int
-    index: Zyx
-    start: Zyx
-    stop: Zyx
-
-    @property
-    def shape(self) -> Zyx:
-        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
-
-    @property
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
-
-    @property
-    def key(self) -> str:
-        return "_".join(map(str, self.index))
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _atomic_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _standard_dtype(dtype: Any) -> np.dtype:
-    return np.dtype(np.dtype(dtype).name)
 
 
 class ShardedVolumeWriter:
@@ -194,36 +141,13 @@ class ShardedVolumeWriter:
         voxel = tuple(float(v) for v in voxel_size_nm)
         if len(shape) != 3 or min(shape) < 1:
             raise StoreWriteError(f"raw must be a non-empty (z, y, x) volume, got shape {shape}")
-        if len(voxel) != 3 or not all(v > 0 for v in voxel):
-            raise StoreWriteError(f"voxel size must be three positive nm values (z, y, x), got {voxel}")
-        for key in ("dataset", "volume", "split"):
-            if key not in meta:
-                raise StoreWriteError(f"volume metadata needs {key!r}")
-        raw_dtype = _standard_dtype(dtype)
-        names: set[str] = set()
-        for spec in labels:
-            if spec.name in names or not spec.name.replace("_", "").replace("-", "").isalnum():
-                raise StoreWriteError(f"label layer name {spec.name!r} is duplicated or not [A-Za-z0-9_-]")
-            names.add(spec.name)
-            if not np.issubdtype(np.dtype(spec.dtype), np.integer):
-                raise StoreWriteError(f"label layer {spec.name!r} must be integer, got {spec.dtype}")
-            if spec.kind not in ("instance", "semantic"):
-                raise StoreWriteError(f"label layer {spec.name!r}: kind must be instance or semantic")
-        factors = plan_levels(shape, voxel, max_levels=max_levels)
-        levels = []
-        prev = (1, 1, 1)
-        for i, factor in enumerate(factors):
-            lshape = level_shape(shape, factor)
-            lvoxel = tuple(v * f for v, f in zip(voxel, factor))
-            arrays = {}
-            for name, dt, rel in [("raw", raw_dtype, str(i))] + [
-                    (s.name, _standard_dtype(s.dtype), f"labels/{s.name}/{i}") for s in labels]:
-                chunks, shards = chunking(lshape, lvoxel, dt.itemsize)  # type: ignore[arg-type]
-                arrays[name] = {"path": rel, "dtype": dt.name, "chunks": list(chunks),
-                                "shards": list(shards) if shards else None}
-            levels.append({"level": i, "factor": list(factor), "step": [f // p for f, p in zip(factor, prev)],
-                           "shape": list(lshape), "unit": list(_unit(lshape, arrays)), "arrays": arrays})
-            prev = factor
+        validate_voxel_size(voxel)
+        validate_meta(meta)
+        raw_dtype = standard_dtype(dtype)
+        validate_labels((s.name, s.dtype, s.kind) for s in labels)
+        arrays = [("raw", raw_dtype.name, "")] + [(x.name, standard_dtype(x.dtype).name, f"labels/{x.name}/")
+                                                  for x in labels]
+        levels = plan_build_levels(shape, voxel, arrays, max_levels=max_levels, chunking=chunking)
         self.path = Path(path)
         self.spec: dict[str, Any] = {
             "format": _SPEC_FORMAT, "shape": list(shape), "dtype": raw_dtype.name, "voxel_size_nm": list(voxel),
@@ -256,7 +180,7 @@ class ShardedVolumeWriter:
         """Every region of ``level`` in C order."""
         lv = self.levels[level]
         shape, unit = lv["shape"], lv["unit"]
-        grid = [range(_ceil_div(n, u)) for n, u in zip(shape, unit)]
+        grid = [range(ceil_div(n, u)) for n, u in zip(shape, unit)]
         return [self.region(level, idx) for idx in itertools.product(*grid)]  # type: ignore[arg-type]
 
     def region(self, level: int, index: Sequence[int]) -> Region:
@@ -337,18 +261,11 @@ class ShardedVolumeWriter:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(self.building), mode="w", zarr_format=3)
-        if self.spec["labels"]:
-            labels_group = root.create_group("labels")
-            for spec in self.spec["labels"]:
-                labels_group.create_group(spec["name"])
+        create_label_groups(root, [spec["name"] for spec in self.spec["labels"]])
         for lv in self.levels:
             for plan in lv["arrays"].values():
-                root.create_array(plan["path"], shape=tuple(lv["shape"]), dtype=plan["dtype"],
-                                  chunks=tuple(plan["chunks"]),
-                                  shards=tuple(plan["shards"]) if plan["shards"] else None,
-                                  compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0,
-                                  dimension_names=list(ome.AXES))
-        _atomic_json(self.building / SPEC, self.spec)  # last: a folder without it is not resumable
+                create_level_array(root, plan["path"], lv["shape"], plan["dtype"], plan["chunks"], plan["shards"])
+        write_atomic(self.building / SPEC, json.dumps(self.spec))  # last: a folder without it is not resumable
 
     @classmethod
     def attach(cls, building: str | Path) -> ShardedVolumeWriter:
@@ -368,7 +285,7 @@ class ShardedVolumeWriter:
         if data.shape != region.shape:
             raise StoreWriteError(f"{name} level {region.level} region {region.index}: got shape {data.shape}, "
                                   f"expected {region.shape}")
-        if _standard_dtype(data.dtype) != np.dtype(plan["dtype"]):
+        if standard_dtype(data.dtype) != np.dtype(plan["dtype"]):
             raise StoreWriteError(f"{name} level {region.level} region {region.index}: got dtype {data.dtype}, "
                                   f"the array is {plan['dtype']}")
         data = np.ascontiguousarray(data, dtype=plan["dtype"])
@@ -392,7 +309,7 @@ class ShardedVolumeWriter:
                 histogram = IntensityHistogram(self.spec["dtype"])
                 histogram.add(data)
                 np.savez(self._intensity_record(region), **histogram.state())
-        _atomic_json(self._record(region), {"level": 0, "index": list(region.index), "digests": digests})
+        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests}))
 
     def _intensity_record(self, region: Region) -> Path:
         path = self._record(region).with_suffix(".intensity.npz")
@@ -418,7 +335,7 @@ class ShardedVolumeWriter:
             source = self._array(region.level - 1, name)
             out = np.empty(region.shape, dtype=lv["arrays"][name]["dtype"])
             src_unit = self.levels[region.level - 1]["unit"]
-            piece = tuple(max(1, _ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
+            piece = tuple(max(1, ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
             for sub in block_slices(region.shape, piece):
                 t0 = [r + s.start for r, s in zip(region.start, sub)]
                 t1 = [r + s.stop for r, s in zip(region.start, sub)]
@@ -427,21 +344,16 @@ class ShardedVolumeWriter:
                 small = downsample_mean(values, step) if name == "raw" else downsample_nearest(values, step)
                 out[sub] = small
             digests[name] = self._store(region, name, out)
-        _atomic_json(self._record(region), {"level": region.level, "index": list(region.index), "digests": digests})
+        record = {"level": region.level, "index": list(region.index), "digests": digests}
+        write_atomic(self._record(region), json.dumps(record))
 
     # -- publishing ----------------------------------------------------------------------------
 
     def _level_meta(self, name: str, is_label: bool) -> list[dict[str, Any]]:
         voxel = self.spec["voxel_size_nm"]
-        out = []
-        for lv in self.levels:
-            plan = lv["arrays"][name]
-            scale = tuple(v * f for v, f in zip(voxel, lv["factor"]))
-            translation = None if is_label else tuple(v * (f - 1) / 2 for v, f in zip(voxel, lv["factor"]))
-            out.append({"path": str(lv["level"]), "shape": list(lv["shape"]), "dtype": plan["dtype"],
-                        "chunks": list(plan["chunks"]), "shards": list(plan["shards"]) if plan["shards"] else None,
-                        "scale": list(scale), "translation": list(translation) if translation else None})
-        return out
+        return [level_entry(str(lv["level"]), lv["shape"], lv["arrays"][name]["dtype"], lv["arrays"][name]["chunks"],
+                            lv["arrays"][name]["shards"], voxel, lv["factor"], is_label=is_label)
+                for lv in self.levels]
 
     def _checksums(self) -> None:
         import zarr
@@ -474,29 +386,10 @@ class ShardedVolumeWriter:
             raise BuildError(f"{self.path}: regions still missing per level {missing}; run the build again")
         self._checksums()
         root = zarr.open_group(str(self.building), mode="r+")
-        raw_levels = self._level_meta("raw", is_label=False)
-        label_meta: dict[str, Any] = {}
-        if self.spec["labels"]:
-            root["labels"].attrs["ome"] = {"version": ome.OME_VERSION,
-                                           "labels": [s["name"] for s in self.spec["labels"]]}
-        for spec in self.label_specs:
-            lvm = self._level_meta(spec.name, is_label=True)
-            mapping, annotates, classes = _union_mapping(spec.layer_data())
-            attrs = ome.multiscales(spec.name, _ome_levels(lvm), method="nearest")
-            attrs["image-label"] = ome.image_label(classes)
-            root[f"labels/{spec.name}"].attrs["ome"] = attrs
-            label_meta[spec.name] = {
-                "kind": spec.kind, "dtype": _standard_dtype(spec.dtype).name, "description": spec.description,
-                "instance_of": spec.instance_of, "classes": classes, "ontology_version": ontology().version,
-                "mapping": mapping, "annotates": annotates, "ignore_value": spec.ignore_value, "levels": lvm,
-            }
-        meta = self.spec["meta"]
-        block = {"schema": SCHEMA, **meta, "voxel_size_nm": list(self.spec["voxel_size_nm"]),
-                 "shape": list(self.spec["shape"]),
-                 "raw": {"dtype": self.spec["dtype"], "levels": raw_levels, "intensity": self._intensity()},
-                 "labels": label_meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        root.attrs.update({"ome": ome.multiscales(meta["volume"], _ome_levels(raw_levels), method="mean"),
-                           "emdata": block})
+        labels = [(spec.layer_data(), spec.dtype, self._level_meta(spec.name, is_label=True))
+                  for spec in self.label_specs]
+        write_metadata(root, self.spec["meta"], self.spec["voxel_size_nm"], self.spec["shape"], self.spec["dtype"],
+                       self._level_meta("raw", is_label=False), self._intensity(), labels)
         store_indices(self.building)  # samplers' foreground indices, before publishing
         shutil.rmtree(self.building / RECORDS, ignore_errors=True)
         (self.building / SPEC).unlink(missing_ok=True)
@@ -504,25 +397,6 @@ class ShardedVolumeWriter:
             # Everything is written: from here on the folder is only marked complete and published.
             commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
-
-
-def _unit(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx:
-    """The region shape of one level: the shard (or, unsharded, a shard's worth of chunks).
-
-    Every array's checksum block must tile it, so a region holds whole blocks only.
-    """
-    blocks = [tuple(a["shards"] or a["chunks"]) for a in arrays.values()]
-    sharded = [tuple(a["shards"]) for a in arrays.values() if a["shards"]]
-    if sharded:
-        unit = tuple(max(b[i] for b in sharded) for i in range(3))
-    else:
-        chunk = tuple(arrays["raw"]["chunks"])
-        unit = tuple(min(c * k, _ceil_div(n, c) * c) for c, k, n in zip(chunk, SHARD_CHUNKS, shape))
-    for b in blocks:
-        if any(u % c and u < n for u, c, n in zip(unit, b, shape)):
-            raise StoreWriteError(f"block {b} of one array does not tile the region shape {unit} (level shape "
-                                  f"{tuple(shape)}); choose chunk/shard shapes that nest")
-    return unit  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=8)
@@ -552,74 +426,6 @@ def _region_task(building: str, level: int, index: Zyx, fill: Fill | None) -> Zy
     else:
         writer.build_region(region)
     return region.index
-
-
-def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, ...]], *,
-              on_done: Callable[[Any, Any], None] | None = None, window: int | None = None,
-              what: str = "task") -> list[Any]:
-    """Run ``func(*item)`` for every item, serially (``client`` None) or on a ``distributed`` client.
-
-    At most ``window`` tasks are in flight (default: twice the cluster's threads). After a
-    failure (or an exception from ``on_done(item, result)``, called on this side as each task
-    finishes) nothing new is submitted, the tasks in flight are waited for, and a
-    :class:`BuildError` names how many failed and the first error — work already done stays done.
-    Serially, the first failure stops the run the same way.
-
-    Example:
-        >>> run_tasks(None, pow, [(2, 3), (3, 2)])
-        [8, 9]
-    """
-    results: list[Any] = [None] * len(items)
-    if client is None:
-        for i, item in enumerate(items):
-            try:
-                results[i] = func(*item)
-                if on_done is not None:
-                    on_done(item, results[i])
-            except Exception as exc:
-                raise BuildError(f"{what} {item!r} failed ({type(exc).__name__}: {exc}); {i} of {len(items)} done "
-                                 "before it are kept: run again to resume") from exc
-        return results
-    from distributed import as_completed
-
-    if window is None:
-        threads = sum(client.nthreads().values()) or 1
-        window = max(2 * threads, 1)
-    todo = iter(enumerate(items))
-    index_of: dict[Any, int] = {}
-    errors: list[tuple[tuple[Any, ...], BaseException]] = []
-    stop = False
-
-    def submit(ac: Any) -> bool:
-        nxt = next(todo, None)
-        if nxt is None:
-            return False
-        i, item = nxt
-        future = client.submit(func, *item, pure=False, key=f"emdata-{what}-{uuid.uuid4().hex}")
-        index_of[future.key] = i
-        ac.add(future)
-        return True
-
-    ac = as_completed()
-    for _ in range(window):
-        if not submit(ac):
-            break
-    for future in ac:
-        i = index_of[future.key]
-        try:
-            results[i] = future.result()
-            if on_done is not None:
-                on_done(items[i], results[i])
-        except Exception as exc:
-            errors.append((items[i], exc))
-            stop = True
-        if not stop:
-            submit(ac)
-    if errors:
-        item, first = errors[0]
-        raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "
-                         f"{type(first).__name__}: {first}); finished work is kept: run again to resume") from first
-    return results
 
 
 def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
@@ -655,52 +461,3 @@ def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
 
             run_tasks(client, _region_task, items, on_done=done, what=f"level-{level} region")
         return writer.finish()
-
-
-@contextlib.contextmanager
-def dask_client(scheduler: str | None = None, **local: Any) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``scheduler`` (an address such as ``tcp://host:8786``) or to a
-    new ``LocalCluster`` (``dashboard_address=":0"``, one thread per worker, its logs at ERROR;
-    ``local`` overrides),
-    closed on exit. Workers of an existing cluster must see the same file system paths.
-
-    Example:
-        >>> with dask_client(n_workers=1, processes=False) as client:
-        ...     client.submit(sum, [1, 2]).result()
-        3
-    """
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise ImportError("building in parallel needs dask.distributed: pip install 'emdata[dask]'") from exc
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); start one with "
-                                  "`dask scheduler` or leave --scheduler out for a local cluster") from exc
-        with client:
-            yield client
-        return
-    kwargs: dict[str, Any] = {"dashboard_address": ":0", "threads_per_worker": 1, "silence_logs": logging.ERROR}
-    if "n_workers" not in local:
-        kwargs["n_workers"] = max(1, min(os.cpu_count() or 1, 8))
-    kwargs.update(local)
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
-        yield client
-
-
-def default_workers(bytes_per_task: int) -> int:
-    """Local workers that fit in memory at ``bytes_per_task`` each (×2 headroom), at most one per core.
-
-    Example:
-        >>> default_workers(1) >= 1
-        True
-    """
-    try:
-        import psutil
-
-        total = int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil comes with distributed
-        total = 4 << 30
-    return max(1, min(os.cpu_count() or 1, math.floor(total / max(2 * bytes_per_task, 1))))

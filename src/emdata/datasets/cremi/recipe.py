@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from emdata.catalog import Card, get_card
-from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, list_keys, read_dataset, read_group_attrs
 from emdata.labels.remap import offset_encode
@@ -313,11 +313,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False, padded: bool 
     card = get_card(DATASET)
     if not isinstance(padded, bool):
         raise ValueError(f"cremi: padded must be True or False, got {padded!r}")
-    names = [spec.name for spec in card.volumes]
-    wanted = list(volumes) if volumes else names
-    unknown = sorted(set(wanted) - set(names))
-    if unknown:
-        raise ValueError(f"cremi has no volume(s) {unknown}; choose from {names}")
+    wanted = choose_volumes(card, volumes)
     out = []
     for spec in card.volumes:
         if spec.name not in wanted:

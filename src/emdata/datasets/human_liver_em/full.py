@@ -61,15 +61,8 @@ from emdata.sources.progress import status
 from emdata.sources.ranges import RangeReader
 from emdata.store.chunking import choose_chunks
 from emdata.store.manifest import record_volume
-from emdata.store.sharded import (
-    LabelSpec,
-    Region,
-    ShardedVolumeWriter,
-    build_volume,
-    dask_client,
-    default_workers,
-    run_tasks,
-)
+from emdata.store.sharded import LabelSpec, Region, ShardedVolumeWriter, build_volume
+from emdata.store.tasks import dask_client, default_workers, run_tasks
 from emdata.store.volume import Volume, open_volume
 
 LOCAL_CLUSTER: dict[str, Any] = {}

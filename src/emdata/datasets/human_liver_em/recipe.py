@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from emdata import config
-from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
+from emdata import boxes, config
+from emdata.boxes import Box, bbox_name, format_bbox, inside, is_closed, parse_bbox_option, resolve_bbox
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import BBOX, Option
@@ -102,11 +102,7 @@ def example_bbox(size: tuple[int, int, int] = (16, 512, 512)) -> str:
         '290:306,9763:10275,9786:10298'
     """
     x0, x1, y0, y1, z0, z1 = TORCH_EM_TISSUE
-    parts = []
-    for (a, b), n in zip(((z0, z1), (y0, y1), (x0, x1)), size):
-        start = a + (b - a - n) // 2
-        parts.append(f"{start}:{start + n}")
-    return ",".join(parts)
+    return boxes.example_bbox((slice(z0, z1), slice(y0, y1), slice(x0, x1)), size)
 
 
 def _check_options(volumes: list[str] | None, bbox: Any, full: Any, scheduler: Any) -> None:
@@ -135,21 +131,12 @@ def _prov(card: Card, box: Box) -> tuple[str, dict[str, Any]]:
     return bbox_name(box), provenance(DATASET, RECIPE_VERSION, [], parameters, urls=urls)
 
 
-def _closed(box: Box) -> bool:
-    return all(s.start is not None and s.stop is not None for s in box)
-
-
 def _resolve(reader: RangeReader, card: Card, box: Box, text: str, force: bool) -> tuple[Box, StripTiffLayout]:
-    zs = box[0]
-    if zs.stop is None:
-        n = src.slice_count(reader, card, force=force)
-        zs = slice(zs.start or 0, n)
-    first = src.layout(reader, src.raw_url(card, zs.start or 0))
+    depth = src.slice_count(reader, card, force=force) if box[0].stop is None else box[0].stop
+    first = src.layout(reader, src.raw_url(card, box[0].start or 0))
     height, width = first.shape
-    out = (slice(zs.start or 0, zs.stop),
-           slice(box[1].start or 0, height if box[1].stop is None else box[1].stop),
-           slice(box[2].start or 0, width if box[2].stop is None else box[2].stop))
-    if out[1].stop > height or out[2].stop > width or out[1].start >= out[1].stop or out[2].start >= out[2].stop:
+    out = resolve_bbox(box, (depth, height, width))
+    if not inside(out[1:], (height, width)):  # type: ignore[arg-type]
         raise ValueError(f"{DATASET}: bbox {text!r} (z {out[0].start}:{out[0].stop}, y {out[1].start}:{out[1].stop}, "
                          f"x {out[2].start}:{out[2].stop}) is outside the slices of {height} × {width} px (y × x) "
                          f"({first.name}); choose a box inside them, e.g. --bbox {example_bbox()}")
@@ -285,11 +272,8 @@ def prepare(volumes: list[str] | None = None, force: bool = False, bbox: str | N
 
         return [build_full(card, force=force, scheduler=scheduler)]
     assert bbox is not None
-    try:
-        box = parse_bbox(bbox)
-    except ValueError as exc:
-        raise ValueError(f"{DATASET}: {exc}") from None
-    if _closed(box) and not force:  # decided without a request: a finished box is reused offline
+    box = parse_bbox_option(DATASET, bbox)
+    if is_closed(box) and not force:  # decided without a request: a finished box is reused offline
         name, prov = _prov(card, box)
         existing = reusable(volume_path(DATASET, name), prov)
         if existing is not None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from emdata.catalog import get_card
-from emdata.datasets._common import fetch_source, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import folder_members, natural_key, read_grey_stack, read_png
 from emdata.datasets.contract import Option
 from emdata.labels.remap import map_values
@@ -109,10 +109,7 @@ def _pairs(archive: Path, raw_folder: str, label_folder: str,
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
     """Fetch ``kasthuri_pp.zip`` and write the selected volumes (default: train and test)."""
     card = get_card(DATASET)
-    wanted = volumes or list(FOLDERS)
-    unknown = sorted(set(wanted) - set(FOLDERS))
-    if unknown:
-        raise ValueError(f"{DATASET} has no volume(s) {unknown}; choose from {list(FOLDERS)}")
+    wanted = choose_volumes(card, volumes)
     fetched = fetch_source(card, SOURCE)
     archive = fetched.path
     folders = folder_members(archive, TOP, tuple(f for v in FOLDERS.values() for f in v[:2]),

@@ -33,7 +33,7 @@ import numpy as np
 
 from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_primary
-from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
 from emdata.datasets._slices import check_contiguous, folder_members, indexed, read_grey_stack, read_png
 from emdata.datasets.contract import Option
 from emdata.labels.remap import colours_to_index, map_values
@@ -90,10 +90,7 @@ def _read_volume(archive: Path, raw_members: list[str], label_members: list[str]
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
     """Fetch ``lucchi_pp.zip`` and write the selected volumes (default: train and test)."""
     card = get_card(DATASET)
-    wanted = volumes or list(FOLDERS)
-    unknown = sorted(set(wanted) - set(FOLDERS))
-    if unknown:
-        raise ValueError(f"{DATASET} has no volume(s) {unknown}; choose from {list(FOLDERS)}")
+    wanted = choose_volumes(card, volumes)
     fetched = fetch_primary(card, SOURCE)
     archive = fetched.path
     folders = folder_members(archive, TOP, tuple(f for v in FOLDERS.values() for f in v[:2]), LucchiPPFormatError)

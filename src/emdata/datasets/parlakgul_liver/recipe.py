@@ -58,7 +58,16 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 
 from emdata import config
-from emdata.boxes import Box, bbox_name, format_bbox, parse_bbox
+from emdata.boxes import (
+    Box,
+    bbox_name,
+    example_bbox,
+    format_bbox,
+    inside,
+    is_closed,
+    parse_bbox_option,
+    resolve_bbox,
+)
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import as_list, layer, provenance, publish, reusable, volume_path
@@ -70,8 +79,7 @@ from emdata.sources.archive import MAX_MEMBER_BYTES, ArchiveError, list_members
 from emdata.sources.download import FetchResult, fetch
 from emdata.sources.progress import transfer_progress
 from emdata.sources.ranges import RangeReader
-from emdata.store.volume import Volume, open_volume
-from emdata.store.writer import is_complete
+from emdata.store.volume import Volume
 
 DATASET = "parlakgul-liver"
 RECIPE_VERSION = 1
@@ -119,21 +127,6 @@ def _describe(card: Card, samples: Sequence[str]) -> str:
     return ", ".join(f"{titles.get(s, s)}: {'×'.join(map(str, shapes[s]))} voxels (z, y, x)" for s in samples)
 
 
-def example_bbox(shape: tuple[int, int, int], size: tuple[int, int, int] = EXAMPLE_SIZE) -> str:
-    """A bbox of up to ``size`` voxels in the middle of ``shape`` (for error messages).
-
-    Example:
-        >>> example_bbox((5638, 8000, 12000))
-        '2811:2827,3872:4128,5872:6128'
-    """
-    parts = []
-    for n, want in zip(shape, size):
-        extent = min(n, want)
-        start = (n - extent) // 2
-        parts.append(f"{start}:{start + extent}")
-    return ",".join(parts)
-
-
 def _choose_samples(card: Card, sample: str | list[str] | None, volumes: list[str] | None) -> list[str]:
     known = [s.id for s in card.subsets]
     chosen = [str(s) for s in as_list(str(sample) if isinstance(sample, int) else sample)]
@@ -148,7 +141,7 @@ def _choose_samples(card: Card, sample: str | list[str] | None, volumes: list[st
     if not chosen:
         raise ValueError(f"{DATASET}: choose a sample with --sample (repeatable): {_describe(card, known)}. Each is "
                          f"read as a --bbox cut-out, e.g. `emdata prepare {DATASET} --sample {known[0]} --bbox "
-                         f"{example_bbox(_published_shapes(card)[known[0]])}`")
+                         f"{example_bbox(_published_shapes(card)[known[0]], EXAMPLE_SIZE)}`")
     return chosen
 
 
@@ -156,7 +149,7 @@ def _parse(card: Card, samples: list[str], bbox: str | None) -> Box:
     if bbox is None:
         shapes = _published_shapes(card)
         z, y, x = (min(shapes[s][i] for s in samples) for i in range(3))
-        example = example_bbox((z, y, x))
+        example = example_bbox((z, y, x), EXAMPLE_SIZE)
         flags = " ".join(f"--sample {s}" for s in samples)
         chosen = samples[0] if len(samples) == 1 else samples
         raise ValueError(
@@ -164,25 +157,16 @@ def _parse(card: Card, samples: list[str], bbox: str | None) -> Box:
             f"{_describe(card, samples)} (published shape, 8 nm voxels). Pass --bbox z0:z1,y0:y1,x0:x1 inside "
             f"{'it' if len(samples) == 1 else 'each'}, e.g. `emdata prepare {DATASET} {flags} --bbox {example}` or "
             f"emdata.prepare({DATASET!r}, sample={chosen!r}, bbox={example!r})")
-    if not isinstance(bbox, str):
-        raise ValueError(f"{DATASET}: bbox must be a string 'z0:z1,y0:y1,x0:x1', got {bbox!r}")
-    try:
-        return parse_bbox(bbox)
-    except ValueError as exc:
-        raise ValueError(f"{DATASET}: {exc}") from None
+    return parse_bbox_option(DATASET, bbox)
 
 
 def _resolve(box: Box, shape: tuple[int, int, int], where: str) -> Box:
     """Open ends filled from ``shape``; a box outside it is an error with an example inside."""
-    out = tuple(slice(0 if s.start is None else s.start, n if s.stop is None else s.stop) for s, n in zip(box, shape))
-    if any(not (0 <= s.start < s.stop <= n) for s, n in zip(out, shape)):
+    out = resolve_bbox(box, shape)
+    if not inside(out, shape):
         raise ValueError(f"{DATASET}: bbox {format_bbox(box)} lies outside {where} of shape {tuple(shape)} (z, y, x); "
-                         f"choose a box inside it, e.g. --bbox {example_bbox(shape)}")
-    return out  # type: ignore[return-value]
-
-
-def _closed(box: Box) -> bool:
-    return all(s.start is not None and s.stop is not None for s in box)
+                         f"choose a box inside it, e.g. --bbox {example_bbox(shape, EXAMPLE_SIZE)}")
+    return out
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -232,18 +216,6 @@ def _prov(card: Card, sample: str, box: Box, fetched: list[FetchResult] | None =
         return provenance(DATASET, RECIPE_VERSION, fetched, parameters, urls=[_raw_pattern(card, sample)])
     urls = [_zip_url(card, sample, n) for n in _layers(sample)] + [_raw_pattern(card, sample)]
     return provenance(DATASET, RECIPE_VERSION, [], parameters, urls=urls)
-
-
-def _finished(path: Path, prov: dict[str, Any]) -> Volume | None:
-    """The complete volume at ``path`` if it came from this recipe version, these parameters and
-    these source URLs — decided without any request (the ZIPs' hashes are not needed)."""
-    if not is_complete(path):
-        return None
-    volume = open_volume(path)
-    old = volume.meta.get("provenance", {})
-    same = all(old.get(k) == prov[k] for k in ("recipe", "recipe_version", "parameters"))
-    urls = [s.get("url") for s in old.get("sources", [])]
-    return volume if same and urls == [s["url"] for s in prov["sources"]] else None
 
 
 # -- segmentation ZIPs --------------------------------------------------------------------------
@@ -447,8 +419,9 @@ def prepare(volumes: list[str] | None = None, force: bool = False, sample: str |
 
 
 def _prepare_sample(card: Card, sample: str, box: Box, force: bool) -> Volume:
-    if _closed(box) and not force:  # decided without a request
-        existing = _finished(volume_path(DATASET, f"{sample}-{bbox_name(box)}"), _prov(card, sample, box))
+    if is_closed(box) and not force:  # decided without a request: the ZIPs' hashes are not needed
+        existing = reusable(volume_path(DATASET, f"{sample}-{bbox_name(box)}"), _prov(card, sample, box),
+                            sources_by="url")
         if existing is not None:
             return existing
     names = _layers(sample)

@@ -24,7 +24,7 @@ import numpy as np
 
 from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_with_fallback
-from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
+from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import list_keys, read_dataset
 from emdata.formats.tiff import TiffFormatError, read_stack
@@ -95,10 +95,7 @@ def _read_h5(path: Path, name: str, raw_key: str, label_key: str | None) -> tupl
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
     """Fetch ``snemi.zip`` (or, failing that, its HDF5 alternates) and write the selected volumes."""
     card = get_card(DATASET)
-    wanted = volumes or list(MEMBERS)
-    unknown = sorted(set(wanted) - set(MEMBERS))
-    if unknown:
-        raise ValueError(f"snemi3d has no volume(s) {unknown}; choose from {list(MEMBERS)}")
+    wanted = choose_volumes(card, volumes)
     got = fetch_with_fallback(card, PRIMARY, [ALTERNATES[v][0] for v in MEMBERS if v in wanted])
     out = []
     for spec in card.volumes:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,11 +64,11 @@ from typing import Any
 
 import numpy as np
 
+from emdata.atomic import write_atomic
 from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
-from emdata.datasets.tem_neutrostruct.annotations import Ellipse, annotations_by_image, load_coco
 from emdata.datasets.tem_neutrostruct.reclassify import (
     CLASSES_4,
     CLASSES_7,
@@ -86,6 +85,8 @@ from emdata.datasets.tem_neutrostruct.reclassify import (
     reclassify,
     to_final_7,
 )
+from emdata.formats.coco import annotations_by_image, load_coco
+from emdata.formats.cvat import Ellipse
 from emdata.formats.png import read_image
 from emdata.sources.download import FetchResult, hash_file
 from emdata.store.volume import Volume
@@ -234,10 +235,7 @@ def _keep_coco(coco: dict[str, Any], split: str, classes: int) -> str:
     path = prepared_dir(DATASET) / rel
     text = json.dumps(coco, indent=1)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text)
     return rel
 
 

@@ -56,7 +56,6 @@ import math
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,19 +63,10 @@ from typing import Any
 
 import numpy as np
 
-from emdata.datasets.tem_neutrostruct.annotations import (
-    AnnotationFormatError,
-    Colour,
-    Ellipse,
-    annotations_by_image,
-    colour_mask,
-    load_coco,
-    overlay,
-    parse_cvat_tree,
-    relabel_cvat,
-    render_ellipses,
-    write_cvat,
-)
+from emdata.atomic import unique_sibling
+from emdata.datasets.tem_neutrostruct.annotations import colour_mask, overlay, render_ellipses
+from emdata.formats.coco import AnnotationFormatError, annotations_by_image, load_coco
+from emdata.formats.cvat import Colour, Ellipse, parse_cvat_tree, relabel_cvat, write_cvat
 
 DEFAULT_PX_PER_UM = 375.0
 DEFAULT_EMPTY_THRESHOLD = "mean-of-class-means"
@@ -576,7 +566,7 @@ def reclassify_files(coco_path: Path, scale_path: Path, out_dir: Path, *, cvat_p
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ReclassifyError(f"{images_dir}: --images is not a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = unique_sibling(out_dir)
     try:
         work.mkdir()
         files, missing = _write_outputs(work, out_dir, new, rows, coco, coco_path, cvat_path, images_dir,

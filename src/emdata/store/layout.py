@@ -1,0 +1,242 @@
+"""The canonical volume's format, in one place: validation, arrays, level and label metadata,
+the ``emdata`` block and the OME attributes.
+
+Both writers use these functions and nothing else to decide what lands on disk:
+:func:`emdata.store.writer.write_volume` (whole arrays in memory) and
+:class:`emdata.store.sharded.ShardedVolumeWriter` (region by region). So the two write the
+same bytes of metadata for the same arrays.
+
+Example:
+    >>> entry = level_entry("1", (4, 32, 32), "uint8", (4, 32, 32), None, (30.0, 6.0, 6.0), (2, 2, 2), is_label=False)
+    >>> entry["scale"], entry["translation"]
+    ([60.0, 12.0, 12.0], [15.0, 3.0, 3.0])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emdata.labels.ontology import ontology
+from emdata.store import ome
+from emdata.store.publish import SCHEMA
+
+__all__ = ["REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
+           "create_level_array", "emdata_block", "label_entry", "level_entry", "ome_levels", "standard_dtype",
+           "union_mapping", "validate_labels", "validate_meta", "validate_voxel_size", "write_metadata"]
+
+REQUIRED_META = ("dataset", "volume", "split")
+"""Keys every volume's ``meta`` must hold."""
+
+
+class StoreWriteError(ValueError):
+    """The data handed to the writer cannot form a valid volume, or the disk refused it."""
+
+
+@dataclass(frozen=True)
+class LabelMeaning:
+    """What a label layer's values mean, beyond its name, kind and classes (keyword-only fields).
+
+    For instance layers, ``instance_of`` names the union class every non-zero id belongs to;
+    offset-coded layers whose ids mean different classes by range give ``value_ranges``
+    instead (``{"min", "max", "ontology"}``, inclusive). ``annotates`` lists the union
+    classes this layer labels (default: every structure class named; ignore-role classes
+    such as ``unannotated`` mark where nothing is known).
+    """
+
+    _: KW_ONLY
+    instance_of: str | None = None
+    annotates: list[str] | None = None
+    ignore_value: int | None = None
+    description: str = ""
+    value_ranges: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LabelLayerData(LabelMeaning):
+    """One label layer to store, with its meaning (see :class:`LabelMeaning`).
+
+    ``classes`` are dicts with ``value``, ``name`` and optionally ``ontology`` (a union class
+    name) and ``color``.
+
+    Example:
+        >>> LabelLayerData("cells", np.zeros((1, 2, 2), "u4"), "instance", instance_of="cell").kind
+        'instance'
+    """
+
+    name: str
+    data: np.ndarray
+    kind: str
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def standard_dtype(dtype: Any) -> np.dtype:
+    """The standard, native numpy dtype of ``dtype`` (tifffile's 'Q' uint64 is one zarr refuses).
+
+    Example:
+        >>> standard_dtype(">u2").name, standard_dtype(">u2").isnative
+        ('uint16', True)
+    """
+    return np.dtype(np.dtype(dtype).name).newbyteorder("=")
+
+
+def validate_voxel_size(voxel_size: Sequence[float]) -> None:
+    """Refuse anything but three positive nm values (z, y, x).
+
+    Example:
+        >>> validate_voxel_size((30.0, 0.0, 6.0))
+        Traceback (most recent call last):
+        ...
+        emdata.store.layout.StoreWriteError: voxel size must be three positive nm values (z, y, x), got (30.0, 0.0, 6.0)
+    """
+    if len(voxel_size) != 3 or not all(v > 0 for v in voxel_size):
+        raise StoreWriteError(f"voxel size must be three positive nm values (z, y, x), got {tuple(voxel_size)}")
+
+
+def validate_meta(meta: dict[str, Any]) -> None:
+    """Refuse a ``meta`` without ``dataset``, ``volume`` or ``split``.
+
+    Example:
+        >>> validate_meta({"dataset": "d", "volume": "v"})
+        Traceback (most recent call last):
+        ...
+        emdata.store.layout.StoreWriteError: volume metadata needs 'split'
+    """
+    for key in REQUIRED_META:
+        if key not in meta:
+            raise StoreWriteError(f"volume metadata needs {key!r}")
+
+
+def validate_labels(layers: Iterable[tuple[str, Any, str]]) -> None:
+    """Refuse label layers ``(name, dtype, kind)`` with duplicate or odd names, float dtypes or unknown kinds.
+
+    Example:
+        >>> validate_labels([("mito", "uint8", "semantic"), ("mito", "uint8", "semantic")])
+        Traceback (most recent call last):
+        ...
+        emdata.store.layout.StoreWriteError: label layer name 'mito' is duplicated or not [A-Za-z0-9_-]
+    """
+    names: set[str] = set()
+    for name, dtype, kind in layers:
+        if name in names or not name.replace("_", "").replace("-", "").isalnum():
+            raise StoreWriteError(f"label layer name {name!r} is duplicated or not [A-Za-z0-9_-]")
+        names.add(name)
+        if not np.issubdtype(np.dtype(dtype), np.integer):
+            raise StoreWriteError(f"label layer {name!r} must be integer, got {np.dtype(dtype)}")
+        if kind not in ("instance", "semantic"):
+            raise StoreWriteError(f"label layer {name!r}: kind must be instance or semantic")
+
+
+def create_label_groups(root: Any, names: Sequence[str]) -> None:
+    """Create the ``labels`` group and one group per label layer under ``root`` (nothing without labels)."""
+    if names:
+        labels_group = root.create_group("labels")
+        for name in names:
+            labels_group.create_group(name)
+
+
+def create_level_array(group: Any, path: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
+                       shards: Sequence[int] | None) -> Any:
+    """Create one pyramid level's array under ``group``: zstd level 3, fill 0, z/y/x dimension names."""
+    import zarr
+
+    return group.create_array(path, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks),
+                              shards=tuple(shards) if shards else None, compressors=zarr.codecs.ZstdCodec(level=3),
+                              fill_value=0, dimension_names=list(ome.AXES))
+
+
+def level_entry(path: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int], shards: Sequence[int] | None,
+                voxel_size: Sequence[float], factor: Sequence[int], *, is_label: bool) -> dict[str, Any]:
+    """One level's description in the ``emdata`` block (raw levels are shifted to the block centre)."""
+    scale = tuple(v * f for v, f in zip(voxel_size, factor))
+    translation = None if is_label else tuple(v * (f - 1) / 2 for v, f in zip(voxel_size, factor))
+    return {"path": path, "shape": list(shape), "dtype": str(np.dtype(dtype)), "chunks": list(chunks),
+            "shards": list(shards) if shards else None, "scale": list(scale),
+            "translation": list(translation) if translation else None}
+
+
+def ome_levels(levels: list[dict[str, Any]]) -> list[tuple[str, tuple[float, ...], tuple[float, ...] | None]]:
+    """(path, scale, translation) of each level entry, as :func:`emdata.store.ome.multiscales` takes them."""
+    return [(lv["path"], tuple(lv["scale"]), tuple(lv["translation"]) if lv["translation"] else None)
+            for lv in levels]
+
+
+def union_mapping(layer: LabelLayerData) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+    """(native value → union class, annotated union classes, classes with ontology ids) of ``layer``.
+
+    Example:
+        >>> layer = LabelLayerData("m", np.zeros((1, 1, 1), "u1"), "semantic",
+        ...                        [{"value": 1, "name": "mito", "ontology": "mitochondria"}])
+        >>> union_mapping(layer)[1]
+        ['mitochondria']
+    """
+    onto = ontology()
+    mapping: dict[str, Any] = {}
+    classes = []
+    for c in layer.classes:
+        c = dict(c)
+        if c.get("ontology"):
+            cls = onto.resolve(c["ontology"])
+            c["ontology"], c["ontology_id"] = cls.name, cls.id
+            mapping[str(c["value"])] = {"name": cls.name, "id": cls.id}
+        classes.append(c)
+    if layer.instance_of:
+        cls = onto.resolve(layer.instance_of)
+        mapping["nonzero"] = {"name": cls.name, "id": cls.id}
+    if layer.value_ranges:
+        ranges = []
+        for r in layer.value_ranges:
+            cls = onto.resolve(r["ontology"])
+            ranges.append({"min": int(r["min"]), "max": int(r["max"]), "name": cls.name, "id": cls.id})
+        mapping["ranges"] = ranges
+    annotates = layer.annotates
+    if annotates is None:
+        named = [v for v in mapping.values() if isinstance(v, dict)] + mapping.get("ranges", [])
+        annotates = sorted({v["name"] for v in named if onto.resolve(v["name"]).role != "ignore"},
+                           key=lambda n: onto.resolve(n).id)
+    else:
+        annotates = [onto.resolve(a).name for a in annotates]
+    return mapping, annotates, classes
+
+
+def label_entry(layer: LabelLayerData, dtype: Any,
+                levels: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the layer group's ``ome`` attribute, the layer's entry in the ``emdata`` block's ``labels``)."""
+    mapping, annotates, classes = union_mapping(layer)
+    attrs = ome.multiscales(layer.name, ome_levels(levels), method="nearest")
+    attrs["image-label"] = ome.image_label(classes)
+    entry = {
+        "kind": layer.kind, "dtype": standard_dtype(dtype).name, "description": layer.description,
+        "instance_of": layer.instance_of, "classes": classes, "ontology_version": ontology().version,
+        "mapping": mapping, "annotates": annotates, "ignore_value": layer.ignore_value, "levels": levels,
+    }
+    return attrs, entry
+
+
+def emdata_block(meta: dict[str, Any], voxel_size: Sequence[float], shape: Sequence[int], raw_dtype: Any,
+                 raw_levels: list[dict[str, Any]], intensity: dict[str, Any],
+                 labels: dict[str, Any]) -> dict[str, Any]:
+    """The root group's ``emdata`` attribute (``created`` is now)."""
+    return {"schema": SCHEMA, **meta, "voxel_size_nm": list(voxel_size), "shape": list(shape),
+            "raw": {"dtype": standard_dtype(raw_dtype).name, "levels": raw_levels, "intensity": intensity},
+            "labels": labels, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_metadata(root: Any, meta: dict[str, Any], voxel_size: Sequence[float], shape: Sequence[int],
+                   raw_dtype: Any, raw_levels: list[dict[str, Any]], intensity: dict[str, Any],
+                   labels: Sequence[tuple[LabelLayerData, Any, list[dict[str, Any]]]]) -> None:
+    """Write every group attribute of a volume whose arrays are written: the ``labels`` group's
+    list, each layer's OME multiscales and ``image-label``, the root's OME multiscales and
+    ``emdata`` block. ``labels`` are (layer, dtype, level entries)."""
+    label_meta: dict[str, Any] = {}
+    if labels:
+        root["labels"].attrs["ome"] = {"version": ome.OME_VERSION, "labels": [layer.name for layer, _, _ in labels]}
+    for layer, dtype, levels in labels:
+        root[f"labels/{layer.name}"].attrs["ome"], label_meta[layer.name] = label_entry(layer, dtype, levels)
+    block = emdata_block(meta, voxel_size, shape, raw_dtype, raw_levels, intensity, label_meta)
+    root.attrs.update({"ome": ome.multiscales(meta["volume"], ome_levels(raw_levels), method="mean"),
+                       "emdata": block})
