@@ -110,7 +110,7 @@ EM_BBOX = Option("bbox", str, "Region z0:z1,y0:y1,x0:x1 in voxels of the EM laye
                  "reach the EM layer's bounds.", metavar="Z0:Z1,Y0:Y1,X0:X1")
 """The ``bbox`` option of the precomputed (Neuroglancer) datasets."""
 
-SUBSET = Option("subset", str, "Only this subset of the card (repeatable; `emdata info ID` lists them); "
+SUBSET = Option("subset", str, "Only this subset of the card (`emdata info ID` lists them); "
                 "default: all.", repeatable=True, metavar="SUBSET")
 """The ``subset`` option of recipes whose card has subsets."""
 

@@ -84,7 +84,7 @@ from emdata.store.volume import Volume
 DATASET = "parlakgul-liver"
 RECIPE_VERSION = 1
 OPTIONS: tuple[Option, ...] = (
-    Option("sample", str, "The sample to cut from (required, repeatable; `emdata info ID` lists them).",
+    Option("sample", str, "The sample to cut from (required; `emdata info ID` lists them).",
            repeatable=True, metavar="SAMPLE"),
     BBOX,
 )
