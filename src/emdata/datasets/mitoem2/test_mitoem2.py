@@ -15,8 +15,8 @@ import pytest
 from scipy import ndimage
 
 import emdata
+from emdata.datasets.mitoem2.replica import write_mitoem2_replica, zip_path
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.mitoem2 import write_mitoem2_replica, zip_path
 
 
 def _expected_semantic_from_instances(ids: np.ndarray) -> np.ndarray:

@@ -16,10 +16,10 @@ import tifffile
 import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.mitoem import recipe
+from emdata.datasets.mitoem.replica import URLS, local_path, source_files, write_mitoem_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.mitoem import URLS, local_path, source_files, write_mitoem_replica
 
-Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def _snapshot(*roots: Path) -> dict[str, int]:

@@ -15,11 +15,11 @@ from PIL import Image
 import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.lucchi_pp.recipe import LucchiPPFormatError
+from emdata.datasets.lucchi_pp.replica import HOST_PATH, URL, source_files, write_lucchi_pp_replica
 from emdata.labels.remap import LabelEncodingError
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.lucchi_pp import HOST_PATH, URL, source_files, write_lucchi_pp_replica
 
-Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def test_prepare_rgba_labels_voxel_exact_and_verified(mirror_root: Path, mirror, pin: Pin) -> None:

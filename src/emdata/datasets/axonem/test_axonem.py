@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import emdata
+from emdata.datasets.axonem.replica import URLS, write_axonem_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.axonem import URLS, write_axonem_replica
 
-Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror, pin: Pin) -> None:

@@ -19,12 +19,7 @@ import tifffile
 import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.platelet_em.recipe import PlateletEMFormatError
-from emdata.formats.rle_json import RleJsonFormatError
-from emdata.labels.remap import LabelEncodingError
-from emdata.store.verify import verify_volume
-from emdata.store.volume import Volume
-from emdata.testing import MirrorServer
-from emdata.testing.replicas.platelet_em import (
+from emdata.datasets.platelet_em.replica import (
     DARK_RED,
     URLS,
     YELLOW,
@@ -33,8 +28,13 @@ from emdata.testing.replicas.platelet_em import (
     source_files,
     write_platelet_em_replica,
 )
+from emdata.formats.rle_json import RleJsonFormatError
+from emdata.labels.remap import LabelEncodingError
+from emdata.store.verify import verify_volume
+from emdata.store.volume import Volume
+from emdata.testing import MirrorServer
 
-Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 LAYERS = ("semantic", "instance-cell", "instance-organelle")
 
 

@@ -17,10 +17,10 @@ from PIL import Image
 import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.kasthuri_pp.recipe import KasthuriPPFormatError
+from emdata.datasets.kasthuri_pp.replica import HOST_PATH, URL, source_files, write_kasthuri_pp_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.kasthuri_pp import HOST_PATH, URL, source_files, write_kasthuri_pp_replica
 
-Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def test_prepare_voxel_exact_with_ignore_region(mirror_root: Path, mirror, pin: Pin,

@@ -20,6 +20,7 @@ import emdata
 from emdata.catalog import get_card
 from emdata.datasets.human_liver_em import full, recipe
 from emdata.datasets.human_liver_em import source as src
+from emdata.datasets.human_liver_em.replica import mask_file, raw_file, write_human_liver_em_replica
 from emdata.formats.tiff import TiffFormatError
 from emdata.store.chunking import choose_chunks
 from emdata.store.manifest import read_manifest
@@ -27,7 +28,6 @@ from emdata.store.sharded import BuildError, Region
 from emdata.store.verify import verify_volume
 from emdata.store.volume import open_volume
 from emdata.testing import MirrorServer
-from emdata.testing.replicas.human_liver_em import mask_file, raw_file, write_human_liver_em_replica
 
 UNCONFIRMED_ABSENT = ["bile_duct", "cell_boundary", "cholangiocyte", "endothelial", "sinusoid"]
 PRESENT = ["er", "hepatocyte", "mito", "nucleus"]

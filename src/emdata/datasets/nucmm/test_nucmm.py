@@ -13,8 +13,8 @@ import pytest
 
 import emdata
 from emdata.config import downloads_dir
+from emdata.datasets.nucmm.replica import write_nucmm_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.nucmm import write_nucmm_replica
 
 
 def _place(truth: dict, subset: str, name: str | None = None) -> Path:

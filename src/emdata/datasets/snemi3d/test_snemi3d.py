@@ -14,10 +14,10 @@ import pytest
 import tifffile
 
 import emdata
+from emdata.datasets.snemi3d.replica import HOST_PATH, TORCH_EM_URLS, write_snemi3d_torch_em_replica
 from emdata.sources.errors import DownloadError
 from emdata.store.verify import verify_volume
 from emdata.testing import write_snemi3d_replica
-from emdata.testing.replicas.snemi3d import HOST_PATH, TORCH_EM_URLS, write_snemi3d_torch_em_replica
 
 
 def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror) -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import emdata
+from emdata.datasets.isbi2012.replica import write_isbi2012_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.isbi2012 import write_isbi2012_replica
 
-Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def test_prepare_detects_membranes_and_is_voxel_exact(mirror_root: Path, mirror, pin: Pin) -> None:

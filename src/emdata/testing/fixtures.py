@@ -1,4 +1,12 @@
-"""Shared fixtures: an isolated EMDATA_HOME and a loopback mirror over replica files."""
+"""Pytest fixtures of emdata's tests (``tests/`` and every ``emdata/datasets/<id>/test_<id>.py``):
+an isolated ``EMDATA_HOME`` for every test (autouse), a loopback mirror over replica files, checksum
+pins and a fault-injecting mirror. Registered as a plugin by ``-p emdata.testing.fixtures`` in the
+project's pytest ``addopts``; another project's tests can load it the same way.
+
+Example (a test using them):
+    >>> def test_prepare_offline(mirror_root, mirror, pin): ...
+"""
+
 
 from __future__ import annotations
 

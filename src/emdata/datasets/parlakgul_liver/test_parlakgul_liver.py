@@ -15,8 +15,7 @@ import tifffile
 import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.parlakgul_liver.recipe import ParlakgulFormatError
-from emdata.store.verify import verify_volume
-from emdata.testing.replicas.parlakgul_liver import (
+from emdata.datasets.parlakgul_liver.replica import (
     classes,
     host_path,
     member_name,
@@ -24,6 +23,7 @@ from emdata.testing.replicas.parlakgul_liver import (
     write_parlakgul_liver_replica,
     zip_url,
 )
+from emdata.store.verify import verify_volume
 
 ID = "parlakgul-liver"
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 import emdata
 from emdata.config import downloads_dir, prepared_dir
+from emdata.datasets.tem_neutrostruct.replica import write_tem_neutrostruct_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.tem_neutrostruct import write_tem_neutrostruct_replica
 
 ID = "tem-neutrostruct"
 NAMES_7 = ["Specific granules", "Non-specific primary granules", "Non-specific tertiary granules",

@@ -19,10 +19,7 @@ import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.densecell import recipe
 from emdata.datasets.densecell.recipe import DenseCellFormatError, MemberChecksumError
-from emdata.store.verify import verify_volume
-from emdata.store.volume import Volume
-from emdata.testing import MirrorServer
-from emdata.testing.replicas.densecell import (
+from emdata.datasets.densecell.replica import (
     HOST_PATH,
     URL,
     member_md5,
@@ -30,8 +27,11 @@ from emdata.testing.replicas.densecell import (
     source_files,
     write_densecell_replica,
 )
+from emdata.store.verify import verify_volume
+from emdata.store.volume import Volume
+from emdata.testing import MirrorServer
 
-Pin = Callable[..., Path]  # the `pin` fixture of conftest.py
+Pin = Callable[..., Path]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def _check_common(vols: list[Volume], truth: dict[str, dict[str, np.ndarray]]) -> dict[str, Volume]:

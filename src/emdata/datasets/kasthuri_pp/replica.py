@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emdata.testing.replicas.lucchi_pp import raw_png, write_zip
+from emdata.datasets.lucchi_pp.replica import raw_png, write_zip
 
 URL = "http://www.casser.io/files/kasthuri_pp.zip"
 HOST_PATH = "www.casser.io/files/kasthuri_pp.zip"

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import emdata
+from emdata.datasets.cremi.replica import HOST_DIR, NO_CLEFT, write_cremi_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.cremi import HOST_DIR, NO_CLEFT, write_cremi_replica
 
 NAMES = ["A", "B", "C", "A+", "B+", "C+"]
-Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def expected_clefts(stored: np.ndarray) -> np.ndarray:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import emdata
+from emdata.datasets.fib25.replica import BUCKET, write_fib25_replica
 from emdata.store.verify import verify_volume
-from emdata.testing.replicas.fib25 import BUCKET, write_fib25_replica
 
-Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of conftest.py
+Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
 
 def test_prepare_maps_supervoxels_to_bodies(mirror_root: Path, mirror, pin: Pin) -> None:

@@ -20,10 +20,15 @@ import emdata
 from emdata.boxes import BoxTooLargeError
 from emdata.catalog import get_card
 from emdata.config import prepared_dir
+from emdata.datasets.h01 import replica as h01
+from emdata.datasets.hemibrain import replica as hemibrain
+from emdata.datasets.j0126 import replica as j0126
+from emdata.datasets.kasthuri import replica as kasthuri
+from emdata.datasets.microns_layer23 import replica as layer23
+from emdata.datasets.microns_minnie65 import replica as minnie65
 from emdata.sources.precomputed import BoxOutOfBoundsError, MissingChunksError
 from emdata.store.verify import verify_volume
-from emdata.testing.precomputed import write_precomputed_layer
-from emdata.testing.replicas import precomputed_sets as replicas
+from emdata.testing.precomputed import ReplicaLayer, write_precomputed_layer
 
 pytestmark = pytest.mark.skipif(find_spec("cloudvolume") is None, reason="needs emdata[precomputed]")
 
@@ -46,7 +51,7 @@ def repeat(data: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
     return data
 
 
-def coarse_at(layer: replicas.ReplicaLayer, box: Box, factor: tuple[int, int, int]) -> np.ndarray:
+def coarse_at(layer: ReplicaLayer, box: Box, factor: tuple[int, int, int]) -> np.ndarray:
     """The labels of a layer ``factor`` times coarser than the EM, for an EM ``box`` (nearest)."""
     fine = repeat(layer.data, factor)
     return fine[tuple(slice(s.start - o * f, s.stop - o * f) for s, o, f in zip(box, layer.offset, factor))]
@@ -76,13 +81,13 @@ BBOX = {  # each crosses chunk edges (chunks of 8 × 16 × 16 voxels from each l
     "hemibrain": "33:50,65:100,97:130",
     "kasthuri": "9:18,40:70,20:50",
 }
-CASES: dict[str, tuple[Callable[..., dict[str, replicas.ReplicaLayer]], tuple[float, float, float]]] = {
-    "microns-minnie65": (replicas.write_microns_minnie65_replica, (40.0, 8.0, 8.0)),
-    "microns-layer23": (replicas.write_microns_layer23_replica, (40.0, 4.0, 4.0)),
-    "h01": (replicas.write_h01_replica, (33.0, 4.0, 4.0)),
-    "j0126": (replicas.write_j0126_replica, (20.0, 10.0, 10.0)),
-    "hemibrain": (replicas.write_hemibrain_replica, (8.0, 8.0, 8.0)),
-    "kasthuri": (replicas.write_kasthuri_replica, (30.0, 6.0, 6.0)),
+CASES: dict[str, tuple[Callable[..., dict[str, ReplicaLayer]], tuple[float, float, float]]] = {
+    "microns-minnie65": (minnie65.write_microns_minnie65_replica, (40.0, 8.0, 8.0)),
+    "microns-layer23": (layer23.write_microns_layer23_replica, (40.0, 4.0, 4.0)),
+    "h01": (h01.write_h01_replica, (33.0, 4.0, 4.0)),
+    "j0126": (j0126.write_j0126_replica, (20.0, 10.0, 10.0)),
+    "hemibrain": (hemibrain.write_hemibrain_replica, (8.0, 8.0, 8.0)),
+    "kasthuri": (kasthuri.write_kasthuri_replica, (30.0, 6.0, 6.0)),
 }
 
 
@@ -90,7 +95,7 @@ NOMINAL_FRAME = {"microns-layer23": (40.0, 3.58, 3.58)}
 """Datasets whose layers' info states a nominal voxel frame, not the card's physical voxel size."""
 
 
-def expected_labels(dataset: str, layers: dict[str, replicas.ReplicaLayer], box: Box) -> dict[str, np.ndarray]:
+def expected_labels(dataset: str, layers: dict[str, ReplicaLayer], box: Box) -> dict[str, np.ndarray]:
     if dataset == "microns-minnie65":
         return {"segmentation": layers["seg_v1300"].at(box)}
     if dataset == "h01":
@@ -148,7 +153,7 @@ def test_bbox_is_voxel_exact_verified_and_reused(dataset: str, mirror_root: Path
 
 
 def test_microns_root_ids_version_and_provenance(mirror_root: Path, mirror) -> None:
-    layers = replicas.write_microns_minnie65_replica(mirror_root)
+    layers = minnie65.write_microns_minnie65_replica(mirror_root)
     (vol,) = emdata.prepare("microns-minnie65", bbox=BBOX["microns-minnie65"])
     ids = np.unique(vol.labels["segmentation"][...])
     assert ids.dtype == np.uint64 and 0 in ids
@@ -170,7 +175,7 @@ def test_microns_root_ids_version_and_provenance(mirror_root: Path, mirror) -> N
 
 
 def test_microns_version_343_at_4nm_is_read_at_the_matching_mip(mirror_root: Path, mirror) -> None:
-    layers = replicas.write_microns_minnie65_replica(mirror_root, versions=("343", "1300"),
+    layers = minnie65.write_microns_minnie65_replica(mirror_root, versions=("343", "1300"),
                                                      seg_voxel_nm={"343": (40.0, 4.0, 4.0)})
     mirror.log.clear()
     (vol,) = emdata.prepare("microns-minnie65", bbox=BBOX["microns-minnie65"], version="343")
@@ -191,9 +196,9 @@ def test_microns_bad_version_and_unaligned_segmentation(mirror_root: Path, mirro
     with pytest.raises(ValueError, match=r"unknown segmentation version '999'; choose one of 117, 343, 943, 1300"):
         emdata.prepare("microns-minnie65", bbox="22:35,100:130,170:200", version="999")
     assert mirror.log == []
-    replicas.write_microns_minnie65_replica(mirror_root, versions=("1300",))
+    minnie65.write_microns_minnie65_replica(mirror_root, versions=("1300",))
     ids = np.full((20, 32, 40), 864691136617970907, np.uint64)  # 12 nm: neither 8 nm nor a multiple of it
-    write_precomputed_layer(mirror_root, replicas.MICRONS_SEG["943"], ids, (40.0, 12.0, 12.0),
+    write_precomputed_layer(mirror_root, minnie65.MICRONS_SEG["943"], ids, (40.0, 12.0, 12.0),
                             layer_type="segmentation", encoding="compressed_segmentation",
                             voxel_offset_zyx=(20, 64, 106))
     with pytest.raises(ValueError, match=r"seg_m943/ has no mip on the EM grid of 40×8×8 nm .*mip 0: 40×12×12"):
@@ -203,7 +208,7 @@ def test_microns_bad_version_and_unaligned_segmentation(mirror_root: Path, mirro
 
 def test_voxel_size_is_read_from_info_and_card_difference_logged(mirror_root: Path, mirror,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    layers = replicas.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the card's alternative
+    layers = j0126.write_j0126_replica(mirror_root, voxel_size_nm=(20.0, 9.0, 9.0))  # the card's alternative
     with caplog.at_level(logging.WARNING, logger="emdata"):
         (vol,) = emdata.prepare("j0126", bbox=BBOX["j0126"])
     assert vol.voxel_size == (20.0, 9.0, 9.0) and vol.meta["voxel_size_card_nm"] == [20.0, 10.0, 10.0]
@@ -216,7 +221,7 @@ def test_voxel_size_is_read_from_info_and_card_difference_logged(mirror_root: Pa
 
 
 def test_hemibrain_mito_classes_and_ignore_value(mirror_root: Path, mirror) -> None:
-    replicas.write_hemibrain_replica(mirror_root)
+    hemibrain.write_hemibrain_replica(mirror_root)
     (vol,) = emdata.prepare("hemibrain", bbox=BBOX["hemibrain"])
     mito = vol.meta["labels"]["mito"]
     assert mito["kind"] == "semantic" and mito["ignore_value"] == 4
@@ -230,7 +235,7 @@ def test_hemibrain_mito_classes_and_ignore_value(mirror_root: Path, mirror) -> N
 # -- errors ----------------------------------------------------------------------------------------------------
 
 def test_missing_bbox_names_the_bounds_and_an_example(mirror_root: Path, mirror) -> None:
-    replicas.write_h01_replica(mirror_root)
+    h01.write_h01_replica(mirror_root)
     with pytest.raises(ValueError, match=r"h01: a bbox is required") as err:
         emdata.prepare("h01")
     message = str(err.value)
@@ -250,7 +255,7 @@ def test_missing_bbox_offline_still_says_a_bbox_is_required(monkeypatch: pytest.
 
 
 def test_out_of_bounds_and_malformed_bbox(mirror_root: Path, mirror) -> None:
-    replicas.write_h01_replica(mirror_root)
+    h01.write_h01_replica(mirror_root)
     with pytest.raises(BoxOutOfBoundsError, match=r"h01: bbox '0:8,130:170,70:100' .*4nm_raw.*bounds at mip 0 are "
                                                   r"z 5:17, y 128:192, x 64:144"):
         emdata.prepare("h01", bbox="0:8,130:170,70:100")
@@ -265,16 +270,16 @@ def test_out_of_bounds_and_malformed_bbox(mirror_root: Path, mirror) -> None:
 
 
 def test_labels_not_covering_the_bbox_are_an_error(mirror_root: Path, mirror) -> None:
-    layers = replicas.write_kasthuri_replica(mirror_root)
+    layers = kasthuri.write_kasthuri_replica(mirror_root)
     gt = layers["ground_truth"]
-    write_precomputed_layer(mirror_root, replicas.KASTHURI_GT, gt.data[:, :20], gt.voxel_size_nm,
+    write_precomputed_layer(mirror_root, kasthuri.KASTHURI_GT, gt.data[:, :20], gt.voxel_size_nm,
                             layer_type="segmentation", encoding="compressed_segmentation", voxel_offset_zyx=gt.offset)
     with pytest.raises(BoxOutOfBoundsError, match=r"kasthuri: .*ground_truth, which is not inside .*y 32:52"):
         emdata.prepare("kasthuri", bbox=BBOX["kasthuri"])
 
 
 def test_deleted_chunk_is_a_missing_chunks_error_not_zeros(mirror_root: Path, mirror) -> None:
-    layers = replicas.write_h01_replica(mirror_root)
+    layers = h01.write_h01_replica(mirror_root)
     c3 = layers["c3"]
     c3.chunk_file((13, 80, 48)).unlink()  # c3 chunk z 13:17, y 80:96, x 48:64 ↔ EM z 13:17, y 160:192, x 96:128
     with pytest.raises(MissingChunksError) as err:
@@ -289,7 +294,7 @@ def test_deleted_chunk_is_a_missing_chunks_error_not_zeros(mirror_root: Path, mi
 
 
 def test_layer23_bbox_errors_and_missing_chunks(mirror_root: Path, mirror) -> None:
-    layers = replicas.write_microns_layer23_replica(mirror_root)
+    layers = layer23.write_microns_layer23_replica(mirror_root)
     with pytest.raises(ValueError, match=r"microns-layer23: a bbox is required") as err:
         emdata.prepare("microns-layer23")
     assert ("son_of_alignment_v15_rechunked spans z 1:17, y 96:160, x 112:176 (voxels at mip 0, 40×4×4 nm"
@@ -302,7 +307,7 @@ def test_layer23_bbox_errors_and_missing_chunks(mirror_root: Path, mirror) -> No
                                                  r"precomputed://.*son_of_alignment_v15_rechunked at mip 0 .*"
                                                  r"first: z 9:17, y 128:144, x 144:160.*not read as zeros"):
         emdata.prepare("microns-layer23", bbox=BBOX["microns-layer23"])
-    layers = replicas.write_microns_layer23_replica(mirror_root)  # the EM whole again
+    layers = layer23.write_microns_layer23_replica(mirror_root)  # the EM whole again
     layers["segmentation"].chunk_file((9, 64, 56)).unlink()  # seg z 9:17, y 64:80, x 56:72 ↔ EM y 128:160, x 112:144
     with pytest.raises(MissingChunksError) as missing:
         emdata.prepare("microns-layer23", bbox=BBOX["microns-layer23"])
@@ -320,14 +325,14 @@ def test_layer23_bbox_errors_and_missing_chunks(mirror_root: Path, mirror) -> No
 
 
 def test_replica_urls_are_the_cards(mirror_root: Path) -> None:
-    cards = {"microns-minnie65": [replicas.MICRONS_EM, *replicas.MICRONS_SEG.values()],
-             "microns-layer23": [replicas.LAYER23_EM, replicas.LAYER23_SEG],
-             "h01": [replicas.H01_EM, replicas.H01_C3], "j0126": [replicas.J0126_RAW, replicas.J0126_SEG],
-             "hemibrain": [replicas.HEMIBRAIN_EM, replicas.HEMIBRAIN_SEG, replicas.HEMIBRAIN_MITO],
-             "kasthuri": [replicas.KASTHURI_IMAGE, replicas.KASTHURI_GT]}
+    cards = {"microns-minnie65": [minnie65.MICRONS_EM, *minnie65.MICRONS_SEG.values()],
+             "microns-layer23": [layer23.LAYER23_EM, layer23.LAYER23_SEG],
+             "h01": [h01.H01_EM, h01.H01_C3], "j0126": [j0126.J0126_RAW, j0126.J0126_SEG],
+             "hemibrain": [hemibrain.HEMIBRAIN_EM, hemibrain.HEMIBRAIN_SEG, hemibrain.HEMIBRAIN_MITO],
+             "kasthuri": [kasthuri.KASTHURI_IMAGE, kasthuri.KASTHURI_GT]}
     for dataset, urls in cards.items():
         assert set(urls) <= {s.url for s in get_card(dataset).sources}, dataset
-    assert json.loads((replicas.write_kasthuri_replica(mirror_root)["em"].path / "info").read_text())["scales"][0][
+    assert json.loads((kasthuri.write_kasthuri_replica(mirror_root)["em"].path / "info").read_text())["scales"][0][
         "resolution"] == [6, 6, 30]
 
 
@@ -336,7 +341,7 @@ def test_replica_urls_are_the_cards(mirror_root: Path) -> None:
 
 def test_box_over_the_size_limit_is_refused_before_any_chunk_request(mirror_root: Path, mirror,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    replicas.write_h01_replica(mirror_root)  # uint8 EM + uint64 c3: 9 bytes per voxel
+    h01.write_h01_replica(mirror_root)  # uint8 EM + uint64 c3: 9 bytes per voxel
     monkeypatch.setenv("EMDATA_MAX_BOX_GB", "0.00005")  # 50 kB
     with pytest.raises(BoxTooLargeError) as err:  # 9 × 40 × 30 voxels × 9 bytes = 97 kB
         emdata.prepare("h01", bbox="6:15,130:170,70:100")
@@ -365,7 +370,7 @@ def test_large_box_is_streamed_region_by_region_with_the_same_result(mirror_root
     from emdata.datasets import _precomputed_recipe as recipe
     from emdata.store import sharded
 
-    layers = replicas.write_hemibrain_replica(mirror_root)  # two label layers, mito upsampled ×2
+    layers = hemibrain.write_hemibrain_replica(mirror_root)  # two label layers, mito upsampled ×2
     bbox = BBOX["hemibrain"]
     (whole,) = emdata.prepare("hemibrain", bbox=bbox)
     expected = {"raw": whole.raw[...], **{k: whole.labels[k][...] for k in whole.labels}}
@@ -402,7 +407,7 @@ def test_interrupted_streamed_box_resumes_where_it_stopped(mirror_root: Path, mi
     from emdata.datasets import _precomputed_recipe as recipe
     from emdata.store import sharded
 
-    layers = replicas.write_hemibrain_replica(mirror_root)
+    layers = hemibrain.write_hemibrain_replica(mirror_root)
     monkeypatch.setattr(recipe, "STREAM_ABOVE_BYTES", 0)
     monkeypatch.setattr(recipe, "CHUNKING", _small_shards)
     written: list[tuple[int, ...]] = []
