@@ -86,3 +86,11 @@ def write_axonem_replica(root: Path, subsets: tuple[str, ...] = ("human", "mouse
                 zf.writestr(name, data)
         truth["zips"][subset] = target
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
+    return write_axonem_replica(root)

@@ -14,6 +14,7 @@ import pytest
 import emdata
 from emdata.datasets.axonem.replica import URLS, write_axonem_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -87,3 +88,11 @@ def test_card_checksum_is_enforced_without_override(mirror_root: Path, mirror) -
     write_axonem_replica(mirror_root, subsets=("human",))
     with pytest.raises(Exception, match=r"sha256 mismatch.*EMDATA_CHECKSUMS"):
         emdata.prepare("axonem", subset="human")
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("axonem", tmp_path, expected=lambda t: {
+        f"{subset}-train-{key}": {"raw": raw, "axons": ids}
+        for subset in ("human", "mouse") for key, (raw, ids) in t[subset].items()
+    })

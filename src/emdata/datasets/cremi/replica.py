@@ -175,3 +175,16 @@ def write_cremi_replica(root: Path, shape: tuple[int, int, int] = (6, 48, 40), p
             out["files"][f"https://{HOST_DIR}/{name.replace('+', '%2B')}"] = folder / name
         out["samples"][sample] = truth
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_cremi_replica(root, samples=("A", "B"), small_ids=True,
+                               **({} if small else {"shape": (16, 160, 160)}))
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"volumes": ["A", "B"]}
+"""What ``prepare`` needs besides the defaults to read this replica."""

@@ -16,6 +16,7 @@ import pytest
 import emdata
 from emdata.datasets.cremi.replica import HOST_DIR, NO_CLEFT, write_cremi_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 NAMES = ["A", "B", "C", "A+", "B+", "C+"]
 Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
@@ -180,3 +181,10 @@ def test_cli_prepare_json_lists_six_volumes(mirror_root: Path, mirror, pin: Pin)
     vol = emdata.open_volume(rows[0]["path"])
     assert vol.labels["neuron_ids"].dtype == np.uint64
     assert np.array_equal(vol.labels["neuron_ids"][...], truth["samples"]["A"]["neuron_ids"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("cremi", tmp_path, expected=lambda t: {
+        s: {"raw": v["raw"], "neuron_ids": v["neuron_ids"]} for s, v in t["samples"].items()
+    })

@@ -22,6 +22,7 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +106,12 @@ def write_densecell_replica(root: Path, weights: str = "float", seed: int = 11,
         for member, data in files.items():
             zf.writestr(member, data)
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_densecell_replica(root, **({} if small else {"shapes": dict.fromkeys(("train", "eval", "test"),
+                                                                                  (16, 144, 144))}))

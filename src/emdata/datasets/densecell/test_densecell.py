@@ -30,6 +30,7 @@ from emdata.datasets.densecell.replica import (
 from emdata.store.verify import verify_volume
 from emdata.store.volume import Volume
 from emdata.testing import MirrorServer
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[..., Path]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -165,3 +166,11 @@ def test_bad_label_values_and_shapes_are_refused(mirror_root: Path, mirror: Mirr
         emdata.prepare("densecell", volumes=["eval"])
     with pytest.raises(DenseCellFormatError, match=r"train-error-weights.tif: weight shape \(7, 24, 32\) differs"):
         emdata.prepare("densecell", volumes=["train"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    # the kit's replica stores the error weights as their own volume; the layer is tested above
+    check_recipe("densecell", tmp_path, expected=lambda t: {split: {"raw": v["raw"], "semantic": v["labels"]}
+                                                            for split, v in t.items()},
+                 unwritten_layers={"error-weights"})

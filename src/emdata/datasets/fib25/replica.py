@@ -76,3 +76,11 @@ def write_fib25_replica(root: Path, shape: tuple[int, int, int] = (12, 24, 20), 
             out["files"][f"https://{BUCKET}/{name}/{file}"] = folder / file
         out[name] = truth
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_fib25_replica(root, **({} if small else {"shape": (16, 160, 160), "block": 16}))

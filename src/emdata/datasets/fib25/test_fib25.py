@@ -13,6 +13,7 @@ import pytest
 import emdata
 from emdata.datasets.fib25.replica import BUCKET, write_fib25_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -88,3 +89,10 @@ def test_conflicting_transforms_are_refused(mirror_root: Path, mirror, pin: Pin)
         emdata.prepare("fib25", volumes=["training_sample2"])
     with pytest.raises(ValueError, match=r"no volume\(s\) \['train'\]; choose from \['training_sample2'"):
         emdata.prepare("fib25", volumes=["train"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("fib25", tmp_path, expected=lambda t: {
+        name: {"raw": t[name]["raw"], "neurons": t[name]["neurons"]} for name in t if name != "files"
+    })

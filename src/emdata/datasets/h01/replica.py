@@ -8,6 +8,7 @@ do not state are test choices, noted in the writer. Writes go through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,3 +39,15 @@ def write_h01_replica(root: Path, seed: int = 1) -> dict[str, ReplicaLayer]:
     c3 = _write(root, H01_C3, _ids(rng, (12, 32, 40), pool), (33.0, 8.0, 8.0), (5, 64, 32),
                 encoding="compressed_segmentation")
     return {"em": em, "c3": c3}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_h01_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "5:17,128:192,64:144"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

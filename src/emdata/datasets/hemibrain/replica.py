@@ -8,6 +8,7 @@ do not state are test choices, noted in the writer. Writes go through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,3 +46,15 @@ def write_hemibrain_replica(root: Path, seed: int = 3) -> dict[str, ReplicaLayer
     mito = _write(root, HEMIBRAIN_MITO, _ids(rng, (12, 24, 32), mito_values, block=2), (16.0, 16.0, 16.0),
                   (16, 32, 48), encoding="compressed_segmentation")
     return {"em": em, "segmentation": seg, "mito": mito}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_hemibrain_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "32:56,64:112,96:160"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

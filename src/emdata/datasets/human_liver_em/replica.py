@@ -82,3 +82,16 @@ def write_human_liver_em_replica(root: Path, n_slices: int = 6, shape: tuple[int
             Image.fromarray(masks[cls][z], mode="L").save(path, format="PNG")
             files[cls].append(path)
     return {"raw": raw, "masks": masks, "files": files}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_human_liver_em_replica(root, **({"n_slices": 2, "shape": (32, 40)} if small
+                                                 else {"n_slices": 16, "shape": (144, 144)}))
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": ":,:,:"}
+"""What ``prepare`` needs besides the defaults to read this replica."""

@@ -28,6 +28,7 @@ from emdata.store.sharded import BuildError, Region
 from emdata.store.verify import verify_volume
 from emdata.store.volume import open_volume
 from emdata.testing import MirrorServer
+from emdata.testing.harness import check_recipe
 
 UNCONFIRMED_ABSENT = ["bile_duct", "cell_boundary", "cholangiocyte", "endothelial", "sinusoid"]
 PRESENT = ["er", "hepatocyte", "mito", "nucleus"]
@@ -257,3 +258,10 @@ def test_full_builds_shard_by_shard_in_parallel_and_resumes(truth: dict[str, Any
     assert emdata.prepare("human-liver-em", full=True)[0].path == vol.path  # still reused
     assert len(mirror.log) == before
     assert "full" in read_manifest(path.parent)["volumes"]
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    # the replica serves four of the nine mask folders (the others are left out with a warning)
+    check_recipe("human-liver-em", tmp_path, expected=lambda t: {"z0-2_y0-32_x0-40": {"raw": t["raw"]}},
+                 unwritten_layers=set(UNCONFIRMED_ABSENT))

@@ -68,3 +68,11 @@ def write_isbi2012_replica(root: Path, shape: tuple[int, int, int] = (5, 64, 64)
         f.create_dataset("labels/gt_segmentation", data=ids, compression="gzip")
     return {"raw": raw, "membranes": membranes, "membrane_mask": membrane, "gt_segmentation": ids,
             "path": target, "url": URL}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_isbi2012_replica(root, **({} if small else {"shape": (16, 160, 160)}))

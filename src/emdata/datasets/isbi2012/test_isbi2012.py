@@ -13,6 +13,7 @@ import pytest
 import emdata
 from emdata.datasets.isbi2012.replica import write_isbi2012_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -96,3 +97,10 @@ def test_missing_key_names_file_and_key(mirror_root: Path, mirror, pin: Pin) -> 
         emdata.prepare("isbi2012")
     with pytest.raises(ValueError, match=r"no volume\(s\) \['test'\]; choose from \['train'\]"):
         emdata.prepare("isbi2012", volumes=["test"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("isbi2012", tmp_path, expected=lambda t: {
+        "train": {"raw": t["raw"], "gt_segmentation": t["gt_segmentation"]}
+    })

@@ -8,6 +8,7 @@ do not state are test choices, noted in the writer. Writes go through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,3 +40,15 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
     return {"em": _write(root, J0126_RAW, _em(rng, shape), voxel_size_nm, offset),
             "ffn_segmentation": _write(root, J0126_SEG, _ids(rng, shape, pool), voxel_size_nm, offset,
                                        encoding="compressed_segmentation")}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_j0126_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "4:16,16:56,32:80"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

@@ -8,6 +8,7 @@ do not state are test choices, noted in the writer. Writes go through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,3 +40,15 @@ def write_kasthuri_replica(root: Path, seed: int = 4) -> dict[str, ReplicaLayer]
     return {"em": _write(root, KASTHURI_IMAGE, _em(rng, shape), (30.0, 6.0, 6.0), offset),
             "ground_truth": _write(root, KASTHURI_GT, ids, (30.0, 6.0, 6.0), offset,
                                    encoding="compressed_segmentation")}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_kasthuri_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "8:20,32:80,16:72"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

@@ -25,6 +25,7 @@ import io
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,3 +89,11 @@ def write_kasthuri_pp_replica(root: Path, slices: tuple[int, int] = (11, 5), sha
         truth[volume] = {"raw": raw, "labels": labels}
     write_zip(Path(root) / HOST_PATH, files, random.Random(seed) if shuffle else None)
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_kasthuri_pp_replica(root, **({} if small else {"slices": (16, 16), "shape": (160, 160)}))

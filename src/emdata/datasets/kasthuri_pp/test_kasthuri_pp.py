@@ -19,6 +19,7 @@ from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.kasthuri_pp.recipe import KasthuriPPFormatError
 from emdata.datasets.kasthuri_pp.replica import HOST_PATH, URL, source_files, write_kasthuri_pp_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -136,3 +137,8 @@ def test_bad_archives_are_refused_with_file_and_value_named(mirror_root: Path, m
     with pytest.raises(KasthuriPPFormatError, match=message):
         emdata.prepare("kasthuri-pp")
     assert not (prepared_dir("kasthuri-pp") / f"{failed}.ome.zarr").exists()
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("kasthuri-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"]} for split, v in t.items()})

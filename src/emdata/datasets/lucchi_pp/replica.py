@@ -20,6 +20,7 @@ import io
 import random
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +109,11 @@ def write_zip(target: Path, files: dict[str, bytes], shuffle: random.Random | No
             zf.writestr(folder, b"")
         for name in names:
             zf.writestr(name, files[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_lucchi_pp_replica(root, **({} if small else {"slices": (16, 16), "shape": (160, 160)}))

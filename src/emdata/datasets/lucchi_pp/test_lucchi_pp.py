@@ -18,6 +18,7 @@ from emdata.datasets.lucchi_pp.recipe import LucchiPPFormatError
 from emdata.datasets.lucchi_pp.replica import HOST_PATH, URL, source_files, write_lucchi_pp_replica
 from emdata.labels.remap import LabelEncodingError
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -170,3 +171,8 @@ def test_force_refuses_a_cached_archive_the_card_checksum_no_longer_accepts(mirr
     message = str(err.value)
     assert "lucchi_pp.zip" in message and "770ce9e98fc6f29c" in message and "delete" in message
     assert len(mirror.requests_for("lucchi_pp.zip")) == 1
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("lucchi-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"]} for split, v in t.items()})

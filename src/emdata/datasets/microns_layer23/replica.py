@@ -8,6 +8,7 @@ do not state are test choices, noted in the writer. Writes go through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,3 +45,15 @@ def write_microns_layer23_replica(root: Path, seed: int = 5) -> dict[str, Replic
     seg = _write(root, LAYER23_SEG, _ids(rng, (16, 32, 32), pool), (40.0, 8.0, 8.0), (1, 48, 56),
                  encoding="compressed_segmentation")
     return {"em": em, "segmentation": seg}
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_microns_layer23_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "1:17,96:160,112:176"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

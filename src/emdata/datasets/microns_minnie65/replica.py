@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,3 +62,15 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
                                         (offset[0], offset[1] * f, offset[2] * f),
                                         encoding="compressed_segmentation", mips=f)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
+    return write_microns_minnie65_replica(root)
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "20:40,96:144,160:224"}  # all of the EM, spelled out: a rerun reads nothing
+"""What ``prepare`` needs besides the defaults to read this replica."""

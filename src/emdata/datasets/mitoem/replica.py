@@ -27,6 +27,7 @@ import random
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,3 +130,15 @@ def write_mitoem_replica(root: Path, subsets: Sequence[str] = ("human", "rat"),
                                   "first": np.int64(n_train)}
         truth[f"{subset}-test"] = {"raw": raw[n_train + n_val:], "first": np.int64(n_train + n_val)}
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_mitoem_replica(root, **({} if small else {"slices": (16, 16, 16), "shape": (144, 144)}))
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"subset": ["human", "rat"]}
+"""What ``prepare`` needs besides the defaults to read this replica."""

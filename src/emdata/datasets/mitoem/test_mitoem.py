@@ -18,6 +18,7 @@ from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.mitoem import recipe
 from emdata.datasets.mitoem.replica import URLS, local_path, source_files, write_mitoem_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -194,3 +195,10 @@ def test_unknown_options_are_clear() -> None:
         emdata.prepare("mitoem", volumes=["human-val"], subset=["rat"])
     with pytest.raises(ValueError, match="does not take option"):
         emdata.prepare("mitoem", bbox="0:1,0:1,0:1")
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("mitoem", tmp_path, expected=lambda t: {
+        name: {"raw": v["raw"], **({"mito": v["labels"]} if "labels" in v else {})} for name, v in t.items()
+    })

@@ -145,3 +145,15 @@ def write_mitoem2_replica(root: Path, subsets: tuple[str, ...] = ("beta", "jurka
             for name, data in files.items():
                 zf.writestr(name, data)
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_mitoem2_replica(root, subsets=("beta", "mossy"), **({} if small else {"shape": (16, 144, 144)}))
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"subset": ["beta", "mossy"]}
+"""What ``prepare`` needs besides the defaults to read this replica."""

@@ -17,6 +17,7 @@ from scipy import ndimage
 import emdata
 from emdata.datasets.mitoem2.replica import write_mitoem2_replica, zip_path
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 
 def _expected_semantic_from_instances(ids: np.ndarray) -> np.ndarray:
@@ -192,3 +193,11 @@ def test_nifti_with_a_bad_gzip_crc_is_not_published(mirror_root: Path, mirror) -
                                          r"\(BadGzipFile: CRC check failed"):
         emdata.prepare("mitoem2", subset="podo")
     assert not (emdata.config.prepared_dir("mitoem2") / "podo-train01.ome.zarr").exists()
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("mitoem2", tmp_path, expected=lambda t: {
+        name: {"raw": v["raw"], **({"instances": v["label"]} if v["encoding"] == "instances" else {})}
+        for name, v in t.items()
+    })

@@ -64,3 +64,16 @@ def write_nucmm_replica(root: Path, subsets: tuple[str, ...] = ("zebrafish", "mo
                 truth["volumes"][f"{subset}-{split}-{k:03d}"] = (raw, seg)
         truth["folders"][subset] = folder
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
+    return write_nucmm_replica(root)
+
+
+def placed_folders(truth: dict[str, Any]) -> dict[Path, str]:
+    """Hand-placed: ``{written folder: sub-folder of the download folder}`` to copy, as a user would."""
+    return {folder: folder.name for folder in truth["folders"].values()}

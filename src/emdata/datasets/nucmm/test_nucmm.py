@@ -15,6 +15,7 @@ import emdata
 from emdata.config import downloads_dir
 from emdata.datasets.nucmm.replica import write_nucmm_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 
 def _place(truth: dict, subset: str, name: str | None = None) -> Path:
@@ -111,3 +112,10 @@ def test_unmatched_names_pair_in_sorted_order(tmp_path: Path) -> None:
     (vol,) = emdata.prepare("nucmm", volumes=["mouse-train"])
     assert vol.meta["pairing"] == "sorted order"
     assert np.array_equal(vol.labels["nuclei"][...], truth["volumes"]["mouse-train-000"][1])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("nucmm", tmp_path, expected=lambda t: {
+        name: {"raw": raw, "nuclei": ids} for name, (raw, ids) in t["volumes"].items()
+    })

@@ -31,6 +31,7 @@ import io
 import random
 import zipfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
@@ -169,3 +170,16 @@ def write_parlakgul_liver_replica(root: Path, samples: tuple[str, ...] = ("6461"
             urls[layer] = url
         truth[sample] = {"raw": raw, "labels": masks, "urls": urls}
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_parlakgul_liver_replica(root, samples=("6461", "1857"),
+                                         **({} if small else {"slices": 16, "shape": (144, 144)}))
+
+
+PREPARE_OPTIONS: dict[str, Any] = {"sample": ["6461", "1857"], "bbox": ":,:,:"}
+"""What ``prepare`` needs besides the defaults to read this replica."""

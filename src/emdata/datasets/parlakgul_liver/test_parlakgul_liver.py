@@ -24,6 +24,7 @@ from emdata.datasets.parlakgul_liver.replica import (
     zip_url,
 )
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 ID = "parlakgul-liver"
 
@@ -211,3 +212,10 @@ def test_raw_slices_must_match(mirror_root: Path, mirror) -> None:  # type: igno
     with pytest.raises(ParlakgulFormatError, match=r"Gunes_WT1_8x8x8nm_3MHz.0003.tif: slice of shape \(64, 80\) dtype "
                                                    r"uint16 differs from .*Gunes_WT1_8x8x8nm_3MHz.0002.tif"):
         emdata.prepare(ID, sample="6461", bbox="2:5,0:8,0:8")
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("parlakgul-liver", tmp_path, expected=lambda t: {
+        f"{s}-z0-6_y0-64_x0-80": {"raw": v["raw"]} for s, v in t.items()
+    })

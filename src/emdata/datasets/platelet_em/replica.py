@@ -33,6 +33,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -255,3 +256,11 @@ def write_zip(target: Path, files: dict[str, bytes]) -> None:
             zf.writestr(folder, b"")
         for name, data in files.items():
             zf.writestr(name, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
+    return write_platelet_em_replica(root)

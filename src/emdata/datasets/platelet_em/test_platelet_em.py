@@ -33,6 +33,7 @@ from emdata.labels.remap import LabelEncodingError
 from emdata.store.verify import verify_volume
 from emdata.store.volume import Volume
 from emdata.testing import MirrorServer
+from emdata.testing.harness import check_recipe
 
 Pin = Callable[[dict[str, Path]], Path]  # the `pin` fixture of emdata.testing.fixtures
 LAYERS = ("semantic", "instance-cell", "instance-organelle")
@@ -259,3 +260,8 @@ def test_overlapping_json_runs_are_refused(mirror_root: Path, mirror: MirrorServ
     pin(source_files(mirror_root, "json"))
     with pytest.raises(RleJsonFormatError, match=r"50-instance-organelle.json: labels 1 and 2 both claim"):
         emdata.prepare("platelet-em", volumes=["volume-50"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("platelet-em", tmp_path, expected=lambda t: {name: dict(v) for name, v in t.items()})

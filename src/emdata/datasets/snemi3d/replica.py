@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,3 +113,11 @@ def write_snemi3d_torch_em_replica(root: Path, truth: dict[str, np.ndarray], lab
                 f.create_dataset(key, data=data, chunks=True, compression="gzip")
         files[url] = target
     return files
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_snemi3d_replica(root, shape=(12, 128, 128) if small else (24, 256, 256))

@@ -18,6 +18,7 @@ from emdata.datasets.snemi3d.replica import HOST_PATH, TORCH_EM_URLS, write_snem
 from emdata.sources.errors import DownloadError
 from emdata.store.verify import verify_volume
 from emdata.testing import write_snemi3d_replica
+from emdata.testing.harness import check_recipe
 
 
 def test_prepare_is_voxel_exact_and_verified(mirror_root: Path, mirror) -> None:
@@ -163,3 +164,10 @@ def test_rerun_on_a_copy_without_lock_files_creates_or_changes_nothing(mirror_ro
     assert [v.name for v in emdata.prepare("snemi3d")] == ["train", "test"]
     after = {p: p.lstat().st_mtime_ns for p in emdata_home.rglob("*")}
     assert after == before
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("snemi3d", tmp_path, expected=lambda t: {
+        "train": {"raw": t["train_raw"], "neurons": t["train_labels"]}, "test": {"raw": t["test_raw"]}
+    })

@@ -198,3 +198,16 @@ def write_tem_neutrostruct_replica(root: Path, seed: int = 11, with_7classes: bo
                                                 xml_declaration=True)
         _sheet(folder / "metadata" / f"{split}_images_statistics.xlsx", sheet)
     return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
+
+def write_replica(root: Path, small: bool = False) -> Any:
+    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
+    return write_tem_neutrostruct_replica(root)
+
+
+def placed_folders(truth: dict[str, Any]) -> dict[Path, str]:
+    """Hand-placed: ``{written folder: sub-folder of the download folder}`` to copy, as a user would."""
+    return {Path(truth["folder"]): ""}

@@ -17,6 +17,7 @@ import emdata
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets.tem_neutrostruct.replica import write_tem_neutrostruct_replica
 from emdata.store.verify import verify_volume
+from emdata.testing.harness import check_recipe
 
 ID = "tem-neutrostruct"
 NAMES_7 = ["Specific granules", "Non-specific primary granules", "Non-specific tertiary granules",
@@ -199,3 +200,10 @@ def test_bad_input_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"annotations_7classes.json: category 7 'Lysosomes' is not one of the "
                                          r"seven classes"):
         emdata.prepare(ID, volumes=["train"])
+
+
+def test_shared_recipe_checks(tmp_path: Path) -> None:
+    """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
+    check_recipe("tem-neutrostruct", tmp_path, expected=lambda t: {
+        name: {"raw": v["raw"], "instances": v["instances"]} for name, v in t["volumes"].items()
+    })
