@@ -263,5 +263,6 @@ def test_full_builds_shard_by_shard_in_parallel_and_resumes(truth: dict[str, Any
 def test_shared_recipe_checks(tmp_path: Path) -> None:
     """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
     # the replica serves four of the nine mask folders (the others are left out with a warning)
-    check_recipe("human-liver-em", tmp_path, expected=lambda t: {"z0-2_y0-32_x0-40": {"raw": t["raw"]}},
+    check_recipe("human-liver-em", tmp_path, expected=lambda t: {"z0-2_y0-32_x0-40": {
+                     "raw": t["raw"], **{name: mask > 0 for name, mask in t["masks"].items()}}},
                  unwritten_layers=set(UNCONFIRMED_ABSENT))

@@ -141,4 +141,5 @@ def test_bad_archives_are_refused_with_file_and_value_named(mirror_root: Path, m
 
 def test_shared_recipe_checks(tmp_path: Path) -> None:
     """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
-    check_recipe("kasthuri-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"]} for split, v in t.items()})
+    check_recipe("kasthuri-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"], "mitochondria": v["labels"]}
+                                                              for split, v in t.items()})

@@ -175,4 +175,5 @@ def test_force_refuses_a_cached_archive_the_card_checksum_no_longer_accepts(mirr
 
 def test_shared_recipe_checks(tmp_path: Path) -> None:
     """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
-    check_recipe("lucchi-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"]} for split, v in t.items()})
+    check_recipe("lucchi-pp", tmp_path, expected=lambda t: {split: {"raw": v["raw"], "mitochondria": v["labels"]}
+                                                            for split, v in t.items()})

@@ -217,5 +217,5 @@ def test_raw_slices_must_match(mirror_root: Path, mirror) -> None:  # type: igno
 def test_shared_recipe_checks(tmp_path: Path) -> None:
     """Kill/resume, card, voxel-exact, OME, verify --deep, rerun and offline checks of emdata.testing.harness."""
     check_recipe("parlakgul-liver", tmp_path, expected=lambda t: {
-        f"{s}-z0-6_y0-64_x0-80": {"raw": v["raw"]} for s, v in t.items()
+        f"{s}-z0-6_y0-64_x0-80": {"raw": v["raw"], **v["labels"]} for s, v in t.items()
     })
