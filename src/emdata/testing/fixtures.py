@@ -26,12 +26,15 @@ ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS"
 
 
 @pytest.fixture(autouse=True)
-def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own EMDATA_HOME and no inherited emdata settings."""
+def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """Every test gets its own EMDATA_HOME and no inherited emdata settings; a docstring example
+    runs as a user would (the real URLs, progress shown), but in its own EMDATA_HOME too."""
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("EMDATA_HOME", str(home))
+    if not isinstance(request.node, pytest.Function):  # a doctest
+        return home
     # A test never touches the network: unless it starts a mirror, every URL resolves to a
     # closed loopback port and fails at once (subprocesses inherit this too).
     monkeypatch.setenv("EMDATA_MIRROR", "http://127.0.0.1:9")
