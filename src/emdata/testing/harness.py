@@ -89,7 +89,10 @@ def check_recipe(dataset: str, workdir: Path | str, *, expected: Expected,
     workdir = Path(workdir)
     with serve_replicas([dataset], workdir / "kit", small=small) as served:
         options = served.options[dataset]
-        _kill_then_resume(dataset, options)
+        # the subprocess gets the served settings spelled out (not only this process's settings)
+        _kill_then_resume(dataset, options, {"EMDATA_HOME": str(served.home), "EMDATA_MIRROR": served.url,
+                                             "EMDATA_CHECKSUMS": str(served.home / "replica-checksums.json"),
+                                             "EMDATA_OFFLINE": "0"})
         volumes = emdata.prepare(dataset, **options)
         assert volumes, f"{dataset}: prepare wrote no volume"
         resumed = {vol.name: _store_content(vol.path) for vol in volumes}
@@ -110,14 +113,13 @@ def check_recipe(dataset: str, workdir: Path | str, *, expected: Expected,
         assert [v.name for v in again] == [v.name for v in fresh], f"{dataset}: a rerun returned other volumes"
         changed = sorted({path for path, stamp in set(_files(again).items()) ^ set(before.items())})
         assert not changed, f"{dataset}: a rerun rewrote {changed}"
-
-        _offline_error_names_files(dataset, options, workdir / "offline-home")
+    _offline_error_names_files(dataset, options, workdir / "offline-home")
     return RecipeCheck(again, served.truth[dataset], options)
 
 
-def _kill_then_resume(dataset: str, options: dict[str, Any]) -> None:
+def _kill_then_resume(dataset: str, options: dict[str, Any], settings: dict[str, str]) -> None:
     run = subprocess.run([sys.executable, "-c", _KILL_AT_FIRST_WRITE, dataset, json.dumps(options)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **settings})
     assert run.returncode == -signal.SIGKILL, (
         f"{dataset}: the prepare to kill ended ({run.returncode}) before its first volume write: {run.stderr[-2000:]}")
 
