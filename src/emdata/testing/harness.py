@@ -37,8 +37,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,18 @@ def killed_once_writing(*args, **kwargs):
 
 zarr.open_group = killed_once_writing
 emdata.prepare(sys.argv[1], **json.loads(sys.argv[2]))
+"""
+
+
+_PREPARE_REPORTING_THE_ERROR = """
+import json, sys
+import emdata
+
+try:
+    emdata.prepare(sys.argv[1], **json.loads(sys.argv[2]))
+except Exception as exc:
+    print(exc)
+    sys.exit(3)
 """
 
 
@@ -214,36 +225,19 @@ def _files(volumes: list[Any]) -> dict[str, tuple[int, int]]:
     return out
 
 
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _offline_error_names_files(dataset: str, options: dict[str, Any], empty_home: Path) -> None:
-    import emdata
+    """``prepare`` offline over an empty cache, in a subprocess (its settings given, none changed here)."""
     from emdata.catalog import get_card
-    from emdata.config import downloads_dir
 
-    with _environment(EMDATA_HOME=str(empty_home), EMDATA_OFFLINE="1"):
-        try:
-            emdata.prepare(dataset, **options)
-        except Exception as exc:  # any error type, as long as it teaches
-            message = str(exc)
-        else:
-            raise AssertionError(f"{dataset}: prepare succeeded offline with an empty cache")
-        names = [downloads_dir(dataset).name]
-        for source in get_card(dataset).sources:
-            url = source.url.split("{", 1)[0].rstrip("/")  # a templated URL ({z:03d}): its fixed part
-            path = unquote(urlsplit(url.removeprefix("precomputed://")).path).rstrip("/")
-            names += [url, path.rsplit("/", 1)[-1]] if "{" not in source.url else [url]
-    assert "\n" not in message.strip(), f"{dataset}: the offline error is not one line: {message!r}"
+    run = subprocess.run([sys.executable, "-c", _PREPARE_REPORTING_THE_ERROR, dataset, json.dumps(options)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "EMDATA_HOME": str(empty_home), "EMDATA_OFFLINE": "1"})
+    assert run.returncode == 3, f"{dataset}: prepare offline over an empty cache ended ({run.returncode}): {run.stderr}"
+    message = run.stdout.strip()
+    names = [f"{empty_home}{os.sep}"]  # a hand-placed dataset names the folder under the home to put it in
+    for source in get_card(dataset).sources:
+        url = source.url.split("{", 1)[0].rstrip("/")  # a templated URL ({z:03d}): its fixed part
+        path = unquote(urlsplit(url.removeprefix("precomputed://")).path).rstrip("/")
+        names += [url, path.rsplit("/", 1)[-1]] if "{" not in source.url else [url]
+    assert "\n" not in message, f"{dataset}: the offline error is not one line: {message!r}"
     assert any(name and name in message for name in names), f"{dataset}: the offline error names no file: {message!r}"
