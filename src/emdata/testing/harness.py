@@ -7,8 +7,8 @@ registers nothing elsewhere), serves it on a loopback mirror and checks, in orde
 1. **kill and resume**: a subprocess runs ``prepare`` and is killed (SIGKILL) as soon as the first
    volume's store is opened for writing; ``prepare`` run again then finishes the job, and
    ``prepare(force=True)`` from scratch writes the very same store (every array and every
-   attribute; times of writing or checking aside). Run for every dataset: the small replicas keep it to a few
-   seconds each.
+   attribute; times of writing or checking aside). Run for every dataset: the small replicas
+   keep it to a few seconds each.
 2. **the card tells the truth**: every label layer and volume written is on the card (a volume
    by its name or one of its ``cases``, with the card's split), and every prepared card layer is
    written (but ``unwritten_layers``, which the replica cannot trigger).
@@ -117,7 +117,7 @@ def check_recipe(dataset: str, workdir: Path | str, *, expected: Expected,
         for vol in fresh:
             _same_content(f"{dataset}/{vol.name}", resumed[vol.name], _store_content(vol.path))
 
-        before = _files(volumes)
+        before = _files(fresh)
         served.server.log.clear()
         again = emdata.prepare(dataset, **options)
         assert not served.server.log, f"{dataset}: a rerun requested {[r.path for r in served.server.log]}"
