@@ -43,9 +43,9 @@ import numpy as np
 import requests
 from werkzeug.wrappers import Request, Response
 
+from emdata.datasets.human_liver_em.replica import write_human_liver_em_replica
 from emdata.sources.urls import mirror_url
 from emdata.testing import MirrorServer
-from emdata.testing.replicas.human_liver_em import write_human_liver_em_replica
 
 BASE = "https://ftp.ebi.ac.uk/empiar/world_availability/13356/data"
 SEED_CLASSES = ("er", "mito", "nucleus")  # the classes seed-003's code maps

@@ -173,9 +173,10 @@ def test_ontology_keeps_the_union_ids_0_to_4() -> None:
 _SRC = Path(emdata.__file__).parent
 _DOCS = Path(__file__).resolve().parent.parent / "docs"
 USER_VISIBLE_FILES = sorted(
-    [*(_SRC / "catalog" / "cards").glob("*.toml"), *(_SRC / "catalog").glob("*.py"),
+    [*(_SRC / "datasets").glob("*/card.toml"), *(_SRC / "catalog").glob("*.py"),
      *(_SRC / "labels").glob("*.py"), _SRC / "labels" / "ontology.toml", _DOCS / "catalog.md"],
-    key=lambda p: p.name)
+    key=lambda p: "/".join(p.parts[-3:]))
+assert len(list((_SRC / "datasets").glob("*/card.toml"))) >= 21, "the cards moved: update USER_VISIBLE_FILES"
 # Private notes' names and short-hands; a public original (paper, page, repository) must be cited instead.
 BANNED_WORDS = re.compile("|".join((
     r"\bseeds?[\s_-]*\d",            # seed-004, seed 004, SEED_004
@@ -195,10 +196,10 @@ def _banned_hits(text: str) -> list[str]:
     return [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}" for m in BANNED_WORDS.finditer(text)]
 
 
-@pytest.mark.parametrize("path", USER_VISIBLE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", USER_VISIBLE_FILES, ids=lambda p: "/".join(p.parts[-3:]))
 def test_no_internal_words_in_user_visible_text(path: Path) -> None:
     hits = _banned_hits(path.read_text(encoding="utf-8"))
-    assert not hits, f"{path.name}: internal note names {hits}; cite the public paper, page or repository instead"
+    assert not hits, f"{path}: internal note names {hits}; cite the public paper, page or repository instead"
 
 
 def test_banned_words_catch_internal_names_but_not_public_ones() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import emdata
+from emdata.datasets.snemi3d.replica import HOST_PATH, write_snemi3d_torch_em_replica
 from emdata.sources.errors import DownloadError
 from emdata.testing import write_snemi3d_replica
-from emdata.testing.replicas.snemi3d import HOST_PATH, write_snemi3d_torch_em_replica
 
 
 def emdata_cli(*args: str) -> subprocess.CompletedProcess[str]:

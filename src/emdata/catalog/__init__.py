@@ -1,4 +1,5 @@
-"""The catalog: one card per dataset, shipped as TOML data inside the package.
+"""The catalog: one card per dataset, shipped as TOML data inside the package
+(``emdata/datasets/<id with _>/card.toml``; reading them imports no recipe).
 
 Example:
     >>> from emdata.catalog import list_cards, get_card
@@ -40,22 +41,28 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0])
 
 
+def _card_files() -> list:
+    """``emdata/datasets/<id with _>/card.toml``, found as package data: no dataset module is imported."""
+    root = resources.files("emdata") / "datasets"
+    return sorted((d / "card.toml" for d in root.iterdir() if d.is_dir() and d.joinpath("card.toml").is_file()),
+                  key=lambda f: f.parent.name)
+
+
 @cache
 def _all_cards() -> dict[str, Card]:
     cards: dict[str, Card] = {}
-    for entry in sorted(resources.files("emdata.catalog").joinpath("cards").iterdir(),
-                        key=lambda p: p.name.removesuffix(".toml")):
-        if not entry.name.endswith(".toml"):
-            continue
+    for entry in _card_files():
+        origin = f"datasets/{entry.parent.name}/card.toml"
         try:
             doc = tomllib.loads(entry.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
-            raise CardError(f"catalog card {entry.name}: invalid TOML: {exc}") from exc
-        card = parse_card(doc, origin=entry.name)
-        if f"{card.id}.toml" != entry.name:
-            raise CardError(f"catalog card {entry.name}: id {card.id!r} does not match the file name")
+            raise CardError(f"catalog card {origin}: invalid TOML: {exc}") from exc
+        card = parse_card(doc, origin=origin)
+        if card.id.replace("-", "_") != entry.parent.name:
+            raise CardError(f"catalog card {origin}: id {card.id!r} does not match its folder "
+                            f"(expected datasets/{card.id.replace('-', '_')}/card.toml)")
         cards[card.id] = card
-    return cards
+    return dict(sorted(cards.items()))
 
 
 def dataset_ids() -> list[str]:

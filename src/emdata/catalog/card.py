@@ -1,6 +1,6 @@
 """One catalog card: the facts about one dataset, validated on load.
 
-Cards are TOML files in ``emdata/catalog/cards/<id>.toml``. The schema is documented in
+Cards are TOML files in ``emdata/datasets/<id with _>/card.toml``. The schema is documented in
 ``docs/catalog.md``; :func:`parse_card` enforces it (unknown keys are errors, so a typo in a
 card never silently drops a fact).
 

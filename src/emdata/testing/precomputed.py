@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -105,3 +107,85 @@ def write_precomputed_layer(
         lo, hi = cv.bounds.minpt, cv.bounds.maxpt
         cv[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = np.ascontiguousarray(level.transpose(3, 2, 1, 0))
     return target
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the precomputed datasets' replica writers (emdata/datasets/<id>/replica.py)
+
+Voxel = tuple[float, float, float]
+Zyx = tuple[int, int, int]
+
+CHUNK: Zyx = (8, 16, 16)
+"""(z, y, x) chunk size of every replica layer (small, so test boxes cross chunk edges)."""
+
+
+@dataclass(frozen=True)
+class ReplicaLayer:
+    """One written layer: ``data`` is mip 0 as handed to CloudVolume ((z, y, x)), at absolute
+    voxels ``offset`` onward; ``decoded`` is what CloudVolume reads back for lossy encodings.
+
+    Example:
+        >>> layer = ReplicaLayer("gs://b/em", Path("em"), np.zeros((8, 40, 40), np.uint8), (30.0, 6.0, 6.0),
+        ...                      offset=(16, 80, 150), encoding="raw")
+        >>> layer.at((slice(20, 24), slice(100, 120), slice(160, 170))).shape
+        (4, 20, 10)
+    """
+
+    url: str
+    path: Path
+    data: np.ndarray
+    voxel_size_nm: Voxel
+    offset: Zyx
+    encoding: str
+    decoded: np.ndarray | None = None
+
+    def at(self, box: tuple[slice, slice, slice], decoded: bool = False) -> np.ndarray:
+        """The written voxels of an absolute (z, y, x) ``box`` at mip 0."""
+        source = self.decoded if decoded and self.decoded is not None else self.data
+        return source[tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, self.offset))]
+
+    @property
+    def bounds(self) -> tuple[slice, slice, slice]:
+        """Absolute (z, y, x) voxel bounds at mip 0."""
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.data.shape))  # type: ignore[return-value]
+
+    def chunk_file(self, start_zyx: Zyx) -> Path:
+        """The file of the mip-0 chunk starting at absolute ``start_zyx`` (unsharded layout)."""
+        z, y, x = start_zyx
+        ends = [min(s + c, o + n) for s, c, o, n in zip(start_zyx, CHUNK, self.offset, self.data.shape)]
+        key = json.loads((self.path / "info").read_text())["scales"][0]["key"]
+        return self.path / key / f"{x}-{ends[2]}_{y}-{ends[1]}_{z}-{ends[0]}"
+
+
+def em_values(rng: np.random.Generator, shape: Zyx, smooth: bool = False) -> np.ndarray:
+    """Random uint8 EM of ``shape``; ``smooth`` gives a smooth pattern (for lossy encodings)."""
+    if not smooth:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    base = 128 + 60 * np.sin(x / 5.0 + z / 7.0) * np.cos(y / 6.0) + rng.normal(0, 4, shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def segment_ids(rng: np.random.Generator, shape: Zyx, pool: np.ndarray, block: int = 4) -> np.ndarray:
+    """Blocky segments from ``pool`` with 10 % single-voxel speckle (so off-by-one reads show)."""
+    coarse = rng.choice(pool, size=tuple(-(-n // block) for n in shape))
+    ids = coarse.repeat(block, 0).repeat(block, 1).repeat(block, 2)[: shape[0], : shape[1], : shape[2]]
+    speckle = rng.random(shape) < 0.1
+    ids[speckle] = rng.choice(pool, size=int(speckle.sum()))
+    return np.ascontiguousarray(ids.astype(np.uint64))
+
+
+def write_replica_layer(root: Path, url: str, data: np.ndarray, voxel: Voxel, offset: Zyx, *,
+                        encoding: str = "raw",
+                        mips: int = 1, decode: bool = False) -> ReplicaLayer:
+    """Write ``data`` at ``url`` (chunks of :data:`CHUNK`); ``decode`` keeps what CloudVolume reads back."""
+    layer_type = "segmentation" if encoding == "compressed_segmentation" else "image"
+    path = write_precomputed_layer(root, url, data, voxel, layer_type=layer_type, encoding=encoding,
+                                   chunk_size_zyx=CHUNK, voxel_offset_zyx=offset, mips=mips)
+    decoded = None
+    if decode:
+        from cloudvolume import CloudVolume
+
+        cv = CloudVolume(f"file://{path}", mip=0, progress=False)
+        decoded = np.ascontiguousarray(np.asarray(cv[:, :, :])[..., 0].transpose(2, 1, 0))
+    return ReplicaLayer(url, path, data, voxel, offset, encoding, decoded)

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,65 +48,31 @@ class ReplicaSet:
     placed: Callable[[Any], dict[Path, str]] | None = None
 
 
-def _sized(small: bool, big: dict[str, Any]) -> dict[str, Any]:
-    """Writer keywords: the writer's own (tiny) defaults when ``small``, else ``big``."""
-    return {} if small else big
-
-
-def _placed_nucmm(truth: dict[str, Any]) -> dict[Path, str]:
-    return {folder: folder.name for folder in truth["folders"].values()}
-
-
-def _placed_tem_neutrostruct(truth: dict[str, Any]) -> dict[Path, str]:
-    return {Path(truth["folder"]): ""}
-
-
 PATCH = (16, 128, 128)
 """The patch shape (z, y, x) the non-small replicas fit, where a writer takes a size."""
 
-REPLICA_SETS: dict[str, ReplicaSet] = {
-    "snemi3d": ReplicaSet(lambda root, small: replicas.write_snemi3d_replica(
-        root, shape=(12, 128, 128) if small else (24, 256, 256))),
-    "mitoem2": ReplicaSet(lambda root, small: replicas.write_mitoem2_replica(
-        root, subsets=("beta", "mossy"), **_sized(small, {"shape": (16, 144, 144)})),
-        options={"subset": ["beta", "mossy"]}),
-    "cremi": ReplicaSet(lambda root, small: replicas.write_cremi_replica(
-        root, samples=("A", "B"), small_ids=True, **_sized(small, {"shape": (16, 160, 160)})),
-        options={"volumes": ["A", "B"]}),
-    "lucchi-pp": ReplicaSet(lambda root, small: replicas.write_lucchi_pp_replica(
-        root, **_sized(small, {"slices": (16, 16), "shape": (160, 160)}))),
-    "kasthuri-pp": ReplicaSet(lambda root, small: replicas.write_kasthuri_pp_replica(
-        root, **_sized(small, {"slices": (16, 16), "shape": (160, 160)}))),
-    "isbi2012": ReplicaSet(lambda root, small: replicas.write_isbi2012_replica(
-        root, **_sized(small, {"shape": (16, 160, 160)}))),
-    "fib25": ReplicaSet(lambda root, small: replicas.write_fib25_replica(
-        root, **_sized(small, {"shape": (16, 160, 160), "block": 16}))),
-    "densecell": ReplicaSet(lambda root, small: replicas.write_densecell_replica(
-        root, **_sized(small, {"shapes": {"train": (16, 144, 144), "eval": (16, 144, 144),
-                                          "test": (16, 144, 144)}}))),
-    "mitoem": ReplicaSet(lambda root, small: replicas.write_mitoem_replica(
-        root, **_sized(small, {"slices": (16, 16, 16), "shape": (144, 144)})), options={"subset": ["human", "rat"]}),
-    "axonem": ReplicaSet(lambda root, small: replicas.write_axonem_replica(root)),
-    "platelet-em": ReplicaSet(lambda root, small: replicas.write_platelet_em_replica(root)),
-    "human-liver-em": ReplicaSet(lambda root, small: replicas.write_human_liver_em_replica(
-        root, **({"n_slices": 2, "shape": (32, 40)} if small else {"n_slices": 16, "shape": (144, 144)})),
-        options={"bbox": ":,:,:"}),
-    "parlakgul-liver": ReplicaSet(lambda root, small: replicas.write_parlakgul_liver_replica(
-        root, samples=("6461", "1857"), **_sized(small, {"slices": 16, "shape": (144, 144)})),
-        options={"sample": ["6461", "1857"], "bbox": ":,:,:"}),
-    "nucmm": ReplicaSet(lambda root, small: replicas.write_nucmm_replica(root), placed=_placed_nucmm),
-    "tem-neutrostruct": ReplicaSet(lambda root, small: replicas.write_tem_neutrostruct_replica(root),
-                                   placed=_placed_tem_neutrostruct),
-    # precomputed layers: fixed tiny extents; the bbox is their whole EM extent
-    "microns-minnie65": ReplicaSet(lambda root, small: replicas.write_microns_minnie65_replica(root),
-                                   options={"bbox": ":,:,:"}),
-    "microns-layer23": ReplicaSet(lambda root, small: replicas.write_microns_layer23_replica(root),
-                                  options={"bbox": ":,:,:"}),
-    "h01": ReplicaSet(lambda root, small: replicas.write_h01_replica(root), options={"bbox": ":,:,:"}),
-    "j0126": ReplicaSet(lambda root, small: replicas.write_j0126_replica(root), options={"bbox": ":,:,:"}),
-    "hemibrain": ReplicaSet(lambda root, small: replicas.write_hemibrain_replica(root), options={"bbox": ":,:,:"}),
-    "kasthuri": ReplicaSet(lambda root, small: replicas.write_kasthuri_replica(root), options={"bbox": ":,:,:"}),
-}
+
+def discover_replica_sets() -> dict[str, ReplicaSet]:
+    """``{dataset id: ReplicaSet}`` from each ``emdata/datasets/<id>/replica.py`` that declares
+    ``write_replica(root, small)`` (and optionally ``PREPARE_OPTIONS`` and ``placed_folders(truth)``).
+
+    Example:
+        >>> discover_replica_sets()["cremi"].options
+        {'volumes': ['A', 'B']}
+    """
+    from emdata.catalog import dataset_ids
+
+    folders = {dataset.replace("-", "_"): dataset for dataset in dataset_ids()}
+    sets = {}
+    for folder, module_name in replicas.replica_modules().items():
+        module = importlib.import_module(module_name)
+        if folder in folders and hasattr(module, "write_replica"):
+            sets[folders[folder]] = ReplicaSet(module.write_replica, dict(getattr(module, "PREPARE_OPTIONS", {})),
+                                               getattr(module, "placed_folders", None))
+    return dict(sorted(sets.items()))
+
+
+REPLICA_SETS: dict[str, ReplicaSet] = discover_replica_sets()
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def _check_resolution(attrs: dict[str, Any], where: str, card: Card, notes: list
         raise CremiFormatError(
             f"{where}: attribute resolution = {found} nm (z, y, x) but the cremi card states {expected} nm; "
             "this is not a CREMI file emdata knows. Delete the download and fetch again, or, if cremi.org "
-            "changed the data, update src/emdata/catalog/cards/cremi.toml")
+            "changed the data, update src/emdata/datasets/cremi/card.toml")
 
 
 def _read_raw(path: Path, card: Card, notes: list[str]) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -1,50 +1,48 @@
 """Replica writers: small files in each dataset's exact published layout, written with the
-real writer libraries, sharing no code with the recipes that read them."""
+real writer libraries, sharing no code with the recipes that read them.
 
-from emdata.testing.replicas.axonem import write_axonem_replica
-from emdata.testing.replicas.cremi import write_cremi_replica
-from emdata.testing.replicas.densecell import write_densecell_replica
-from emdata.testing.replicas.fib25 import write_fib25_replica
-from emdata.testing.replicas.human_liver_em import write_human_liver_em_replica
-from emdata.testing.replicas.isbi2012 import write_isbi2012_replica
-from emdata.testing.replicas.kasthuri_pp import write_kasthuri_pp_replica
-from emdata.testing.replicas.lucchi_pp import write_lucchi_pp_replica
-from emdata.testing.replicas.mitoem import write_mitoem_replica
-from emdata.testing.replicas.mitoem2 import write_mitoem2_replica
-from emdata.testing.replicas.nucmm import write_nucmm_replica
-from emdata.testing.replicas.parlakgul_liver import write_parlakgul_liver_replica
-from emdata.testing.replicas.platelet_em import write_platelet_em_replica
-from emdata.testing.replicas.precomputed_sets import (
-    write_h01_replica,
-    write_hemibrain_replica,
-    write_j0126_replica,
-    write_kasthuri_replica,
-    write_microns_layer23_replica,
-    write_microns_minnie65_replica,
-)
-from emdata.testing.replicas.snemi3d import write_snemi3d_replica
-from emdata.testing.replicas.tem_neutrostruct import write_tem_neutrostruct_replica
+Each dataset keeps its writer in ``emdata/datasets/<id with _>/replica.py``; this module finds
+them on disk and imports one only when its ``write_<id with _>_replica`` is asked for.
 
-__all__ = [
-    "write_axonem_replica",
-    "write_cremi_replica",
-    "write_densecell_replica",
-    "write_fib25_replica",
-    "write_h01_replica",
-    "write_hemibrain_replica",
-    "write_human_liver_em_replica",
-    "write_isbi2012_replica",
-    "write_j0126_replica",
-    "write_kasthuri_pp_replica",
-    "write_kasthuri_replica",
-    "write_lucchi_pp_replica",
-    "write_microns_layer23_replica",
-    "write_microns_minnie65_replica",
-    "write_mitoem2_replica",
-    "write_mitoem_replica",
-    "write_nucmm_replica",
-    "write_parlakgul_liver_replica",
-    "write_platelet_em_replica",
-    "write_snemi3d_replica",
-    "write_tem_neutrostruct_replica",
-]
+Example:
+    >>> from emdata.testing import replicas
+    >>> "write_snemi3d_replica" in replicas.__all__
+    True
+    >>> replicas.write_snemi3d_replica.__module__
+    'emdata.datasets.snemi3d.replica'
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import resources
+from typing import Any
+
+
+def replica_modules() -> dict[str, str]:
+    """``{dataset folder name: module}`` of every ``emdata/datasets/*/replica.py`` (nothing imported).
+
+    Example:
+        >>> replica_modules()["mitoem2"]
+        'emdata.datasets.mitoem2.replica'
+    """
+    root = resources.files("emdata") / "datasets"
+    return {d.name: f"emdata.datasets.{d.name}.replica"
+            for d in sorted(root.iterdir(), key=lambda d: d.name) if d.joinpath("replica.py").is_file()}
+
+
+_WRITERS = {f"write_{name}_replica": module for name, module in replica_modules().items()}
+
+__all__ = sorted(_WRITERS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WRITERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    writer = getattr(importlib.import_module(_WRITERS[name]), name)
+    globals()[name] = writer
+    return writer
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
