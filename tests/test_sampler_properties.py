@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("torch")
@@ -25,6 +25,7 @@ RATIOS = [0.5, 0.75, 1.0, 1.2, 4 / 3, 1.5, 5 / 3, 2.0, 2.5, 3.0]
 @given(n0=st.integers(1, 400), vs0=st.sampled_from([1.0, 4.0, 6.0, 8.0, 30.0, 40.0]),
        ratio=st.sampled_from(RATIOS), patch=st.integers(1, 64),
        region=st.none() | st.tuples(st.floats(0, 1), st.floats(0, 1)))
+@example(n0=1, vs0=1.0, ratio=0.5, patch=1, region=(0.0, 0.5))  # no level-0 centre in any patch: reach is empty
 def test_origins_are_valid_and_reachable_voxels_lie_in_their_patch(n0: int, vs0: float, ratio: float, patch: int,
                                                                    region: tuple[float, float] | None) -> None:
     t = vs0 * ratio
@@ -37,9 +38,10 @@ def test_origins_are_valid_and_reachable_voxels_lie_in_their_patch(n0: int, vs0:
     if box is not None:
         assert lo * t >= box[0] - 1e-6 and (hi + patch) * t <= box[1] + 1e-6, "and inside its region"
     a, b = reach_range(n0, vs0, t, lo, hi, patch)
-    assert 0 <= a < b <= n0
     voxels = np.arange(n0)
     g = target_voxel(voxels, (vs0,), (t,))
+    assert 0 <= a <= b <= n0
+    assert (a < b) == bool(((g >= lo) & (g <= hi + patch - 1)).any()), "empty only when no centre is in reach"
     for v in voxels:
         first = int(np.clip(g[v] - patch + 1, lo, hi))
         last = int(np.clip(g[v], first, hi))
