@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-import emdata
 from emdata.catalog import UnknownDatasetError, dataset_ids, get_card, list_cards, suggest_ids
 from emdata.catalog.card import CardError, parse_card
 from emdata.labels.ontology import ontology
@@ -165,60 +163,6 @@ def test_ontology_keeps_the_union_ids_0_to_4() -> None:
         (0, "background"), (1, "neuron"), (2, "cleft"), (3, "mitochondria"), (4, "mito_boundary")]
     assert onto.resolve("mitochondrion").id == 3
     assert [c.name for c in onto.ancestors("er_sheets")] == ["er"]
-
-
-# ---------------------------------------------------------------------------------------------
-# what a user sees: card text, ontology, catalog docs and docstrings carry no internal words
-
-_SRC = Path(emdata.__file__).parent
-_DOCS = Path(__file__).resolve().parent.parent / "docs"
-USER_VISIBLE_FILES = sorted(
-    [*(_SRC / "datasets").glob("*/card.toml"), *(_SRC / "catalog").glob("*.py"),
-     *(_SRC / "labels").glob("*.py"), _SRC / "labels" / "ontology.toml", _DOCS / "catalog.md"],
-    key=lambda p: "/".join(p.parts[-3:]))
-assert len(list((_SRC / "datasets").glob("*/card.toml"))) >= 21, "the cards moved: update USER_VISIBLE_FILES"
-# Private notes' names and short-hands; a public original (paper, page, repository) must be cited instead.
-BANNED_WORDS = re.compile("|".join((
-    r"\bseeds?[\s_-]*\d",            # seed-004, seed 004, SEED_004
-    r"reference/", r"§", r"\bthe reference\b", r"\breference list\b",
-    r"stored (?:sources?|material|copy)", r"any stored", r"in the stored",
-    r"awesome-vem(?!-datasets)",      # the public repository is JackieZhai/awesome-vem-datasets
-    r"(?<!tmquan/)nanocosmos",        # the public repository is tmquan/nanoCosmos
-    r"\bpeers\.md", r"\becosystem\.md", r"\bDESIGN\.md", r"(?<!doc/)\bdatasets\.md",
-    r"\bb3d-(?:site|pkg)\b", r"\bleap-(?:ex|site)\b", r"\bfe-platelet\b", r"\bneutro-ann\b",
-    r"\bmitoem2-repo\b", r"\bawesome-old\b", r"\bcremi-page\b",
-    r"(?<!tmquan/)\bneurons (?:notebook|nb|DATASETS|datasets/|scripts/|CombineDataModule)",
-    r"\(neurons[,;)/ ]", r"\(seed", r"\bper nanocosmos",
-)), re.IGNORECASE)
-
-
-def _banned_hits(text: str) -> list[str]:
-    return [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}" for m in BANNED_WORDS.finditer(text)]
-
-
-@pytest.mark.parametrize("path", USER_VISIBLE_FILES, ids=lambda p: "/".join(p.parts[-3:]))
-def test_no_internal_words_in_user_visible_text(path: Path) -> None:
-    hits = _banned_hits(path.read_text(encoding="utf-8"))
-    assert not hits, f"{path}: internal note names {hits}; cite the public paper, page or repository instead"
-
-
-def test_banned_words_catch_internal_names_but_not_public_ones() -> None:
-    for internal in ("seed-004", "SEED_004_SPACE", "reference/datasets.md §5", "no stored source",
-                     "awesome-vem", "nanocosmos comment", "(neurons)", "peers.md"):
-        assert _banned_hits(internal), internal
-    for public in ("tmquan/nanoCosmos", "JackieZhai/awesome-vem-datasets", "tmquan/neurons doc/DATASETS.md",
-                   "451 neurons (417 PyCs)"):
-        assert not _banned_hits(public), public
-
-
-@pytest.mark.parametrize("dataset", sorted(REQUIRED_IDS))
-def test_info_json_has_no_internal_words(dataset: str) -> None:
-    import json
-
-    import emdata
-
-    text = json.dumps(emdata.info(dataset), ensure_ascii=False)
-    assert not _banned_hits(text), f"{dataset}: `emdata info --json` shows {_banned_hits(text)}"
 
 
 # ---------------------------------------------------------------------------------------------
