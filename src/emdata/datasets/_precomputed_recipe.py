@@ -30,6 +30,9 @@ A bbox estimated above :func:`emdata.boxes.max_box_bytes` (EM plus label bytes; 
 :data:`STREAM_ABOVE_BYTES` is written region by region through
 :class:`emdata.store.sharded.ShardedVolumeWriter`, so memory stays one region whatever the box.
 
+Why one module of this size: it is the single recipe the six precomputed datasets declare, and its
+steps (box checks, info reading, size estimate, in-memory or streamed write) share one plan object.
+
 Example (reads over the network)::
 
     RECIPE = BboxRecipe("h01", "full", "4nm_raw", labels=(LabelRead("c3", "c3"),))

@@ -11,8 +11,13 @@ and the completion record ``<name>.complete.json`` is written last; a cached fil
 against the checksum expected now every time it is used. Bodies are bounded: never beyond the
 expected size, never an unasked-for ``Content-Encoding``, never past a per-attempt deadline.
 Links planted at the cache's files are not followed out of the emdata home. A file lock makes
-one process download while others wait and reuse the result; the lock dies with its holder.
+one process download while others wait and reuse the result; the lock dies with its holder. A
+complete cached copy is reused without taking (or creating) the lock, so read-only caches work.
 :func:`fetch` has a running example.
+
+Why one module of this size: one download's lifecycle (part file, attempts, bounds, failover,
+verification, record, lock) holds invariants across its steps (what counts as progress, when
+bytes are appended, when a file is trusted) that are easier to check in one place.
 """
 
 from __future__ import annotations

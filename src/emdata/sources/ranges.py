@@ -32,6 +32,10 @@ written to a unique temporary name and ``os.replace``-d into place, so concurren
 (threads or processes) see whole files or none; two writers of the same span write the same
 bytes. ``EMDATA_OFFLINE=1`` serves only what is cached.
 
+Why one module of this size: planning, fetching and the versioned on-disk cache share the cache's
+invariants (a span is served only from the version its validator names); split, they would each
+need the others' private state.
+
 Example (a file served on loopback, read twice: the second read is served from the cache, 4 bytes):
     >>> import tempfile
     >>> from emdata import config

@@ -33,6 +33,9 @@ Decisions (from the Zenodo record's dataset.json, torch-em's ``mitoemv2.py`` and
   *different* instance (the separator between touching mitochondria; voxels touching only
   background stay 1).
 
+Why one module of this size: eight sub-datasets in one nnU-Net layout, with the per-file checks
+(label encoding, reversed axes) that must run in order before anything is written.
+
 Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
     >>> from emdata.testing.offline import offline_replica

@@ -34,6 +34,9 @@ of 8000–12000 px per side), so the recipe always reads a box:
 * A rerun with a closed bbox returns the finished volume without a single request (the same
   recipe version, parameters and source URLs); ``force=True`` rebuilds.
 
+Why one module of this size: samples, per-class mask archives and ranged slice reads form one
+box-cutting procedure whose steps share the same resolved box and slice list.
+
 Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
     >>> from emdata.testing.offline import offline_replica

@@ -62,6 +62,10 @@ about its diagonal. Raw and all labels are read the same way, so they stay align
 ``.info`` shape that matches the image only with y and x swapped is an error. With 800×800
 slices the choice cannot be checked from the shapes; in-plane voxels are 10×10 nm either way.
 
+Why one module of this size: the three published releases (RGB, RGBA, run-length JSON) share one
+class table and the checks that decide the open questions from the data; split, each part would
+be read without the others it depends on.
+
 Example (on a small local replica; without ``offline_replica`` the call reads the published files):
     >>> import emdata
     >>> from emdata.testing.offline import offline_replica

@@ -36,6 +36,9 @@ Defined here because the scripts leave them undefined (say so when you report re
   an undefined value is false, as pandas' NaN would make it).
 - **the 4-class id of Emptying vesicles**: ``emptying_id=4``.
 
+Why one module of this size: it is one published procedure, step by step (diameters, thresholds,
+rules, outputs), kept together so each rule can be read next to the step that uses it.
+
 Example:
     >>> coco = {"images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}],
     ...         "annotations": [{"id": i + 1, "image_id": 1, "category_id": c, "bbox": [0, 0, s, s]}
