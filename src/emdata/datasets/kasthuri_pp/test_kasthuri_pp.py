@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from emdata.datasets.kasthuri_pp.recipe import KasthuriPPFormatError
 from emdata.datasets.kasthuri_pp.replica import HOST_PATH, URL, source_files, write_kasthuri_pp_replica
 from emdata.store.verify import verify_volume
 from emdata.testing.harness import check_recipe
+from emdata.testing.tamper import rewrite_zip
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -88,34 +88,24 @@ def _png(array: np.ndarray, mode: str) -> bytes:
     return buf.getvalue()
 
 
-def _rewrite(root: Path, drop: tuple[str, ...] = (), replace: dict[str, bytes] | None = None) -> None:
-    path = root / HOST_PATH
-    with zipfile.ZipFile(path) as zf:
-        members = {i.filename: zf.read(i) for i in zf.infolist() if i.filename not in drop}
-    members.update(replace or {})
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
 def _grey_label(root: Path) -> None:
-    _rewrite(root, replace={"Kasthuri++/Train_Out/4.png": _png(np.zeros((40, 56), np.uint8), "L")})
+    rewrite_zip(root / HOST_PATH, replace={"Kasthuri++/Train_Out/4.png": _png(np.zeros((40, 56), np.uint8), "L")})
 
 
 def _rgba_label(root: Path) -> None:
-    _rewrite(root, replace={"Kasthuri++/Test_Out/1.png": _png(np.zeros((40, 56, 4), np.uint8), "RGBA")})
+    rewrite_zip(root / HOST_PATH, replace={"Kasthuri++/Test_Out/1.png": _png(np.zeros((40, 56, 4), np.uint8), "RGBA")})
 
 
 def _missing_label(root: Path) -> None:
-    _rewrite(root, drop=("Kasthuri++/Train_Out/2.png",))
+    rewrite_zip(root / HOST_PATH, drop=("Kasthuri++/Train_Out/2.png",))
 
 
 def _same_number(root: Path) -> None:
-    _rewrite(root, replace={"Kasthuri++/Train_Out/02.png": _png(np.zeros((40, 56, 3), np.uint8), "RGB")})
+    rewrite_zip(root / HOST_PATH, replace={"Kasthuri++/Train_Out/02.png": _png(np.zeros((40, 56, 3), np.uint8), "RGB")})
 
 
 def _wrong_size(root: Path) -> None:
-    _rewrite(root, replace={"Kasthuri++/Train_Out/0.png": _png(np.zeros((40, 50, 3), np.uint8), "RGB")})
+    rewrite_zip(root / HOST_PATH, replace={"Kasthuri++/Train_Out/0.png": _png(np.zeros((40, 50, 3), np.uint8), "RGB")})
 
 
 @pytest.mark.parametrize(("corrupt", "message", "failed"), [

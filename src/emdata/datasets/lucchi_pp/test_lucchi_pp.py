@@ -4,7 +4,6 @@ slice order, folder-name splits, verified, idempotent, clear errors."""
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from emdata.datasets.lucchi_pp.replica import HOST_PATH, URL, source_files, writ
 from emdata.labels.remap import LabelEncodingError
 from emdata.store.verify import verify_volume
 from emdata.testing.harness import check_recipe
+from emdata.testing.tamper import rewrite_zip
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -80,50 +80,40 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _rewrite(root: Path, drop: tuple[str, ...] = (), replace: dict[str, bytes] | None = None) -> None:
-    path = root / HOST_PATH
-    with zipfile.ZipFile(path) as zf:
-        members = {i.filename: zf.read(i) for i in zf.infolist() if i.filename not in drop}
-    members.update(replace or {})
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
 def _grey_128(root: Path) -> None:
     grey = np.zeros((48, 64), np.uint8)
     grey[5, 9] = 128
-    _rewrite(root, replace={"Lucchi++/Train_Out/7.png": _png(grey, "L")})
+    rewrite_zip(root / HOST_PATH, replace={"Lucchi++/Train_Out/7.png": _png(grey, "L")})
 
 
 def _red(root: Path) -> None:
     rgba = np.zeros((48, 64, 4), np.uint8)
     rgba[..., 3] = 255
     rgba[2, 3] = (255, 0, 0, 255)
-    _rewrite(root, replace={"Lucchi++/Test_Out/3.png": _png(rgba, "RGBA")})
+    rewrite_zip(root / HOST_PATH, replace={"Lucchi++/Test_Out/3.png": _png(rgba, "RGBA")})
 
 
 def _rgb(root: Path) -> None:
-    _rewrite(root, replace={"Lucchi++/Train_Out/0.png": _png(np.zeros((48, 64, 3), np.uint8), "RGB")})
+    rewrite_zip(root / HOST_PATH, replace={"Lucchi++/Train_Out/0.png": _png(np.zeros((48, 64, 3), np.uint8), "RGB")})
 
 
 def _palette(root: Path) -> None:
     img = Image.fromarray(np.zeros((48, 64), np.uint8), mode="L").convert("P")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    _rewrite(root, replace={"Lucchi++/Train_Out/2.png": buf.getvalue()})
+    rewrite_zip(root / HOST_PATH, replace={"Lucchi++/Train_Out/2.png": buf.getvalue()})
 
 
 def _missing(root: Path) -> None:
-    _rewrite(root, drop=("Lucchi++/Train_Out/5.png",))
+    rewrite_zip(root / HOST_PATH, drop=("Lucchi++/Train_Out/5.png",))
 
 
 def _duplicate(root: Path) -> None:
-    _rewrite(root, replace={"Lucchi++/Train_In/mask3.png": _png(np.zeros((48, 64), np.uint8), "L")})
+    rewrite_zip(root / HOST_PATH, replace={"Lucchi++/Train_In/mask3.png": _png(np.zeros((48, 64), np.uint8), "L")})
 
 
 def _no_folder(root: Path) -> None:
-    _rewrite(root, drop=tuple(f"Lucchi++/Test_In/mask{z:04d}.png" for z in range(11)))
+    rewrite_zip(root / HOST_PATH, drop=tuple(f"Lucchi++/Test_In/mask{z:04d}.png" for z in range(11)))
 
 
 @pytest.mark.parametrize(("corrupt", "message"), [

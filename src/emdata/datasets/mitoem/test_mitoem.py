@@ -19,6 +19,7 @@ from emdata.datasets.mitoem import recipe
 from emdata.datasets.mitoem.replica import URLS, local_path, source_files, write_mitoem_replica
 from emdata.store.verify import verify_volume
 from emdata.testing.harness import check_recipe
+from emdata.testing.tamper import rewrite_zip
 
 Pin = Callable[[dict[str, Path]], None]  # the `pin` fixture of emdata.testing.fixtures
 
@@ -118,20 +119,11 @@ def _tif(img: np.ndarray, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
-def _rewrite(path: Path, drop: tuple[str, ...] = (), replace: dict[str, bytes] | None = None) -> None:
-    with zipfile.ZipFile(path) as zf:
-        members = {i.filename: zf.read(i) for i in zf.infolist() if i.filename not in drop}
-    members.update(replace or {})
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
 def test_label_slices_of_different_widths_are_widened(mirror_root: Path, mirror, pin: Pin) -> None:
     truth = write_mitoem_replica(mirror_root, subsets=("human",), slices=(3, 1, 1))
     wide = truth["human-train"]["labels"][1].astype(np.uint32)
     wide[0, 0] = 70_000
-    _rewrite(local_path(mirror_root, URLS["human"][1]), replace={"mito-train-v2/seg0001.tif": _tif(wide)})
+    rewrite_zip(local_path(mirror_root, URLS["human"][1]), replace={"mito-train-v2/seg0001.tif": _tif(wide)})
     pin(source_files(mirror_root, ("human",)))
     (train,) = emdata.prepare("mitoem", volumes=["human-train"])
     want = truth["human-train"]["labels"].astype(np.uint32)
@@ -141,22 +133,22 @@ def test_label_slices_of_different_widths_are_widened(mirror_root: Path, mirror,
 
 
 def _gap(root: Path) -> None:
-    _rewrite(local_path(root, URLS["human"][1]), drop=("mito-train-v2/seg0002.tif",))
+    rewrite_zip(local_path(root, URLS["human"][1]), drop=("mito-train-v2/seg0002.tif",))
 
 
 def _colour_label(root: Path) -> None:
     rgb = np.zeros((40, 48, 3), np.uint8)
-    _rewrite(local_path(root, URLS["human"][1]),
+    rewrite_zip(local_path(root, URLS["human"][1]),
              replace={"mito-train-v2/seg0001.tif": _tif(rgb, photometric="rgb")})
 
 
 def _small_label(root: Path) -> None:
-    _rewrite(local_path(root, URLS["human"][1]),
+    rewrite_zip(local_path(root, URLS["human"][1]),
              replace={"mito-val-v2/seg0004.tif": _tif(np.zeros((40, 47), np.uint16))})
 
 
 def _orphan_label(root: Path) -> None:
-    _rewrite(local_path(root, URLS["human"][1]),
+    rewrite_zip(local_path(root, URLS["human"][1]),
              replace={"mito-val-v2/seg0042.tif": _tif(np.zeros((40, 48), np.uint16))})
 
 
