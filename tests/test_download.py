@@ -129,3 +129,15 @@ def test_offline_adopts_a_file_placed_by_hand(tmp_path: Path, monkeypatch: pytes
     dest2.write_bytes(PAYLOAD[:-1])
     with pytest.raises(ChecksumError, match="placed at"):
         fetch(URL, dest2, checksum=f"sha256:{sha(PAYLOAD)}")
+
+
+def test_get_with_retries_reports_a_missing_object_only_when_asked(mirror_root: Path, mirror) -> None:
+    from emdata.sources.http import PermanentError, get_with_retries
+
+    (mirror_root / "bucket.example.org").mkdir()
+    (mirror_root / "bucket.example.org" / "here").write_bytes(b"chunk")
+    url = mirror_url("https://bucket.example.org/here")
+    assert get_with_retries(url, missing_ok=True) == b"chunk"
+    assert get_with_retries(mirror_url("https://bucket.example.org/gone"), missing_ok=True) is None
+    with pytest.raises(PermanentError, match="404"):
+        get_with_retries(mirror_url("https://bucket.example.org/gone"))

@@ -127,9 +127,10 @@ def transient_from(url: str, exc: BaseException, progressed: bool) -> TransientE
 
 
 def get_with_retries(url: str, headers: dict[str, str] | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                     sleep: Any = time.sleep) -> bytes:
+                     sleep: Any = time.sleep, *, missing_ok: bool = False) -> bytes | None:
     """GET a small resource (metadata, ranges) into memory, retrying transient failures.
 
+    With ``missing_ok``, a ``404`` answers None (an object store's missing key) instead of raising.
     Raises :class:`PermanentError`, or the last :class:`TransientError` after ``policy.tries``.
     """
     import requests
@@ -138,6 +139,8 @@ def get_with_retries(url: str, headers: dict[str, str] | None = None, policy: Re
     while True:
         try:
             response = session().get(url, headers=headers or {}, timeout=policy.timeout)
+            if missing_ok and response.status_code == 404:
+                return None
             classify_status(url, response)
             if response.status_code == 416:
                 raise PermanentError(f"{url}: HTTP 416 range not satisfiable ({headers})")
