@@ -52,10 +52,12 @@ def test_fetch_verifies_publishes_and_caches(served: bytes, mirror, tmp_path: Pa
 def test_kill_between_publish_and_record_keeps_the_source(served: bytes, mirror, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A download killed after the file is in place but before its record is written is adopted on the
-    next call with the URL it came from, not as a file placed by hand."""
+    next run (after its leftover clean-up) with the URL it came from, not as a file placed by hand."""
+    from emdata.cache import tidy_downloads
+    from emdata.config import downloads_dir
     from emdata.sources import download
 
-    dest = tmp_path / "cache" / "volume.bin"
+    dest = downloads_dir("snemi3d") / "volume.bin"
     real = download._publish_record
 
     def killed(path: Path, result: object) -> None:
@@ -66,6 +68,7 @@ def test_kill_between_publish_and_record_keeps_the_source(served: bytes, mirror,
         fetch(URL, dest, checksum=f"sha256:{sha(served)}")
     assert dest.read_bytes() == served and not record_path(dest).exists()
     monkeypatch.setattr(download, "_publish_record", real)
+    assert tidy_downloads("snemi3d") == []  # the next run's clean-up keeps the sidecar naming the source
     again = fetch(URL, dest, checksum=f"sha256:{sha(served)}")
     assert again.fetched_from == mirror_url(URL) and again.fetched_from.startswith(mirror.url)
     assert json.loads(record_path(dest).read_text())["fetched_from"] == again.fetched_from

@@ -54,11 +54,15 @@ def _download_base(name: str) -> str:
 
 
 def _download_litter(root: Path) -> list[Path]:
-    """Extraction temp folders, half-written records and sidecars whose partial file is gone."""
+    """Extraction temp folders, half-written records and sidecars whose partial file is gone (a sidecar
+    next to a published file that has no record yet names where that file came from: it is kept)."""
     def stray(path: Path) -> bool:
         name = path.name
-        return (bool(_HIDDEN_TMP.match(name)) and path.is_dir()) or name.endswith(".complete.tmp") or (
-            name.endswith(".part.json") and not path.with_name(name.removesuffix(".json")).exists())
+        if name.endswith(".part.json"):
+            base = path.with_name(name.removesuffix(".part.json"))
+            unrecorded = base.is_file() and not base.with_name(base.name + ".complete.json").is_file()
+            return not path.with_name(name.removesuffix(".json")).exists() and not unrecorded
+        return (bool(_HIDDEN_TMP.match(name)) and path.is_dir()) or name.endswith(".complete.tmp")
 
     out: list[Path] = []
     for path in sorted(root.rglob("*")):
