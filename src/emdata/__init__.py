@@ -4,24 +4,26 @@ Example:
     >>> import emdata
     >>> emdata.info("snemi3d")["voxel_size_nm"]
     [30.0, 6.0, 6.0]
+    >>> import importlib.metadata
     >>> emdata.__version__ == importlib.metadata.version("emdata")
     True
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
-
-try:
-    __version__ = importlib.metadata.version("emdata")
-except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 _API = {"list_datasets", "info", "fetch", "prepare", "volumes", "open_volume", "Volume"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import emdata` and `emdata list` fast
+    if name == "__version__":  # package metadata costs ~0.15 s to import
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version("emdata")
+        except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
     if name in _API:
         from emdata import api
 
