@@ -47,13 +47,22 @@ def test_unknown_ids_are_refused_naming_the_known(tmp_path: Path) -> None:
 
 
 PATCH_SIZED = ["snemi3d", "cremi", "lucchi-pp", "kasthuri-pp", "isbi2012", "fib25", "mitoem2", "mitoem", "densecell",
-               "human-liver-em", "parlakgul-liver"]
+               "human-liver-em", "parlakgul-liver", "platelet-em", "axonem", "nucmm", *sorted(PRECOMPUTED)]
+IMAGE_SIZED = ["tem-neutrostruct"]  # 2D images: each fits a 128×128 patch
 
 
-@pytest.mark.parametrize("dataset", PATCH_SIZED)
-def test_default_replicas_fit_a_16x128x128_patch(dataset: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dataset", PATCH_SIZED + IMAGE_SIZED)
+def test_default_replicas_fit_a_16x128x128_patch(dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if dataset in PRECOMPUTED and find_spec("cloudvolume") is None:
+        pytest.skip("precomputed replicas are written with emdata[precomputed]")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # cloudvolume writes ~/.cloudvolume
     with serve_replicas([dataset], tmp_path / "kit") as served:
         vols = emdata.prepare(dataset, **served.options[dataset])
     assert vols
+    patch = (1, 128, 128) if dataset in IMAGE_SIZED else (16, 128, 128)
     for vol in vols:
-        assert all(n >= p for n, p in zip(vol.shape, (16, 128, 128))), (vol.name, vol.shape)
+        assert all(n >= p for n, p in zip(vol.shape, patch)), (vol.name, vol.shape)
+
+
+def test_every_default_replica_fits_the_readme_patch() -> None:
+    assert sorted(PATCH_SIZED + IMAGE_SIZED) == sorted(REPLICA_SETS)
