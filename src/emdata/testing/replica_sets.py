@@ -50,7 +50,13 @@ class ReplicaSet:
     """``options`` for the ``small`` replica where they differ (a bbox spelling out its smaller extent)."""
 
     def options_for(self, small: bool) -> dict[str, Any]:
-        """The ``prepare`` arguments for the replica written with ``small``."""
+        """The ``prepare`` arguments for the replica written with ``small``.
+
+        Example:
+            >>> h01 = discover_replica_sets()["h01"]
+            >>> h01.options_for(small=False), h01.options_for(small=True)
+            ({'bbox': '5:21,128:256,64:192'}, {'bbox': '5:17,128:192,64:144'})
+        """
         return dict(self.small_options if small and self.small_options is not None else self.options)
 
 
