@@ -56,8 +56,11 @@ def _axons(rng: np.random.Generator, shape: tuple[int, int, int], dtype: type, n
 
 
 def write_axonem_replica(root: Path, subsets: tuple[str, ...] = ("human", "mouse"), n_pairs: int = 2,
-                         seed: int = 7) -> dict[str, Any]:
-    """Write the zips; returns ``{subset: {name: (raw, seg)}, "mouse_extra": {...}, "zips": {...}}``."""
+                         shape: tuple[int, int, int] = (8, 24, 20), seed: int = 7) -> dict[str, Any]:
+    """Write the zips; returns ``{subset: {name: (raw, seg)}, "mouse_extra": {...}, "zips": {...}}``.
+
+    Pair ``k`` is ``shape`` grown by ``2k`` slices and ``4k`` columns (pairs differ in shape).
+    """
     rng = np.random.default_rng(seed)
     truth: dict[str, Any] = {"zips": {}}
     for subset in subsets:
@@ -65,9 +68,9 @@ def write_axonem_replica(root: Path, subsets: tuple[str, ...] = ("human", "mouse
         files: dict[str, bytes] = {}
         for k in range(n_pairs):
             name = f"{k * 200}-0-0_pad"
-            shape = (8 + 2 * k, 24, 20 + 4 * k)
-            seg = _axons(rng, shape, LABEL_DTYPES[subset])
-            raw = np.clip(rng.normal(140, 25, shape) - 60 * (seg > 0), 0, 255).astype(np.uint8)
+            pair_shape = (shape[0] + 2 * k, shape[1], shape[2] + 4 * k)
+            seg = _axons(rng, pair_shape, LABEL_DTYPES[subset])
+            raw = np.clip(rng.normal(140, 25, pair_shape) - 60 * (seg > 0), 0, 255).astype(np.uint8)
             files[f"im_{name}.h5"] = _h5_bytes(raw)
             files[f"seg_{name}.h5"] = _h5_bytes(seg)
             pairs[name] = (raw, seg)
@@ -92,5 +95,5 @@ def write_axonem_replica(root: Path, subsets: tuple[str, ...] = ("human", "mouse
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
-    return write_axonem_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_axonem_replica(root, **({} if small else {"shape": (16, 128, 128)}))

@@ -1,6 +1,6 @@
 """Replica of Hemibrain: CloudVolume-written Neuroglancer precomputed layers at the published
 layer paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>``, with
-tiny extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
+small extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
 do not state are test choices, noted in the writer. Writes go through
 :func:`emdata.testing.precomputed.write_replica_layer` (CloudVolume); this module shares no code with the recipe.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from emdata.testing.precomputed import ReplicaLayer
+from emdata.testing.precomputed import ReplicaLayer, Zyx
 from emdata.testing.precomputed import em_values as _em
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
@@ -22,7 +22,7 @@ HEMIBRAIN_SEG = "gs://neuroglancer-janelia-flyem-hemibrain/v1.2/segmentation"
 HEMIBRAIN_MITO = "gs://neuroglancer-janelia-flyem-hemibrain/mito_20190717.27250582"
 
 
-def write_hemibrain_replica(root: Path, seed: int = 3) -> dict[str, ReplicaLayer]:
+def write_hemibrain_replica(root: Path, shape: Zyx = (24, 48, 64), seed: int = 3) -> dict[str, ReplicaLayer]:
     """EM ``emdata/clahe_yz/jpeg`` (uint8 **jpeg**, 8 nm), ``v1.2/segmentation`` (uint64
     compressed_segmentation, 8 nm) and ``mito_20190717.27250582`` (16 nm, values 1 mitochondria,
     2 interior, 3 background, 4 unlabeled; its dtype is not recorded: written uint64
@@ -36,14 +36,15 @@ def write_hemibrain_replica(root: Path, seed: int = 3) -> dict[str, ReplicaLayer
         (16.0, 16.0, 16.0)
     """
     rng = np.random.default_rng(seed)
-    shape, offset = (24, 48, 64), (32, 64, 96)
+    offset = (32, 64, 96)
     em = _write(root, HEMIBRAIN_EM, _em(rng, shape, smooth=True), (8.0, 8.0, 8.0), offset, encoding="jpeg",
                 decode=True)
     pool = np.concatenate([[0], 10**9 + rng.choice(10**9, 30, replace=False)]).astype(np.uint64)
     seg = _write(root, HEMIBRAIN_SEG, _ids(rng, shape, pool), (8.0, 8.0, 8.0), offset,
                  encoding="compressed_segmentation")
     mito_values = np.array([1, 2, 3, 3, 3, 4], dtype=np.uint64)
-    mito = _write(root, HEMIBRAIN_MITO, _ids(rng, (12, 24, 32), mito_values, block=2), (16.0, 16.0, 16.0),
+    half = (shape[0] // 2, shape[1] // 2, shape[2] // 2)
+    mito = _write(root, HEMIBRAIN_MITO, _ids(rng, half, mito_values, block=2), (16.0, 16.0, 16.0),
                   (16, 32, 48), encoding="compressed_segmentation")
     return {"em": em, "segmentation": seg, "mito": mito}
 
@@ -52,9 +53,11 @@ def write_hemibrain_replica(root: Path, seed: int = 3) -> dict[str, ReplicaLayer
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
-    return write_hemibrain_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
+    return write_hemibrain_replica(root, **({} if small else {"shape": (16, 128, 128)}))
 
 
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "32:56,64:112,96:160"}  # all of the EM, spelled out: a rerun reads nothing
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "32:48,64:192,96:224"}  # all of the EM, spelled out: a rerun reads nothing
 """What ``prepare`` needs besides the defaults to read this replica."""
+PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "32:56,64:112,96:160"}  # all of the small replica's EM
+"""``PREPARE_OPTIONS`` for the ``small`` replica."""

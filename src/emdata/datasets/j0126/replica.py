@@ -1,6 +1,6 @@
 """Replica of J0126: CloudVolume-written Neuroglancer precomputed layers at the published
 layer paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>``, with
-tiny extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
+small extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
 do not state are test choices, noted in the writer. Writes go through
 :func:`emdata.testing.precomputed.write_replica_layer` (CloudVolume); this module shares no code with the recipe.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from emdata.testing.precomputed import ReplicaLayer, Voxel
+from emdata.testing.precomputed import ReplicaLayer, Voxel, Zyx
 from emdata.testing.precomputed import em_values as _em
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
@@ -23,7 +23,7 @@ J0126_SEG = f"{_J0126}/ffn_segmentation"
 
 
 def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
-                        seed: int = 2) -> dict[str, ReplicaLayer]:
+                        shape: Zyx = (12, 40, 48), seed: int = 2) -> dict[str, ReplicaLayer]:
     """``rawdata_realigned`` (uint8 raw) and ``ffn_segmentation`` (uint64 compressed_segmentation)
     on one grid, at ``voxel_size_nm`` (torch-em's 10×10×20 nm x×y×z by default; pass
     ``(20, 9, 9)`` for the value awesome-em-datasets lists). Keys ``em`` and ``ffn_segmentation``.
@@ -35,7 +35,7 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
         dtype('uint64')
     """
     rng = np.random.default_rng(seed)
-    shape, offset = (12, 40, 48), (4, 16, 32)
+    offset = (4, 16, 32)
     pool = np.concatenate([[0], rng.choice(10**7, 30, replace=False)]).astype(np.uint64)
     return {"em": _write(root, J0126_RAW, _em(rng, shape), voxel_size_nm, offset),
             "ffn_segmentation": _write(root, J0126_SEG, _ids(rng, shape, pool), voxel_size_nm, offset,
@@ -46,9 +46,11 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
-    return write_j0126_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
+    return write_j0126_replica(root, **({} if small else {"shape": (16, 128, 128)}))
 
 
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "4:16,16:56,32:80"}  # all of the EM, spelled out: a rerun reads nothing
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "4:20,16:144,32:160"}  # all of the EM, spelled out: a rerun reads nothing
 """What ``prepare`` needs besides the defaults to read this replica."""
+PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "4:16,16:56,32:80"}  # all of the small replica's EM
+"""``PREPARE_OPTIONS`` for the ``small`` replica."""

@@ -1,6 +1,6 @@
 """Replica of MICrONS layer 2/3 (pinky100): CloudVolume-written Neuroglancer precomputed layers at the published
 layer paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>``, with
-tiny extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
+small extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
 do not state are test choices, noted in the writer. Writes go through
 :func:`emdata.testing.precomputed.write_replica_layer` (CloudVolume); this module shares no code with the recipe.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from emdata.testing.precomputed import ReplicaLayer
+from emdata.testing.precomputed import ReplicaLayer, Zyx
 from emdata.testing.precomputed import em_values as _em
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
@@ -22,7 +22,8 @@ LAYER23_EM = ("precomputed://https://storage.googleapis.com/microns_public_datas
 LAYER23_SEG = "precomputed://https://storage.googleapis.com/microns_public_datasets/pinky100_v185/seg"
 
 
-def write_microns_layer23_replica(root: Path, seed: int = 5) -> dict[str, ReplicaLayer]:
+def write_microns_layer23_replica(root: Path, shape: Zyx = (16, 64, 64),
+                                  seed: int = 5) -> dict[str, ReplicaLayer]:
     """EM ``pinky100_v0/son_of_alignment_v15_rechunked`` (uint8 raw, nominal 4×4×40 nm, mip 1 =
     8×8×40 nm) and ``pinky100_v185/seg`` (uint64 compressed_segmentation at 8×8×40 nm: half the
     EM's resolution in x and y, as the Allen notebooks show) over the same region, with uint64
@@ -40,9 +41,10 @@ def write_microns_layer23_replica(root: Path, seed: int = 5) -> dict[str, Replic
         ((40.0, 4.0, 4.0), (40.0, 8.0, 8.0))
     """
     rng = np.random.default_rng(seed)
-    em = _write(root, LAYER23_EM, _em(rng, (16, 64, 64)), (40.0, 4.0, 4.0), (1, 96, 112), mips=2)
+    em = _write(root, LAYER23_EM, _em(rng, shape), (40.0, 4.0, 4.0), (1, 96, 112), mips=2)
     pool = np.concatenate([[0], 648518346340000000 + rng.choice(10**10, 40, replace=False)]).astype(np.uint64)
-    seg = _write(root, LAYER23_SEG, _ids(rng, (16, 32, 32), pool), (40.0, 8.0, 8.0), (1, 48, 56),
+    half_xy = (shape[0], shape[1] // 2, shape[2] // 2)
+    seg = _write(root, LAYER23_SEG, _ids(rng, half_xy, pool), (40.0, 8.0, 8.0), (1, 48, 56),
                  encoding="compressed_segmentation")
     return {"em": em, "segmentation": seg}
 
@@ -51,9 +53,11 @@ def write_microns_layer23_replica(root: Path, seed: int = 5) -> dict[str, Replic
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
-    return write_microns_layer23_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
+    return write_microns_layer23_replica(root, **({} if small else {"shape": (16, 128, 128)}))
 
 
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "1:17,96:160,112:176"}  # all of the EM, spelled out: a rerun reads nothing
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "1:17,96:224,112:240"}  # all of the EM, spelled out: a rerun reads nothing
 """What ``prepare`` needs besides the defaults to read this replica."""
+PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "1:17,96:160,112:176"}  # all of the small replica's EM
+"""``PREPARE_OPTIONS`` for the ``small`` replica."""

@@ -1,6 +1,6 @@
 """Replica of MICrONS minnie65: CloudVolume-written Neuroglancer precomputed layers at the published
 layer paths (as the dataset pages and torch-em's loaders give them) under ``<root>/<host>/<path>``, with
-tiny extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
+small extents but the published voxel sizes (z, y, x nm), dtypes and encodings. Facts the published sources
 do not state are test choices, noted in the writer. Writes go through
 :func:`emdata.testing.precomputed.write_replica_layer` (CloudVolume); this module shares no code with the recipe.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emdata.testing.precomputed import ReplicaLayer, Voxel
+from emdata.testing.precomputed import ReplicaLayer, Voxel, Zyx
 from emdata.testing.precomputed import em_values as _em
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
@@ -29,14 +29,15 @@ MICRONS_SEG = {
 
 def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117", "343", "943", "1300"),
                                    seg_voxel_nm: Mapping[str, Voxel] | None = None,
-                                   seed: int = 0) -> dict[str, ReplicaLayer]:
+                                   shape: Zyx = (20, 48, 64), seed: int = 0) -> dict[str, ReplicaLayer]:
     """EM (uint8 raw, 8×8×40 nm, two mips) and one segmentation layer per version.
 
     Keys ``em`` and ``seg_v<version>``. Segmentations hold uint64 18-digit root ids (a different
     id pool per version, as proofreading changes roots) on the EM grid. A version listed in
     ``seg_voxel_nm`` as ``(40, 4, 4)`` is written at 4×4×40 nm mip 0 (the ids repeated ×2 in y
     and x, offset doubled) with mip 1 at 8×8×40 nm: the seg mip ladders are unverified upstream,
-    so tests use it for the resolution-conversion path. Offsets and chunk sizes are test choices.
+    so tests use it for the resolution-conversion path. ``shape`` is the EM's; offsets and chunk sizes are
+    test choices.
 
     Example:
         >>> import tempfile
@@ -47,7 +48,7 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
         (40.0, 4.0, 4.0)
     """
     rng = np.random.default_rng(seed)
-    shape, offset, voxel = (20, 48, 64), (20, 96, 160), (40.0, 8.0, 8.0)
+    offset, voxel = (20, 96, 160), (40.0, 8.0, 8.0)
     out = {"em": _write(root, MICRONS_EM, _em(rng, shape), voxel, offset, mips=2)}
     for i, version in enumerate(versions):
         pool = np.concatenate([[0], 864691135000000000 + np.int64(i) * 10**9
@@ -68,9 +69,11 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; fixed tiny extents (``small`` is ignored)."""
-    return write_microns_minnie65_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
+    return write_microns_minnie65_replica(root, **({} if small else {"shape": (16, 128, 128)}))
 
 
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "20:40,96:144,160:224"}  # all of the EM, spelled out: a rerun reads nothing
+PREPARE_OPTIONS: dict[str, Any] = {"bbox": "20:36,96:224,160:288"}  # all of the EM, spelled out: a rerun reads nothing
 """What ``prepare`` needs besides the defaults to read this replica."""
+PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "20:40,96:144,160:224"}  # all of the small replica's EM
+"""``PREPARE_OPTIONS`` for the ``small`` replica."""

@@ -47,8 +47,11 @@ def _write(path: Path, data: np.ndarray) -> None:
 
 
 def write_nucmm_replica(root: Path, subsets: tuple[str, ...] = ("zebrafish", "mouse"), n_train: int = 2,
-                        n_val: int = 1, seed: int = 5) -> dict[str, Any]:
-    """Write the folder tree; returns ``{"volumes": {name: (raw, seg)}, "folders": {subset: path}}``."""
+                        n_val: int = 1, shape: tuple[int, int, int] = (7, 18, 22), seed: int = 5) -> dict[str, Any]:
+    """Write the folder tree; returns ``{"volumes": {name: (raw, seg)}, "folders": {subset: path}}``.
+
+    Volume ``k`` of a split is ``shape`` grown by ``k`` slices and ``2k`` columns.
+    """
     rng = np.random.default_rng(seed)
     base = Path(root) / DRIVE_DIR
     truth: dict[str, Any] = {"volumes": {}, "folders": {}}
@@ -56,9 +59,9 @@ def write_nucmm_replica(root: Path, subsets: tuple[str, ...] = ("zebrafish", "mo
         folder = base / FOLDERS[subset]
         for split, count in (("train", n_train), ("val", n_val)):
             for k in range(count):
-                shape = (7 + k, 18, 22 + 2 * k)
-                seg = _nuclei(rng, shape, LABEL_DTYPES[subset])
-                raw = np.clip(rng.normal(120, 20, shape) + 80 * (seg > 0), 0, 255).astype(np.uint8)
+                vol_shape = (shape[0] + k, shape[1], shape[2] + 2 * k)
+                seg = _nuclei(rng, vol_shape, LABEL_DTYPES[subset])
+                raw = np.clip(rng.normal(120, 20, vol_shape) + 80 * (seg > 0), 0, 255).astype(np.uint8)
                 _write(folder / "Image" / split / f"img_{k:03d}.h5", raw)
                 _write(folder / "Label" / split / f"seg_{k:03d}.h5", seg)
                 truth["volumes"][f"{subset}-{split}-{k:03d}"] = (raw, seg)
@@ -70,8 +73,8 @@ def write_nucmm_replica(root: Path, subsets: tuple[str, ...] = ("zebrafish", "mo
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
-    return write_nucmm_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_nucmm_replica(root, **({} if small else {"shape": (16, 128, 128)}))
 
 
 def placed_folders(truth: dict[str, Any]) -> dict[Path, str]:

@@ -45,6 +45,9 @@ URLS = {
     "json": "https://www.dropbox.com/s/tgmwv9kegijfrao/images_and_labels_json.zip?dl=1",
 }
 SHAPES = {"50": (6, 30, 40), "24": (4, 30, 40)}
+"""The writer's default (z, y, x) per volume: the tiniest that holds the scene."""
+PATCH_SHAPES = {"50": (18, 128, 144), "24": (16, 128, 144)}
+"""The kit's default: fits a 16×128×128 patch (the scene in one corner, background around it)."""
 VOLUMES = {"50": "volume-50", "24": "volume-24"}
 RGB_SEMANTIC = {0: (0, 0, 0), 1: (1, 1, 224), 2: (1, 171, 254), 3: (1, 254, 1), 4: (255, 224, 0),
                 5: (250, 94, 0), 6: (245, 0, 203)}
@@ -183,7 +186,8 @@ def _colour_stack(index: np.ndarray, table: dict[int, tuple[int, ...]], channels
 
 def write_platelet_em_replica(root: Path, release: str = "json", reverse_z: tuple[str, ...] | None = None,
                               rgba_core: tuple[int, int, int, int] = DARK_RED, core_inside_body: bool = True,
-                              z_symmetric: bool = False, seed: int = 5) -> dict[str, dict[str, np.ndarray]]:
+                              z_symmetric: bool = False, shapes: dict[str, tuple[int, int, int]] | None = None,
+                              seed: int = 5) -> dict[str, dict[str, np.ndarray]]:
     """Write the ``release`` archive ("rgb", "rgba", "json" or "json-b") under ``root``.
 
     Returns per volume (``volume-50``, ``volume-24``) the ``raw`` image and the labels the recipe
@@ -191,7 +195,8 @@ def write_platelet_em_replica(root: Path, release: str = "json", reverse_z: tupl
     z-order, with the authors' ids (JSON) or ids by first appearance in the stored file (colour).
     ``reverse_z`` (default: the cell instances for "rgb", none otherwise) lists instance layers
     stored z-reversed; ``rgba_core`` is the colour the RGBA semantic files give the dense core
-    (the other disputed colour goes to the canalicular vessel).
+    (the other disputed colour goes to the canalicular vessel). ``shapes`` (default :data:`SHAPES`) gives
+    each volume's (z, y, x) by stem (``50``, ``24``); y ≥ 30 and x ≥ 40 hold the scene.
     """
     if release not in URLS:
         raise ValueError(f"release {release!r}: expected one of {list(URLS)}")
@@ -202,7 +207,7 @@ def write_platelet_em_replica(root: Path, release: str = "json", reverse_z: tupl
     ext = "json" if json_release else "tif"
     files: dict[str, bytes] = {}
     truth: dict[str, dict[str, np.ndarray]] = {}
-    for stem, shape in SHAPES.items():
+    for stem, shape in (shapes or SHAPES).items():
         semantic, cells, organelles = _scene(shape, z_symmetric, core_inside_body)
         raw = (rng.integers(0, 9000, size=shape) + 7000 * semantic.astype(np.int64)).astype(np.uint16)
         raw[0, 0, 0], raw[-1, -1, -1] = 0, 65535
@@ -262,5 +267,5 @@ def write_zip(target: Path, files: dict[str, bytes]) -> None:
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
-    return write_platelet_em_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else one fitting a 16×128×128 patch."""
+    return write_platelet_em_replica(root, **({} if small else {"shapes": PATCH_SHAPES}))

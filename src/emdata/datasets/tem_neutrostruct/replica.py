@@ -135,12 +135,13 @@ def _sheet(path: Path, rows: list[tuple[str, float]]) -> None:
 
 
 def write_tem_neutrostruct_replica(root: Path, seed: int = 11, with_7classes: bool = True,
-                                   seven_class_ids: str = "final") -> dict[str, Any]:
+                                   seven_class_ids: str = "final", scale: int = 1) -> dict[str, Any]:
     """Write the dataset folder; returns ``{"folder", "volumes": {name: {...}}, "coco4", "coco7"}``.
 
     Each volume entry holds ``raw`` (1, H, W) uint8, ``instances`` (1, H, W) uint32,
     ``semantic4`` / ``semantic7`` (1, H, W) uint8, ``px_per_um`` (used), ``split``,
-    ``file_name``, ``ids4`` / ``ids7`` (per annotation) and ``annotation_ids``.
+    ``file_name``, ``ids4`` / ``ids7`` (per annotation) and ``annotation_ids``. ``scale`` multiplies the
+    images' widths and heights (:data:`IMAGES`: 32–66 px a side).
     """
     from PIL import Image
 
@@ -151,6 +152,7 @@ def write_tem_neutrostruct_replica(root: Path, seed: int = 11, with_7classes: bo
         base = folder / "7classes_version" / split
         images, anns4, ids7, sheet = [], [], [], []
         for i, (file_name, width, height, ppum, n) in enumerate(specs, start=1):
+            width, height = width * scale, height * scale
             image = {"id": i, "file_name": file_name, "width": width, "height": height}
             anns = _annotations(rng, width, height, n, i, len(anns4) + 1)
             used = ppum if ppum is not None else 375.0
@@ -204,8 +206,8 @@ def write_tem_neutrostruct_replica(root: Path, seed: int = 11, with_7classes: bo
 # the replica kit's entry (emdata.testing.replica_sets): sizes, prepare options, hand-placed files
 
 def write_replica(root: Path, small: bool = False) -> Any:
-    """The kit's replica of this dataset under ``root``; one size (``small`` is ignored)."""
-    return write_tem_neutrostruct_replica(root)
+    """The kit's replica under ``root``: the writer's tiniest if ``small``, else images of 128–264 px a side."""
+    return write_tem_neutrostruct_replica(root, scale=1 if small else 4)
 
 
 def placed_folders(truth: dict[str, Any]) -> dict[Path, str]:
