@@ -151,6 +151,8 @@ class Misalign:
         return f"Misalign(max_shift_nm={self.max_shift_nm:g}, p={self.p:g}, slip={self.slip})"
 
     def margin(self, out_shape: Zyx, voxel_size: Nm) -> Zyx:
+        if not self.p:
+            return (0, 0, 0)
         return (0, *(math.floor(self.max_shift_nm / v + 1e-9) for v in voxel_size[1:]))  # type: ignore[return-value]
 
     def draw(self, rng: np.random.Generator, out_shape: Zyx, voxel_size: Nm) -> tuple[slice, int, int] | None:

@@ -1,7 +1,8 @@
 """A PNG grid of samples with label overlays, to see what augmentation does.
 
 Each tile is the middle z section of a sample's raw (scaled to 0–255) with its labels blended
-in saturated colours (one per id) wherever the label is non-zero and known; tiles are laid out
+in saturated colours (one per id) wherever the label is non-zero and valid (not warped in from
+outside the volume); tiles are laid out
 ``columns`` per row.
 
 Example:
@@ -48,15 +49,16 @@ def tile(sample: dict[str, Any]) -> np.ndarray:
     """One sample's (y, x, 3) uint8 tile."""
     raw = np.asarray(sample["raw"], dtype=np.float32)[0]
     labels = overlay_labels(sample)
+    valid = np.asarray(sample["valid"], bool)[0] if "valid" in sample else None
     if raw.ndim == 3:
         mid = raw.shape[0] // 2
-        raw = raw[mid]
-        labels = labels[mid] if labels is not None else None
+        raw, labels = raw[mid], (labels[mid] if labels is not None else None)
+        valid = valid[mid] if valid is not None else None
     lo, hi = float(raw.min()), float(raw.max())
     grey = (raw - lo) / (hi - lo) * 255 if hi > lo else np.full(raw.shape, 128, np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if labels is not None:
-        shown = labels > 0
+        shown = labels != 0 if valid is None else (labels != 0) & valid  # uint64 ids may read negative
         rgb[shown] = (1 - ALPHA) * rgb[shown] + ALPHA * _palette(labels[shown])
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
