@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from itertools import product
 
 import numpy as np
@@ -71,6 +72,15 @@ def _rotation(angle: float, tilt_y: float, tilt_x: float) -> np.ndarray:
     return rx @ ry @ rz
 
 
+@lru_cache(maxsize=64)
+def _spline_matrix(n_out: int, n_grid: int) -> np.ndarray:
+    """(n_out, n_grid) weights of cubic-spline interpolation from ``n_grid`` control points spread
+    evenly over ``n_out`` voxels (a linear map, so applied to unit vectors once)."""
+    pos = np.linspace(0, n_grid - 1, n_out)[None]
+    eye = np.eye(n_grid)
+    return np.stack([ndimage.map_coordinates(eye[j], pos, order=3, mode="nearest") for j in range(n_grid)], axis=1)
+
+
 class Warp:
     """Rotation, scaling and elastic deformation as one coordinate map.
 
@@ -118,45 +128,46 @@ class Warp:
         return tuple(out)  # type: ignore[return-value]
 
     def _elastic(self, out_shape: Zyx, voxel_size: Nm, axes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
-        """Smooth displacements (nm) for ``axes`` on the output grid (z-constant field when z is not moved)."""
+        """Smooth displacements (nm) for ``axes`` on the output grid: Gaussian jitter at the control
+        points, clipped to 3 sigma, interpolated by a cubic spline one axis at a time."""
         grid = [max(2, math.ceil((n - 1) * v / c) + 2) for n, v, c in zip(out_shape, voxel_size, self.spacing)]
-        coords = np.meshgrid(*[np.linspace(0, g - 1, n) for g, n in zip(grid, out_shape)], indexing="ij", sparse=True)
-        coords = [np.broadcast_to(c, out_shape) for c in coords]
+        mats = [_spline_matrix(n, g) for n, g in zip(out_shape, grid)]
         out = []
         for _ in axes:
-            control = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
-            out.append(ndimage.map_coordinates(control, coords, order=3, mode="nearest").astype(np.float64))
+            field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
+            for axis, mat in enumerate(mats):  # (.., g, ..) -> (.., n, ..)
+                field = np.moveaxis(np.tensordot(mat, field, axes=(1, axis)), 0, axis)
+            out.append(field)
         return out
 
     def coordinates(self, in_shape: Zyx, out_shape: Zyx, voxel_size: Nm, rng: np.random.Generator) -> list[np.ndarray]:
-        """Source positions (voxels of the input window) of every output voxel, per axis."""
+        """Source positions (voxels of the input window) of every output voxel, per axis, broadcastable
+        to ``out_shape``. Anisotropic voxels: z is whole section indices (an integer array) and one
+        (1, y, x) map serves every section, as pytorch_connectomics' Elastic warps a stack."""
         iso = is_isotropic(voxel_size)
         angle = rng.uniform(-self.rotation, self.rotation) if self.rotation else 0.0
         tilts = (rng.uniform(-self.tilt, self.tilt), rng.uniform(-self.tilt, self.tilt)) if iso and self.tilt \
             else (0.0, 0.0)
         zoom = rng.uniform(1 - self.scale, 1 + self.scale) if self.scale else 1.0
+        field = out_shape if iso else (1, *out_shape[1:])
+        elastic = self._elastic(field, voxel_size, [0, 1, 2] if iso else [1, 2], rng) if self.sigma else None
+        offset = [(i - o) / 2 for i, o in zip(in_shape, out_shape)]
+        if angle == 0 and zoom == 1 and tilts == (0.0, 0.0) and elastic is None:  # exact: whole voxels
+            return [np.arange(n).reshape([-1 if k == a else 1 for k in range(3)]) + int(m)
+                    for a, (n, m) in enumerate(zip(out_shape, offset))]
         v = np.array(voxel_size)
-        rel = [((np.arange(n) - (n - 1) / 2) * s) for n, s in zip(out_shape, v)]
         mat = _rotation(angle, *tilts) * zoom
+        rel = [((np.arange(n) - (n - 1) / 2) * s).reshape([-1 if k == a else 1 for k in range(3)])
+               for a, (n, s) in enumerate(zip(out_shape, v))]
+        out: list[np.ndarray] = []
         if not iso:
-            mat[0] = (1.0, 0.0, 0.0)  # z untouched: sections stay sections
-        shape = (1, out_shape[1], out_shape[2]) if not iso else out_shape
-        grids = np.meshgrid(*rel, indexing="ij", sparse=True)
-        src = []
-        for axis in range(3):
-            if axis == 0 and not iso:
-                src.append(grids[0] + np.zeros(shape))
-                continue
-            src.append(sum(mat[axis, k] * grids[k] for k in range(3) if mat[axis, k] != 0) + np.zeros(shape))
-        if self.sigma:
-            axes = [0, 1, 2] if iso else [1, 2]
-            for axis, d in zip(axes, self._elastic(out_shape, voxel_size, axes, rng)):
-                src[axis] = src[axis] + d
-        out = []
-        for axis in range(3):
-            pos = src[axis] / v[axis] + (in_shape[axis] - 1) / 2
-            near = np.rint(pos)
-            out.append(np.where(np.abs(pos - near) < 1e-6, near, pos))
+            out.append(np.arange(out_shape[0]).reshape(-1, 1, 1) + int(offset[0]))
+            rel[0] = np.zeros((1, 1, 1))
+        for axis in range(0 if iso else 1, 3):
+            pos = sum(mat[axis, k] * rel[k] for k in range(3) if mat[axis, k] != 0)
+            if elastic is not None:
+                pos = pos + elastic[axis - (0 if iso else 1)]
+            out.append((np.broadcast_to(pos, field) / v[axis] + (in_shape[axis] - 1) / 2).astype(np.float32))
         return out
 
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample:
@@ -168,43 +179,83 @@ class Warp:
         return remap(sample, coords, out_shape)
 
 
+def _axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """For source positions ``c`` on an axis of ``n`` voxels: the lower neighbour, its weight
+    (None for whole positions), the nearest voxel and whether ``c`` lies inside."""
+    if np.issubdtype(c.dtype, np.integer):
+        near = np.clip(c, 0, n - 1)
+        return near, None, near, (c >= 0) & (c < n)
+    inside = (c > -0.5) & (c < n - 0.5)
+    cc = np.clip(c, 0, n - 1)
+    lo = np.minimum(cc.astype(np.intp), max(n - 2, 0))
+    w = cc - lo
+    return lo, w, lo + (w >= 0.5), inside
+
+
 def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
-    """``sample`` read at source positions ``coords`` (voxels, per axis, broadcastable to ``out_shape``):
-    raw linearly (axes whose positions are all whole read exactly), labels and validity by the
-    nearest voxel; positions outside the input are invalid."""
+    """``sample`` read at source positions ``coords`` (voxels, per axis, broadcastable to ``out_shape``;
+    integer arrays are whole voxels): raw linearly, labels and validity by the nearest voxel
+    (read by index, never interpolated); positions outside the input are invalid."""
     shape = sample.shape
-    coords = [np.broadcast_to(c, out_shape) for c in coords]
-    inside = np.ones(out_shape, bool)
-    for c, n in zip(coords, shape):
-        inside &= (c > -0.5) & (c < n - 0.5)
-    strides = np.array([shape[1] * shape[2], shape[2], 1])
-    nearest = sum(np.clip(np.rint(c), 0, n - 1).astype(np.intp) * s for c, n, s in zip(coords, shape, strides))
-    labels = {k: np.take(np.ascontiguousarray(v).reshape(-1), nearest) for k, v in sample.labels.items()}
-    valid = np.take(np.ascontiguousarray(sample.valid).reshape(-1), nearest) & inside
-    raw = _linear(sample.raw, coords, strides, nearest)
-    return Sample(raw, labels, valid, sample.voxel_size)
+    terms = [_axis(c, n) for c, n in zip(coords, shape)]
+    inside = np.broadcast_to(terms[0][3] & terms[1][3] & terms[2][3], out_shape)
+    planar = terms[0][1] is None and terms[0][2].shape[1:] == (1, 1) and all(t[2].shape[0] == 1 for t in terms[1:])
+    if planar:  # one (y, x) map for every section: gather rows of (z, y * x)
+        rows = terms[0][2].reshape(-1)
+
+        every = np.array_equal(rows, np.arange(shape[0]))
+
+        def take(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:  # works on views: no copy first
+            y, x = np.broadcast_to(y, (1, *out_shape[1:]))[0], np.broadcast_to(x, (1, *out_shape[1:]))[0]
+            return a[:, y, x] if every else a[rows[:, None, None], y[None], x[None]]
+    else:
+        def take(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+            idx = (terms[0][2] * shape[1] + y) * shape[2] + x
+            return np.take(np.ascontiguousarray(a).reshape(-1), np.broadcast_to(idx, out_shape))
+        if terms[0][1] is not None:  # z interpolated too: trilinear
+            return _remap_3d(sample, terms, inside, out_shape)
+    (ylo, wy, yn, _), (xlo, wx, xn, _) = terms[1], terms[2]
+    labels = {k: take(v, yn, xn) for k, v in sample.labels.items()}
+    valid = take(sample.valid, yn, xn) & inside
+    raw = sample.raw
+    if wy is None and wx is None:
+        out = take(raw, yn, xn)
+    else:
+        wy = np.zeros((1, 1, 1), np.float32) if wy is None else wy
+        wx = np.zeros((1, 1, 1), np.float32) if wx is None else wx
+        ylo = yn if terms[1][1] is None else ylo
+        xlo = xn if terms[2][1] is None else xlo
+        a, b = take(raw, ylo, xlo).astype(np.float32), take(raw, ylo, xlo + 1).astype(np.float32)
+        c, d = take(raw, ylo + 1, xlo).astype(np.float32), take(raw, ylo + 1, xlo + 1).astype(np.float32)
+        top = a + (b - a) * wx
+        out = top + (c + (d - c) * wx - top) * wy
+        out = _back(out, raw.dtype)
+    return Sample(out, labels, valid, sample.voxel_size)
 
 
-def _linear(raw: np.ndarray, coords: list[np.ndarray], strides: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    flat = np.ascontiguousarray(raw).reshape(-1)
-    lows, weights, base = [], [], 0
-    for c, n, s in zip(coords, raw.shape, strides):
-        if n < 2 or np.array_equal(c, np.rint(c)):
-            base = base + np.clip(np.rint(c), 0, n - 1).astype(np.intp) * s
-            continue
-        lo = np.clip(np.floor(c), 0, n - 2)
-        weights.append(np.clip(c - lo, 0, 1).astype(np.float32))
-        lows.append((lo.astype(np.intp) * s, s))
-    if not lows:
-        return np.take(flat, nearest)
-    out = np.zeros(nearest.shape, np.float32)
-    for corner in product((0, 1), repeat=len(lows)):
-        idx = base + sum(lo + bit * s for (lo, s), bit in zip(lows, corner))
-        w = np.ones((), np.float32)
-        for weight, bit in zip(weights, corner):
-            w = w * (weight if bit else 1 - weight)
-        out += np.take(flat, idx) * w
-    if np.issubdtype(raw.dtype, np.integer):
-        info = np.iinfo(raw.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(raw.dtype)
-    return out.astype(raw.dtype, copy=False)
+def _back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
+def _remap_3d(sample: Sample, terms: list, inside: np.ndarray, out_shape: Zyx) -> Sample:
+    """Trilinear raw and nearest labels when every axis is interpolated (near-isotropic warps)."""
+    shape = sample.shape
+    strides = (shape[1] * shape[2], shape[2], 1)
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a).reshape(-1)
+
+    nearest = np.broadcast_to(sum(t[2] * s for t, s in zip(terms, strides)), out_shape)
+    labels = {k: np.take(flat(v), nearest) for k, v in sample.labels.items()}
+    valid = np.take(flat(sample.valid), nearest) & inside
+    raw, out = flat(sample.raw), np.zeros(out_shape, np.float32)
+    for corner in product((0, 1), repeat=3):
+        idx = sum((t[0] + bit) * s for t, bit, s in zip(terms, corner, strides))
+        w = np.ones((1, 1, 1), np.float32)
+        for t, bit in zip(terms, corner):
+            w = w * (t[1] if bit else 1 - t[1])
+        out += np.take(raw, np.broadcast_to(idx, out_shape)) * w
+    return Sample(_back(out, sample.raw.dtype), labels, valid, sample.voxel_size)
