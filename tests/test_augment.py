@@ -147,6 +147,7 @@ def test_em_set_mixes_no_z_on_anisotropic_voxels() -> None:
     assert em_augment(ANISO).margin((16, 128, 128), ANISO)[0] == 0
     assert em_augment(ISO).margin((16, 64, 64), ISO)[0] > 0  # tilts only when near-isotropic
     assert not any(isinstance(t, Misalign | MissingSection) for t in em_augment(ISO).transforms)
+    assert em_augment(ISO, planar=True).margin((1, 64, 64), ISO)[0] == 0  # 2D patches never reach into z
 
 
 def write_cells(path: Path, shape: tuple[int, int, int] = (8, 96, 96), voxel=(30, 6, 6)) -> Path:

@@ -83,7 +83,8 @@ def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> 
     if sections:
         transforms += [Misalign(8 * v, p=0.1), Misalign(8 * v, p=0.1, slip=True)]
     transforms += [Warp(rotation_deg=180.0, scale=0.1, elastic_sigma_nm=2 * v,
-                        control_spacing_nm=(4 * vz, 40 * v, 40 * v), tilt_deg=0.0 if planar else 15.0, p=0.75),
+                        control_spacing_nm=(4 * vz, 40 * v, 40 * v), tilt_deg=0.0 if planar else 15.0, p=0.75,
+                        mix_z=False if planar else None),
                    FlipTurn()]
     if sections:
         transforms += [MissingSection(p=0.03), LowContrast(p=0.03, factor=0.1), MotionBlur(p=0.03, length_nm=10 * v)]

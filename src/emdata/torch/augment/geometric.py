@@ -89,12 +89,14 @@ class Warp:
     standard deviation of the displacement at control points spaced ``control_spacing_nm``
     (z, y, x), smoothly interpolated (cubic spline) and clipped to 3 sigma; xy displacement only
     unless near-isotropic. ``tilt_deg``: uniform tilts about y and x, near-isotropic voxels only.
-    All zero: the identity. ``p``: probability of warping a sample at all.
+    All zero: the identity. ``p``: probability of warping a sample at all. ``mix_z``: whether z
+    may move (default: when the voxel is near-isotropic; False for 2D patches).
     """
 
     def __init__(self, rotation_deg: float = 180.0, scale: float = 0.1, elastic_sigma_nm: float = 0.0,
                  control_spacing_nm: tuple[float, float, float] = (200.0, 200.0, 200.0), tilt_deg: float = 0.0,
-                 p: float = 1.0) -> None:
+                 p: float = 1.0, mix_z: bool | None = None) -> None:
+        self.mix_z = mix_z
         if not (0 <= scale < 1 and rotation_deg >= 0 and elastic_sigma_nm >= 0 and tilt_deg >= 0 and 0 <= p <= 1
                 and all(c > 0 for c in control_spacing_nm)):
             raise ValueError(f"Warp needs 0 <= scale < 1, rotation_deg, elastic_sigma_nm, tilt_deg >= 0, 0 <= p <= 1 "
@@ -107,11 +109,11 @@ class Warp:
     def __repr__(self) -> str:
         return (f"Warp(rotation_deg={math.degrees(self.rotation):g}, scale={self.scale:g}, "
                 f"elastic_sigma_nm={self.sigma:g}, control_spacing_nm={self.spacing}, "
-                f"tilt_deg={math.degrees(self.tilt):g}, p={self.p:g})")
+                f"tilt_deg={math.degrees(self.tilt):g}, p={self.p:g}, mix_z={self.mix_z})")
 
     def margin(self, out_shape: Zyx, voxel_size: Nm) -> Zyx:
         """Voxels per side that any draw can reach beyond the output (rotation, zoom, 3 sigma bounded)."""
-        iso = is_isotropic(voxel_size)
+        iso = self._mixes_z(voxel_size)
         half = [(n - 1) / 2 * v for n, v in zip(out_shape, voxel_size)]
         turn = min(self.rotation + (2 * self.tilt if iso else 0.0), math.pi / 2)
         out = []
@@ -126,6 +128,9 @@ class Warp:
             reach += 3 * self.sigma
             out.append(max(0, math.ceil(reach / v - (n - 1) / 2 - 1e-9)))
         return tuple(out)  # type: ignore[return-value]
+
+    def _mixes_z(self, voxel_size: Nm) -> bool:
+        return is_isotropic(voxel_size) if self.mix_z is None else self.mix_z
 
     def _elastic(self, out_shape: Zyx, voxel_size: Nm, axes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
         """Smooth displacements (nm) for ``axes`` on the output grid: Gaussian jitter at the control
@@ -144,7 +149,7 @@ class Warp:
         """Source positions (voxels of the input window) of every output voxel, per axis, broadcastable
         to ``out_shape``. Anisotropic voxels: z is whole section indices (an integer array) and one
         (1, y, x) map serves every section, as pytorch_connectomics' Elastic warps a stack."""
-        iso = is_isotropic(voxel_size)
+        iso = self._mixes_z(voxel_size)
         angle = rng.uniform(-self.rotation, self.rotation) if self.rotation else 0.0
         tilts = (rng.uniform(-self.tilt, self.tilt), rng.uniform(-self.tilt, self.tilt)) if iso and self.tilt \
             else (0.0, 0.0)
