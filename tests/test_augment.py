@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 from emdata.store.writer import LabelLayerData, write_volume
 from emdata.torch import IGNORE, PatchDataset, make_loader
 from emdata.torch.augment import (
+    Artefacts,
     Compose,
     ContrastBrightness,
     FlipTurn,
@@ -229,3 +230,30 @@ def test_preview_grid_overlays_exactly_the_label_pixels(tmp_path: Path) -> None:
     coloured = (piece.max(axis=2) - piece.min(axis=2)) > 20
     assert np.array_equal(coloured, shown) and coloured.any()
     assert np.array_equal(piece, tile(first))
+
+
+@pytest.mark.parametrize("defect", [MissingSection(p=0.5), MissingSection(p=0.5, mode="interpolate"),
+                                    LowContrast(p=0.5), MotionBlur(p=0.5, length_nm=60.0),
+                                    Artefacts([np.full((6, 40), 255, np.uint8)], [np.full((6, 40), 0.5, np.float32)],
+                                              p=0.5)])
+def test_section_defects_change_raw_only_in_the_sections_they_hit(defect) -> None:
+    rng = np.random.default_rng(5)
+    shape = (8, 24, 24)
+    raw = rng.integers(60, 200, shape).astype(np.uint8)
+    ids = blocky_ids(rng, shape)
+    hit = np.flatnonzero(np.random.default_rng(9).random(shape[0]) < 0.5)  # the draw the defect makes first
+    out = defect(sample_of(raw, ids, ANISO), np.random.default_rng(9), shape)
+    changed = np.flatnonzero((out.raw != raw).any(axis=(1, 2)))
+    assert len(changed) and set(changed) <= set(hit.tolist())
+    assert out.raw.dtype == raw.dtype and np.array_equal(out.labels["cells"], ids) and out.valid.all()
+
+
+def test_em_set_on_float_raw_keeps_float_and_2d_patches(tmp_path: Path) -> None:
+    path = write_cells(tmp_path / "v.ome.zarr")
+    ds = PatchDataset([path], (48, 48), labels=["cells"], raw_dtype="float32", normalize="percentile",
+                      augment="em", samples_per_epoch=4)
+    assert ds.margin[0] == 0
+    s = ds.sample(0, 1)
+    assert s["raw"].dtype == np.float32 and s["raw"].shape == (1, 48, 48) and s["valid"].shape == (1, 48, 48)
+    with pytest.raises(ValueError, match="augment must be"):
+        PatchDataset([path], (48, 48), augment="strong")

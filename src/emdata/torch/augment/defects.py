@@ -80,7 +80,7 @@ class LowContrast(PointTransform):
 
 @dataclass
 class MotionBlur(PointTransform):
-    """A section smeared along y or x by a line of up to ``length_nm``."""
+    """A section smeared along y or x by a line of 2 voxels up to ``length_nm``."""
 
     p: float = 0.05
     length_nm: float = 60.0
@@ -92,7 +92,8 @@ class MotionBlur(PointTransform):
         raw = sample.raw.copy()
         for z in hit:
             axis = int(rng.integers(2))
-            size = max(1, int(rng.integers(1, max(2, round(self.length_nm / sample.voxel_size[1 + axis]) + 1))))
+            longest = round(self.length_nm / sample.voxel_size[1 + axis])
+            size = int(rng.integers(2, longest + 1)) if longest >= 2 else 1  # a line of 2 or more voxels
             if size > 1:
                 raw[z] = in_unit_range(raw[z], lambda x, a=axis, s=size: ndimage.uniform_filter1d(x, s, axis=a))
         return replace(sample, raw=raw)

@@ -184,17 +184,18 @@ class Warp:
         return remap(sample, coords, out_shape)
 
 
-def _axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """For source positions ``c`` on an axis of ``n`` voxels: the lower neighbour, its weight
-    (None for whole positions), the nearest voxel and whether ``c`` lies inside."""
+def _axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """For source positions ``c`` on an axis of ``n`` voxels: the lower neighbour, the upper one's
+    weight (None for whole positions), the nearest voxel, whether ``c`` lies inside, the upper
+    neighbour (the lower one again on a one-voxel axis)."""
     if np.issubdtype(c.dtype, np.integer):
         near = np.clip(c, 0, n - 1)
-        return near, None, near, (c >= 0) & (c < n)
+        return near, None, near, (c >= 0) & (c < n), near
     inside = (c > -0.5) & (c < n - 0.5)
     cc = np.clip(c, 0, n - 1)
     lo = np.minimum(cc.astype(np.intp), max(n - 2, 0))
     w = cc - lo
-    return lo, w, lo + (w >= 0.5), inside
+    return lo, w, np.minimum(lo + (w >= 0.5), n - 1), inside, np.minimum(lo + 1, n - 1)
 
 
 def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
@@ -219,7 +220,7 @@ def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
             return np.take(np.ascontiguousarray(a).reshape(-1), np.broadcast_to(idx, out_shape))
         if terms[0][1] is not None:  # z interpolated too: trilinear
             return _remap_3d(sample, terms, inside, out_shape)
-    (ylo, wy, yn, _), (xlo, wx, xn, _) = terms[1], terms[2]
+    (ylo, wy, yn, _, yhi), (xlo, wx, xn, _, xhi) = terms[1], terms[2]
     labels = {k: take(v, yn, xn) for k, v in sample.labels.items()}
     valid = take(sample.valid, yn, xn) & inside
     raw = sample.raw
@@ -228,10 +229,8 @@ def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
     else:
         wy = np.zeros((1, 1, 1), np.float32) if wy is None else wy
         wx = np.zeros((1, 1, 1), np.float32) if wx is None else wx
-        ylo = yn if terms[1][1] is None else ylo
-        xlo = xn if terms[2][1] is None else xlo
-        a, b = take(raw, ylo, xlo).astype(np.float32), take(raw, ylo, xlo + 1).astype(np.float32)
-        c, d = take(raw, ylo + 1, xlo).astype(np.float32), take(raw, ylo + 1, xlo + 1).astype(np.float32)
+        a, b = take(raw, ylo, xlo).astype(np.float32), take(raw, ylo, xhi).astype(np.float32)
+        c, d = take(raw, yhi, xlo).astype(np.float32), take(raw, yhi, xhi).astype(np.float32)
         top = a + (b - a) * wx
         out = top + (c + (d - c) * wx - top) * wy
         out = _back(out, raw.dtype)
@@ -258,7 +257,7 @@ def _remap_3d(sample: Sample, terms: list, inside: np.ndarray, out_shape: Zyx) -
     valid = np.take(flat(sample.valid), nearest) & inside
     raw, out = flat(sample.raw), np.zeros(out_shape, np.float32)
     for corner in product((0, 1), repeat=3):
-        idx = sum((t[0] + bit) * s for t, bit, s in zip(terms, corner, strides))
+        idx = sum(t[4 if bit else 0] * s for t, bit, s in zip(terms, corner, strides))
         w = np.ones((1, 1, 1), np.float32)
         for t, bit in zip(terms, corner):
             w = w * (t[1] if bit else 1 - t[1])
