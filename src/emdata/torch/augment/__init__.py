@@ -58,20 +58,23 @@ def flip_turn() -> Compose:
 def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> Compose:
     """The standard EM set for data of ``voxel_size`` nm (``planar``: 2D patches, no section defects).
 
-    Strengths, in voxels of the xy size ``v`` (z size ``vz``), after the public defaults of
-    gunpowder (funkelab/gunpowder: ElasticAugment control points every 4×40×40 voxels with
-    jitter 0×2×2, DefectAugment) and pytorch_connectomics (zudi-lin/pytorch_connectomics:
-    Rotate p=1, Rescale 0.8–1.2 p=0.5, Elastic p=0.75, Grayscale, MissAlignment 16 voxels,
-    MissingSection, MotionBlur):
+    Strengths, in voxels of the xy size ``v`` (z size ``vz``). Reference points: gunpowder
+    (funkelab/gunpowder: DefectAugment's defaults, missing 0.05 and low contrast 0.05 per
+    section with contrast scale 0.1; its LSD training scripts use ShiftAugment slip and shift
+    0.1, DeformAugment zoom 0.9–1.1, IntensityAugment scale 0.9–1.1 and shift ±0.1 at p 0.5)
+    and pytorch_connectomics (zudi-lin/pytorch_connectomics config defaults: elastic p 0.75,
+    grayscale p 0.75, misalignment p 0.5 up to 16 pixels, missing section and motion blur p 0.5):
 
     - misalignment (p 0.1) and slip (p 0.1) of up to 8 v, anisotropic volumes only;
     - warp (p 0.75): any xy angle, zoom 0.9–1.1, elastic jitter 2 v at control points every
-      4 vz × 40 v × 40 v; tilts up to 15° only for near-isotropic voxels (z / xy ≤ 1.5);
+      40 v (one xy field for every section on anisotropic data; every 4 vz in z otherwise);
+      tilts up to 15° only for near-isotropic voxels (z / xy ≤ 1.5), never for 2D patches;
     - flips on every axis and 90° turns in xy;
-    - per section (anisotropic only): missing 3 % (blank), low contrast 3 % (×0.1), motion blur
-      3 % (up to 10 v);
+    - per section (anisotropic only): missing 5 % (blank), low contrast 5 % (×0.1), motion blur
+      3 % (2 to 10 v);
     - intensity: gamma ±30 % (p 0.5), contrast ±30 % and brightness ±10 % (p 0.5), Gaussian
-      noise up to 3 % of the range (p 0.3), blur up to 1.5 v (p 0.2), local contrast (p 0.2).
+      noise up to 3 % of the range (p 0.3), blur up to 1.5 v (p 0.2), local contrast over
+      25 v windows (p 0.2).
 
     Example:
         >>> [type(t).__name__ for t in em_augment((8.0, 8.0, 8.0)).transforms][:3]
@@ -87,7 +90,7 @@ def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> 
                         mix_z=False if planar else None),
                    FlipTurn()]
     if sections:
-        transforms += [MissingSection(p=0.03), LowContrast(p=0.03, factor=0.1), MotionBlur(p=0.03, length_nm=10 * v)]
+        transforms += [MissingSection(p=0.05), LowContrast(p=0.05, factor=0.1), MotionBlur(p=0.03, length_nm=10 * v)]
     transforms += [Gamma(0.3, p=0.5), ContrastBrightness(0.3, 0.1, p=0.5), GaussianNoise(0.03, p=0.3),
                    GaussianBlur(1.5 * v, p=0.2), LocalContrast(0.5, size_nm=25 * v, p=0.2)]
     return Compose(transforms)

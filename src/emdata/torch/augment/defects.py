@@ -2,9 +2,8 @@
 blur and inserted artefacts change raw alone; misalignment (every section above a cut shifted)
 and slip (one section shifted) move raw, labels and validity together, reading the margin
 they declare so shifted-in voxels are real data. Probabilities are per section (per sample
-for a misalignment). Default strengths follow gunpowder's DefectAugment (funkelab/gunpowder:
-prob_missing 0.05, prob_low_contrast 0.05, contrast_scale 0.1) and pytorch_connectomics'
-MissingSection / MisAlignment / MotionBlur augmentors.
+for a misalignment). The defaults of the missing and low-contrast sections are gunpowder's
+DefectAugment's (funkelab/gunpowder: 0.05 each, contrast scale 0.1).
 
 Example:
     >>> import numpy as np
