@@ -257,3 +257,18 @@ def test_em_set_on_float_raw_keeps_float_and_2d_patches(tmp_path: Path) -> None:
     assert s["raw"].dtype == np.float32 and s["raw"].shape == (1, 48, 48) and s["valid"].shape == (1, 48, 48)
     with pytest.raises(ValueError, match="augment must be"):
         PatchDataset([path], (48, 48), augment="strong")
+
+
+def test_the_edge_of_the_volume_invents_no_boundary(tmp_path: Path) -> None:
+    shape = (4, 48, 48)
+    path = write_volume(tmp_path / "v.ome.zarr", np.full(shape, 120, np.uint8), (30, 6, 6),
+                        labels=[LabelLayerData("cells", np.full(shape, 5, np.uint32), "instance",
+                                               instance_of="neuron")],
+                        meta={"dataset": "demo", "volume": "v", "split": "train"})
+    ds = PatchDataset([path], (2, 48, 48), targets=["boundaries", "affinities"],
+                      augment=Compose([Warp(rotation_deg=45, scale=0, elastic_sigma_nm=0)]), samples_per_epoch=6)
+    for i in range(6):
+        s = ds.sample(0, i)
+        assert not s["valid"].all()  # a turned 48×48 patch of a 48×48 volume reaches past its edge
+        assert not s["boundaries"].any(), "one cell everywhere: no boundary, not even along the volume's edge"
+        assert s["affinities_mask"].any() and (s["affinities"][s["affinities_mask"] == 1] == 1).all()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from emdata.labels.ontology import ontology
 from emdata.store.volume import Volume, open_volume
@@ -81,8 +82,8 @@ class PatchDataset:
     :class:`~emdata.torch.augment.Compose`. The margin a warp needs is read from the volume (never
     zero padding inside it); voxels warped in from outside the volume or region are the ignore
     value in ``labels/*``, ``semantic`` and ``instances``, masked in ``classes_ignore`` and
-    ``affinities_mask``, and 0 in the extra ``valid`` output. Targets are computed after
-    augmentation, from the augmented labels.
+    ``affinities_mask``, and 0 in the extra ``valid`` output (boundaries are not invented along
+    that edge). Targets are computed after augmentation, from the augmented labels.
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
     ``regions_nm`` (one per volume, None = whole) keeps every patch inside a box
     ``((z0, z1), (y0, y1), (x0, x1))`` in nm from the volume's first voxel edge (held-out slabs).
@@ -297,8 +298,15 @@ class PatchDataset:
             labels = arrays
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
-        sample = Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size)
-        return self.augment(sample, rng, self.patch_shape)  # type: ignore[misc]
+        out = self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
+                           self.patch_shape)
+        if out.labels and not out.valid.all() and out.valid.any():
+            # voxels from outside take their nearest valid voxel's id (masked later), so no boundary
+            # or affinity is invented along the edge of the volume
+            near = ndimage.distance_transform_edt(~out.valid, sampling=self.voxel_size, return_distances=False,
+                                                  return_indices=True)
+            out.labels = {k: v[tuple(near)] for k, v in out.labels.items()}
+        return out
 
     def _mark_invalid(self, out: dict[str, Any], valid: np.ndarray) -> None:
         """Voxels warped in from outside the volume: ignore value, masked, never background."""
