@@ -33,16 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from emdata.labels.ontology import ontology
 from emdata.store.volume import Volume, open_volume
-from emdata.torch.augment import flip_and_turn
+from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
 from emdata.torch.collate import with_channel
 from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
 from emdata.torch.reader import VolumeReader
 from emdata.torch.resample import level_positions, resample_at
 from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_weights
-from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, as_int64, plan_labels, sample_targets
+from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, affinities, as_int64, plan_labels, sample_targets
 
 log = logging.getLogger(__name__)
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
@@ -76,7 +77,13 @@ class PatchDataset:
     prepared; estimated from a stored level otherwise) to 0 and 1, clipped, so volumes of
     different bit depth and contrast share one scale.
 
-    ``augment`` flips (all axes) and rotates by 90° in the xy plane only (z is never mixed in).
+    ``augment``: ``True`` flips (all axes) and turns by 90° in xy; ``"em"`` the standard EM set
+    (:func:`~emdata.torch.augment.em_augment`: warps, section defects, intensity); or any
+    :class:`~emdata.torch.augment.Compose`. The margin a warp needs is read from the volume (never
+    zero padding inside it); voxels warped in from outside the volume or region are the ignore
+    value in ``labels/*``, ``semantic`` and ``instances``, masked in ``classes_ignore`` and
+    ``affinities_mask``, and 0 in the extra ``valid`` output (boundaries are not invented along
+    that edge). Targets are computed after augmentation, from the augmented labels.
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
     ``regions_nm`` (one per volume, None = whole) keeps every patch inside a box
     ``((z0, z1), (y0, y1), (x0, x1))`` in nm from the volume's first voxel edge (held-out slabs).
@@ -88,7 +95,8 @@ class PatchDataset:
                  ignore_classes: Sequence[str] = (), ignore_mode: str = "background", ignore_value: int = IGNORE,
                  affinity_offsets: Sequence[tuple[int, int, int]] = ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
                  sampler: Sampler = UNIFORM, samples_per_epoch: int = 1000,
-                 seed: int = 0, raw_dtype: str | None = None, normalize: str | None = None, augment: bool = False,
+                 seed: int = 0, raw_dtype: str | None = None, normalize: str | None = None,
+                 augment: bool | str | Compose = False,
                  volume_weights: Sequence[float] | None = None, regions_nm: Sequence[RegionNm | None] | None = None,
                  memory_budget: int = 4 << 30) -> None:
         vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
@@ -118,7 +126,6 @@ class PatchDataset:
         self.seed = int(seed)
         self.normalize = normalize or ("dtype" if raw_dtype else None)
         self.raw_dtype = "float32" if self.normalize else None
-        self.augment = augment
         self.affinity_offsets = [tuple(o) for o in affinity_offsets]
         target = _check_sizes("voxel_size", voxel_size if voxel_size is not None else vols[0].voxel_size)
         if patch_shape is None and patch_size_nm is None:
@@ -134,6 +141,8 @@ class PatchDataset:
             shape = tuple(max(1, round(n / t)) for n, t in zip(nm, target))
         self.patch_shape: Zyx = tuple(int(s) for s in shape)  # type: ignore[assignment]
         self.voxel_size: tuple[float, float, float] = target  # type: ignore[assignment]
+        self.augment = self._augmentation(augment)
+        self.margin: Zyx = self.augment.margin(self.patch_shape, target) if self.augment else (0, 0, 0)
         self.explicit_space = label_space is not None
         annotated = sorted({c for v in vols for la in v.meta["labels"].values() for c in la.get("annotates", [])},
                            key=lambda name: ontology().resolve(name).id)
@@ -159,6 +168,18 @@ class PatchDataset:
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
         self._lock = threading.Lock()
+
+    def _augmentation(self, augment: bool | str | Compose) -> Compose | None:
+        if augment is False or augment is None:
+            return None
+        if augment is True:
+            return flip_turn()
+        if augment == "em":
+            return em_augment(self.voxel_size, planar=self.is_2d)
+        if isinstance(augment, Compose):
+            return augment
+        raise ValueError(f"augment must be False, True (flips and 90° turns), 'em' (the standard EM set) or an "
+                         f"emdata.torch.augment.Compose, got {augment!r}")
 
     # -- description ------------------------------------------------------------------------
 
@@ -223,18 +244,19 @@ class PatchDataset:
                     self._readers[plan.path] = reader
         return reader
 
-    def _read(self, plan: VolumePlan, layer: str, origin: Zyx) -> np.ndarray:
+    def _read(self, plan: VolumePlan, layer: str, origin: Zyx, shape: Zyx | None = None) -> np.ndarray:
+        shape = shape or self.patch_shape
         reader = self._reader(plan)
         is_raw = layer == "raw"
         if plan.target == plan.scale and (is_raw or plan.scale == plan.vs0):
             # target grid = level grid: raw levels are centred block means, so voxel o is exactly
             # target voxel o; strided label levels are exact only at level 0
             return reader.read(layer, plan.level, tuple(  # type: ignore[arg-type]
-                slice(o, o + n) for o, n in zip(origin, self.patch_shape)))
+                slice(o, o + n) for o, n in zip(origin, shape)))
         arr_shape = plan.level_shape
         translation = plan.raw_translation if is_raw else (0.0, 0.0, 0.0)
         positions, window = [], []
-        for o, n, t, s, v0, tr, size in zip(origin, self.patch_shape, self.voxel_size, plan.scale, plan.vs0,
+        for o, n, t, s, v0, tr, size in zip(origin, shape, self.voxel_size, plan.scale, plan.vs0,
                                             translation, arr_shape):
             pos = level_positions(o, n, t, s, tr + 0.5 * v0)
             lo = max(math.floor(pos.min()), 0)
@@ -245,6 +267,65 @@ class PatchDataset:
         if is_raw and self.raw_dtype:
             block = block.astype(np.float32)  # interpolate without rounding to the stored integers
         return resample_at(block, positions, linear=is_raw)
+
+    def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
+                     shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``layers`` over a window that may reach past the volume (or region): the part inside is
+        read, the rest is zero and False in the returned validity mask."""
+        lo = [max(o, a) for o, a in zip(origin, plan.min_origin)]
+        hi = [min(o + n, b + p) for o, n, b, p in zip(origin, shape, plan.max_origin, self.patch_shape)]
+        inner = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
+        valid = np.zeros(shape, bool)
+        valid[inner] = True
+        out = {}
+        for layer in layers:
+            data = self._read(plan, layer, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
+            if data.shape != tuple(shape):
+                full = np.zeros(shape, data.dtype)
+                full[inner] = data
+                data = full
+            out[layer] = data
+        return out, valid
+
+    def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray],
+                   rng: np.random.Generator) -> Sample:
+        """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
+        if any(self.margin):
+            start = tuple(o - m for o, m in zip(origin, self.margin))
+            shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
+            arrays, valid = self._read_window(plan, ["raw", *plan.layers], start, shape)  # type: ignore[arg-type]
+            raw = arrays.pop("raw")
+            labels = arrays
+        else:
+            raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
+        out = self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
+                           self.patch_shape)
+        if out.labels and not out.valid.all() and out.valid.any():
+            # voxels from outside take their nearest valid voxel's id (masked later), so no boundary
+            # or affinity is invented along the edge of the volume
+            near = ndimage.distance_transform_edt(~out.valid, sampling=self.voxel_size, return_distances=False,
+                                                  return_indices=True)
+            out.labels = {k: v[tuple(near)] for k, v in out.labels.items()}
+        return out
+
+    def _mark_invalid(self, out: dict[str, Any], valid: np.ndarray) -> None:
+        """Voxels warped in from outside the volume: ignore value, masked, never background."""
+        out["valid"] = with_channel(valid.astype(np.uint8))
+        if valid.all():
+            return
+        invalid = ~valid
+        ignore = self.space.ignore_value
+        for key in [f"labels/{name}" for name in self.label_layers] + ["semantic", "instances"]:
+            if key in out:
+                out[key] = np.where(invalid, ignore, out[key])
+        for key in ("foreground", "boundaries"):
+            if key in out:
+                out[key] = np.where(invalid, 0, out[key]).astype(np.uint8)
+        if "classes" in out:
+            out["classes_ignore"] = np.where(invalid, 1, out["classes_ignore"]).astype(np.uint8)
+        if "affinities_mask" in out:
+            both, _ = affinities(valid.astype(np.int64), self.affinity_offsets)
+            out["affinities_mask"] = out["affinities_mask"] & both
 
     def _raw_out(self, plan: VolumePlan, raw: np.ndarray) -> np.ndarray:
         if not self.raw_dtype:
@@ -273,15 +354,20 @@ class PatchDataset:
                 labels = {name: self._read(plan, name, origin) for name in plan.layers}
             else:
                 ok = False
-        raw = self._raw_out(plan, self._read(plan, "raw", origin))
-        if self.augment:
-            raw, labels = flip_and_turn(raw, labels, rng, isotropic_xy=True)
+        valid = None
+        if self.augment is not None:
+            augmented = self._augmented(plan, origin, labels, rng)
+            raw, labels, valid = augmented.raw, augmented.labels, augmented.valid
+        else:
+            raw = self._raw_out(plan, self._read(plan, "raw", origin))
         out: dict[str, Any] = {"raw": with_channel(raw)}
         for name in self.label_layers:
             data = labels[name]
             out[f"labels/{name}"] = as_int64(data)
         out.update(sample_targets(self.targets, labels, plan.labels, self.space, self.patch_shape,
                                    self.affinity_offsets))
+        if valid is not None:
+            self._mark_invalid(out, valid)
         out["annotated"] = plan.labels.annotated.copy()
         out["meta"] = {"dataset": plan.dataset, "volume": plan.name, "level": plan.level,
                        "offset_nm": np.array(origin, dtype=np.float64) * np.array(self.voxel_size),

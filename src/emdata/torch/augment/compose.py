@@ -1,0 +1,112 @@
+"""The transform protocol: a :class:`Sample` (raw, label layers, validity, voxel size) that each
+transform changes, the read margin each one declares, and :class:`Compose`.
+
+A transform is called as ``t(sample, rng, out_shape)`` and returns a sample of ``out_shape``
+voxels; it declares with ``margin(out_shape, voxel_size)`` how many voxels per side (z, y, x) it
+needs around its output. :class:`Compose` adds the margins up, so the dataset reads
+``patch + 2 * margin`` and every stage shrinks the window to the next one's input.
+
+Example:
+    >>> import numpy as np
+    >>> s = Sample(np.arange(8, dtype=np.uint8).reshape(2, 2, 2), {}, np.ones((2, 2, 2), bool), (30.0, 6.0, 6.0))
+    >>> center_crop(s, (2, 1, 1)).raw.ravel().tolist()
+    [0, 4]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+Zyx = tuple[int, int, int]
+Nm = tuple[float, float, float]
+
+
+@dataclass
+class Sample:
+    """One patch under augmentation: ``raw`` (z, y, x), ``labels`` (layer → ids, same shape),
+    ``valid`` (False where the voxel came from outside the volume or the region) and the voxel
+    size in nm."""
+
+    raw: np.ndarray
+    labels: dict[str, np.ndarray]
+    valid: np.ndarray
+    voxel_size: Nm
+
+    @property
+    def shape(self) -> Zyx:
+        return tuple(self.raw.shape)  # type: ignore[return-value]
+
+    def map_arrays(self, fn) -> Sample:  # type: ignore[no-untyped-def]
+        """The same geometric change ``fn`` applied to raw, every label layer and ``valid``."""
+        return replace(self, raw=fn(self.raw), labels={k: fn(v) for k, v in self.labels.items()}, valid=fn(self.valid))
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """What a transform provides (see the module docstring)."""
+
+    def margin(self, out_shape: Zyx, voxel_size: Nm) -> Zyx: ...
+
+    def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample: ...
+
+
+class PointTransform:
+    """A transform that keeps the shape and needs no margin (intensity, section defects)."""
+
+    def margin(self, out_shape: Zyx, voxel_size: Nm) -> Zyx:
+        return (0, 0, 0)
+
+
+def center_crop(sample: Sample, out_shape: Sequence[int]) -> Sample:
+    """The central ``out_shape`` voxels of every array of ``sample``."""
+    if tuple(out_shape) == sample.shape:
+        return sample
+    box = tuple(slice((n - o) // 2, (n - o) // 2 + o) for n, o in zip(sample.shape, out_shape))
+    return sample.map_arrays(lambda a: a[box])
+
+
+class Compose:
+    """Transforms applied in order; ``margin`` is the sum of theirs.
+
+    Example:
+        >>> from emdata.torch.augment.intensity import Gamma
+        >>> from emdata.torch.augment.geometric import Warp
+        >>> aug = Compose([Warp(rotation_deg=0, scale=0, elastic_sigma_nm=0), Gamma(0.0)])
+        >>> aug.margin((4, 32, 32), (30.0, 6.0, 6.0))
+        (0, 0, 0)
+    """
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        for t in transforms:
+            if not isinstance(t, Transform):
+                raise TypeError(f"Compose takes transforms with margin() and __call__(sample, rng, out_shape); "
+                                f"got {t!r}")
+        self.transforms = list(transforms)
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+    def shapes(self, out_shape: Sequence[int], voxel_size: Nm) -> list[Zyx]:
+        """The input shape of every stage, then the output shape (last)."""
+        shapes = [tuple(int(s) for s in out_shape)]
+        for t in reversed(self.transforms):
+            m = t.margin(shapes[0], voxel_size)  # type: ignore[arg-type]
+            shapes.insert(0, tuple(s + 2 * int(k) for s, k in zip(shapes[0], m)))
+        return shapes  # type: ignore[return-value]
+
+    def margin(self, out_shape: Sequence[int], voxel_size: Nm) -> Zyx:
+        first = self.shapes(out_shape, voxel_size)[0]
+        return tuple((a - b) // 2 for a, b in zip(first, out_shape))  # type: ignore[return-value]
+
+    def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Sequence[int]) -> Sample:
+        shapes = self.shapes(out_shape, sample.voxel_size)
+        sample = center_crop(sample, shapes[0])
+        for t, shape in zip(self.transforms, shapes[1:]):
+            sample = t(sample, rng, shape)
+            if sample.shape != shape:
+                raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
+        return sample
