@@ -189,3 +189,17 @@ def write_replica_layer(root: Path, url: str, data: np.ndarray, voxel: Voxel, of
         cv = CloudVolume(f"file://{path}", mip=0, progress=False)
         decoded = np.ascontiguousarray(np.asarray(cv[:, :, :])[..., 0].transpose(2, 1, 0))
     return ReplicaLayer(url, path, data, voxel, offset, encoding, decoded)
+
+
+def prepare_options(truth: dict[str, ReplicaLayer]) -> dict[str, str]:
+    """The ``prepare`` options of a precomputed replica: a ``--bbox`` spelling out all of its EM
+    layer ``truth["em"]`` (spelled out, a rerun resolves nothing and makes no request).
+
+    Example:
+        >>> layer = ReplicaLayer("gs://b/em", Path("em"), np.zeros((2, 3, 4), np.uint8), (33.0, 4.0, 4.0),
+        ...                      offset=(5, 128, 64), encoding="raw")
+        >>> prepare_options({"em": layer})
+        {'bbox': '5:7,128:131,64:68'}
+    """
+    return {"bbox": ",".join(f"{s.start}:{s.stop}" for s in truth["em"].bounds)}
+

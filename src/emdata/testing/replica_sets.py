@@ -44,20 +44,20 @@ class ReplicaSet:
     """
 
     write: Writer
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] | Callable[[Any], dict[str, Any]] = field(default_factory=dict)
     placed: Callable[[Any], dict[Path, str]] | None = None
-    small_options: dict[str, Any] | None = None
-    """``options`` for the ``small`` replica where they differ (a bbox spelling out its smaller extent)."""
 
-    def options_for(self, small: bool) -> dict[str, Any]:
-        """The ``prepare`` arguments for the replica written with ``small``.
+    def options_for(self, truth: Any) -> dict[str, Any]:
+        """The ``prepare`` arguments for the replica the writer returned ``truth`` for (derived from
+        it where the replica declares ``prepare_options(truth)``, e.g. a bbox spelling out its EM).
 
         Example:
+            >>> import tempfile
             >>> h01 = discover_replica_sets()["h01"]
-            >>> h01.options_for(small=False), h01.options_for(small=True)
-            ({'bbox': '5:21,128:256,64:192'}, {'bbox': '5:17,128:192,64:144'})
+            >>> h01.options_for(h01.write(Path(tempfile.mkdtemp()), True))
+            {'bbox': '5:17,128:192,64:144'}
         """
-        return dict(self.small_options if small and self.small_options is not None else self.options)
+        return dict(self.options(truth) if callable(self.options) else self.options)
 
 
 PATCH = (16, 128, 128)
@@ -66,8 +66,8 @@ PATCH = (16, 128, 128)
 
 def discover_replica_sets() -> dict[str, ReplicaSet]:
     """``{dataset id: ReplicaSet}`` from each ``emdata/datasets/<id>/replica.py`` that declares
-    ``write_replica(root, small)`` (and optionally ``PREPARE_OPTIONS``, ``PREPARE_OPTIONS_SMALL`` and
-    ``placed_folders(truth)``).
+    ``write_replica(root, small)`` (and optionally ``PREPARE_OPTIONS``, or ``prepare_options(truth)``
+    where they follow from what was written, and ``placed_folders(truth)``).
 
     Example:
         >>> discover_replica_sets()["cremi"].options
@@ -80,10 +80,8 @@ def discover_replica_sets() -> dict[str, ReplicaSet]:
     for folder, module_name in replicas.replica_modules().items():
         module = importlib.import_module(module_name)
         if folder in folders and hasattr(module, "write_replica"):
-            small_options = getattr(module, "PREPARE_OPTIONS_SMALL", None)
-            sets[folders[folder]] = ReplicaSet(module.write_replica, dict(getattr(module, "PREPARE_OPTIONS", {})),
-                                               getattr(module, "placed_folders", None),
-                                               None if small_options is None else dict(small_options))
+            options = getattr(module, "prepare_options", None) or dict(getattr(module, "PREPARE_OPTIONS", {}))
+            sets[folders[folder]] = ReplicaSet(module.write_replica, options, getattr(module, "placed_folders", None))
     return dict(sorted(sets.items()))
 
 
@@ -132,7 +130,7 @@ def serve_replicas(datasets: Sequence[str], home: Path | str, *, small: bool = F
             place = REPLICA_SETS[dataset].placed
             for folder, name in (place(truth[dataset]) if place else {}).items():
                 shutil.copytree(folder, downloads_dir(dataset) / name, dirs_exist_ok=True)
-        yield ServedReplicas(home, server, truth, {d: REPLICA_SETS[d].options_for(small) for d in datasets})
+        yield ServedReplicas(home, server, truth, {d: REPLICA_SETS[d].options_for(truth[d]) for d in datasets})
 
 
 @contextmanager

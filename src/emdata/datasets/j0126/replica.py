@@ -14,6 +14,7 @@ import numpy as np
 
 from emdata.testing.precomputed import ReplicaLayer, Voxel, Zyx
 from emdata.testing.precomputed import em_values as _em
+from emdata.testing.precomputed import prepare_options as prepare_options  # all of the EM, spelled out
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
 
@@ -48,9 +49,3 @@ def write_j0126_replica(root: Path, voxel_size_nm: Voxel = (20.0, 10.0, 10.0),
 def write_replica(root: Path, small: bool = False) -> Any:
     """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
     return write_j0126_replica(root, **({} if small else {"shape": (16, 128, 128)}))
-
-
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "4:20,16:144,32:160"}  # all of the EM, spelled out: a rerun reads nothing
-"""What ``prepare`` needs besides the defaults to read this replica."""
-PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "4:16,16:56,32:80"}  # all of the small replica's EM
-"""``PREPARE_OPTIONS`` for the ``small`` replica."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from emdata.testing.precomputed import ReplicaLayer, Zyx
 from emdata.testing.precomputed import em_values as _em
+from emdata.testing.precomputed import prepare_options as prepare_options  # all of the EM, spelled out
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
 
@@ -55,9 +56,3 @@ def write_microns_layer23_replica(root: Path, shape: Zyx = (16, 64, 64),
 def write_replica(root: Path, small: bool = False) -> Any:
     """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
     return write_microns_layer23_replica(root, **({} if small else {"shape": (16, 128, 128)}))
-
-
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "1:17,96:224,112:240"}  # all of the EM, spelled out: a rerun reads nothing
-"""What ``prepare`` needs besides the defaults to read this replica."""
-PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "1:17,96:160,112:176"}  # all of the small replica's EM
-"""``PREPARE_OPTIONS`` for the ``small`` replica."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from emdata.testing.precomputed import ReplicaLayer, Voxel, Zyx
 from emdata.testing.precomputed import em_values as _em
+from emdata.testing.precomputed import prepare_options as prepare_options  # all of the EM, spelled out
 from emdata.testing.precomputed import segment_ids as _ids
 from emdata.testing.precomputed import write_replica_layer as _write
 
@@ -71,9 +72,3 @@ def write_microns_minnie65_replica(root: Path, versions: tuple[str, ...] = ("117
 def write_replica(root: Path, small: bool = False) -> Any:
     """The kit's replica under ``root``: the writer's tiniest if ``small``, else an EM of 16×128×128 voxels."""
     return write_microns_minnie65_replica(root, **({} if small else {"shape": (16, 128, 128)}))
-
-
-PREPARE_OPTIONS: dict[str, Any] = {"bbox": "20:36,96:224,160:288"}  # all of the EM, spelled out: a rerun reads nothing
-"""What ``prepare`` needs besides the defaults to read this replica."""
-PREPARE_OPTIONS_SMALL: dict[str, Any] = {"bbox": "20:40,96:144,160:224"}  # all of the small replica's EM
-"""``PREPARE_OPTIONS`` for the ``small`` replica."""
