@@ -3,7 +3,7 @@
 Example:
     >>> mirror_url("https://cremi.org/static/data/sample_A_20160501.hdf", "http://127.0.0.1:8000")
     'http://127.0.0.1:8000/cremi.org/static/data/sample_A_20160501.hdf'
-    >>> mirror_url("gs://h01-release/data/20210601/c3", None)
+    >>> mirror_url("gs://h01-release/data/20210601/c3", "")  # no mirror
     'https://storage.googleapis.com/h01-release/data/20210601/c3'
     >>> mirror_url("precomputed://gs://b/p", "http://m")
     'precomputed://http://m/storage.googleapis.com/b/p'

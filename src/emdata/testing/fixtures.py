@@ -18,26 +18,25 @@ from pathlib import Path
 
 import pytest
 
+from emdata.config import MAX_BOX_ENV
 from emdata.testing import MirrorServer
 from emdata.testing.faults import Faults
 
-ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET")
+ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET", MAX_BOX_ENV)
 
 
 @pytest.fixture(autouse=True)
 def emdata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
-    """Every test gets its own EMDATA_HOME and no inherited emdata settings; a docstring example
-    runs as a user would (the real URLs, progress shown), but in its own EMDATA_HOME too."""
+    """Every test gets its own EMDATA_HOME and no inherited emdata settings. A test never touches
+    the network: unless it starts a mirror, every URL resolves to a closed loopback port and fails
+    at once (subprocesses inherit this too). Docstring examples show progress as a user sees it."""
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("EMDATA_HOME", str(home))
-    if not isinstance(request.node, pytest.Function):  # a doctest
-        return home
-    # A test never touches the network: unless it starts a mirror, every URL resolves to a
-    # closed loopback port and fails at once (subprocesses inherit this too).
     monkeypatch.setenv("EMDATA_MIRROR", "http://127.0.0.1:9")
-    monkeypatch.setenv("EMDATA_QUIET", "1")
+    if isinstance(request.node, pytest.Function):  # not a doctest
+        monkeypatch.setenv("EMDATA_QUIET", "1")
     return home
 
 
