@@ -98,12 +98,13 @@ def slabs(shape: tuple[int, ...], slab_voxels: int) -> list[tuple[slice, ...]]:
 
 
 def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slice, ...]], np.ndarray] | None = None,
-                slab_voxels: int = SLAB_VOXELS) -> Contingency:
+                slab_voxels: int | None = None) -> Contingency:
     """Count (gt, pred) pairs over a volume, slab by slab along axis 0.
 
     ``gt`` and ``pred`` are arrays of the same shape (numpy, or anything sliceable along axis 0 such
-    as a zarr array: only one slab is in memory at a time). ``exclude(gt_slab, index)`` may return a
-    boolean mask of voxels to leave out (e.g. the CREMI border mask); they count in ``n_voxels``.
+    as a zarr array: only one slab is in memory at a time; ``slab_voxels`` defaults to
+    ``SLAB_VOXELS``). ``exclude(gt_slab, index)`` may return a boolean mask of voxels to leave out
+    (e.g. the CREMI border mask); they count in ``n_voxels``.
 
     >>> t = contingency(np.array([[1, 1, 2]]), np.array([[5, 5, 5]], dtype=np.uint64))
     >>> t.gt.tolist(), t.pred.tolist(), t.counts.tolist()
@@ -112,6 +113,7 @@ def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slic
     check_label_array("gt", gt)
     check_label_array("pred", pred)
     shape = check_same_shape(gt, pred)
+    slab_voxels = SLAB_VOXELS if slab_voxels is None else slab_voxels
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows = 0
     n_excluded = 0
@@ -125,7 +127,7 @@ def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slic
         part = slab_pairs(g.reshape(-1), p.reshape(-1))
         pending.append(part)
         rows += part[0].size
-        if rows > MERGE_ROWS and len(pending) > 1:
+        if rows > MERGE_ROWS and len(pending) > 1:  # bound memory by the distinct pairs seen so far
             merged = _merge(pending)
             pending, rows = [merged], merged[0].size
     g_ids, p_ids, counts = _merge(pending) if pending else (np.zeros(0, np.asarray(gt[:0]).dtype),

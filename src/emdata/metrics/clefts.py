@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emdata.metrics._contingency import SLAB_VOXELS, check_same_shape, slabs
+from emdata.metrics import _contingency
+from emdata.metrics._contingency import check_same_shape, slabs
 from emdata.metrics._result import result, voxel_size_list
 
 CLEFTS_SOURCE = "cremi/cremi_python cremi/evaluation/Clefts.py @ 4bd2f54; https://cremi.org/metrics/"
@@ -32,7 +33,7 @@ def _cleft_points(gt: Any, pred: Any, voxel_size: list[float], background: int, 
     g_pts: list[np.ndarray] = []
     p_pts: list[np.ndarray] = []
     scale = np.asarray(voxel_size, dtype=np.float64)
-    for index in slabs(shape, SLAB_VOXELS):
+    for index in slabs(shape, _contingency.SLAB_VOXELS):
         g = np.asarray(gt[index])
         p = np.asarray(pred[index])
         g_cleft = g != np.asarray(background).astype(g.dtype)
