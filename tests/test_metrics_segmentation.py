@@ -26,8 +26,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from emdata.metrics import METRICS, adapted_rand_error, border_mask, cremi_score, variation_of_information
-from emdata.metrics import _contingency
+from emdata.metrics import METRICS, _contingency, adapted_rand_error, border_mask, cremi_score, variation_of_information
 
 skm = pytest.importorskip("skimage.metrics")
 
