@@ -273,8 +273,9 @@ def cremi_score(gt: Any, pred: Any, *, voxel_size: Sequence[float] | None = None
     values = {"cremi_score": score, "arand": rand["arand"], "arand_precision": rand["precision"],
               "arand_recall": rand["recall"], "voi_split": voi["split"], "voi_merge": voi["merge"],
               "voi_total": voi["total"]}
-    conventions = {"formula": "sqrt(voi_total * arand)", "source": "https://cremi.org/leaderboard/", "gt_ignore": ignore,
-                   "arand": SNEMI3D_SOURCE, "voi": VOI_SOURCE, "border_threshold_nm": border_threshold_nm}
+    conventions = {"formula": "sqrt(voi_total * arand)", "source": "https://cremi.org/leaderboard/",
+                   "gt_ignore": ignore, "arand": SNEMI3D_SOURCE, "voi": VOI_SOURCE,
+                   "border_threshold_nm": border_threshold_nm}
     if border_threshold_nm is not None:
         conventions["border_mask"] = BORDER_SOURCE
     return result("cremi-score", "cremi-score@1", values, conventions, vs)
