@@ -199,10 +199,14 @@ def test_cremi_score_is_sqrt_of_voi_total_times_arand(case: tuple) -> None:
 
 
 def test_slabs_and_merges_do_not_change_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny slabs and constant merging give the same scores as one slab (expected from scikit-image)."""
+    """Tiny slabs, constant merging, a restarting id cache and sort-based counting give the same scores
+    (expected from scikit-image)."""
     gt, pred = _random_pair(3)
     monkeypatch.setattr(_contingency, "SLAB_VOXELS", 37)
     monkeypatch.setattr(_contingency, "MERGE_ROWS", 5)
+    monkeypatch.setattr(_contingency, "ID_CACHE_LIMIT", 6)  # the id cache restarts often
+    monkeypatch.setattr(_contingency, "DENSE_CELLS", 0)  # pairs counted by sorting keys
+    monkeypatch.setattr(_contingency, "DENSE_FACTOR", 0)
     split, merge = skm.variation_of_information(gt, pred, ignore_labels=[0])
     got = variation_of_information(gt.astype(np.uint64) + np.uint64(U63), pred, gt_ignore=(U63,))
     assert (got["split"], got["merge"]) == (pytest.approx(split, abs=1e-12), pytest.approx(merge, abs=1e-12))

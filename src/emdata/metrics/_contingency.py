@@ -20,6 +20,12 @@ import numpy as np
 SLAB_VOXELS = 1 << 22
 # Merge the per-slab pair lists once they hold this many rows (bounds memory by distinct pairs).
 MERGE_ROWS = 1 << 22
+# Count a slab's pairs in a dense (gt x pred) table when it has at most this many cells, or at most
+# DENSE_FACTOR cells per run; otherwise sort the pair keys.
+DENSE_CELLS = 1 << 22
+DENSE_FACTOR = 8
+# Distinct ids kept in the cross-slab id cache before it restarts.
+ID_CACHE_LIMIT = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,46 @@ def reduce_pairs(g: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[np.ndarra
     return gu[nz // n_p], pu[nz % n_p], np.rint(counts).astype(np.int64)
 
 
-def slab_pairs(g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class IdIndex:
+    """Sorted distinct ids seen so far (a cache across slabs): maps values to positions without sorting them.
+
+    Objects span many sections, so most of a slab's ids were seen before: a binary search finds
+    them, and only the new ones are sorted in. The cache restarts past ``limit`` ids (then each
+    slab pays for its own ids, as without a cache).
+    """
+
+    def __init__(self, dtype: np.dtype, limit: int | None = None) -> None:
+        self.ids = np.zeros(0, dtype)
+        self.limit = ID_CACHE_LIMIT if limit is None else limit
+
+    def index(self, values: np.ndarray) -> np.ndarray:
+        if self.ids.size:
+            idx = np.searchsorted(self.ids, values)
+            np.minimum(idx, self.ids.size - 1, out=idx)
+            missing = self.ids[idx] != values
+            if not missing.any():
+                return idx
+            new = np.unique(values[missing])
+            if self.ids.size + new.size > self.limit:
+                self.ids = np.unique(values)  # restart with this slab's ids only
+            else:
+                self.ids = np.union1d(self.ids, new)
+        else:
+            self.ids = np.unique(values)
+        return np.searchsorted(self.ids, values)
+
+
+def _compact(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct positions used, each element's rank among them), in O(len(idx) + size)."""
+    present = np.zeros(size, dtype=bool)
+    present[idx] = True
+    used = np.flatnonzero(present)
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    return used, rank[idx]
+
+
+def slab_pairs(g: np.ndarray, p: np.ndarray, g_index: IdIndex | None = None, p_index: IdIndex | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair counts of two equal-length 1D label arrays, via runs of equal pairs (cheap for segmentations)."""
     n = g.size
     if n == 0:
@@ -86,7 +131,27 @@ def slab_pairs(g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     change[1:] |= p[1:] != p[:-1]
     starts = np.flatnonzero(change)
     lengths = np.diff(np.append(starts, n)).astype(np.float64)
-    return reduce_pairs(g[starts], p[starts], lengths)
+    gr, pr = g[starts], p[starts]
+    g_index = IdIndex(g.dtype) if g_index is None else g_index
+    p_index = IdIndex(p.dtype) if p_index is None else p_index
+    g_used, gi = _compact(g_index.index(gr), g_index.ids.size)
+    p_used, pi = _compact(p_index.index(pr), p_index.ids.size)
+    n_p = p_used.size
+    key = gi * n_p + pi  # < runs^2 < 2**62
+    cells = g_used.size * n_p
+    if cells <= DENSE_CELLS or cells <= DENSE_FACTOR * key.size:  # dense: one bincount, no sort
+        summed = np.bincount(key, weights=lengths, minlength=cells)
+        cell = np.flatnonzero(summed)
+        counts = summed[cell]
+    else:  # sparse: sort the keys (no argsort), then sum lengths per distinct key
+        sk = np.sort(key)
+        first = np.empty(sk.size, dtype=bool)
+        first[0] = True
+        np.not_equal(sk[1:], sk[:-1], out=first[1:])
+        cell = sk[first]
+        counts = np.bincount(np.searchsorted(cell, key), weights=lengths, minlength=cell.size)
+    return (g_index.ids[g_used[cell // n_p]], p_index.ids[p_used[cell % n_p]],
+            np.rint(counts).astype(np.int64))
 
 
 def slabs(shape: tuple[int, ...], slab_voxels: int) -> list[tuple[slice, ...]]:
@@ -115,6 +180,8 @@ def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slic
     shape = check_same_shape(gt, pred)
     slab_voxels = SLAB_VOXELS if slab_voxels is None else slab_voxels
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    g_index = IdIndex(np.dtype(getattr(gt, "dtype", np.asarray(gt).dtype)))
+    p_index = IdIndex(np.dtype(getattr(pred, "dtype", np.asarray(pred).dtype)))
     rows = 0
     n_excluded = 0
     for index in slabs(shape, slab_voxels):
@@ -124,7 +191,7 @@ def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slic
             keep = ~np.asarray(exclude(g, index), dtype=bool)
             n_excluded += int(keep.size - np.count_nonzero(keep))
             g, p = g[keep], p[keep]
-        part = slab_pairs(g.reshape(-1), p.reshape(-1))
+        part = slab_pairs(g.reshape(-1), p.reshape(-1), g_index, p_index)
         pending.append(part)
         rows += part[0].size
         if rows > MERGE_ROWS and len(pending) > 1:  # bound memory by the distinct pairs seen so far
