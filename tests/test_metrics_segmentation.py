@@ -270,6 +270,16 @@ def test_border_mask_is_ignored_in_the_scores() -> None:
         cremi_score(gt, pred, voxel_size=(40, 4, 5), border_threshold_nm=4)
 
 
+def test_border_mask_on_a_2d_image_uses_whole_sections() -> None:
+    rng = np.random.default_rng(7)
+    gt = _voronoi(rng, (1, 40, 30), 9)
+    pred = _voronoi(rng, (1, 40, 30), 9)
+    keep = ~_border_by_definition(gt[0], 8.0 / 4.0)  # the definition, by brute force
+    split, merge = skm.variation_of_information(np.where(keep, gt[0], 0), pred[0], ignore_labels=[0])
+    got = variation_of_information(gt[0], pred[0], voxel_size=(4, 4), border_threshold_nm=8.0)
+    assert (got["split"], got["merge"]) == (pytest.approx(split, abs=1e-12), pytest.approx(merge, abs=1e-12))
+
+
 def test_errors_teach() -> None:
     with pytest.raises(ValueError, match="shape"):
         adapted_rand_error(np.zeros((2, 2), int), np.zeros((2, 3), int))
@@ -285,3 +295,18 @@ def test_results_carry_provenance() -> None:
         r = METRICS[name](gt, gt, voxel_size=(30, 6, 6))
         assert r["metric"] == name and r["version"] == METRICS[name].version
         assert r["voxel_size"] == [30.0, 6.0, 6.0] and "source" in str(r["conventions"])
+
+
+@pytest.mark.parametrize("values", [
+    np.array([-100, 100, 5, -100], np.int8),  # offsets past int8 max
+    np.array([True, False, True]),
+    np.array([UMAX, UMAX - 3, UMAX - 1], np.uint64),  # compact range at the top of uint64
+    np.array([0, U63 + 9, U63 + 2, 0], np.uint64),  # background 0 plus compact ids >= 2**63
+    np.array([0, 5, UMAX, U63, 5], np.uint64),  # scattered: the id cache
+    np.array([-(2**63), 2**63 - 1, 0], np.int64),
+])
+def test_slab_id_ranking_matches_numpy_unique(values: np.ndarray) -> None:
+    ids, index = _contingency.local_ids(values, _contingency.IdIndex(values.dtype))
+    expected_ids, expected_index = np.unique(values, return_inverse=True)
+    assert ids.astype(values.dtype).tolist() == expected_ids.tolist()
+    assert index.tolist() == expected_index.tolist()

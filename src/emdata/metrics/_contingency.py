@@ -24,6 +24,8 @@ MERGE_ROWS = 1 << 22
 # DENSE_FACTOR cells per run; otherwise sort the pair keys.
 DENSE_CELLS = 1 << 22
 DENSE_FACTOR = 8
+# Rank a slab's ids through a lookup table when they span at most this many values per run.
+DENSE_ID_FACTOR = 4
 # Distinct ids kept in the cross-slab id cache before it restarts.
 ID_CACHE_LIMIT = 1 << 22
 
@@ -119,6 +121,44 @@ def _compact(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return used, rank[idx]
 
 
+def _offsets(values: np.ndarray, lo: int) -> np.ndarray:
+    """values - lo as intp, exact wherever the difference is small (unsigned: values >= lo, or masked later)."""
+    if values.dtype.kind == "i":  # widen first: int8 100 - (-100) does not fit int8
+        return np.subtract(values, lo, dtype=np.int64).astype(np.intp, copy=False)
+    return np.subtract(values, values.dtype.type(lo), dtype=values.dtype).astype(np.intp, copy=False)
+
+
+def local_ids(values: np.ndarray, cache: IdIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted distinct ids of ``values``, each value's index among them).
+
+    Ids spanning a compact range (the usual case: consecutive object ids, also near 2**63) are
+    ranked through a lookup table over that range, without sorting or searching; scattered ids
+    (hashed, random) through the cross-slab ``cache``.
+    """
+    if values.dtype == bool:
+        values = values.view(np.uint8)
+    limit = max(DENSE_ID_FACTOR * values.size, 1 << 16)
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo <= limit:
+        offset = _offsets(values, lo)
+        used, index = _compact(offset, hi - lo + 1)
+        # modular integer arithmetic: exact in the dtype even where used alone would not fit
+        return used.astype(values.dtype) + values.dtype.type(lo), index
+    if lo == 0:  # background 0 plus a compact range of object ids far from it (e.g. ids >= 2**63)
+        nonzero = values != 0
+        lo2 = int(values[nonzero].min())
+        if hi - lo2 <= limit:  # offsets: 0 for background, 1 + (id - lo2) for objects
+            offset = _offsets(values, lo2 - 1)
+            offset *= nonzero
+            used, index = _compact(offset, hi - lo2 + 2)
+            ids = np.zeros(used.size, values.dtype)
+            objects = used > 0
+            ids[objects] = (used[objects] - 1).astype(values.dtype) + values.dtype.type(lo2)
+            return ids, index
+    used, index = _compact(cache.index(values), cache.ids.size)
+    return cache.ids[used], index
+
+
 def slab_pairs(g: np.ndarray, p: np.ndarray, g_index: IdIndex | None = None, p_index: IdIndex | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair counts of two equal-length 1D label arrays, via runs of equal pairs (cheap for segmentations)."""
@@ -128,17 +168,20 @@ def slab_pairs(g: np.ndarray, p: np.ndarray, g_index: IdIndex | None = None, p_i
     change = np.empty(n, dtype=bool)
     change[0] = True
     np.not_equal(g[1:], g[:-1], out=change[1:])
-    change[1:] |= p[1:] != p[:-1]
+    differs = np.not_equal(p[1:], p[:-1])
+    np.logical_or(change[1:], differs, out=change[1:])
+    del differs
     starts = np.flatnonzero(change)
-    lengths = np.diff(np.append(starts, n)).astype(np.float64)
+    del change
+    lengths = np.diff(starts, append=n).astype(np.float64)
     gr, pr = g[starts], p[starts]
-    g_index = IdIndex(g.dtype) if g_index is None else g_index
-    p_index = IdIndex(p.dtype) if p_index is None else p_index
-    g_used, gi = _compact(g_index.index(gr), g_index.ids.size)
-    p_used, pi = _compact(p_index.index(pr), p_index.ids.size)
-    n_p = p_used.size
+    del starts
+    g_ids, gi = local_ids(gr, IdIndex(g.dtype) if g_index is None else g_index)
+    p_ids, pi = local_ids(pr, IdIndex(p.dtype) if p_index is None else p_index)
+    p_ids, pi = local_ids(pr, p_index)
+    n_p = p_ids.size
     key = gi * n_p + pi  # < runs^2 < 2**62
-    cells = g_used.size * n_p
+    cells = g_ids.size * n_p
     if cells <= DENSE_CELLS or cells <= DENSE_FACTOR * key.size:  # dense: one bincount, no sort
         summed = np.bincount(key, weights=lengths, minlength=cells)
         cell = np.flatnonzero(summed)
@@ -150,8 +193,7 @@ def slab_pairs(g: np.ndarray, p: np.ndarray, g_index: IdIndex | None = None, p_i
         np.not_equal(sk[1:], sk[:-1], out=first[1:])
         cell = sk[first]
         counts = np.bincount(np.searchsorted(cell, key), weights=lengths, minlength=cell.size)
-    return (g_index.ids[g_used[cell // n_p]], p_index.ids[p_used[cell % n_p]],
-            np.rint(counts).astype(np.int64))
+    return g_ids[cell // n_p], p_ids[cell % n_p], np.rint(counts).astype(np.int64)
 
 
 def slabs(shape: tuple[int, ...], slab_voxels: int) -> list[tuple[slice, ...]]:

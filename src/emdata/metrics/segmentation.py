@@ -86,11 +86,12 @@ def _table(gt: Any, pred: Any, voxel_size: list[float] | None, border_threshold_
     ndim = len(np.shape(gt))
     if ndim not in (2, 3):
         raise ValueError(f"the CREMI border mask is defined for 2D or 3D volumes, got {ndim} axes")
-    vs3 = voxel_size if ndim == 3 else [1.0, *voxel_size]
+    if ndim == 2:  # one section: slabs must hold whole sections
+        gt, pred = np.asarray(gt)[None], np.asarray(pred)[None]
+        voxel_size = [1.0, *voxel_size]
 
     def exclude(g: np.ndarray, _index: tuple[slice, ...]) -> np.ndarray:
-        sections = g if g.ndim == 3 else g[None]
-        return _border_mask_sections(sections, vs3, border_threshold_nm).reshape(g.shape)
+        return _border_mask_sections(g, voxel_size, border_threshold_nm)
 
     return contingency(gt, pred, exclude=exclude, slab_voxels=max(1, int(np.prod(np.shape(gt)[1:]))) * 4)
 
