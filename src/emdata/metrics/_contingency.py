@@ -45,9 +45,15 @@ class Contingency:
     n_excluded: int = 0
 
 
+def dtype_of(array: Any) -> np.dtype:
+    """The element type of an array-like, without reading a zarr/h5py array's data."""
+    dtype = getattr(array, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(array).dtype
+
+
 def check_label_array(name: str, array: Any) -> None:
     """Raise a teaching error unless ``array`` holds integer (or bool) labels."""
-    dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+    dtype = dtype_of(array)
     if dtype.kind not in "iub":
         raise TypeError(f"{name} has dtype {dtype}, expected integer labels (e.g. uint32/uint64); "
                         "threshold or round a probability map and label it before scoring")
@@ -222,8 +228,8 @@ def contingency(gt: Any, pred: Any, *, exclude: Callable[[np.ndarray, tuple[slic
     shape = check_same_shape(gt, pred)
     slab_voxels = SLAB_VOXELS if slab_voxels is None else slab_voxels
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    g_index = IdIndex(np.dtype(getattr(gt, "dtype", np.asarray(gt).dtype)))
-    p_index = IdIndex(np.dtype(getattr(pred, "dtype", np.asarray(pred).dtype)))
+    g_index = IdIndex(dtype_of(gt))
+    p_index = IdIndex(dtype_of(pred))
     rows = 0
     n_excluded = 0
     for index in slabs(shape, slab_voxels):

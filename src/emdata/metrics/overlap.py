@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from emdata.metrics import _contingency
-from emdata.metrics._contingency import Contingency, check_same_shape, contingency, slabs
+from emdata.metrics._contingency import Contingency, check_same_shape, contingency, dtype_of, slabs
 from emdata.metrics._result import ratio, result, voxel_size_list
 
 NNUNET_SOURCE = "MIC-DKFZ/nnUNet nnunetv2/evaluation/evaluate_predictions.py (NaN when TP+FP+FN = 0)"
@@ -40,7 +40,7 @@ def _mask_scores(gt_mask: Any, pred_mask: Any, ignore: int | None) -> dict[str, 
     """TP/FP/FN of two foreground masks, slab by slab along axis 0 (bounded memory)."""
     shape = check_same_shape(gt_mask, pred_mask, ("gt_mask", "pred_mask"))
     for name, array in (("gt_mask", gt_mask), ("pred_mask", pred_mask)):
-        dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+        dtype = dtype_of(array)
         if dtype.kind not in "iub":
             raise TypeError(f"{name} has dtype {dtype}, expected bool or integer; threshold probabilities "
                             "first (e.g. pred > 0.5)")
