@@ -255,8 +255,9 @@ def cremi_score(gt: Any, pred: Any, *, voxel_size: Sequence[float] | None = None
 
     ARAND uses the SNEMI3D convention (``adapted_rand_error``), VOI CREMI's (``variation_of_information``).
     The leaderboard evaluated with a border mask (https://cremi.org/metrics/) whose threshold is not
-    published with the code; the organisers' example script uses 200 nm for clefts and none for
-    neurons. Pass ``border_threshold_nm`` and ``voxel_size`` to apply one.
+    stated there; cremi_python's ``example_evaluation.py`` was committed both without one (commit
+    23b7a54) and with ``border_threshold=200`` nm (commit 0efb271). The default here is no mask: pass
+    ``border_threshold_nm`` (e.g. 200) and ``voxel_size`` to apply one.
 
     >>> r = cremi_score(np.array([1, 1, 2, 2]), np.array([5, 5, 5, 5]))
     >>> round(r["cremi_score"], 6), r["voi_total"], round(r["arand"], 6)
