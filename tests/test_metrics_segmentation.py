@@ -256,6 +256,14 @@ def test_border_mask_matches_its_definition(seed: int, voxel_size: tuple, thresh
         np.testing.assert_array_equal(got[z], _border_by_definition(gt[z], threshold / voxel_size[1]))
 
 
+def test_border_mask_of_a_section_without_border_keeps_the_organisers_corner() -> None:
+    """cremi_python's border_mask.py on a one-label section: scipy's EDT of an all-True image measures
+    from a point above pixel (0, 0), so pixels with (y + 1)^2 + x^2 <= d^2 are masked (d = 3 px here)."""
+    got = border_mask(np.full((1, 6, 6), 4, np.uint64), (40, 4, 4), 12.0)[0]
+    y, x = np.mgrid[:6, :6]
+    np.testing.assert_array_equal(got, (y + 1) ** 2 + x**2 <= 3**2)
+
+
 def test_border_mask_is_ignored_in_the_scores() -> None:
     gt = np.array([[[1, 1, 1, 2, 2, 2]]])
     pred = np.array([[[1, 1, 2, 2, 2, 2]]])  # the error is within 4 nm of the border
