@@ -168,5 +168,5 @@ def test_clear_errors(tmp_path: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x[..., 1:-1, 1:-1, 1:-1]
 
-    with pytest.raises(ValueError, match="same spatial shape|input's spatial shape"):
+    with pytest.raises(ValueError, match="the input's spatial shape"):
         predict(Shrinks(), path, "p", tile=(4, 32, 32), progress=False)

@@ -384,7 +384,7 @@ def add_prediction(volume_path: Path, name: str, values: np.ndarray, *, provenan
     """
     values = np.asarray(values)
     kind = "labels" if np.issubdtype(values.dtype, np.integer) else "probabilities"
-    if kind == "labels" and values.ndim != 3 or kind == "probabilities" and values.ndim != 4:
+    if (kind == "labels" and values.ndim != 3) or (kind == "probabilities" and values.ndim != 4):
         raise StoreWriteError(f"a {kind} prediction must be {'(z, y, x)' if kind == 'labels' else '(c, z, y, x)'}, "
                               f"got shape {values.shape} ({values.dtype})")
     writer = PredictionWriter(volume_path, name, kind, values.dtype, channels=values.shape[0] if kind != "labels"
