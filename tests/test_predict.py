@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from emdata.predict import predict  # noqa: E402
+from emdata.inference import predict  # noqa: E402
 from emdata.store.predictions import StalePredictionError, staging_folder  # noqa: E402
 from emdata.store.verify import verify_volume  # noqa: E402
 from emdata.store.volume import open_volume  # noqa: E402
