@@ -291,7 +291,8 @@ def _mask(values: Any, foreground: Sequence[int] | None, ignore: int | None) -> 
 def evaluate(volume: Volume | str | Path, prediction: Any, *, gt_layer: str | None = None,
              pred_layer: str | None = None, metrics: Sequence[str] | None = None,
              options: Mapping[str, Mapping[str, Any]] | None = None,
-             gt_foreground: Sequence[int] | None = None, pred_foreground: Sequence[int] | None = None) -> dict[str, Any]:
+             gt_foreground: Sequence[int] | None = None,
+             pred_foreground: Sequence[int] | None = None) -> dict[str, Any]:
     """Score ``prediction`` against ground-truth layer ``gt_layer`` of ``volume``; returns one JSON-ready document.
 
     ``metrics`` default to the dataset card's evaluation entry (for ``gt_layer``, or the first
@@ -365,7 +366,7 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, values, version) per result, the values as ``key=value`` of every number it gives.
 
     Example:
-        >>> summary_rows({"results": {"arand": {"metric": "arand", "version": "v@1", "arand": 0.25, "conventions": {}}}})
+        >>> summary_rows({"results": {"arand": {"metric": "arand", "version": "v@1", "arand": 0.25}}})
         [('arand', 'arand=0.25', 'v@1')]
     """
     rows = []
