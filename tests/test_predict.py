@@ -170,3 +170,10 @@ def test_clear_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="the input's spatial shape"):
         predict(Shrinks(), path, "p", tile=(4, 32, 32), progress=False)
+
+
+def test_the_replaced_version_is_removed_when_no_reader_holds_it(tmp_path: Path) -> None:
+    path = _volume(tmp_path)
+    predict(_conv(), path, "a", tile=(4, 32, 32), progress=False)
+    versions = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".v.ome.zarr.v"))
+    assert versions == [".v.ome.zarr.v2"]

@@ -245,6 +245,7 @@ def predict(model: Any, volume: Volume | str | Path, name: str = "prediction", *
             advance(1)
             if on_block is not None:
                 on_block(index)
+    vol.close()  # our own pin would keep the replaced version on disk
     writer.finish()
     return open_volume(path)
 
