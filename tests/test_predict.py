@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from emdata.cli import _load_model  # noqa: E402
+from emdata.evaluation import evaluate  # noqa: E402
 from emdata.inference import predict  # noqa: E402
 from emdata.store.predictions import StalePredictionError, staging_folder  # noqa: E402
 from emdata.store.verify import verify_volume  # noqa: E402
@@ -105,10 +107,33 @@ def test_labels_go_to_the_label_group_and_leave_ground_truth_and_readers_alone(t
     assert [p["name"] for p in il["properties"]] == ["background", "neuron"]
     assert np.array_equal(np.asarray(before.raw), raw_before) and "guess" not in before.meta.get("predictions", {})
     assert before.folder != vol.folder  # a new version; the reader keeps the one it opened
-    run = subprocess.run([sys.executable, "-m", "emdata", "verify", str(path), "--deep", "--json"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert json.loads(run.stdout)["volumes"][0]["ok"]
+    assert verify_volume(path, deep=True).ok
+
+
+def emdata_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "emdata", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_predicts_with_a_torchscript_model_then_verifies_and_evaluates(tmp_path: Path) -> None:
+    path = _volume(tmp_path)
+    model = tmp_path / "net.pt"
+    torch.jit.script(_conv(2)).save(str(model))
+    run = emdata_cli("predict", str(path), "--model", str(model), "--tile", "4,32,32", "--halo", "1,2,2",
+                     "--name", "seg", "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["path"] == "labels/seg" and doc["shape"] == [6, 70, 90]
+    assert doc["provenance"]["model"] == str(model) and doc["provenance"]["halo"] == [1, 2, 2]
+    assert verify_volume(path, deep=True).ok
+    result = evaluate(path, "seg", gt_layer="cells", metrics=["dice"])["results"]["dice"]
+    seg = np.asarray(open_volume(path).prediction("seg")) != 0
+    cells = np.asarray(open_volume(path).labels["cells"]) != 0
+    assert result["dice"] == pytest.approx(2 * (seg & cells).sum() / (seg.sum() + cells.sum()))
+    with pytest.raises(FileNotFoundError, match="MODULE:FACTORY"):
+        _load_model(str(tmp_path / "nothing.pt"), None)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        _load_model(str(tmp_path / "junk.pt"), None)
 
 
 def test_a_model_trained_at_a_coarser_voxel_size_runs_on_that_level(tmp_path: Path) -> None:
