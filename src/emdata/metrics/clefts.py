@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emdata.metrics._contingency import SLAB_VOXELS, check_same_shape, slabs
+from emdata.metrics import _contingency
+from emdata.metrics._contingency import check_same_shape, dtype_of, slabs
 from emdata.metrics._result import result, voxel_size_list
 
 CLEFTS_SOURCE = "cremi/cremi_python cremi/evaluation/Clefts.py @ 4bd2f54; https://cremi.org/metrics/"
@@ -32,7 +33,7 @@ def _cleft_points(gt: Any, pred: Any, voxel_size: list[float], background: int, 
     g_pts: list[np.ndarray] = []
     p_pts: list[np.ndarray] = []
     scale = np.asarray(voxel_size, dtype=np.float64)
-    for index in slabs(shape, SLAB_VOXELS):
+    for index in slabs(shape, _contingency.SLAB_VOXELS):
         g = np.asarray(gt[index])
         p = np.asarray(pred[index])
         g_cleft = g != np.asarray(background).astype(g.dtype)
@@ -100,7 +101,7 @@ def cleft_distances(gt: Any, pred: Any, *, voxel_size: Sequence[float], threshol
     if vs is None:
         raise ValueError("cleft distances are in nm: pass voxel_size=(z, y, x) nm (the volume's voxel size)")
     for name, array in (("gt", gt), ("pred", pred)):
-        dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+        dtype = dtype_of(array)
         if dtype.kind not in "iub":
             raise TypeError(f"{name} has dtype {dtype}, expected integer or bool cleft labels; threshold a "
                             "probability map first (e.g. pred > 0.5)")

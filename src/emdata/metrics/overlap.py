@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from emdata.metrics._contingency import SLAB_VOXELS, Contingency, check_same_shape, contingency, slabs
+from emdata.metrics import _contingency
+from emdata.metrics._contingency import Contingency, check_same_shape, contingency, dtype_of, slabs
 from emdata.metrics._result import ratio, result, voxel_size_list
 
 NNUNET_SOURCE = "MIC-DKFZ/nnUNet nnunetv2/evaluation/evaluate_predictions.py (NaN when TP+FP+FN = 0)"
@@ -39,12 +40,12 @@ def _mask_scores(gt_mask: Any, pred_mask: Any, ignore: int | None) -> dict[str, 
     """TP/FP/FN of two foreground masks, slab by slab along axis 0 (bounded memory)."""
     shape = check_same_shape(gt_mask, pred_mask, ("gt_mask", "pred_mask"))
     for name, array in (("gt_mask", gt_mask), ("pred_mask", pred_mask)):
-        dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+        dtype = dtype_of(array)
         if dtype.kind not in "iub":
             raise TypeError(f"{name} has dtype {dtype}, expected bool or integer; threshold probabilities "
                             "first (e.g. pred > 0.5)")
     tp = fp = fn = 0
-    for index in slabs(shape, SLAB_VOXELS):
+    for index in slabs(shape, _contingency.SLAB_VOXELS):
         g = np.asarray(gt_mask[index])
         p = np.asarray(pred_mask[index]) != 0
         fg = g != 0

@@ -86,11 +86,12 @@ def _table(gt: Any, pred: Any, voxel_size: list[float] | None, border_threshold_
     ndim = len(np.shape(gt))
     if ndim not in (2, 3):
         raise ValueError(f"the CREMI border mask is defined for 2D or 3D volumes, got {ndim} axes")
-    vs3 = voxel_size if ndim == 3 else [1.0, *voxel_size]
+    if ndim == 2:  # one section: slabs must hold whole sections
+        gt, pred = np.asarray(gt)[None], np.asarray(pred)[None]
+        voxel_size = [1.0, *voxel_size]
 
     def exclude(g: np.ndarray, _index: tuple[slice, ...]) -> np.ndarray:
-        sections = g if g.ndim == 3 else g[None]
-        return _border_mask_sections(sections, vs3, border_threshold_nm).reshape(g.shape)
+        return _border_mask_sections(g, voxel_size, border_threshold_nm)
 
     return contingency(gt, pred, exclude=exclude, slab_voxels=max(1, int(np.prod(np.shape(gt)[1:]))) * 4)
 
@@ -138,12 +139,9 @@ def arand_from_table(table: Contingency, gt_ignore: Sequence[int] = (0,),
         sum_ab = float(c @ c - c.sum())
     precision = ratio(sum_ab, sum_b)
     recall = ratio(sum_ab, sum_a)
-    if precision is None or recall is None:
-        are = None
-    elif precision + recall == 0:
-        are = 1.0
-    else:
-        are = 1.0 - 2.0 * precision * recall / (precision + recall)
+    # 1 - 2PR / (P + R) = 1 - 2 sum_AB / (sum_A + sum_B), also defined where P or R is 0/0 (as in scikit-image)
+    f_score = ratio(2.0 * sum_ab, sum_a + sum_b)
+    are = None if f_score is None else 1.0 - f_score
     return {"arand": are, "precision": precision, "recall": recall}
 
 
@@ -276,8 +274,9 @@ def cremi_score(gt: Any, pred: Any, *, voxel_size: Sequence[float] | None = None
     values = {"cremi_score": score, "arand": rand["arand"], "arand_precision": rand["precision"],
               "arand_recall": rand["recall"], "voi_split": voi["split"], "voi_merge": voi["merge"],
               "voi_total": voi["total"]}
-    conventions = {"formula": "sqrt(voi_total * arand) (https://cremi.org/leaderboard/)", "gt_ignore": ignore,
-                   "arand": SNEMI3D_SOURCE, "voi": VOI_SOURCE, "border_threshold_nm": border_threshold_nm}
+    conventions = {"formula": "sqrt(voi_total * arand)", "source": "https://cremi.org/leaderboard/",
+                   "gt_ignore": ignore, "arand": SNEMI3D_SOURCE, "voi": VOI_SOURCE,
+                   "border_threshold_nm": border_threshold_nm}
     if border_threshold_nm is not None:
         conventions["border_mask"] = BORDER_SOURCE
     return result("cremi-score", "cremi-score@1", values, conventions, vs)
