@@ -182,3 +182,27 @@ def test_cards_name_registered_metrics_and_their_own_layers() -> None:
     doc["evaluation"] = [{"gt_layer": "clefts", "metrics": ["arand"], "options": {"voi": {}}}]
     with pytest.raises(CardError, match="options"):
         parse_card(doc)
+
+
+def test_cremi_scores_neurons_by_default_and_clefts_on_request(tmp_path: Path) -> None:
+    neurons = np.zeros((3, 16, 16), "u8")
+    neurons[:, :, :8], neurons[:, :, 8:] = 5, 2**63 + 7  # uint64 ids beyond int64
+    clefts = np.zeros_like(neurons)
+    clefts[1, 4:6, 7:9] = 1
+    path = write_volume(tmp_path / "A.ome.zarr", np.zeros(neurons.shape, "u1"), (40, 4, 4),
+                        labels=[LabelLayerData("neuron_ids", neurons, "instance", instance_of="neuron"),
+                                LabelLayerData("clefts", clefts, "instance", instance_of="cleft")],
+                        meta={"dataset": "cremi", "volume": "A", "split": "train"})
+    merged = np.ones(neurons.shape, "u8")
+    doc = evaluate(path, merged)
+    assert doc["gt_layer"] == "neuron_ids" and list(doc["results"]) == ["voi", "arand", "cremi-score"]
+    assert doc["results"]["voi"]["merge"] == pytest.approx(1.0)  # two equal halves merged: H(gt | pred) = 1 bit
+    assert doc["results"]["voi"]["split"] == 0.0
+    shifted = np.zeros_like(clefts)
+    shifted[1, 4:6, 9:11] = 1  # the cleft (x 7, 8) predicted at x 9, 10
+    doc = evaluate(path, shifted, gt_layer="clefts")
+    result = doc["results"]["cleft-distance"]
+    assert list(doc["results"]) == ["cleft-distance"] and result["voxel_size"] == [40.0, 4.0, 4.0]
+    # predicted x 9 and 10 lie 1 and 2 voxels (4, 8 nm) from the cleft's x 8; the cleft's x 7 and 8 lie 8 and 4
+    # nm from the prediction's x 9: both means are 6 nm
+    assert result["fp_mean"] == pytest.approx(6.0) and result["fn_mean"] == pytest.approx(6.0)
