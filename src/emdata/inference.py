@@ -180,7 +180,8 @@ def predict(model: Any, volume: Volume | str | Path, name: str = "prediction", *
     import torch
 
     from emdata.sources.progress import transfer_progress
-    from emdata.store.predictions import PredictionWriter
+    from emdata.store.predictions import PredictionWriter, StalePredictionError
+    from emdata.store.publish import generation, resolve
     from emdata.torch.planning import _intensity_range
 
     if output not in OUTPUTS:
@@ -230,6 +231,8 @@ def predict(model: Any, volume: Volume | str | Path, name: str = "prediction", *
                   "classes": {int(k): v for k, v in (classes or {}).items()}}
     writer = PredictionWriter(path, name, output, out_dtype, channels=channels, level=level, block=block,
                               classes=class_list, provenance=provenance, spec=settings)
+    if writer.source != generation(path) or resolve(path) != vol.folder:  # replaced while we were starting
+        raise StalePredictionError(f"{path} was replaced while the prediction started; run it again")
     pending = writer.pending()
     total = len(writer.blocks())
     with transfer_progress(f"predict {vol.dataset}/{vol.name} → {name}", total, unit="blocks",
