@@ -297,14 +297,16 @@ def promise_problems(path: Path) -> list[str]:
         em = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))["attributes"]["emdata"]
         arrays = [lv["path"] for lv in em["raw"]["levels"]] + [
             f"labels/{name}/{lv['path']}" for name, layer in em["labels"].items() for lv in layer["levels"]]
+        predictions = em.get("predictions", {})  # layers added by `emdata predict`
+        arrays += [f"{p['path']}/{lv['path']}" for p in predictions.values() for lv in p["levels"]]
         levels = len(em["raw"]["levels"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{folder / 'zarr.json'}: no readable emdata block ({type(exc).__name__}: {exc})"]
     problems = []
-    if not isinstance(marker, dict) or marker.get("levels") != levels or marker.get("arrays") != 1 + len(
-            em["labels"]):
+    n_arrays = 1 + len(em["labels"]) + len(predictions)
+    if not isinstance(marker, dict) or marker.get("levels") != levels or marker.get("arrays") != n_arrays:
         problems.append(f"{folder / COMPLETE_MARKER}: promises {marker!r}, the volume records {levels} level(s) "
-                        f"and {1 + len(em['labels'])} array(s)")
+                        f"and {n_arrays} array(s)")
     problems += [f"{folder / a}: array missing (no zarr.json)" for a in arrays
                  if not (folder / a / "zarr.json").is_file()]
     return problems
