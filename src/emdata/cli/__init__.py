@@ -399,7 +399,7 @@ def preview(target: Annotated[str, typer.Argument(
             output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write (several volumes: "
                                                                               "FILE-<volume>.png).")] = None,
             augment: Annotated[bool, typer.Option("--augment", help="Instead: a grid of augmented training samples "
-                                                                    "(augment='em'; needs emdata[torch]).")] = False,
+                                                                    "(augment='em'; needs the torch extra).")] = False,
             samples: Annotated[int, typer.Option(help="With --augment: how many samples.")] = 8,
             as_json: JsonOpt = False) -> None:
     """Write a PNG: three orthogonal slices per label layer with the labels overlaid, legend and scale bar."""
