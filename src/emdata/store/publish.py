@@ -138,11 +138,12 @@ def _remove_tree(folder: Path) -> None:
 def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
     """Publish the finished folder ``built`` as the next version of ``path``; returns the version folder.
 
-    The caller holds :func:`volume_lock`. ``marker`` (arrays, levels) goes into the completion
-    marker with the time, schema and a unique id. Replaced versions are retired (deleted once
-    no reader holds them).
+    The caller holds :func:`volume_lock`. The metadata is consolidated first (:func:`consolidate`).
+    ``marker`` (arrays, levels) goes into the completion marker with the time, schema and a
+    unique id. Replaced versions are retired (deleted once no reader holds them).
     """
     path = Path(path)
+    consolidate(built)
     if path.exists() and not path.is_symlink():  # a plain folder from before versions: version 0
         number = (versions(path)[-1][0] if versions(path) else 0) + 1
         os.replace(path, path.parent / f"{_prefix(path)}v{number}")
@@ -156,6 +157,24 @@ def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
     for _, old in versions(path)[:-1]:
         retire(old)
     return version
+
+
+def consolidate(folder: Path) -> None:
+    """Record the metadata of every group and array under ``folder`` in its root ``zarr.json``
+    (zarr-python's consolidated metadata), so plain zarr lists the hierarchy from there.
+
+    Listing the folders instead, zarr-python 3 warns about every entry that is not a zarr node:
+    the completion marker and ``indices/`` are emdata's own. Done by :func:`commit`, before the
+    marker; volumes published without it read as before.
+    """
+    import warnings
+
+    import zarr
+    from zarr.errors import ZarrUserWarning
+
+    with warnings.catch_warnings():  # the listing done here meets emdata's files; v3 consolidation is "unstable"
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        zarr.consolidate_metadata(str(folder))
 
 
 def _link(path: Path, version: Path) -> None:

@@ -95,7 +95,8 @@ class Volume:
         if not (self.folder / COMPLETE_MARKER).is_file():
             raise VolumeReplacedError(f"{self.path}: the version {self.folder.name} opened earlier was replaced "
                                       "or removed; open the volume again")
-        return zarr.open_group(_PinnedStore(self.folder, read_only=True), mode="r")
+        # each array's own zarr.json, not the root's consolidated copy: a missing array stays an error
+        return zarr.open_group(_PinnedStore(self.folder, read_only=True), mode="r", use_consolidated=False)
 
     @cached_property
     def meta(self) -> dict[str, Any]:
