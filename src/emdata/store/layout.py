@@ -25,7 +25,8 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.publish import SCHEMA
 
-__all__ = ["LABEL_ZSTD_LEVEL", "RAW_COMPRESSORS", "REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
+__all__ = ["LABEL_ZSTD_LEVEL", "RAW_COMPRESSORS",
+           "REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
            "create_level_array", "emdata_block", "label_entry", "level_entry", "ome_levels", "standard_dtype",
            "union_mapping", "validate_labels", "validate_meta", "validate_voxel_size", "write_metadata"]
 

@@ -36,11 +36,11 @@ import numpy as np
 from scipy import ndimage
 
 from emdata.labels.ontology import ontology
+from emdata.store.decoded_cache import cache_root
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
 from emdata.torch.collate import with_channel
 from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
-from emdata.store.decoded_cache import cache_root
 from emdata.torch.reader import VolumeReader
 from emdata.torch.resample import level_positions, resample_at
 from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_weights
