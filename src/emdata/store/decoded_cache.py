@@ -2,16 +2,16 @@
 ``<EMDATA_HOME>/cache/decoded``, bounded by one global byte budget.
 
 Each cached array (one pyramid level of one layer of one published *version* of a volume) is a
-folder holding ``data``, a sparse file of one fixed-size slot per chunk (decoded, C order, edge
-chunks padded), ``state`` (a count, then one byte per chunk: 1 = its slot is filled) and
-``info.json``. Every process that reads the array maps the same files, so the decoded voxels
+folder holding ``data``, a sparse file of one slot per chunk (decoded, C order, edge chunks only
+as large as their part of the array, so a whole array takes its own size), ``state`` (the bytes
+filled, then one byte per chunk: 1 = its slot is filled) and ``info.json``. Every process that reads the array maps the same files, so the decoded voxels
 live once in the page cache whatever the number of DataLoader workers and whatever their start
 method (fork, spawn, forkserver); the kernel may write them back to the local disk and drop
 them under memory pressure, and reads them back from there without decoding again.
 
 Budget: when an array is first opened, it is granted ``min(its decoded size, what is left of
 the budget)`` under a global lock; the grants of all arrays never add up to more than the budget
-(``reserved_bytes``). A grant smaller than the array caps how many chunks it fills (the first
+(``reserved_bytes``). A grant smaller than the array caps how many bytes of chunks it fills (the first
 ones touched stay; with uniformly random patches that keeps the same hit rate as an LRU of that
 size). Arrays nobody has open are evicted when a new one needs room, stale ones (their version
 was replaced by ``prepare --force`` or deleted) first. Readers hold a shared ``flock`` on the
@@ -33,8 +33,8 @@ Example:
     True
     >>> level.put((0, 1, 1), np.full((2, 32, 32), 7, np.uint8))
     True
-    >>> int(level.get((0, 1, 1))[1, 2, 3]), level.filled, cache.reserved_bytes()
-    (7, 1, 16384)
+    >>> int(level.get((0, 1, 1))[1, 2, 3]), level.filled, level.filled_bytes, cache.reserved_bytes()
+    (7, 1, 2048, 16384)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import numpy as np
 
 __all__ = ["CachedArray", "DecodedCache", "cache_root", "clean", "entries", "version_of"]
 
-_HEADER = 8  # bytes before the per-chunk state bytes: the count of filled chunks (uint64)
+_HEADER = 8  # bytes before the per-chunk state bytes: the bytes of the filled slots (uint64)
 INFO = "info.json"
 
 
@@ -111,18 +111,23 @@ class CachedArray:
         self.dtype = np.dtype(info["dtype"])
         self.grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
         self.n_chunks = math.prod(self.grid)
-        self.slot_bytes = math.prod(self.chunks) * self.dtype.itemsize
-        self.limit = int(info["reserved_bytes"]) // self.slot_bytes
+        self.limit = int(info["reserved_bytes"])
+        # each chunk's shape inside the array, and where its slot starts (C order over the grid)
+        extents = [np.minimum(c, s - np.arange(g) * c) for s, c, g in zip(self.shape, self.chunks, self.grid)]
+        self._sizes = np.ones(self.grid, np.int64) * self.dtype.itemsize
+        for axis, ext in enumerate(extents):
+            self._sizes *= ext.reshape([-1 if a == axis else 1 for a in range(len(self.grid))])
+        self._sizes = self._sizes.ravel()
+        self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])
+        self.nbytes = int(self._offsets[-1])
         # the shared lock that keeps the entry from being evicted while this process reads it
         self._use = os.open(folder / INFO, os.O_RDONLY)
         fcntl.flock(self._use, fcntl.LOCK_SH)
         self._fill = _Flock(folder / "fill.lock")
         with open(folder / "data", "r+b") as f:
-            self._data_map = mmap.mmap(f.fileno(), self.n_chunks * self.slot_bytes) if self.n_chunks else None
+            self._data_map = mmap.mmap(f.fileno(), self.nbytes) if self.nbytes else None
         with open(folder / "state", "r+b") as f:
             self._state_map = mmap.mmap(f.fileno(), _HEADER + self.n_chunks)
-        self._slots = (np.frombuffer(self._data_map, self.dtype).reshape(self.n_chunks, *self.chunks)
-                       if self._data_map is not None else None)
         self._count = np.frombuffer(self._state_map, np.uint64, 1, 0)
         self._state = np.frombuffer(self._state_map, np.uint8, self.n_chunks, _HEADER)
 
@@ -134,7 +139,7 @@ class CachedArray:
         fd, self._use = getattr(self, "_use", None), None
         if fd is None:
             return
-        self._slots = self._count = self._state = None  # type: ignore[assignment]
+        self._count = self._state = None  # type: ignore[assignment]
         for m in (self._data_map, self._state_map):
             if m is not None:
                 with contextlib.suppress(BufferError, ValueError):  # a view still exported: unmapped when freed
@@ -145,37 +150,48 @@ class CachedArray:
     @property
     def filled(self) -> int:
         """How many chunks are held."""
+        return int(np.count_nonzero(self._state))
+
+    @property
+    def filled_bytes(self) -> int:
+        """The bytes of the chunks held (never more than :attr:`limit`, the grant)."""
         return int(self._count[0])
+
+    def _slot(self, i: int) -> np.ndarray:
+        shape = tuple(min(c, s - j * c) for j, c, s in zip(np.unravel_index(i, self.grid), self.chunks, self.shape))
+        return np.frombuffer(self._data_map, self.dtype, int(self._sizes[i]) // self.dtype.itemsize,  # type: ignore[arg-type]
+                             int(self._offsets[i])).reshape(shape)
 
     def _index(self, idx: Sequence[int]) -> int:
         return int(np.ravel_multi_index(tuple(idx), self.grid))
 
     def get(self, idx: Sequence[int]) -> np.ndarray | None:
-        """The decoded chunk at grid index ``idx`` (a read-only view of its full slot), or None."""
+        """The decoded chunk at grid index ``idx`` (a read-only view of its part of the array), or None."""
         i = self._index(idx)
         if not self._state[i]:
             return None
-        view = self._slots[i]  # type: ignore[index]
+        view = self._slot(i)
         view.flags.writeable = False
         return view
 
     def put(self, idx: Sequence[int], block: np.ndarray) -> bool:
-        """Offer the decoded chunk at ``idx`` (its in-array part, shape up to the chunk shape);
-        False when the grant is used up (nothing is stored)."""
+        """Offer the decoded chunk at ``idx`` (its part of the array, or the whole padded chunk);
+        False when the grant has no room for it (nothing is stored)."""
         i = self._index(idx)
+        size = int(self._sizes[i])
         if self._state[i]:
             return True
-        if self.filled >= self.limit:
+        if int(self._count[0]) + size > self.limit:
             return False
         with self._fill:
             if self._state[i]:
                 return True
-            if int(self._count[0]) >= self.limit:
+            if int(self._count[0]) + size > self.limit:
                 return False
-            slot = self._slots[i]  # type: ignore[index]
-            slot[tuple(slice(0, n) for n in block.shape)] = block
+            slot = self._slot(i)
+            slot[...] = block[tuple(slice(0, n) for n in slot.shape)]
             self._state[i] = 1
-            self._count[0] += 1
+            self._count[0] += size
         return True
 
 
@@ -304,15 +320,14 @@ class DecodedCache:
         and for ``cache clean``.
         """
         shape, chunks, dtype = tuple(int(s) for s in shape), tuple(int(c) for c in chunks), np.dtype(dtype)
-        slot = math.prod(chunks) * dtype.itemsize
-        if self.budget < slot:
+        if self.budget <= 0:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
         folder = self.root / _key_folder(key)
         with _Flock(self.root / ".lock"):
             info = _read_info(folder)
             if info is None:
-                info = self._admit(folder, key, shape, chunks, dtype, slot, label, dataset, version)
+                info = self._admit(folder, key, shape, chunks, dtype, label, dataset, version)
                 if info is None:
                     return None
             else:
@@ -320,9 +335,10 @@ class DecodedCache:
             return CachedArray(folder, info)
 
     def _admit(self, folder: Path, key: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype,
-               slot: int, label: str, dataset: str | None, version: dict[str, str] | None) -> dict[str, Any] | None:
+               label: str, dataset: str | None, version: dict[str, str] | None) -> dict[str, Any] | None:
         n_chunks = math.prod(-(-s // c) for s, c in zip(shape, chunks))
-        need = min(n_chunks * slot, self.budget // slot * slot)
+        nbytes = math.prod(shape) * dtype.itemsize
+        need = min(nbytes, self.budget)
         current = entries(self.root)
         used = sum(int(i["reserved_bytes"]) for _, i in current)
         # stale entries go whenever nobody reads them; unused ones, oldest first, when room is needed
@@ -332,15 +348,15 @@ class DecodedCache:
                 continue
             if _remove_unused(other):
                 used -= int(other_info["reserved_bytes"])
-        grant = min(need, max(self.budget - used, 0)) // slot * slot
-        if grant < slot:
-            return None
+        grant = min(need, max(self.budget - used, 0))
+        if grant < min(math.prod(chunks), nbytes // max(dtype.itemsize, 1)) * dtype.itemsize:
+            return None  # not even one chunk
         if folder.exists():  # a half-made entry of a process that died while creating it
             shutil.rmtree(folder, ignore_errors=True)
         tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         with open(tmp / "data", "wb") as f:
-            f.truncate(n_chunks * slot)  # sparse: disk blocks only for filled slots
+            f.truncate(nbytes)  # sparse: disk blocks only for filled slots
         with open(tmp / "state", "wb") as f:
             f.truncate(_HEADER + n_chunks)
         info = {"key": key, "label": label, "dataset": dataset, "version": version, "shape": list(shape),

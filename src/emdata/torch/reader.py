@@ -3,7 +3,7 @@ concurrently, and decoded chunks are kept once for the whole process tree.
 
 Reading: the chunks a box touches are fetched by a per-process thread pool, each thread reading,
 decoding and copying its chunk's part of the box (zstd and file reads release the GIL). Arrays of
-a local store with plain codecs (bytes, then zstd or nothing; not sharded) are read straight from
+a local store with plain codecs (bytes, then zstd, blosc or nothing; not sharded) are read straight from
 their chunk files with numcodecs, skipping zarr-python's per-call overhead; any other
 array-like (sharded levels, remote stores: anything with ``.shape``, ``.chunks``, ``.dtype`` and
 ``__getitem__``) is read one chunk box per task, so remote chunks are fetched concurrently too.
@@ -79,7 +79,7 @@ def _chunk_file_reader(array: Any) -> Callable[[Index], np.ndarray | None] | Non
     (the decoded chunk, full chunk shape; None for a chunk never written), or None when the array
     is anything else (it is then read through zarr)."""
     try:
-        from zarr.codecs import BytesCodec, ZstdCodec
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
         from zarr.storage import LocalStore
 
         meta, store = array.metadata, array.store_path.store
@@ -93,11 +93,16 @@ def _chunk_file_reader(array: Any) -> Callable[[Index], np.ndarray | None] | Non
         return None
     decode: Callable[[bytes], Any] | None = None
     if len(codecs) == 2:
-        if not isinstance(codecs[1], ZstdCodec) or codecs[1].checksum:
-            return None
-        from numcodecs import Zstd
+        if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
+            from numcodecs import Zstd
 
-        decode = Zstd().decode
+            decode = Zstd().decode
+        elif isinstance(codecs[1], BloscCodec):
+            from numcodecs import blosc
+
+            decode = blosc.decompress  # the blosc header says how; thread-safe outside the main thread
+        else:
+            return None
     dtype = np.dtype(array.dtype)
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if getattr(codecs[0].endian, "value", "little") == "big" else "<")
@@ -234,12 +239,12 @@ class VolumeReader:
         """Decode the whole level into the shared cache (once for all processes) if its grant holds
         it; returns whether the whole level is now held."""
         lv = self._level(layer, level)
-        if lv.cached is None or lv.cached.limit < lv.cached.n_chunks:
+        if lv.cached is None or lv.cached.limit < lv.cached.nbytes:
             return False
         missing = [idx for idx in itertools.product(*(range(g) for g in lv.cached.grid)) if lv.cached.get(idx) is None]
 
         def fill(idx: Index) -> bool:
-            return lv.cached.put(idx, lv.fetch(idx)[tuple(slice(0, s.stop - s.start) for s in lv.chunk_box(idx))])  # type: ignore[union-attr]
+            return lv.cached.put(idx, lv.fetch(idx))  # type: ignore[union-attr]
 
         return all(_pool().map(fill, missing)) and lv.cached.filled == lv.cached.n_chunks
 
@@ -262,7 +267,7 @@ class VolumeReader:
             block = lv.fetch(idx)
             _copy(out, box, cbox, block)
             if lv.cached is not None:
-                lv.cached.put(idx, block[tuple(slice(0, s.stop - s.start) for s in cbox)])
+                lv.cached.put(idx, block)
 
         if len(missing) == 1:
             load(missing[0])
