@@ -4,9 +4,10 @@
 Each cached array (one pyramid level of one layer of one published *version* of a volume) is a
 folder holding ``data``, a sparse file of one slot per chunk (decoded, C order, edge chunks only
 as large as their part of the array, so a whole array takes its own size), ``state`` (the bytes
-filled, then one byte per chunk: 1 = its slot is filled) and ``info.json``. Every process that reads the array maps the same files, so the decoded voxels
-live once in the page cache whatever the number of DataLoader workers and whatever their start
-method (fork, spawn, forkserver); the kernel may write them back to the local disk and drop
+filled, then one byte per chunk: 1 = its slot is filled) and ``info.json``. Every process that
+reads the array maps the same files, so the decoded voxels live once in the page cache whatever
+the number of DataLoader workers and whatever their start method (fork, spawn, forkserver); the
+kernel may write them back to the local disk and drop
 them under memory pressure, and reads them back from there without decoding again.
 
 Budget: when an array is first opened, it is granted ``min(its decoded size, what is left of
