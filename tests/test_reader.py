@@ -192,3 +192,27 @@ def test_old_zstd_raw_stores_and_the_zarr_path_read_the_same(tmp_path: Path, mon
 def test_a_negative_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="memory_budget"):
         VolumeReader("/nonexistent.ome.zarr", memory_budget=-1)
+
+
+class _ArrayLike:
+    """Anything with shape, chunks, dtype and slicing (a remote array, say): counts the chunk reads."""
+
+    def __init__(self, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+        self.data, self.chunks, self.shape, self.dtype, self.reads = data, chunks, data.shape, data.dtype, []
+
+    def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
+        self.reads.append(box)
+        return self.data[box]
+
+
+def test_any_array_like_is_read_one_chunk_box_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
+    array = _ArrayLike(data, (4, 16, 16))
+    reader = VolumeReader(_volume(tmp_path / "v.ome.zarr"), memory_budget=0)
+    level = reader_module._Level(array, None)
+    assert level._file is None
+    monkeypatch.setattr(reader, "_level", lambda layer, lv: level)
+    box = (slice(3, 9), slice(15, 33), slice(0, 90))
+    np.testing.assert_array_equal(reader.read("raw", 0, box), data[box])
+    assert len(array.reads) == 3 * 3 * 6 and all(  # every touched chunk once, each a whole chunk box
+        all(s.start % c == 0 for s, c in zip(b, array.chunks)) for b in array.reads)
