@@ -216,3 +216,13 @@ def test_any_array_like_is_read_one_chunk_box_at_a_time(tmp_path: Path, monkeypa
     np.testing.assert_array_equal(reader.read("raw", 0, box), data[box])
     assert len(array.reads) == 3 * 3 * 6 and all(  # every touched chunk once, each a whole chunk box
         all(s.start % c == 0 for s, c in zip(b, array.chunks)) for b in array.reads)
+
+
+def test_an_unwritable_cache_folder_reads_on_without_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _volume(tmp_path / "v.ome.zarr")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    reader = VolumeReader(path, memory_budget=64 << 20, cache_dir=blocked / "decoded")
+    box = (slice(0, 5), slice(0, 20), slice(0, 20))
+    np.testing.assert_array_equal(reader.read("raw", 0, box), VolumeReader(path, memory_budget=0).read("raw", 0, box))
+    assert reader.cached("raw", 0) is None and "cannot be used" in caplog.text and str(blocked) in caplog.text

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from emdata.store.decoded_cache import CachedArray, DecodedCache, cache_root, ve
 from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
 from emdata.store.volume import Volume, open_volume
 
+log = logging.getLogger(__name__)
 Box = tuple[slice, ...]
 Index = tuple[int, ...]
 
@@ -215,8 +217,14 @@ class VolumeReader:
         name = "raw" if layer == "raw" else f"labels/{layer}"
         key = f"{version['folder']}|{version['id']}|{name}/{level}"
         cache = DecodedCache(Path(self.cache_dir), self.memory_budget)
-        return cache.open(key, array.shape, array.chunks, array.dtype, label=f"{vol.dataset}/{vol.name}/{name}/{level}",
-                          dataset=vol.dataset, version=version)
+        try:
+            return cache.open(key, array.shape, array.chunks, array.dtype,
+                              label=f"{vol.dataset}/{vol.name}/{name}/{level}", dataset=vol.dataset, version=version)
+        except OSError as exc:  # read-only or full cache folder: read on without keeping anything
+            log.warning("the decoded cache in %s cannot be used (%s: %s); reading %s without it (set EMDATA_HOME to "
+                        "a writable local folder, or pass memory_budget=0 to silence this)", self.cache_dir,
+                        type(exc).__name__, exc, vol.path)
+            return None
 
     def _level(self, layer: str, level: int) -> _Level:
         state = self._open()
