@@ -253,7 +253,8 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
                 all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset in the cache.")] = False,
                 prepared: Annotated[bool, typer.Option(help="Also remove prepared volumes.")] = False,
                 as_json: JsonOpt = False) -> None:
-    """Remove a dataset's downloads (and with --prepared its volumes); waits for a running writer of them."""
+    """Remove a dataset's downloads (and with --prepared its volumes) and its decoded chunks no process reads;
+    waits for a running writer of them."""
     from emdata.cache import cached_datasets, clean
     from emdata.catalog import get_card
 
@@ -268,7 +269,9 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
         return
     for f in freed:
         _console().print(f"{f['dataset']}: freed {_human_bytes(f['downloads_bytes'])} of downloads"
-                         + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else ""))
+                         + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else "")
+                         + (f", {_human_bytes(f['decoded_bytes'])} of decoded chunks" if f.get("decoded_bytes")
+                            else ""))
     if not freed:
         _console().print("nothing cached")
 
