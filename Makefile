@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed,dask,torch,lightning
+EXTRAS := dev,precomputed,dask,torch,lightning,view
 
-.PHONY: demo test lint bench torture clean
+.PHONY: demo test lint bench torture clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/emdata demo
 
-test: $(STAMP)
+# Headless browser tests (report, viewer) use Debian's chromium + chromium-driver; installed once, as root.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($$( [ "$$(id -u)" -ne 0 ] && command -v sudo) apt-get update && \
+	   $$( [ "$$(id -u)" -ne 0 ] && command -v sudo) apt-get install -y chromium chromium-driver)
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 

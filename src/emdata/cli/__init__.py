@@ -424,6 +424,26 @@ def view(target: Annotated[str, typer.Argument(help="A dataset id (a prepared on
 
 
 @app.command()
+def report(out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write the site into.")]
+           = Path("emdata-report"),
+           dataset: Annotated[list[str] | None, typer.Option(
+               "--dataset", help="Only this dataset's page (repeatable; the table lists all).")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Write a static HTML site of the catalog (opens from disk, offline): a sortable, filterable table and
+    one page per dataset with its card, citation and, for prepared volumes, previews and statistics."""
+    from emdata.report import build_report
+
+    if as_json:
+        config.set_quiet(True)
+    site = build_report(out, datasets=dataset or None)
+    index = (site / "index.html").resolve()
+    if as_json:
+        _print_json({"index": str(index), "pages": sorted(str(p) for p in (site / "datasets").glob("*.html"))})
+        return
+    _console().print(f"report written: {index.as_uri()}", markup=False, highlight=False)
+
+
+@app.command()
 def demo(home: Annotated[Path, typer.Option(
              help="Folder for the demo's replicas and volumes (its EMDATA_HOME): new, empty or an earlier demo's.")
          ] = Path(".emdata-demo"),
