@@ -444,6 +444,67 @@ def report(out: Annotated[Path, typer.Option("-o", "--out", help="Folder to writ
 
 
 @app.command()
+def stats(target: Annotated[str, typer.Argument(
+              help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
+          volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Shape, voxel size, intensities, class and instance counts, annotated and foreground shares per volume."""
+    from emdata.look import volume_paths
+    from emdata.look.stats import format_stats, volume_stats
+
+    docs = [volume_stats(p) for p in volume_paths(target, volume)]
+    if as_json:
+        _print_json(docs)  # a list, one document per volume, also for one volume
+        return
+    sys.stdout.write("\n\n".join(format_stats(d) for d in docs) + "\n")
+
+
+@app.command()
+def preview(target: Annotated[str, typer.Argument(
+                help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
+            volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+            z: Annotated[int | None, typer.Option("--z", help="Slice through this section (level-0 index).")] = None,
+            nm: Annotated[float | None, typer.Option("--nm", help="Slice at this depth in nm from the first section's "
+                                                               "edge.")] = None,
+            layer: Annotated[list[str] | None, typer.Option("--layer", help="Only this label layer (repeatable).")]
+            = None,
+            output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write (several volumes: "
+                                                                              "FILE-<volume>.png).")] = None,
+            augment: Annotated[bool, typer.Option("--augment", help="Instead: a grid of augmented training samples "
+                                                                    "(augment='em'; needs emdata[torch]).")] = False,
+            samples: Annotated[int, typer.Option(help="With --augment: how many samples.")] = 8,
+            as_json: JsonOpt = False) -> None:
+    """Write a PNG: three orthogonal slices per label layer with the labels overlaid, legend and scale bar."""
+    from emdata.look import volume_paths
+    from emdata.look.preview import write_augmented_preview, write_preview
+
+    paths = volume_paths(target, volume)
+    prefix = "" if Path(target).expanduser().exists() else f"{target}-"  # a dataset id names the files
+
+    def out(name: str) -> Path:
+        if output is None:
+            return Path(f"{prefix}{name}.png")
+        if len(paths) == 1:
+            return output
+        return output.with_name(f"{output.stem}-{name}{output.suffix or '.png'}")
+
+    if augment:
+        if z is not None or nm is not None:
+            raise ValueError("--augment draws random training samples: --z and --nm do not apply")
+        stem = Path(target).name.removesuffix(".ome.zarr")
+        written = [write_augmented_preview(paths, output or Path(f"{stem}-augmented.png"), n=samples,
+                                           layer=layer[0] if layer else None)]
+    else:
+        written = [write_preview(p, out(p.name.removesuffix(".ome.zarr")), z=z, z_nm=nm, layers=layer or None)
+                   for p in paths]
+    if as_json:
+        _print_json([str(w) for w in written])
+        return
+    for w in written:
+        sys.stdout.write(f"{w}\n")
+
+
+@app.command()
 def demo(home: Annotated[Path, typer.Option(
              help="Folder for the demo's replicas and volumes (its EMDATA_HOME): new, empty or an earlier demo's.")
          ] = Path(".emdata-demo"),
