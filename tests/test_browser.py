@@ -71,6 +71,8 @@ def test_report_table_filters_sorts_and_dataset_pages(browser: Browser, prepared
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMDATA_HOME", str(prepared_home))
     site = build_report(tmp_path / "site", datasets=["lucchi-pp", "cremi", "snemi3d"])
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = browser.driver
     driver.get((site / "index.html").as_uri())
     cards = list_cards()
@@ -108,9 +110,13 @@ def test_report_table_filters_sorts_and_dataset_pages(browser: Browser, prepared
         ".map(function (i) { return [i.complete, i.naturalWidth, i.alt]; });")
     assert len(images) == len(emdata.volumes("lucchi-pp")) == 2
     assert all(complete and width > 0 and alt for complete, width, alt in images), images
+    stats = [e.text for e in driver.find_elements("css selector", "pre.stats")]
+    assert [text.split(" ", 1)[0] for text in stats] == [f"lucchi-pp/{v.name}" for v in emdata.volumes("lucchi-pp")]
     assert driver.find_element("id", "citation").text.strip() == get_card("lucchi-pp").citation.strip()
     driver.find_element("css selector", "button[data-copy='citation']").click()
-    assert driver.find_element("id", "copy-status").text == "Citation copied."
+    status = driver.find_element("id", "copy-status")
+    WebDriverWait(driver, 5).until(lambda _: status.text)  # the clipboard answers asynchronously
+    assert status.text == "Citation copied."
     browser.screenshot(SHOTS / "report-lucchi-pp.png")
     driver.execute_script("document.querySelector('img.preview').scrollIntoView()")
     browser.screenshot(SHOTS / "report-lucchi-pp-preview.png")

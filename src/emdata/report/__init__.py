@@ -160,7 +160,7 @@ def _class_list(layer: Any) -> Raw:
 
 def _volume_section(card: Card, vol: Any, out: Path, image_dir: Path) -> str:
     from emdata.look.preview import write_preview
-    from emdata.look.stats import volume_stats
+    from emdata.look.stats import format_stats, volume_stats
 
     name = vol.name
     slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
@@ -168,7 +168,6 @@ def _volume_section(card: Card, vol: Any, out: Path, image_dir: Path) -> str:
     write_preview(vol, png)
     stats = volume_stats(vol)
     rel = png.relative_to(out / "datasets").as_posix()
-    stats_doc = stats.to_json() if hasattr(stats, "to_json") else stats
     facts = definition_list({
         "split": vol.split, "shape (z, y, x)": "×".join(map(str, vol.shape)),
         "voxel size (nm)": _voxel_text(vol.voxel_size), "label layers": ", ".join(vol.meta["labels"]) or "none",
@@ -184,8 +183,10 @@ def _volume_section(card: Card, vol: Any, out: Path, image_dir: Path) -> str:
 <figcaption>Orthogonal slices of {esc(card.id)}/{esc(name)} with its label layers (<code>emdata preview</code>).
 </figcaption>
 </figure>
-<details open><summary>Statistics (<code>emdata stats</code>)</summary>
-{nested(stats_doc)}
+<h4>Statistics (<code>emdata stats</code>)</h4>
+<pre class="stats">{esc(format_stats(stats))}</pre>
+<details><summary>Every number (<code>emdata stats --json</code>)</summary>
+{nested(stats)}
 </details>
 </section>"""
 
