@@ -22,11 +22,11 @@ chromium:
 	   $$( [ "$$(id -u)" -ne 0 ] && command -v sudo) apt-get install -y chromium chromium-driver)
 
 test: $(STAMP) chromium
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/chunk_shapes.py
