@@ -164,3 +164,15 @@ def test_napari_reader_manifest_and_layers(prepared_home: Path, monkeypatch: pyt
     (_, seg, kind) = get_reader(str(lucchi.path))(str(lucchi.path))[1]
     assert kind == "labels" and seg["features"] == {"index": [0, 1], "class": ["background", "mitochondria"]}
     assert seg["colormap"][1] == [1.0, 1.0, 1.0, 1.0] and seg["colormap"][None][3] == 0.0
+
+
+def test_large_instance_layers_open_without_a_scan(prepared_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.view import neuroglancer as ng
+
+    monkeypatch.setenv("EMDATA_HOME", str(prepared_home))
+    cremi = emdata.volumes("cremi")[0]
+    monkeypatch.setattr(ng, "MAX_SCANNED_VOXELS", int(np.prod(cremi.shape)) - 1)
+    segs = neuroglancer_state([cremi], "http://h")["layers"][1:]
+    assert [s["segments"] for s in segs] == [[], [], []]
+    lucchi = emdata.volumes("lucchi-pp", split="train")[0]
+    assert neuroglancer_state([lucchi], "http://h")["layers"][1]["segments"] == ["1"]  # semantic: the classes

@@ -46,6 +46,8 @@ DATA_PREFIX = "/data/"
 PROPERTIES_PREFIX = "/segment-properties/"
 MAX_LISTED_SEGMENTS = 1000
 """An instance layer shows at most this many ids (those of its coarsest level) when the state opens."""
+MAX_SCANNED_VOXELS = 1 << 26
+"""An instance layer whose coarsest level is larger opens with no segment selected (not scanned)."""
 
 
 def data_path(volume: Volume) -> str:
@@ -104,6 +106,8 @@ def _visible_segments(volume: Volume, layer: str, kind: str) -> list[str]:
     else:
         levels = volume.meta["labels"][layer].get("levels") or [{"path": "0"}]
         coarse = volume.label_level(layer, len(levels) - 1)
+        if coarse.size > MAX_SCANNED_VOXELS:  # too big to scan for a first view: the user picks segments
+            return []
         values = [int(v) for v in np.unique(coarse[...])[:MAX_LISTED_SEGMENTS + 1]]
     return [str(v) for v in values if v != 0][:MAX_LISTED_SEGMENTS]
 
@@ -181,7 +185,8 @@ class ViewSession:
     """Serve ``volumes`` (their stores and segment properties) on ``127.0.0.1`` and, when the ``view``
     extra is installed and ``bundled`` is true, start neuroglancer's own loopback viewer (its client
     ships in the ``neuroglancer`` wheel: no internet needed) showing :func:`neuroglancer_state`.
-    ``url`` opens it; without the extra it opens the state in the public client. A context manager.
+    ``url`` opens it; without the extra it opens the state in the public client. A context manager;
+    neuroglancer's viewer server is one per process, so run one bundled session at a time.
 
     Example:
         >>> import tempfile, urllib.request
