@@ -169,7 +169,9 @@ def test_neuroglancer_viewer_loads_every_layer(browser: Browser, prepared_home: 
             dims = browser.driver.execute_script(
                 "return viewer.coordinateSpace.value.scales.map(function (s) { return s * 1e9; });")
             assert dims == pytest.approx([vol.voxel_size[2], vol.voxel_size[1], vol.voxel_size[0]])
-            time.sleep(0.5)  # let the panels draw
+            while time.monotonic() < deadline and not browser.driver.execute_script("return viewer.isReady();"):
+                time.sleep(0.2)
+            assert browser.driver.execute_script("return viewer.isReady();"), "chunks did not arrive or draw"
             browser.screenshot(SHOTS / shot)
             assert browser.console_errors() == []
             browser.driver.get("about:blank")  # leave before the viewer's server stops

@@ -85,7 +85,11 @@ def test_state_has_every_label_layer_with_names_colours_and_nm(prepared_home: Pa
 
     lucchi = next(v for v in emdata.volumes("lucchi-pp") if v.name == "train")
     (seg,) = neuroglancer_state([lucchi], "http://h")["layers"][1:]
-    assert seg["segments"] == ["1"] and seg["segmentColors"] == {"1": "#ffffff"}  # the card's colour
+    # the card's colour is white, which vanishes on EM: the preview sheets' colour instead
+    from emdata.look.preview import label_colors
+
+    r, g, b, _ = label_colors({1: [255, 255, 255, 255]}, [1])[0].tolist()
+    assert seg["segments"] == ["1"] and seg["segmentColors"] == {"1": f"#{r:02x}{g:02x}{b:02x}"} != {"1": "#ffffff"}
     props = segment_properties(lucchi, "mitochondria")
     assert props["inline"]["ids"] == ["0", "1"]
     assert props["inline"]["properties"][0] == {"id": "label", "type": "label",

@@ -147,11 +147,14 @@ def _swatch(rgba: Any) -> str:
 
 
 def _class_list(layer: Any) -> Raw:
-    from emdata.store.ome import default_color
+    from emdata.look.preview import label_colors
 
+    listed = {c.value: list(c.color) for c in layer.classes if c.color}
+    colors = dict(zip([c.value for c in layer.classes],
+                      label_colors(listed, [c.value for c in layer.classes]).tolist()))
     items = []
     for c in layer.classes:
-        rgba = c.color or default_color(c.value)
+        rgba = colors[c.value]  # as the preview sheets and the viewer draw it
         onto = f" → {c.ontology}" if c.ontology and c.ontology != c.name else ""
         items.append(f"{_swatch(rgba) if c.value else ''}{c.value} = {esc(c.name)}{esc(onto)}")
     ranges = [f"{r['min']}–{r['max']} → {esc(r['ontology'])}" for r in layer.value_ranges]

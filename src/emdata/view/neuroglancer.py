@@ -1,12 +1,13 @@
-"""Neuroglancer states for prepared volumes, and a loopback session that serves the store (and,
-with the ``view`` extra, the neuroglancer client bundled in the ``neuroglancer`` wheel) so the
-state opens offline.
+"""Neuroglancer states for prepared volumes, and a loopback session that serves the store (and, with
+the ``view`` extra, neuroglancer's own viewer, whose built client ships in the ``neuroglancer`` wheel)
+so the state opens offline.
 
 A state has the raw image (contrast from the stored intensity percentiles) and one segmentation
 layer per label layer: the OME-Zarr 0.5 arrays as ``zarr3://`` sources, the classes' names as
 neuroglancer segment properties (a ``precomputed://`` segment-property source served next to the
-data), the ``image-label`` colours as ``segmentColors``, and the voxel size in nm as the
-dimensions (neuroglancer's state format: https://neuroglancer-docs.web.app/json/api/index.html).
+data), the ``image-label`` colours as ``segmentColors`` (grey ones replaced as in the preview
+sheets), and the voxel size in nm as the dimensions (neuroglancer's state format:
+https://neuroglancer-docs.web.app/json/api/index.html).
 
 Example:
     >>> import tempfile
@@ -99,6 +100,18 @@ def segment_properties(volume: Volume, layer: str) -> dict[str, Any]:
     }
 
 
+def _segment_colors(volume: Volume, layer: str) -> dict[str, str]:
+    """``{value: "#rrggbb"}`` of the classes a layer lists, as the preview sheets draw them
+    (:func:`emdata.look.preview.label_colors`: the ``image-label`` colour, else a distinct one where it
+    is missing or grey, which would vanish on EM)."""
+    from emdata.look.preview import label_colors
+
+    listed = {int(c["label-value"]): [int(v) for v in c["rgba"]]
+              for c in _image_label(volume, layer).get("colors", [])}
+    values = sorted({*listed, *(int(c["value"]) for c in volume.classes(layer))} - {0})
+    return {str(v): _hex(rgba) for v, rgba in zip(values, label_colors(listed, values).tolist())}
+
+
 def _visible_segments(volume: Volume, layer: str, kind: str) -> list[str]:
     """Class values (semantic) or the ids of the coarsest level (instance, at most MAX_LISTED_SEGMENTS), 0 left out."""
     if kind == "semantic":
@@ -133,9 +146,7 @@ def neuroglancer_state(volumes: Sequence[Volume], base_url: str, layout: str = "
             image["shaderControls"] = {"normalized": {"range": [lo, hi]}}
         layers.append(image)
         for name, info in vol.meta["labels"].items():
-            label = _image_label(vol, name)
-            colors = {str(int(c["label-value"])): _hex(c["rgba"]) for c in label.get("colors", [])
-                      if int(c["label-value"]) != 0}
+            colors = _segment_colors(vol, name)
             layer: dict[str, Any] = {
                 "type": "segmentation", "name": f"{vol.name}/{name}",
                 "source": [f"zarr3://{root}labels/{urllib.parse.quote(name)}/",
@@ -148,14 +159,14 @@ def neuroglancer_state(volumes: Sequence[Volume], base_url: str, layout: str = "
                 layer["segmentColors"] = colors
             layers.append(layer)
     shape = volumes[0].shape
-    across = max(shape[1], shape[2])  # fit the largest cross-section into a panel of ~400 pixels
+    across = max(shape[1], shape[2])  # fit the largest cross-section into a panel of ~300 pixels
     return {
         "dimensions": {"x": [x / 1e9, "m"], "y": [y / 1e9, "m"], "z": [z / 1e9, "m"]},
         "position": [shape[2] / 2, shape[1] / 2, shape[0] / 2],
-        "crossSectionScale": max(across / 400, 0.05),
+        "crossSectionScale": max(across / 300, 0.05),
         "projectionScale": max(across, shape[0] * z / x) * 2,
         "layers": layers,
-        "selectedLayer": {"layer": layers[0]["name"], "visible": True},
+        "selectedLayer": {"layer": layers[0]["name"], "visible": False},
         "layout": layout,
     }
 
