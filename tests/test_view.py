@@ -167,7 +167,10 @@ def test_napari_reader_manifest_and_layers(prepared_home: Path, monkeypatch: pyt
     lucchi = next(v for v in emdata.volumes("lucchi-pp") if v.name == "train")
     (_, seg, kind) = get_reader(str(lucchi.path))(str(lucchi.path))[1]
     assert kind == "labels" and seg["features"] == {"index": [0, 1], "class": ["background", "mitochondria"]}
-    assert seg["colormap"][1] == [1.0, 1.0, 1.0, 1.0] and seg["colormap"][None][3] == 0.0
+    from emdata.look.preview import label_colors
+
+    assert seg["colormap"][1] == [v / 255 for v in label_colors({1: [255, 255, 255, 255]}, [1])[0].tolist()]
+    assert seg["colormap"][0][3] == seg["colormap"][None][3] == 0.0  # background and unlisted ids: transparent
 
 
 def test_large_instance_layers_open_without_a_scan(prepared_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

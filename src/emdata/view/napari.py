@@ -1,8 +1,9 @@
 """napari reader plugin (npe2 manifest ``emdata/napari.yaml``, entry point ``napari.manifest``): drop a
 prepared ``*.ome.zarr`` on napari and it opens with the raw pyramid (contrast from the stored
-intensity percentiles), every label layer as a multiscale ``labels`` layer with the class colours
-and names, and the voxel size in nm as the layers' scale. napari itself is the ``napari`` extra; the
-reader returns plain layer-data tuples and needs neither napari nor Qt.
+intensity percentiles), every label layer as a multiscale ``labels`` layer with the class names and
+colours (as the preview sheets draw them), and the voxel size in nm as the layers' scale. napari
+itself is the ``napari`` extra; the reader returns plain layer-data tuples and needs neither napari
+nor Qt.
 
 Example:
     >>> import tempfile
@@ -80,8 +81,12 @@ def read_volume(path: str | list[str]) -> list[LayerData]:
                 kwargs["features"] = {"index": [int(p["label-value"]) for p in props],
                                       "class": [str(p.get("name", "")) for p in props]}
             if info["kind"] == "semantic" and block.get("colors"):
+                from emdata.look.preview import label_colors  # the preview sheets' colours (grey replaced)
+
+                listed = {int(c["label-value"]): [int(v) for v in c["rgba"]] for c in block["colors"]}
+                values = sorted(listed)
                 colormap: dict[int | None, list[float]] = {None: [0.0, 0.0, 0.0, 0.0]}
-                colormap.update({int(c["label-value"]): _rgba01(c["rgba"]) for c in block["colors"]})
+                colormap.update({v: _rgba01(rgba) for v, rgba in zip(values, label_colors(listed, values).tolist())})
                 kwargs["colormap"] = colormap
             layers.append((arrays if len(arrays) > 1 else arrays[0], kwargs, "labels"))
     return layers
