@@ -3,7 +3,8 @@
 For each label layer (or once, for a volume without labels) the sheet shows the three
 orthogonal slices through one point: ``xy`` (rows y, columns x) at the point's z, ``zy`` (rows
 y, columns z) at its x, and ``xz`` (rows z, columns x) at its y, with a legend of class names,
-a scale bar in µm on the ``xy`` slice and ticks marking the point on each slice's edges.
+a scale bar in µm and ticks marking the point on each slice's edges (nothing is drawn over the
+slices: every panel pixel is a voxel's colour).
 
 - **Point**: by default a foreground-rich one: the level-0 chunk with most foreground in the
   first shown layer's foreground index, the z section of that chunk with most foreground, and
@@ -363,8 +364,8 @@ def render_sheet(volume: Any, *, point: Sequence[int] | None = None, z: int | No
             box = (left, ptop, left + pixels.shape[1], ptop + pixels.shape[0])
             panels.append(Panel(layer, plane, level, index[plane], box, rows[plane], cols[plane], row_point))
             _decorate(draw, plane, box, rows[plane], cols[plane], at, index[plane])
-        _scale_bar(draw, panels[-3].box, pixel)
-        _legend(draw, (GAP + width + GAP, y0 + height + GAP), lmeta, listed, in_view)
+        used = _scale_bar(draw, (GAP + width + GAP, y0 + height + GAP), width, pixel)
+        _legend(draw, (GAP + width + GAP, y0 + height + GAP + used), lmeta, listed, in_view)
     return PreviewSheet(sheet, panels, level, pixel)
 
 
@@ -425,18 +426,17 @@ def _decorate(draw: Any, plane: str, box: tuple[int, int, int, int], rows: np.nd
         draw.polygon([(left - 7, r - 4), (left - 7, r + 4), (left - 1, r)], fill=(220, 0, 0))
 
 
-def _scale_bar(draw: Any, box: tuple[int, int, int, int], pixel: float) -> None:
-    """A bar of a round length in µm in the lower left corner of the ``xy`` panel."""
-    left, _, right, bottom = box
-    width_um = (right - left) * pixel / 1000
-    length = _nice_length(width_um / 3)
+def _scale_bar(draw: Any, origin: tuple[int, int], panel_width: int, pixel: float) -> int:
+    """A bar of a round length in µm (about a third of the ``xy`` panel's width, drawn beside
+    the panels, never over them) at ``origin``; returns the height used."""
+    x, y = origin
+    length = _nice_length(panel_width * pixel / 1000 / 3)
     px = max(1, round(length * 1000 / pixel))
-    x0, y0 = left + 6, bottom - 8
-    draw.rectangle([x0 - 1, y0 - 1, x0 + px, y0 + 4], fill=(0, 0, 0))
-    draw.rectangle([x0, y0, x0 + px - 1, y0 + 3], fill=(255, 255, 255))
-    text = _um(length)
-    _text(draw, (x0 + 1, y0 - 16), text, fill=(0, 0, 0))
-    _text(draw, (x0, y0 - 17), text, fill=(255, 255, 255))
+    draw.rectangle([x, y + 6, x + px - 1, y + 10], fill=INK)
+    draw.line([(x, y + 2), (x, y + 14)], fill=INK)
+    draw.line([(x + px - 1, y + 2), (x + px - 1, y + 14)], fill=INK)
+    _text(draw, (x + px + 6, y + 1), f"{_um(length)} (scale bar, all three slices)")
+    return 22
 
 
 def _legend(draw: Any, origin: tuple[int, int], lmeta: dict[str, Any] | None, listed: dict[int, list[int]],

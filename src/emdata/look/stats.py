@@ -72,9 +72,10 @@ __all__ = ["HISTOGRAM_BINS", "RAW_LEVEL_VOXELS", "STATS_VERSION", "cache_dir", "
            "is_ignore", "record_stats", "volume_stats"]
 
 STATS_VERSION = 1
-RAW_LEVEL_VOXELS = 1 << 27  # raw saturation and histogram: the finest level with at most this many voxels
+RAW_LEVEL_VOXELS = 1 << 24  # raw saturation and histogram: the finest level with at most this many voxels
 HISTOGRAM_BINS = 32
-READ_VOXELS = 1 << 24  # voxels per read while decoding
+READ_VOXELS = 1 << 23  # voxels per read of raw
+LABEL_READ_VOXELS = 1 << 20  # voxels per read of labels (a few chunks: small reads stay in the CPU cache)
 log = logging.getLogger(__name__)
 
 Box = tuple[slice, slice, slice]
@@ -165,10 +166,14 @@ class _Folder:
         return {name: self.label_level(name, 0) for name in self.meta["labels"]}
 
 
-def record_stats(folder: Path) -> dict[str, Any]:
+def record_stats(folder: Path, raw_histogram: IntensityHistogram | None = None) -> dict[str, Any]:
     """For writers: compute the statistics of the volume being written in ``folder`` (arrays,
     metadata and foreground indices written, completion marker not yet) and store them in its
     ``emdata.stats`` attribute, where :func:`volume_stats` finds them. Returns them.
+
+    A writer that accumulated the level-0 raw histogram (the one behind ``emdata.raw.intensity``)
+    passes it as ``raw_histogram``: saturation and histogram are then exact at level 0, and raw is
+    not read again.
 
     Example:
         >>> import tempfile, zarr
@@ -182,15 +187,16 @@ def record_stats(folder: Path) -> dict[str, Any]:
     """
     import zarr
 
-    doc = compute_stats(_Folder(folder))
+    doc = compute_stats(_Folder(folder), raw_histogram=raw_histogram)
     root = zarr.open_group(str(folder), mode="r+")
     root.attrs["emdata"] = {**root.attrs["emdata"], "stats": doc}
     return doc
 
 
-def compute_stats(volume: Any) -> dict[str, Any]:
+def compute_stats(volume: Any, raw_histogram: IntensityHistogram | None = None) -> dict[str, Any]:
     """The statistics of ``volume`` (a Volume, or anything with its ``meta``, ``path``,
-    ``level``, ``label_level`` and ``labels``), computed now; see the module doc."""
+    ``level``, ``label_level`` and ``labels``), computed now; see the module doc and
+    :func:`record_stats` for ``raw_histogram``."""
     vol = _open(volume)
     meta = vol.meta
     shape = [int(n) for n in meta["shape"]]
@@ -202,10 +208,10 @@ def compute_stats(volume: Any) -> dict[str, Any]:
     doc = {
         "version": STATS_VERSION, "dataset": meta["dataset"], "volume": meta["volume"], "split": meta["split"],
         "shape": shape, "voxel_size_nm": voxel, "voxel_size_verified": meta.get("voxel_size_verified"),
-        "extent_um": [round(n * v / 1000, 6) for n, v in zip(shape, voxel)], "voxels": math.prod(shape),
+        "extent_um": [n * v / 1000 for n, v in zip(shape, voxel)], "voxels": math.prod(shape),
         "nbytes": nbytes,
         "levels": [{"level": i, "shape": lv["shape"], "voxel_size_nm": lv["scale"]} for i, lv in enumerate(raw_levels)],
-        "raw": _raw_stats(vol, meta),
+        "raw": _raw_stats(vol, meta, raw_histogram),
         "labels": labels,
         "ontology": _volume_ontology(meta["labels"], labels),
     }
@@ -224,26 +230,29 @@ def _boxes(shape: tuple[int, ...], block: tuple[int, ...], max_voxels: int = REA
                slice(x, min(x + step[2], shape[2])))
 
 
-def _raw_stats(vol: Any, meta: dict[str, Any]) -> dict[str, Any]:
+def _raw_stats(vol: Any, meta: dict[str, Any], given: IntensityHistogram | None = None) -> dict[str, Any]:
     raw = meta["raw"]
     dtype = np.dtype(raw["dtype"])
     n_levels = len(raw["levels"])
     intensity = raw.get("intensity") or estimate_intensity([vol.level(i) for i in range(n_levels)])
     level = next((i for i, lv in enumerate(raw["levels"]) if math.prod(lv["shape"]) <= RAW_LEVEL_VOXELS),
                  n_levels - 1)
-    array = vol.level(level)
     exact = dtype.kind in "ui" and dtype.itemsize <= 2
+    reuse = given is not None and given.counts is not None and given.dtype == dtype  # the writer's, level 0
+    if reuse:
+        level = 0
     if dtype.kind in "ui":
         low, high = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
     else:
         low, high = float(intensity["min"]), float(intensity["max"])
-    hist = IntensityHistogram(dtype) if exact else None
+    hist = given if reuse else IntensityHistogram(dtype) if exact else None
     lo_edge, hi_edge = float(intensity["min"]), float(intensity["max"])
     edges = np.linspace(lo_edge, hi_edge if hi_edge > lo_edge else lo_edge + 1, HISTOGRAM_BINS + 1)
     binned = np.zeros(HISTOGRAM_BINS, np.int64)
     n_low = n_high = total = 0
     chunks = tuple(raw["levels"][level]["chunks"])
-    for box in _boxes(tuple(array.shape), chunks):
+    array = vol.level(level)
+    for box in [] if reuse else _boxes(tuple(array.shape), chunks):
         data = np.asarray(array[box])
         total += data.size
         if hist is not None:
@@ -254,6 +263,7 @@ def _raw_stats(vol: Any, meta: dict[str, Any]) -> dict[str, Any]:
             binned += np.histogram(data, bins=edges)[0]
     if hist is not None and hist.counts is not None:
         counts = hist.counts
+        total = int(counts.sum())
         n_low, n_high = int(counts[low - hist.offset]), int(counts[high - hist.offset])
         values = np.arange(counts.size) + hist.offset
         inside = (values >= edges[0]) & (values <= edges[-1])
@@ -374,7 +384,7 @@ def _decode_instances(vol: Any, name: str, layer: dict[str, Any],
     ignore = layer.get("ignore_value")
     per_block = fg_blocks.astype(np.int64).copy()
     found_values, found_counts = [], []
-    for box in _boxes(tuple(array.shape), block):
+    for box in _boxes(tuple(array.shape), block, LABEL_READ_VOXELS):
         bbox = tuple(slice(s.start // b, -(-s.stop // b)) for s, b in zip(box, block))
         if not fg_blocks[bbox].any():
             continue
