@@ -78,7 +78,7 @@ def test_report_table_filters_sorts_and_dataset_pages(browser: Browser, prepared
     cards = list_cards()
     assert len(cards) >= 21
     assert _visible_ids(browser) == [c.id for c in cards]
-    browser.screenshot(SHOTS / "report-index.png")
+    browser.screenshot(SHOTS / "report-index.png", full_page=True)
 
     _set(browser, "q", "lucchi")
     assert _visible_ids(browser) == ["lucchi-pp"]
@@ -117,7 +117,7 @@ def test_report_table_filters_sorts_and_dataset_pages(browser: Browser, prepared
     status = driver.find_element("id", "copy-status")
     WebDriverWait(driver, 5).until(lambda _: status.text)  # the clipboard answers asynchronously
     assert status.text == "Citation copied."
-    browser.screenshot(SHOTS / "report-lucchi-pp.png")
+    browser.screenshot(SHOTS / "report-lucchi-pp.png", full_page=True)
     driver.execute_script("document.querySelector('img.preview').scrollIntoView()")
     browser.screenshot(SHOTS / "report-lucchi-pp-preview.png")
 

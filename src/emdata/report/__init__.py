@@ -46,6 +46,14 @@ def _bytes_text(n: int | None) -> str:
     return str(n)
 
 
+def _labels_text(card: Card) -> str:
+    """The card's label layers grouped by kind: ``"semantic: a; instance: b, c"``."""
+    kinds: dict[str, list[str]] = {}
+    for layer in card.labels:
+        kinds.setdefault(layer.kind, []).append(layer.name)
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
+
+
 def _download_bytes(card: Card) -> int | None:
     """Sum of the sizes the card states for the files ``prepare`` downloads (None when none is stated)."""
     sizes = [s.size_bytes for s in card.sources if not s.is_alternate and s.size_bytes]
@@ -67,7 +75,7 @@ def catalog_rows(prepared: dict[str, list[Any]] | None = None) -> list[dict[str,
     Example:
         >>> row = next(r for r in catalog_rows({}) if r["id"] == "snemi3d")
         >>> row["voxel_size"], row["labels"], row["prepared"]
-        ('30×6×6 (unverified)', 'neurons (instance)', 0)
+        ('30×6×6 (unverified)', 'instance: neurons', 0)
     """
     prepared = {} if prepared is None else prepared
     rows = []
@@ -80,7 +88,7 @@ def catalog_rows(prepared: dict[str, list[Any]] | None = None) -> list[dict[str,
             "organism": card.raw.get("organism", ""), "microscopy": card.microscopy, "tissue": card.tissue,
             "voxel_size": _voxel_text(nm, card.voxel_size.verified),
             "voxel_sort": nm[0] * nm[1] * nm[2] if nm else None,
-            "labels": ", ".join(f"{layer.name} ({layer.kind})" for layer in card.labels),
+            "labels": _labels_text(card),
             "size": " · ".join(p for p in ("×".join(map(str, voxels)) + " voxels" if voxels else "",
                                            f"{extent['size_um']} µm" if extent.get("size_um") else "") if p),
             "size_sort": float(voxels[0]) * voxels[1] * voxels[2] if voxels and len(voxels) == 3 else None,
@@ -222,7 +230,8 @@ def _dataset(card: Card, volumes: list[Any], out: Path) -> str:
                       s.checksum_source, ("alternate of " + s.alternate_of) if s.alternate_of
                       else ("not read by prepare" if s.is_alternate else "read by prepare"), s.note]
                      for s in card.sources],
-                    ["file", "URL", "format", "size", "checksum", "checksum from", "role", "note"], "Sources")
+                    ["file", "URL", "format", "size", "checksum", "checksum from", "role", "note"], "Sources",
+                    classes={1: "url", 4: "checksum"})
     pitfalls = ("<ul>" + "".join(f"<li>{esc(p)}</li>" for p in card.pitfalls) + "</ul>") if card.pitfalls \
         else "<p>None recorded.</p>"
     if volumes:

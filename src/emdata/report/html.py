@@ -25,7 +25,11 @@ a:focus, button:focus, input:focus, select:focus { outline: 3px solid #ffbf47; o
 table { border-collapse: collapse; width: 100%; margin: .5rem 0 1.5rem; }
 caption { text-align: left; font-weight: 600; padding: .3rem 0; }
 th, td { border-bottom: 1px solid var(--line); padding: .35rem .5rem; text-align: left; vertical-align: top; }
-thead th { background: var(--bg2); position: sticky; top: 0; }
+td { overflow-wrap: anywhere; }
+#catalog td { overflow-wrap: break-word; }
+thead th { background: var(--bg2); }
+td.url { min-width: 16rem; }
+td.checksum { max-width: 15rem; }
 th button { font: inherit; font-weight: 600; border: 0; background: none; padding: 0; cursor: pointer; color: inherit; }
 th[aria-sort="ascending"] button::after { content: " ▲"; }
 th[aria-sort="descending"] button::after { content: " ▼"; }
@@ -170,8 +174,10 @@ def page(title: str, body: str, *, home: str = "index.html", description: str = 
 """
 
 
-def table(rows: Iterable[Iterable[Any]], head: Iterable[str], caption: str = "") -> str:
-    """A simple table of escaped cells (cells wrapped in :class:`Raw` are inserted as HTML).
+def table(rows: Iterable[Iterable[Any]], head: Iterable[str], caption: str = "",
+          classes: Mapping[int, str] | None = None) -> str:
+    """A simple table of escaped cells (cells wrapped in :class:`Raw` are inserted as HTML);
+    ``classes`` gives column ``i``'s cells a CSS class.
 
     Example:
         >>> table([[1, Raw("<b>x</b>")]], ["n", "v"]).split("<tbody>")[1]
@@ -179,7 +185,13 @@ def table(rows: Iterable[Iterable[Any]], head: Iterable[str], caption: str = "")
     """
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     head_html = "".join(f'<th scope="col">{esc(h)}</th>' for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{cell_html(c)}</td>" for c in row) + "</tr>" for row in rows)
+    classes = classes or {}
+
+    def td(i: int, cell: Any) -> str:
+        return f'<td class="{classes[i]}">' if i in classes else "<td>"
+
+    body = "".join("<tr>" + "".join(f"{td(i, c)}{cell_html(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
     return f"<table>{cap}<thead><tr>{head_html}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -64,11 +64,20 @@ class Browser:
         return [e["message"] for e in self.console()
                 if e.get("level") == "SEVERE" and not any(s in e["message"] for s in IGNORED)]
 
-    def screenshot(self, path: Path) -> Path:
-        """Save a PNG of the window at ``path`` (parent folders created)."""
+    def screenshot(self, path: Path, full_page: bool = False) -> Path:
+        """Save a PNG of the window (``full_page``: of the whole document) at ``path`` (parent folders created)."""
+        import base64
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.driver.save_screenshot(str(path)):
+        if full_page:
+            size = self.driver.execute_script("return [document.documentElement.scrollWidth, "
+                                              "document.documentElement.scrollHeight];")
+            shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}})
+            path.write_bytes(base64.b64decode(shot["data"]))
+        elif not self.driver.save_screenshot(str(path)):
             raise RuntimeError(f"chromium could not write the screenshot {path}")
         return path
 
