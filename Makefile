@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/emdata demo
 
-# Headless browser tests (report, viewer) use Debian's chromium + chromium-driver; installed once, as root.
+# Headless browser tests (report, viewer) use Debian's chromium + chromium-driver; installed once (root, or sudo).
+SUDO = $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  ($$( [ "$$(id -u)" -ne 0 ] && command -v sudo) apt-get update && \
-	   $$( [ "$$(id -u)" -ne 0 ] && command -v sudo) apt-get install -y chromium chromium-driver)
+	  ($(SUDO) apt-get update && \
+	   $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks examples
