@@ -129,6 +129,10 @@ def test_cli_view_prints_url_and_state_then_stops(prepared_home: Path, monkeypat
     path = emdata.volumes("lucchi-pp", split="test")[0].path
     by_path = CliRunner().invoke(app, ["view", str(path), "--seconds", "0", "--json"])
     assert json.loads(by_path.output)["state"]["layers"][0]["name"] == "test"
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    text = CliRunner().invoke(app, ["view", str(path), "--seconds", "0", "--open"]).output
+    assert text.startswith(f"neuroglancer: {opened[0]}\n") and "/v/" in opened[0]
     missing = CliRunner().invoke(app, ["view", "lucchi-pp", "--volume", "nope", "--seconds", "0"])
     assert missing.exit_code != 0 and "prepared: ['test', 'train']" in str(missing.exception)
     assert open_volume(path).name == "test"

@@ -400,6 +400,8 @@ def view(target: Annotated[str, typer.Argument(help="A dataset id (a prepared on
          port: Annotated[int, typer.Option(help="Port of the loopback data server (0: any free one).")] = 0,
          seconds: Annotated[float | None, typer.Option("--seconds", help="Stop serving after this many seconds "
                                                        "(default: until Ctrl-C).")] = None,
+         open_browser: Annotated[bool, typer.Option("--open", help="Also open the URL in the default web browser.")]
+         = False,
          as_json: JsonOpt = False) -> None:
     """Open a prepared volume in neuroglancer: serves its store on 127.0.0.1 and prints the viewer URL.
 
@@ -418,6 +420,10 @@ def view(target: Annotated[str, typer.Argument(help="A dataset id (a prepared on
             sys.stdout.write(f"neuroglancer: {session.url}\nserving the data on {session.server.url} "
                              "(Ctrl-C stops)\n")
         sys.stdout.flush()
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(session.url)
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.2 if deadline is None else max(min(0.2, deadline - time.monotonic()), 0))
