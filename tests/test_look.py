@@ -290,3 +290,18 @@ def test_float_raw_saturation_is_at_the_observed_extremes(tmp_path: Path) -> Non
     assert s["dtype"] == "float32" and (s["min"], s["max"]) == (-1.0, 3.0)
     assert s["saturation"]["high_fraction"] == np.count_nonzero(raw == 3.0) / raw.size
     assert s["saturation"]["low_fraction"] == 1 / raw.size and sum(s["histogram"]["counts"]) == raw.size
+
+
+def test_stats_and_preview_by_dataset_id(prepared: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    home = prepared["snemi3d"][0].parents[2]  # <home>/prepared/snemi3d/<volume>.ome.zarr
+    monkeypatch.setenv("EMDATA_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["stats", "snemi3d", "--volume", "train", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [d["volume"] for d in json.loads(result.output)] == ["train"]
+    result = CliRunner().invoke(app, ["preview", "snemi3d"])
+    assert result.exit_code == 0, result.output
+    assert sorted(result.output.split()) == ["snemi3d-test.png", "snemi3d-train.png"]
+    result = CliRunner().invoke(app, ["stats", "snemi3d", "--volume", "nope"])
+    assert result.exit_code != 0 and "no volume 'nope'; volumes: test, train" in str(result.exception)

@@ -449,6 +449,119 @@ def report(out: Annotated[Path, typer.Option("-o", "--out", help="Folder to writ
     _console().print(f"report written: {index.as_uri()}", markup=False, highlight=False)
 
 
+def _sizes(text: str | None, what: str) -> list[float] | None:
+    """``"8,64,64"`` -> [8, 64, 64] (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be numbers separated by commas (z,y,x or y,x), got {text!r}") from None
+
+
+def _load_model(spec: str, weights: Path | None) -> Any:
+    """A TorchScript file, or ``package.module:factory`` called without arguments (then ``weights``)."""
+    import importlib
+
+    import torch
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if weights is not None:
+            raise ValueError("--weights goes with a MODULE:FACTORY model; a TorchScript file holds its weights")
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0]}); save the model with "
+                             "torch.jit.script(model).save(PATH), or pass MODULE:FACTORY and --weights") from None
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise FileNotFoundError(f"model {spec!r}: no such file, and not MODULE:FACTORY (e.g. mypkg.nets:UNet)")
+    model = getattr(importlib.import_module(module), attr)()
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return model
+
+
+@app.command()
+def predict(volume: Annotated[str, typer.Argument(help="A *.ome.zarr volume, or DATASET/VOLUME of a prepared one.")],
+            model: Annotated[str, typer.Option(help="TorchScript file, or MODULE:FACTORY (with --weights).")],
+            tile: Annotated[str, typer.Option(help="Model input in voxels: z,y,x (or y,x for a 2D model).")],
+            name: Annotated[str, typer.Option(help="Name of the prediction layer.")] = "prediction",
+            weights: Annotated[Path | None, typer.Option(help="state_dict for a MODULE:FACTORY model.")] = None,
+            halo: Annotated[str | None, typer.Option(help="Voxels cut from each side of a tile output "
+                                                          "(default: tile/8).")] = None,
+            overlap: Annotated[str | None, typer.Option(help="Voxels over which neighbouring tiles blend "
+                                                             "(default: tile/8).")] = None,
+            voxel_size: Annotated[str | None, typer.Option(help="nm z,y,x the model was trained at (default: the "
+                                                                "volume's).")] = None,
+            output: Annotated[str, typer.Option(help="labels (argmax / threshold) or probabilities.")] = "labels",
+            activation: Annotated[str, typer.Option(help="auto, sigmoid, softmax or none.")] = "auto",
+            batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+            device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+            block: Annotated[str | None, typer.Option(help="Voxels per resumable block z,y,x.")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Run a model over a prepared volume, tile by tile, into a prediction layer of it (resumable)."""
+    from emdata.evaluation import resolve_volume
+    from emdata.inference import predict as run
+
+    if as_json:
+        config.set_quiet(True)
+    vol = resolve_volume(volume)
+    sizes = {key: [int(v) for v in values] if values else None
+             for key, values in (("tile", _sizes(tile, "--tile")), ("halo", _sizes(halo, "--halo")),
+                                 ("overlap", _sizes(overlap, "--overlap")), ("block", _sizes(block, "--block")))}
+    out = run(_load_model(model, weights), vol.path, name, tile=sizes["tile"], halo=sizes["halo"],
+              overlap=sizes["overlap"], block=sizes["block"], voxel_size=_sizes(voxel_size, "--voxel-size"),
+              output=output, activation=activation, batch_size=batch_size, device=device, model_name=model,
+              progress=not config.quiet())
+    layer = out.predictions[name]
+    doc = {"volume": str(out.path), "layer": name, "kind": layer["kind"], "path": layer["path"],
+           "shape": layer["levels"][0]["shape"], "provenance": layer["provenance"]}
+    if as_json:
+        _print_json(doc)
+        return
+    _console().print(f"{out.dataset}/{out.name}: wrote {layer['kind']} layer [bold]{name}[/bold] at {layer['path']} "
+                     f"({'×'.join(map(str, doc['shape']))}); `emdata evaluate {out.path} {name}` scores it")
+
+
+@app.command()
+def evaluate(volume: Annotated[str, typer.Argument(help="A *.ome.zarr volume, or DATASET/VOLUME of a prepared one.")],
+             prediction: Annotated[str, typer.Argument(help="A layer of the volume, a TIFF, file.h5:KEY, a zarr "
+                                                            "array (a.zarr or g.zarr:PATH) or another volume.")],
+             gt_layer: Annotated[str | None, typer.Option(help="Ground-truth layer (default: the dataset's).")] = None,
+             pred_layer: Annotated[str | None, typer.Option(help="Layer of PREDICTION when it is another "
+                                                                 "volume.")] = None,
+             metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric (repeatable) (default: "
+                                                                               "the dataset card's).")] = None,
+             gt_foreground: Annotated[list[int] | None, typer.Option(
+                 "--gt-foreground", help="Ground-truth value counted as foreground by dice/iou (repeatable) "
+                                         "(default: nonzero).")] = None,
+             pred_foreground: Annotated[list[int] | None, typer.Option(
+                 "--pred-foreground", help="Predicted value counted as foreground by dice/iou (repeatable) "
+                                           "(default: nonzero).")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Score a prediction against the volume's ground truth with the dataset's challenge metrics."""
+    from emdata.evaluation import evaluate as run
+    from emdata.evaluation import summary_rows
+
+    doc = run(volume, prediction, gt_layer=gt_layer, pred_layer=pred_layer, metrics=metric or None,
+              gt_foreground=gt_foreground or None, pred_foreground=pred_foreground or None)
+    if as_json:
+        _print_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{doc['dataset']}/{doc['name']}: {doc['prediction']['source']} vs {doc['gt_layer']} "
+                        f"(metrics from {doc['metrics_from']})")
+    for col in ("metric", "values", "version"):
+        table.add_column(col, overflow="fold")
+    for row in summary_rows(doc):
+        table.add_row(*row)
+    _console().print(table)
+
+
 @app.command()
 def stats(target: Annotated[str, typer.Argument(
               help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
@@ -477,7 +590,7 @@ def preview(target: Annotated[str, typer.Argument(
             output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write (several volumes: "
                                                                               "FILE-<volume>.png).")] = None,
             augment: Annotated[bool, typer.Option("--augment", help="Instead: a grid of augmented training samples "
-                                                                    "(augment='em'; needs emdata[torch]).")] = False,
+                                                                    "(augment='em'; needs the torch extra).")] = False,
             samples: Annotated[int, typer.Option(help="With --augment: how many samples.")] = 8,
             as_json: JsonOpt = False) -> None:
     """Write a PNG: three orthogonal slices per label layer with the labels overlaid, legend and scale bar."""
