@@ -187,3 +187,35 @@ def test_large_instance_layers_open_without_a_scan(prepared_home: Path, monkeypa
     assert [s["segments"] for s in segs] == [[], [], []]
     lucchi = emdata.volumes("lucchi-pp", split="train")[0]
     assert neuroglancer_state([lucchi], "http://h")["layers"][1]["segments"] == ["1"]  # semantic: the classes
+
+
+def test_label_predictions_are_layers_too(tmp_path: Path) -> None:
+    from emdata.store.predictions import add_prediction
+    from emdata.store.writer import LabelLayerData, write_volume
+    from emdata.view.napari import read_volume
+
+    truth = np.zeros((4, 32, 32), "u1")
+    truth[:, 8:24, 8:24] = 1
+    path = write_volume(tmp_path / "v.ome.zarr", np.full((4, 32, 32), 90, "u1"), (30, 6, 6),
+                        meta={"dataset": "demo", "volume": "v", "split": "test"},
+                        labels=[LabelLayerData("mito", truth, "semantic", [{"value": 0, "name": "background"},
+                                                                           {"value": 1, "name": "mitochondria"}])])
+    guess = np.zeros((4, 32, 32), "u1")
+    guess[:, 10:20, 10:20] = 1
+    add_prediction(path, "guess", guess, provenance={"model": "by hand"},
+                   classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "mitochondria"}])
+    add_prediction(path, "ids", guess.astype("u4") * 7, provenance={"model": "by hand"})
+    vol = open_volume(path)
+    state = neuroglancer_state([vol], "http://h")
+    assert [layer["name"] for layer in state["layers"]] == ["v", "v/mito", "v/guess (prediction)", "v/ids (prediction)"]
+    guess_layer, ids_layer = state["layers"][2:]
+    assert guess_layer["source"][0] == "zarr3://http://h/data/demo/v/labels/guess/"
+    assert guess_layer["segments"] == ["1"] and ids_layer["segments"] == ["7"]  # classes; ids found in the data
+    assert segment_properties(vol, "guess")["inline"]["properties"][0]["values"] == ["background", "mitochondria"]
+    with ViewSession([vol], bundled=False) as session:
+        info = json.loads(_get(session.server.url + "/segment-properties/demo/v/guess/info")[1])
+        assert info == segment_properties(vol, "guess")
+        assert _get(session.server.url + "/data/demo/v/labels/guess/zarr.json")[0] == 200
+    napari_layers = read_volume(str(path))
+    assert [kw["name"] for _, kw, _ in napari_layers] == ["v", "v/mito", "v/guess (prediction)", "v/ids (prediction)"]
+    np.testing.assert_array_equal(np.asarray(napari_layers[2][0][...]), guess)

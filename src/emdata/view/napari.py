@@ -54,9 +54,10 @@ def _rgba01(rgba: list[int]) -> list[float]:
 
 def read_volume(path: str | list[str]) -> list[LayerData]:
     """Layer data of one or more prepared volumes: per volume the raw image pyramid and one labels pyramid
-    per label layer (lazy zarr arrays), all scaled in nm, labels with their ``image-label`` colours and
-    class names as ``features``."""
+    per label layer and label prediction (lazy zarr arrays), all scaled in nm, labels with their
+    ``image-label`` colours and class names as ``features``."""
     from emdata.store.volume import open_volume
+    from emdata.view.layers import label_layers
 
     layers: list[LayerData] = []
     for item in [path] if isinstance(path, str) else list(path):
@@ -70,17 +71,17 @@ def read_volume(path: str | list[str]) -> list[LayerData]:
         if "0.5" in pct and "99.5" in pct and pct["99.5"] > pct["0.5"]:
             image["contrast_limits"] = [pct["0.5"], pct["99.5"]]
         layers.append((levels if len(levels) > 1 else levels[0], image, "image"))
-        for name, info in vol.meta["labels"].items():
-            arrays = [vol.label_level(name, i) for i in range(len(info.get("levels") or [0]))]
-            label = json.loads((vol.folder / "labels" / name / "zarr.json").read_text(encoding="utf-8"))
-            block = label.get("attributes", {}).get("ome", {}).get("image-label", {})
-            kwargs: dict[str, Any] = {"name": f"{vol.name}/{name}", "scale": scale, "multiscale": len(arrays) > 1,
-                                      "opacity": 0.5 if info["kind"] == "semantic" else 0.4}
+        for label in label_layers(vol):
+            arrays = [label.level(vol, i) for i in range(label.n_levels)]
+            block = label.image_label(vol)
+            kwargs: dict[str, Any] = {"name": f"{vol.name}/{label.title}", "scale": scale,
+                                      "multiscale": len(arrays) > 1,
+                                      "opacity": 0.5 if label.kind == "semantic" else 0.4}
             props = sorted(block.get("properties", []), key=lambda p: int(p["label-value"]))
             if props:
                 kwargs["features"] = {"index": [int(p["label-value"]) for p in props],
                                       "class": [str(p.get("name", "")) for p in props]}
-            if info["kind"] == "semantic" and block.get("colors"):
+            if label.kind == "semantic" and block.get("colors"):
                 from emdata.look.preview import label_colors  # the preview sheets' colours (grey replaced)
 
                 listed = {int(c["label-value"]): [int(v) for v in c["rgba"]] for c in block["colors"]}

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from emdata.store.volume import Volume
+from emdata.view.layers import ViewLayer, find_layer, label_layers
 from emdata.view.server import StaticServer
 
 DATA_PREFIX = "/data/"
@@ -59,11 +60,6 @@ def data_path(volume: Volume) -> str:
 def _properties_path(volume: Volume, layer: str) -> str:
     return f"{PROPERTIES_PREFIX}{urllib.parse.quote(volume.dataset)}/{urllib.parse.quote(volume.name)}/" \
            f"{urllib.parse.quote(layer)}"
-
-
-def _image_label(volume: Volume, layer: str) -> dict[str, Any]:
-    doc = json.loads((volume.folder / "labels" / layer / "zarr.json").read_text(encoding="utf-8"))
-    return doc.get("attributes", {}).get("ome", {}).get("image-label", {})
 
 
 def _hex(rgba: Sequence[int]) -> str:
@@ -86,7 +82,8 @@ def segment_properties(volume: Volume, layer: str) -> dict[str, Any]:
         >>> segment_properties(open_volume(path), "c")["inline"]["properties"][0]
         {'id': 'label', 'type': 'label', 'values': ['background', 'cell']}
     """
-    props = sorted(_image_label(volume, layer).get("properties", []), key=lambda p: int(p["label-value"]))
+    props = sorted(find_layer(volume, layer).image_label(volume).get("properties", []),
+                   key=lambda p: int(p["label-value"]))
     return {
         "@type": "neuroglancer_segment_properties",
         "inline": {
@@ -100,25 +97,23 @@ def segment_properties(volume: Volume, layer: str) -> dict[str, Any]:
     }
 
 
-def _segment_colors(volume: Volume, layer: str) -> dict[str, str]:
+def _segment_colors(volume: Volume, layer: ViewLayer) -> dict[str, str]:
     """``{value: "#rrggbb"}`` of the classes a layer lists, as the preview sheets draw them
     (:func:`emdata.look.preview.label_colors`: the ``image-label`` colour, else a distinct one where it
     is missing or grey, which would vanish on EM)."""
     from emdata.look.preview import label_colors
 
-    listed = {int(c["label-value"]): [int(v) for v in c["rgba"]]
-              for c in _image_label(volume, layer).get("colors", [])}
-    values = sorted({*listed, *(int(c["value"]) for c in volume.classes(layer))} - {0})
+    listed = {int(c["label-value"]): [int(v) for v in c["rgba"]] for c in layer.image_label(volume).get("colors", [])}
+    values = sorted({*listed, *(int(c["value"]) for c in layer.classes)} - {0})
     return {str(v): _hex(rgba) for v, rgba in zip(values, label_colors(listed, values).tolist())}
 
 
-def _visible_segments(volume: Volume, layer: str, kind: str) -> list[str]:
+def _visible_segments(volume: Volume, layer: ViewLayer) -> list[str]:
     """Class values (semantic) or the ids of the coarsest level (instance, at most MAX_LISTED_SEGMENTS), 0 left out."""
-    if kind == "semantic":
-        values = [int(c["value"]) for c in volume.classes(layer)]
+    if layer.kind == "semantic":
+        values = [int(c["value"]) for c in layer.classes]
     else:
-        levels = volume.meta["labels"][layer].get("levels") or [{"path": "0"}]
-        coarse = volume.label_level(layer, len(levels) - 1)
+        coarse = layer.level(volume, layer.n_levels - 1)
         if coarse.size > MAX_SCANNED_VOXELS:  # too big to scan for a first view: the user picks segments
             return []
         values = [int(v) for v in np.unique(coarse[...])[:MAX_LISTED_SEGMENTS + 1]]
@@ -127,7 +122,8 @@ def _visible_segments(volume: Volume, layer: str, kind: str) -> list[str]:
 
 def neuroglancer_state(volumes: Sequence[Volume], base_url: str, layout: str = "4panel") -> dict[str, Any]:
     """A neuroglancer state showing ``volumes`` served under ``base_url`` (see :class:`ViewSession`):
-    per volume one image layer and one segmentation layer per label layer; dimensions are the first
+    per volume one image layer and one segmentation layer per label layer and label prediction
+    (``emdata predict``; named ``<volume>/<name> (prediction)``); dimensions are the first
     volume's voxel size in nm (x, y, z), the position its centre."""
     if not volumes:
         raise ValueError("neuroglancer_state needs at least one volume (emdata.volumes(ID) lists the prepared ones)")
@@ -145,14 +141,14 @@ def neuroglancer_state(volumes: Sequence[Volume], base_url: str, layout: str = "
         if lo is not None and hi is not None and hi > lo:
             image["shaderControls"] = {"normalized": {"range": [lo, hi]}}
         layers.append(image)
-        for name, info in vol.meta["labels"].items():
-            colors = _segment_colors(vol, name)
+        for label in label_layers(vol):
+            colors = _segment_colors(vol, label)
             layer: dict[str, Any] = {
-                "type": "segmentation", "name": f"{vol.name}/{name}",
-                "source": [f"zarr3://{root}labels/{urllib.parse.quote(name)}/",
-                           f"precomputed://{base}{_properties_path(vol, name)}"],
-                "segments": _visible_segments(vol, name, info["kind"]),
-                "selectedAlpha": 0.5 if info["kind"] == "semantic" else 0.35,
+                "type": "segmentation", "name": f"{vol.name}/{label.title}",
+                "source": [f"zarr3://{root}{urllib.parse.quote(label.path)}/",
+                           f"precomputed://{base}{_properties_path(vol, label.name)}"],
+                "segments": _visible_segments(vol, label),
+                "selectedAlpha": 0.5 if label.kind == "semantic" else 0.35,
                 "hideSegmentZero": True,
             }
             if colors:
@@ -225,7 +221,7 @@ class ViewSession:
     def __post_init__(self) -> None:
         folders: dict[str, Path] = {data_path(v): v.folder for v in self.volumes}
         docs = {_properties_path(v, name) + "/info": json.dumps(segment_properties(v, name)).encode()
-                for v in self.volumes for name in v.meta["labels"]}
+                for v in self.volumes for name in (layer.name for layer in label_layers(v))}
         self.server = StaticServer(folders, documents=docs, port=self.port)
 
     @property
