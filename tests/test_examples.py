@@ -1,5 +1,5 @@
-"""examples/: the quick-start notebook runs top to bottom in a fresh kernel (nbclient), offline, and its
-plain-script twin holds the same cells."""
+"""examples/: the quick-start notebook (catalog, prepare from a replica, look, train, predict and evaluate)
+runs top to bottom in a fresh kernel (nbclient), offline, and its plain-script twin holds the same cells."""
 
 from __future__ import annotations
 
@@ -47,3 +47,6 @@ def test_quickstart_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     losses = re.search(r"\{0: 'background', 1: 'mitochondria'\} \[([^\]]+)\]", text)
     assert losses is not None and len(losses.group(1).split(",")) == 4
     assert (tmp_path / "home" / "prepared" / "lucchi-pp" / "train.ome.zarr" / "zarr.json").is_file()
+    scores = dict(re.findall(r"^(dice|iou) = ([0-9.e-]+) \(", text, flags=re.MULTILINE))
+    assert set(scores) == {"dice", "iou"} and all(0 <= float(v) <= 1 for v in scores.values())
+    assert "'test/quickstart (prediction)'" in text  # the prediction is a layer of the volume now
