@@ -374,6 +374,84 @@ def verify(target: Annotated[str, typer.Argument(
         raise typer.Exit(1)
 
 
+def _volumes_for(target: str, names: list[str] | None) -> list[Any]:
+    """The prepared volumes a ``view``/``report`` argument names: a ``*.ome.zarr`` path, or a dataset id
+    (its volumes named by ``names``; by default its first labelled volume)."""
+    import emdata
+    from emdata.store.volume import open_volume
+
+    path = Path(target).expanduser()
+    if (path / "zarr.json").is_file():
+        return [open_volume(path)]
+    if "/" in target or target.endswith(".ome.zarr"):
+        raise FileNotFoundError(f"{path}: no OME-Zarr volume here (no zarr.json); pass a prepared *.ome.zarr "
+                                "or a dataset id")
+    found = emdata.volumes(target)
+    if names:
+        by_name = {v.name: v for v in found}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(f"{target} has no prepared volume(s) {missing}; prepared: {sorted(by_name)}")
+        return [by_name[n] for n in names]
+    return [next((v for v in found if v.meta["labels"]), found[0])]
+
+
+@app.command()
+def view(target: Annotated[str, typer.Argument(help="A dataset id (a prepared one) or a *.ome.zarr path.")],
+         volume: Annotated[list[str] | None, typer.Option("--volume", help="Show this volume of the dataset "
+                                                          "(repeatable; default: its first labelled one).")] = None,
+         port: Annotated[int, typer.Option(help="Port of the loopback data server (0: any free one).")] = 0,
+         seconds: Annotated[float | None, typer.Option("--seconds", help="Stop serving after this many seconds "
+                                                       "(default: until Ctrl-C).")] = None,
+         open_browser: Annotated[bool, typer.Option("--open", help="Also open the URL in the default web browser.")]
+         = False,
+         as_json: JsonOpt = False) -> None:
+    """Open a prepared volume in neuroglancer: serves its store on 127.0.0.1 and prints the viewer URL.
+
+    With the `view` extra (pip install 'emdata[view]') neuroglancer's own client runs on loopback
+    (offline); without it the URL opens neuroglancer's public client on the loopback data.
+    The state has the raw image and every label layer with its class names and colours.
+    """
+    import time
+
+    from emdata.view import ViewSession
+
+    with ViewSession(_volumes_for(target, volume), port=port) as session:
+        if as_json:
+            _print_json({"url": session.url, "data_url": session.server.url, "state": session.state})
+        else:
+            sys.stdout.write(f"neuroglancer: {session.url}\nserving the data on {session.server.url} "
+                             "(Ctrl-C stops)\n")
+        sys.stdout.flush()
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(session.url)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(min(0.2, deadline - time.monotonic()), 0))
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write the site into.")]
+           = Path("emdata-report"),
+           dataset: Annotated[list[str] | None, typer.Option(
+               "--dataset", help="Only this dataset's page (repeatable; the table lists all).")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Write a static HTML site of the catalog (opens from disk, offline): a sortable, filterable table and
+    one page per dataset with its card, citation and, for prepared volumes, previews and statistics."""
+    from emdata.report import build_report
+
+    if as_json:
+        config.set_quiet(True)
+    site = build_report(out, datasets=dataset or None)
+    index = (site / "index.html").resolve()
+    if as_json:
+        _print_json({"index": str(index), "pages": sorted(str(p) for p in (site / "datasets").glob("*.html"))})
+        return
+    _console().print(f"report written: {index.as_uri()}", markup=False, highlight=False)
+
+
 def _sizes(text: str | None, what: str) -> list[float] | None:
     """``"8,64,64"`` -> [8, 64, 64] (None stays None)."""
     if text is None:
