@@ -11,14 +11,12 @@ raw + labels, with 0 and 2 DataLoader workers (fork), batch size 1, after a warm
   with its defaults, run in a separate virtual environment (CUDA-free here: see
   ``benchmarks/peers/README.md``); skipped when ``--peers-python`` is not given;
 - limits: ``memcpy`` of the same patch bytes from RAM, and ``decode`` of the chunks each patch
-  touches (zarr-python, one process);
-- augmented (16×128×128, 0 workers, volume in memory): ``emdata augment=True`` (flips and 90°
-  turns) and ``emdata augment="em"`` (the standard EM set: warps with the margin read, section
-  defects, intensity); ``--augmented-only`` measures just these and the plain row beside them
-  and merges them into the existing results.
+  touches (zarr-python, one process).
+
+Augmentation speed is measured by ``benchmarks/augment.py``.
 
 Writes benchmarks/results/loader.{json,md}.
-Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 60] [--augmented-only]
+Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 60]
 """
 
 from __future__ import annotations
@@ -36,11 +34,6 @@ from pathlib import Path
 import numpy as np
 
 SHAPE = (100, 1024, 1024)
-PLAIN = "emdata (no augment, same rounds)"  # the reference of the augmented rows
-AUGMENTED_NOTE = ("Augmented rows: one process, 0 workers, volume held in memory, raw uint8 + uint64 labels, no "
-                  "targets; the three cases run in 3 interleaved rounds (best round each) and are divided by the "
-                  "plain rate of those same rounds (`emdata (no augment, same rounds)`), so the ratio holds on a "
-                  "busy machine even when the absolute rates do not.")
 PATCHES = {"32x256x256": (32, 256, 256), "16x128x128": (16, 128, 128)}
 
 
@@ -139,30 +132,10 @@ def peers(python: str, path: Path, patch: tuple[int, int, int], workers: int, n:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def augmented_rows(path: Path, pname: str, patch: tuple[int, int, int], n: int) -> list[dict]:
-    """emdata plain, with ``augment=True`` and with ``augment="em"``, 0 workers, interleaved in
-    rounds (the best round each) so a busy machine slows all three alike."""
-    from emdata.torch import PatchDataset
-
-    cases = {PLAIN: False, "emdata augment=True (flips, 90° turns)": True, "emdata augment='em'": "em"}
-    best = dict.fromkeys(cases, 0.0)
-    for _ in range(3):
-        for name, augment in cases.items():
-            ds = PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n + 4, augment=augment)
-            best[name] = max(best[name], rate(loader_for(ds, 0), 4))
-    rows = [{"patch": pname, "workers": 0, "loader": name, "patches_per_s": round(value, 1)}
-            for name, value in best.items()]
-    for r in rows:
-        print(json.dumps(r), file=sys.stderr)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=60, help="patches timed per case (after warm-up)")
     parser.add_argument("--peers-python", help="python of a venv with torch-em (benchmarks/peers/README.md)")
-    parser.add_argument("--augmented-only", action="store_true",
-                        help="only the augmented rows (16x128x128, 0 workers), merged into the existing results")
     args = parser.parse_args()
     os.environ["EMDATA_QUIET"] = "1"
     from emdata.torch import PatchDataset
@@ -174,10 +147,6 @@ def main() -> None:
         path = make_volume(root)
         print(f"volume written in {time.perf_counter() - t:.1f} s: {path}", file=sys.stderr)
         for pname, patch in PATCHES.items():
-            if args.augmented_only:
-                if patch[0] == 16:
-                    rows += augmented_rows(path, pname, patch, args.n * 4)
-                continue
             lim = limits(path, patch, args.n * 4)
             for workers in (0, 2):
                 n, warm = args.n * (4 if patch[0] == 16 else 1), 4 + 2 * workers
@@ -195,29 +164,17 @@ def main() -> None:
                 for name, value in result.items():
                     rows.append({"patch": pname, "workers": workers, "loader": name, "patches_per_s": round(value, 1)})
                     print(json.dumps(rows[-1]), file=sys.stderr)
-                if workers == 0 and patch[0] == 16:
-                    rows += augmented_rows(path, pname, patch, n)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out = Path(__file__).parent / "results"
-    if args.augmented_only and (out / "loader.json").exists():
-        new = {(r["patch"], r["workers"], r["loader"]): r for r in rows}
-        old = json.loads((out / "loader.json").read_text())["rows"]
-        kept = [new.pop((r["patch"], r["workers"], r["loader"]), r) for r in old]
-        rows = kept + list(new.values())
-
     table = ["| patch | workers | loader | patches/s | emdata ÷ this |", "|---|---|---|---|---|"]
-    # augmented rows: divided by the plain rate measured in the same interleaved rounds
     for r in rows:
-        ref = PLAIN if r["loader"] == PLAIN or r["loader"].startswith("emdata augment") else "emdata"
         ours = next(x["patches_per_s"] for x in rows if (x["patch"], x["workers"], x["loader"]) ==
-                    (r["patch"], r["workers"], ref))
+                    (r["patch"], r["workers"], "emdata"))
         table.append(f"| {r['patch']} | {r['workers']} | {r['loader']} | {r['patches_per_s']} | "
                      f"{ours / r['patches_per_s']:.2f} |")
     out.mkdir(exist_ok=True)
     (out / "loader.json").write_text(json.dumps({"shape": SHAPE, "rows": rows}, indent=1))
-    if any(r["loader"] == PLAIN for r in rows):
-        table += ["", AUGMENTED_NOTE]
     (out / "loader.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

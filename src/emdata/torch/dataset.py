@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from emdata.labels.ontology import ontology
 from emdata.store.volume import Volume, open_volume
@@ -271,7 +270,9 @@ class PatchDataset:
     def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
                      shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``layers`` over a window that may reach past the volume (or region): the part inside is
-        read, the rest is zero and False in the returned validity mask."""
+        read, the rest repeats the nearest voxel inside (edge padding: ids warped in from outside
+        are their nearest valid neighbour's, so no boundary is invented along the edge) and is
+        False in the returned validity mask."""
         lo = [max(o, a) for o, a in zip(origin, plan.min_origin)]
         hi = [min(o + n, b + p) for o, n, b, p in zip(origin, shape, plan.max_origin, self.patch_shape)]
         inner = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
@@ -281,13 +282,11 @@ class PatchDataset:
         for layer in layers:
             data = self._read(plan, layer, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
             if data.shape != tuple(shape):
-                full = np.zeros(shape, data.dtype)
-                full[inner] = data
-                data = full
+                data = np.pad(data, [(s.start, n - s.stop) for s, n in zip(inner, shape)], mode="edge")
             out[layer] = data
         return out, valid
 
-    def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray],
+    def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
         """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
         if any(self.margin):
@@ -298,15 +297,10 @@ class PatchDataset:
             labels = arrays
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
-        out = self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
-                           self.patch_shape)
-        if out.labels and not out.valid.all() and out.valid.any():
-            # voxels from outside take their nearest valid voxel's id (masked later), so no boundary
-            # or affinity is invented along the edge of the volume
-            near = ndimage.distance_transform_edt(~out.valid, sampling=self.voxel_size, return_distances=False,
-                                                  return_indices=True)
-            out.labels = {k: v[tuple(near)] for k, v in out.labels.items()}
-        return out
+            if labels is None:
+                labels = {name: self._read(plan, name, origin) for name in plan.layers}
+        return self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
+                            self.patch_shape)
 
     def _mark_invalid(self, out: dict[str, Any], valid: np.ndarray) -> None:
         """Voxels warped in from outside the volume: ignore value, masked, never background."""
@@ -344,9 +338,10 @@ class PatchDataset:
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
-        labels = {name: self._read(plan, name, origin) for name in plan.layers}
+        labels = None  # read once: with the augmentation's margin when there is one
         ok = True
         if isinstance(self.sampler, MinInstances):
+            labels = {name: self._read(plan, name, origin) for name in plan.layers}
             for _ in range(self.sampler.max_tries):
                 if len(np.unique(labels[self.sampler.layer][labels[self.sampler.layer] != 0])) >= self.sampler.k:
                     break
@@ -360,6 +355,8 @@ class PatchDataset:
             raw, labels, valid = augmented.raw, augmented.labels, augmented.valid
         else:
             raw = self._raw_out(plan, self._read(plan, "raw", origin))
+        if labels is None:
+            labels = {name: self._read(plan, name, origin) for name in plan.layers}
         out: dict[str, Any] = {"raw": with_channel(raw)}
         for name in self.label_layers:
             data = labels[name]
@@ -374,7 +371,8 @@ class PatchDataset:
                        "voxel_size_nm": np.array(self.voxel_size), "sampler_ok": ok}
         if self.is_2d:
             out = {k: (v[..., 0, :, :] if isinstance(v, np.ndarray) and v.ndim >= 3 else v) for k, v in out.items()}
-        return out
+        # flips hand on views: every array leaves as its own contiguous copy (a no-op when it is one)
+        return {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Sample ``(epoch, index)`` (or ``index`` of epoch 0) as numpy arrays; the loader's
