@@ -21,6 +21,13 @@ Example:
     >>> batch = next(iter(make_loader(ds, batch_size=4)))
     >>> tuple(batch["raw"].shape), batch["raw"].dtype, ds.class_names
     ((4, 1, 4, 32, 32), torch.uint8, {0: 'background', 1: 'neuron'})
+
+Batches travel compact (``semantic`` uint8, ids in the smallest dtype); the int64 targets a loss
+wants are made on the device:
+
+    >>> from emdata.torch.collate import to_device
+    >>> batch["semantic"].dtype, to_device(batch, "cpu", ds.space.ignore_value)["semantic"].dtype
+    (torch.uint8, torch.int64)
 """
 
 from __future__ import annotations
@@ -42,7 +49,17 @@ from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, Vol
 from emdata.torch.reader import VolumeReader
 from emdata.torch.resample import level_positions, resample_at
 from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_weights
-from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, affinities, as_int64, plan_labels, sample_targets
+from emdata.torch.targets import (
+    IGNORE,
+    TARGETS,
+    WIRE_IGNORE,
+    LabelSpace,
+    affinities,
+    as_int64,
+    compact_ids,
+    plan_labels,
+    sample_targets,
+)
 
 log = logging.getLogger(__name__)
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
@@ -63,10 +80,20 @@ class PatchDataset:
     ``volumes``: ``Volume`` objects or ``*.ome.zarr`` paths. ``patch_shape``: voxels at
     ``voxel_size`` (nm, (z, y, x); default: the first volume's level-0 voxel), 2 entries
     for 2D patches. ``patch_size_nm`` instead gives the extent in nm. ``labels``: label
-    layers returned as they are (``"labels/<name>"``, int64; uint64 ids keep their bits).
-    ``targets``: any of ``semantic``, ``classes``, ``instances``, ``foreground``,
-    ``boundaries``, ``affinities`` (with ``affinity_offsets``). ``label_space`` defaults to
-    every class the volumes annotate (:attr:`class_names` maps target indices to classes).
+    layers returned as they are (``"labels/<name>"``, the stored ids). ``targets``: any of
+    ``semantic``, ``classes``, ``instances``, ``foreground``, ``boundaries``, ``affinities``
+    (with ``affinity_offsets``). ``label_space`` defaults to every class the volumes annotate
+    (:attr:`class_names` maps target indices to classes).
+
+    ``compact`` (default True): samples leave the workers small and the int64 arrays a loss
+    wants are made after the transfer by :func:`~emdata.torch.collate.widen` (or
+    :func:`~emdata.torch.collate.to_device`; the Lightning DataModules do it in
+    ``on_after_batch_transfer``): ``semantic`` uint8 with 255 for the ignore value;
+    ``labels/<name>`` and ``instances`` in the smallest unsigned dtype holding the patch's ids
+    (uint64 ids past 32 bits: int64, bits kept, never relabelled); voxels from outside the
+    volume only marked 0 in ``valid`` (and 255 in ``semantic``). ``compact=False`` gives the
+    widened arrays directly: int64 ``semantic``, ``instances`` and ``labels/*``, uint64 ids ≥
+    2**63 reading negative, the ignore value where unknown or invalid.
 
     Raw keeps its integer dtype by default; volumes of different raw dtypes are then refused
     (a batch would silently promote one to the other's range). ``raw_dtype="float32"`` gives
@@ -97,7 +124,7 @@ class PatchDataset:
                  seed: int = 0, raw_dtype: str | None = None, normalize: str | None = None,
                  augment: bool | str | Compose = False,
                  volume_weights: Sequence[float] | None = None, regions_nm: Sequence[RegionNm | None] | None = None,
-                 memory_budget: int = 4 << 30) -> None:
+                 memory_budget: int = 4 << 30, compact: bool = True) -> None:
         vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
         if not vols:
             raise ValueError("PatchDataset needs at least one volume")
@@ -120,6 +147,7 @@ class PatchDataset:
             patch_size_nm is not None and len(patch_size_nm) == 2)
         self.targets = list(targets)
         self.label_layers = list(labels)
+        self.compact = bool(compact)
         self.sampler = sampler
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
@@ -309,9 +337,14 @@ class PatchDataset:
             return
         invalid = ~valid
         ignore = self.space.ignore_value
-        for key in [f"labels/{name}" for name in self.label_layers] + ["semantic", "instances"]:
-            if key in out:
-                out[key] = np.where(invalid, ignore, out[key])
+        if self.compact:  # ids cannot hold the ignore value: widen() marks them from ``valid``
+            if "semantic" in out:
+                out["semantic"] = np.where(invalid, WIRE_IGNORE if out["semantic"].dtype == np.uint8 else ignore,
+                                           out["semantic"])
+        else:
+            for key in [f"labels/{name}" for name in self.label_layers] + ["semantic", "instances"]:
+                if key in out:
+                    out[key] = np.where(invalid, ignore, out[key])
         for key in ("foreground", "boundaries"):
             if key in out:
                 out[key] = np.where(invalid, 0, out[key]).astype(np.uint8)
@@ -358,11 +391,11 @@ class PatchDataset:
         if labels is None:
             labels = {name: self._read(plan, name, origin) for name in plan.layers}
         out: dict[str, Any] = {"raw": with_channel(raw)}
+        ids = compact_ids if self.compact else as_int64
         for name in self.label_layers:
-            data = labels[name]
-            out[f"labels/{name}"] = as_int64(data)
+            out[f"labels/{name}"] = ids(labels[name])
         out.update(sample_targets(self.targets, labels, plan.labels, self.space, self.patch_shape,
-                                   self.affinity_offsets))
+                                  self.affinity_offsets, compact=self.compact))
         if valid is not None:
             self._mark_invalid(out, valid)
         out["annotated"] = plan.labels.annotated.copy()
