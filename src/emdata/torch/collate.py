@@ -87,7 +87,7 @@ def widen(batch: dict[str, Any], ignore_value: int = -100) -> dict[str, Any]:
 
             wide = value.view(torch.int64) if value.dtype == torch.uint64 else value.to(torch.int64)
             if wire:
-                wide = wide.masked_fill(value == 255, ignore_value)
+                wide.masked_fill_(value == 255, ignore_value)  # a fresh tensor: filled in place
             if valid is not None:
                 wide = wide.masked_fill(valid.reshape(value.shape) == 0, ignore_value)
         out[key] = wide
