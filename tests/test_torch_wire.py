@@ -110,3 +110,22 @@ def test_compact_helpers() -> None:
     assert compact_semantic(sem, -100, 255).tolist() == [0, 3, 255, 254]
     assert compact_semantic(sem, -100, 300) is sem  # too many classes for uint8: as it is
     assert widen({"semantic": compact_semantic(sem, -100, 255)})["semantic"].tolist() == sem.tolist()
+
+
+def test_datamodules_widen_after_the_transfer(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    from emdata.lightning import EMDataModule
+
+    path = write(tmp_path / "v.ome.zarr", cells((6, 64, 64), 0), "uint32", mito=True)
+    dm = EMDataModule(dataset_id="demo")
+    dm.train_set = PatchDataset([path], (4, 32, 32), labels=["cells"], targets=["semantic"], augment="em",
+                                ignore_value=-1, samples_per_epoch=4)
+    legacy = PatchDataset([path], (4, 32, 32), labels=["cells"], targets=["semantic"], augment="em",
+                          ignore_value=-1, samples_per_epoch=4, compact=False)
+    batch = collate_patches([dm.train_set.sample(0, i) for i in range(4)])
+    assert batch["semantic"].dtype == torch.uint8
+    wide = dm.on_after_batch_transfer(batch, 0)
+    expected = collate_patches([legacy.sample(0, i) for i in range(4)])
+    assert (wide["semantic"] == -1).any()  # the ignore region of the mito layer, in this dataset's ignore value
+    for key in ("semantic", "labels/cells"):
+        assert wide[key].dtype == torch.int64 and torch.equal(wide[key], expected[key]), key
