@@ -318,3 +318,17 @@ def test_augmented_samples_are_contiguous_arrays(tmp_path: Path) -> None:
     for i in range(8):  # flips hand views through the pipeline; what leaves the dataset owns its memory
         s = ds.sample(0, i)
         assert all(v.flags.c_contiguous for v in s.values() if isinstance(v, np.ndarray))
+
+
+def test_label_windows_read_only_a_box_and_pad_like_the_full_window(tmp_path: Path) -> None:
+    path = write_cells(tmp_path / "v.ome.zarr", shape=(6, 48, 48))
+    ds = PatchDataset([path], (2, 16, 16), labels=["cells"], augment="em", samples_per_epoch=4)
+    plan = ds._plans[0]
+    rng = np.random.default_rng(2)
+    for _ in range(30):  # windows reaching past every side of the volume, boxes anywhere in them
+        shape = (4, 40, 40)
+        start = tuple(int(rng.integers(1 - s, n)) for s, n in zip(shape, (6, 48, 48)))  # overlapping the volume
+        full, _ = ds._read_window(plan, ["cells"], start, shape)
+        box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in
+                    ((int(rng.integers(0, n)), n) for n in shape))
+        assert np.array_equal(ds._read_clamped(plan, "cells", start, box), full["cells"][box])

@@ -36,6 +36,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ import numpy as np
 from emdata.labels.ontology import ontology
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
+from emdata.torch.augment.compose import Window
 from emdata.torch.collate import with_channel
 from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
 from emdata.torch.reader import VolumeReader
@@ -314,15 +316,35 @@ class PatchDataset:
             out[layer] = data
         return out, valid
 
+    def _read_clamped(self, plan: VolumePlan, layer: str, start: Zyx, box: tuple[slice, ...]) -> np.ndarray:
+        """``layer`` over ``box`` of a window whose first voxel is ``start``: what lies outside the
+        volume (or region) repeats the nearest voxel inside, as in :meth:`_read_window`."""
+        lows = plan.min_origin
+        highs = [b + p for b, p in zip(plan.max_origin, self.patch_shape)]
+        read_lo, read_hi, index = [], [], []
+        for b, s, low, high in zip(box, start, lows, highs):
+            first, last = s + b.start, s + b.stop
+            r0 = min(max(first, low), high - 1)
+            r1 = max(min(last, high), r0 + 1)
+            read_lo.append(r0)
+            read_hi.append(r1)
+            index.append(None if (r0, r1) == (first, last) else np.clip(np.arange(first, last), r0, r1 - 1) - r0)
+        data = self._read(plan, layer, tuple(read_lo), tuple(h - lo for lo, h in zip(read_lo, read_hi)))  # type: ignore[arg-type]
+        if any(i is not None for i in index):
+            data = data[np.ix_(*[np.arange(data.shape[a]) if i is None else i for a, i in enumerate(index)])]
+        return data
+
     def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
         """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
         if any(self.margin):
             start = tuple(o - m for o, m in zip(origin, self.margin))
             shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
-            arrays, valid = self._read_window(plan, ["raw", *plan.layers], start, shape)  # type: ignore[arg-type]
+            arrays, valid = self._read_window(plan, ["raw"], start, shape)  # type: ignore[arg-type]
             raw = arrays.pop("raw")
-            labels = arrays
+            # label layers are read only where the transforms look (a warp: the box its map reaches)
+            labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
+                                    self._read(plan, layer, origin, (1, 1, 1)).dtype) for layer in plan.layers}
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
             if labels is None:

@@ -28,7 +28,7 @@ from itertools import product
 import numpy as np
 from scipy import ndimage
 
-from emdata.torch.augment.compose import Nm, Sample, Zyx
+from emdata.torch.augment.compose import Nm, Sample, Window, Zyx, materialize
 
 ISOTROPIC = 1.5  # z / xy voxel ratio at or below which z may be mixed into xy
 
@@ -176,6 +176,8 @@ class Warp:
             out.append((np.broadcast_to(pos, field) / v[axis] + (in_shape[axis] - 1) / 2).astype(np.float32))
         return out
 
+    reads_windows = True  # a planar warp reads only the box of each label window its map reaches
+
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample:
         if self.p < 1 and rng.random() >= self.p:
             from emdata.torch.augment.compose import center_crop
@@ -208,6 +210,7 @@ def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
     if (np.issubdtype(zc.dtype, np.integer) and zc.shape[1:] == (1, 1)
             and all(c.shape[0] == 1 for c in coords[1:])):
         return _remap_planar(sample, zc.reshape(-1), coords[1], coords[2], out_shape)
+    sample = materialize(sample)
     terms = [_axis(c, n) for c, n in zip(coords, shape)]
     inside = np.broadcast_to(terms[0][3] & terms[1][3] & terms[2][3], out_shape)
     if terms[0][1] is not None:  # z interpolated too: trilinear
@@ -263,6 +266,14 @@ def _remap_planar(sample: Sample, rows: np.ndarray, ymap: np.ndarray, xmap: np.n
     rows = np.clip(rows, 0, sample.shape[0] - 1)
 
     def gather(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if isinstance(a, Window):  # read just the box the map reaches
+            z0, z1 = int(rows.min()), int(rows.max()) + 1
+            y0, y1, x0, x1 = int(y.min()), int(y.max()) + 1, int(x.min()), int(x.max()) + 1
+            a = a.read((slice(z0, z1), slice(y0, y1), slice(x0, x1)))
+            return gather_from(a, rows - z0, y - y0, x - x0)
+        return gather_from(a, rows, y, x)
+
+    def gather_from(a: np.ndarray, rows: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         src, sy, sx = _sections(a, rows)
         idx = (y * sy + x * sx).reshape(-1)
         return np.take(src, idx, axis=1).reshape(out_shape)
