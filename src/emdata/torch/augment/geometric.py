@@ -312,9 +312,14 @@ def _bilinear_torch(torch, raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, 
     """Raw sections ``rows`` read bilinearly at (``ymap``, ``xmap``) (positions clamped to the
     section, as the numpy path does) with ``torch.nn.functional.grid_sample``: the sections are
     the channels of one image, so the weights are worked out once per output pixel."""
-    _, ny, nx = raw.shape
     z0 = int(rows[0])
     src = raw[z0:z0 + len(rows)] if np.array_equal(rows, np.arange(z0, z0 + len(rows))) else raw[rows]
+    # only the box the map reaches is converted to float
+    y0, x0 = (max(int(np.floor(m.min())), 0) for m in (ymap, xmap))
+    y1, x1 = (min(int(np.ceil(m.max())) + 1, n) for m, n in zip((ymap, xmap), raw.shape[1:]))
+    if y1 - y0 > 1 and x1 - x0 > 1 and (y0, x0, y1, x1) != (0, 0, *raw.shape[1:]):
+        src, ymap, xmap = src[:, y0:y1, x0:x1], ymap - np.float32(y0), xmap - np.float32(x0)
+    _, ny, nx = src.shape
     image = torch.from_numpy(np.ascontiguousarray(src)).to(torch.float32)[None]
     grid = np.stack([np.broadcast_to(xmap, ymap.shape) * np.float32(2 / (nx - 1)) - 1,
                      ymap * np.float32(2 / (ny - 1)) - 1], axis=-1)
