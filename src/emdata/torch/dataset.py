@@ -109,7 +109,7 @@ class PatchDataset:
     (:func:`~emdata.torch.augment.em_augment`: warps, section defects, intensity); or any
     :class:`~emdata.torch.augment.Compose`. The margin a warp needs is read from the volume (never
     zero padding inside it); voxels warped in from outside the volume or region are the ignore
-    value in ``labels/*``, ``semantic`` and ``instances``, masked in ``classes_ignore`` and
+    value in ``labels/*``, ``semantic`` and ``instances`` (once widened), masked in ``classes_ignore`` and
     ``affinities_mask``, and 0 in the extra ``valid`` output (boundaries are not invented along
     that edge). Targets are computed after augmentation, from the augmented labels.
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.

@@ -10,6 +10,10 @@
   ``relabel`` gives 1..n), ``foreground``, ``boundaries`` and ``affinities`` (given offsets)
   from the instance layer.
 
+On the wire (``compact=True``) ``semantic`` is uint8 with :data:`WIRE_IGNORE` for the ignore
+value (:func:`compact_semantic`) and ids are narrowed by :func:`compact_ids`;
+:func:`emdata.torch.collate.widen` restores the int64 arrays.
+
 Example:
     >>> space = LabelSpace(["background", "neuron", "mitochondria"])
     >>> space.index("mitochondrion"), space.index("er_sheets")  # synonyms; a class outside → None
