@@ -141,9 +141,9 @@ class Warp:
         out = []
         for _ in axes:
             field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
-            for axis, mat in enumerate(mats):  # (.., g, ..) -> (.., n, ..)
-                field = np.moveaxis(np.tensordot(mat, field, axes=(1, axis)), 0, axis)
-            out.append(field)
+            # (gz, gy, gx) -> (nz, gy, gx) -> (nz, ny, gx) -> (nz, ny, nx): three small matrix products
+            field = (mats[0] @ field.reshape(grid[0], -1)).reshape(-1, grid[1], grid[2])
+            out.append((mats[1] @ field) @ mats[2].T)
         return out
 
     def coordinates(self, in_shape: Zyx, out_shape: Zyx, voxel_size: Nm, rng: np.random.Generator) -> list[np.ndarray]:
