@@ -27,14 +27,13 @@ patches of raw + labels, batch size 1, DataLoader workers forked, rates after a 
 - memory and start (in memory, 16×128×128, 2 workers, fork and spawn): PSS and USS (psutil) of
   the whole process tree after the rate run, the decoded cache's resident bytes (``fincore``),
   and the time from ``iter(loader)`` to the first batch.
-- augmented (16×128×128, 0 workers, in memory): ``augment=True`` and ``augment="em"`` against
-  the plain rate of the same interleaved rounds (``--augmented-only`` measures just these and
-  merges them into the existing results).
+
+Augmentation speed is measured by ``benchmarks/augment.py``.
 
 Emdata and naive zarr run in 2 interleaved rounds (the best of each is kept), torch-em in one;
 the machine is shared, so compare ratios within one row group, measured in the same run.
 Writes benchmarks/results/loader.{json,md}.
-Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 20] [--augmented-only]
+Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 20]
 """
 
 from __future__ import annotations
@@ -57,10 +56,6 @@ SHAPE = (100, 1024, 1024)
 PATCHES = {"32x256x256": (32, 256, 256), "16x128x128": (16, 128, 128)}
 WORKERS = (0, 2, 4)
 MEMORY, DISK = "in memory", "from disk, cold page cache"
-PLAIN = "emdata (no augment, same rounds)"  # the reference of the augmented rows
-AUGMENTED_NOTE = ("Augmented rows: one process, 0 workers, in memory, raw uint8 + uint64 labels, no targets; the "
-                  "three cases run in 3 interleaved rounds (best round each) and are divided by the plain rate of "
-                  "those same rounds (`emdata (no augment, same rounds)`).")
 BUDGET = 4 << 30
 
 
@@ -262,11 +257,10 @@ def datamodule_rate(root: Path, patch: tuple[int, int, int], n: int) -> float:
     return rate(dm.train_dataloader(), 2, per_batch=4)
 
 
-def emdata_dataset(path: Path, patch: tuple[int, int, int], n: int, budget: int, augment: bool | str = False):  # type: ignore[no-untyped-def]
+def emdata_dataset(path: Path, patch: tuple[int, int, int], n: int, budget: int):  # type: ignore[no-untyped-def]
     from emdata.torch import PatchDataset
 
-    return PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n, memory_budget=budget,
-                        augment=augment)
+    return PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n, memory_budget=budget)
 
 
 def regime_rows(path: Path, root: Path, pname: str, patch: tuple[int, int, int], regime: str, n: int,
@@ -340,26 +334,10 @@ def memory_rows(path: Path, n: int) -> list[dict]:
     return rows
 
 
-def augmented_rows(path: Path, pname: str, patch: tuple[int, int, int], n: int) -> list[dict]:
-    """emdata plain, with ``augment=True`` and with ``augment="em"``, 0 workers, in memory, interleaved
-    in rounds (the best round each) so a busy machine slows all three alike."""
-    cases = {PLAIN: False, "emdata augment=True (flips, 90° turns)": True, "emdata augment='em'": "em"}
-    best = dict.fromkeys(cases, 0.0)
-    for _ in range(3):
-        for name, augment in cases.items():
-            ds = emdata_dataset(path, patch, n + 4, BUDGET, augment)
-            best[name] = max(best[name], rate(loader_for(ds, 0), 4))
-    rows = [{"patch": pname, "regime": MEMORY, "workers": 0, "loader": name, "patches_per_s": round(value, 1)}
-            for name, value in best.items()]
-    for r in rows:
-        print(json.dumps(r), file=sys.stderr)
-    return rows
-
-
 def table(rows: list[dict]) -> list[str]:
     lines = ["| patch | regime | workers | loader | patches/s | emdata ÷ this |", "|---|---|---|---|---|---|"]
     for r in rows:
-        ref = PLAIN if r["loader"] == PLAIN or r["loader"].startswith("emdata augment") else "emdata"
+        ref = "emdata"
         workers = 0 if r["workers"] == "-" else r["workers"]  # a limit: against emdata at 0 workers
         ours = next((x["patches_per_s"] for x in rows if (x["patch"], x["regime"], x["workers"], x["loader"]) ==
                      (r["patch"], r["regime"], workers, ref)), None)
@@ -373,8 +351,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="32x256x256 patches timed per case (16x128x128: 3x)")
     parser.add_argument("--peers-python", help="python of a venv with torch-em (benchmarks/peers/README.md)")
-    parser.add_argument("--augmented-only", action="store_true",
-                        help="only the augmented rows (16x128x128, 0 workers), merged into the existing results")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="emdata-loader-"))
     os.environ["EMDATA_QUIET"] = "1"
@@ -387,38 +363,26 @@ def main() -> None:
         t = time.perf_counter()
         path = make_volume(root)
         print(f"volume written in {time.perf_counter() - t:.1f} s: {path}", file=sys.stderr)
-        if args.augmented_only:
-            fill_cache(path)
-            rows += augmented_rows(path, "16x128x128", PATCHES["16x128x128"], args.n * 3)
-        else:
-            doc["codecs"] = codec_rows(path, root, args.n)
-            for pname, patch in PATCHES.items():
-                n = args.n * (3 if patch[0] == 16 else 1)
-                lim = limits(path, patch, n)
-                for regime in (MEMORY, DISK):
-                    if regime == MEMORY:
-                        fill_cache(path)
-                    new = regime_rows(path, root, pname, patch, regime, n, args.peers_python)
-                    for name, value in lim.items():
-                        if (name == "memcpy (limit)") == (regime == MEMORY):
-                            new.append({"patch": pname, "regime": regime, "workers": "-", "loader": name,
-                                        "patches_per_s": round(value, 1)})
-                    for r in new:
-                        print(json.dumps(r), file=sys.stderr)
-                    rows += new
-            fill_cache(path)
-            rows += augmented_rows(path, "16x128x128", PATCHES["16x128x128"], args.n * 3)
-            doc["memory"] = memory_rows(path, args.n * 3)
+        doc["codecs"] = codec_rows(path, root, args.n)
+        for pname, patch in PATCHES.items():
+            n = args.n * (3 if patch[0] == 16 else 1)
+            lim = limits(path, patch, n)
+            for regime in (MEMORY, DISK):
+                if regime == MEMORY:
+                    fill_cache(path)
+                new = regime_rows(path, root, pname, patch, regime, n, args.peers_python)
+                for name, value in lim.items():
+                    if (name == "memcpy (limit)") == (regime == MEMORY):
+                        new.append({"patch": pname, "regime": regime, "workers": "-", "loader": name,
+                                    "patches_per_s": round(value, 1)})
+                for r in new:
+                    print(json.dumps(r), file=sys.stderr)
+                rows += new
+        doc["memory"] = memory_rows(path, args.n * 3)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     doc["seconds"] = round(time.perf_counter() - started)
-    if args.augmented_only and (out / "loader.json").exists():
-        old = json.loads((out / "loader.json").read_text())
-        new = {(r["patch"], r["regime"], r["workers"], r["loader"]): r for r in rows}
-        kept = [new.pop((r["patch"], r.get("regime"), r["workers"], r["loader"]), r) for r in old["rows"]]
-        doc = {**old, "rows": kept + list(new.values())}
-    else:
-        doc["rows"] = rows
+    doc["rows"] = rows
     out.mkdir(exist_ok=True)
     (out / "loader.json").write_text(json.dumps(doc, indent=1))
     lines = table(doc["rows"])
@@ -437,8 +401,6 @@ def main() -> None:
         lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | "
                   f"{m['uss_main_gb']:.2f} GB | {m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |"
                   for m in doc["memory"]]
-    if any(r["loader"] == PLAIN for r in doc["rows"]):
-        lines += ["", AUGMENTED_NOTE]
     (out / "loader.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -34,6 +34,7 @@ from emdata.torch.augment import (
     preview_grid,
 )
 from emdata.torch.augment.preview import tile
+from emdata.torch.collate import widen
 from emdata.torch.targets import boundaries
 
 ANISO = (30.0, 6.0, 6.0)
@@ -171,7 +172,7 @@ def test_dataset_reads_the_warp_margin_and_ignores_what_comes_from_outside(tmp_p
     assert margin[0] == 0 and margin[1] > 0
     inside, edge = 0, 0
     for i in range(40):
-        s = ds.sample(0, i)
+        s = widen(ds.sample(0, i))  # the int64 arrays, ignore value where the voxel came from outside
         valid = s["valid"][0].astype(bool)
         origin = np.rint(s["meta"]["offset_nm"] / ds.voxel_size).astype(int)
         assert set(np.unique(s["labels/cells"][valid])) <= set(np.unique(ids))
@@ -272,3 +273,62 @@ def test_the_edge_of_the_volume_invents_no_boundary(tmp_path: Path) -> None:
         assert not s["valid"].all()  # a turned 48×48 patch of a 48×48 volume reaches past its edge
         assert not s["boundaries"].any(), "one cell everywhere: no boundary, not even along the volume's edge"
         assert s["affinities_mask"].any() and (s["affinities"][s["affinities_mask"] == 1] == 1).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+def test_pointwise_intensity_through_a_table_equals_the_float_computation(dtype: str) -> None:
+    from emdata.torch.augment.intensity import in_unit_range
+
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(1).integers(info.min, int(info.max) + 1, (3, 17, 19)).astype(dtype)
+    for change in (lambda x: np.power(np.clip(x, 0, None), np.float32(0.7)),
+                   lambda x: (x - np.float32(0.5)) * np.float32(1.3) + np.float32(0.58)):
+        assert np.array_equal(in_unit_range(raw, change, pointwise=True), in_unit_range(raw, change))
+
+
+def test_warp_interpolation_is_the_same_with_and_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emdata.torch.augment import geometric
+
+    rng = np.random.default_rng(4)
+    shape = (3, 40, 40)
+    raw = rng.integers(0, 256, shape).astype(np.uint8)
+    warp = Warp(rotation_deg=180, scale=0.1, elastic_sigma_nm=12, control_spacing_nm=(60, 60, 60))
+    s = sample_of(raw, blocky_ids(rng, shape), ANISO)
+    with_torch = warp(s, np.random.default_rng(7), (3, 20, 20))
+    monkeypatch.setattr(geometric, "_torch", lambda: None)
+    numpy_only = warp(s, np.random.default_rng(7), (3, 20, 20))
+    assert np.array_equal(with_torch.labels["cells"], numpy_only.labels["cells"])
+    assert np.abs(with_torch.raw.astype(int) - numpy_only.raw.astype(int)).max() <= 1  # float rounding only
+
+
+def test_noise_levels_follow_a_gaussian_and_stay_in_range() -> None:
+    from emdata.torch.augment.intensity import gaussian_noise
+
+    noise = gaussian_noise(np.random.default_rng(0), (200_000,))
+    assert abs(float(noise.std()) - 1) < 0.01 and abs(float((np.abs(noise) < 1).mean()) - 0.6827) < 0.005
+    raw = np.full((2, 64, 64), 250, np.uint8)
+    out = GaussianNoise(0.1)(sample_of(raw, blocky_ids(np.random.default_rng(0), raw.shape), ANISO),
+                             np.random.default_rng(3), raw.shape)
+    assert out.raw.dtype == np.uint8 and out.raw.max() == 255 and out.raw.min() < 250  # clipped, not wrapped
+
+
+def test_augmented_samples_are_contiguous_arrays(tmp_path: Path) -> None:
+    path = write_cells(tmp_path / "v.ome.zarr")
+    ds = PatchDataset([path], (4, 32, 32), labels=["cells"], targets=["instances"], augment=True, samples_per_epoch=8)
+    for i in range(8):  # flips hand views through the pipeline; what leaves the dataset owns its memory
+        s = ds.sample(0, i)
+        assert all(v.flags.c_contiguous for v in s.values() if isinstance(v, np.ndarray))
+
+
+def test_label_windows_read_only_a_box_and_pad_like_the_full_window(tmp_path: Path) -> None:
+    path = write_cells(tmp_path / "v.ome.zarr", shape=(6, 48, 48))
+    ds = PatchDataset([path], (2, 16, 16), labels=["cells"], augment="em", samples_per_epoch=4)
+    plan = ds._plans[0]
+    rng = np.random.default_rng(2)
+    for _ in range(30):  # windows reaching past every side of the volume, boxes anywhere in them
+        shape = (4, 40, 40)
+        start = tuple(int(rng.integers(1 - s, n)) for s, n in zip(shape, (6, 48, 48)))  # overlapping the volume
+        full, _ = ds._read_window(plan, ["cells"], start, shape)
+        box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in
+                    ((int(rng.integers(0, n)), n) for n in shape))
+        assert np.array_equal(ds._read_clamped(plan, "cells", start, box), full["cells"][box])

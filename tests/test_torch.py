@@ -22,6 +22,7 @@ from emdata.torch import (  # noqa: E402
     PatchDataset,
     make_loader,
 )
+from emdata.torch.collate import widen  # noqa: E402
 from emdata.torch.resample import resample  # noqa: E402
 from emdata.torch.targets import affinities, boundaries, relabel  # noqa: E402
 
@@ -132,7 +133,7 @@ def test_unannotated_classes_never_appear_as_background(prepared: dict[str, list
     mito = PatchDataset(prepared["mitoem2"], (4, 32, 32), targets=["semantic"], label_space=space,
                         samples_per_epoch=20)
     for i in range(20):
-        s, m = snemi.sample(0, i), mito.sample(0, i)
+        s, m = widen(snemi.sample(0, i)), widen(mito.sample(0, i))  # int64, ignore value for unknown
         assert s["annotated"].tolist() == [True, True, False, False, False]
         assert not (s["semantic"] == 0).any() and set(np.unique(s["semantic"])) <= {IGNORE, 1}
         assert s["classes"].shape == (4, 4, 32, 32) and not s["classes"][1:].any()
@@ -150,7 +151,7 @@ def test_ignore_classes_become_background_or_ignore(prepared: dict[str, list[str
                              ignore_mode="ignore", **common)
     b = as_bg.space.index("mito_boundary")
     for i in range(10):
-        bg, ig = as_bg.sample(0, i), as_ignore.sample(0, i)
+        bg, ig = widen(as_bg.sample(0, i)), widen(as_ignore.sample(0, i))
         assert not (bg["semantic"] == b).any() and not (ig["semantic"] == b).any()
         assert ((bg["semantic"] == 0) & (ig["semantic"] == IGNORE)).any()
 

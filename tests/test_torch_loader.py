@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from emdata.store.writer import LabelLayerData, write_volume
 from emdata.torch import IGNORE, Foreground, MinInstances, MixedPatchDataset, PatchDataset, make_loader
-from emdata.torch.collate import collate_patches
+from emdata.torch.collate import collate_patches, widen
 
 MITO = [{"value": 0, "name": "background", "ontology": "background"},
         {"value": 1, "name": "mito", "ontology": "mitochondria"}]
@@ -165,7 +165,7 @@ def test_mixing_datasets_unifies_their_label_spaces(tmp_path: Path) -> None:
                                                                                             1: "mitochondria"}
     mixed = MixedPatchDataset({"cells": (neurons, 1.0), "mito": (mito, 1.0)}, samples_per_epoch=16)
     assert mixed.class_names == {0: "background", 1: "neuron", 2: "mitochondria"}
-    batch = collate_patches([mixed.sample(0, i) for i in range(16)])
+    batch = widen(collate_patches([mixed.sample(0, i) for i in range(16)]))
     assert set(batch["meta"]["source"]) == {"cells", "mito"}
     assert batch["classes"].shape == (16, 2, 2, 8, 8) and batch["annotated"].shape == (16, 3)
     semantic = batch["semantic"].numpy()

@@ -151,7 +151,8 @@ def _draw(con: Any, home: Path, batches: int, batch_size: int) -> None:
     shares: Counter[str] = Counter()
     coverage: dict[str, Counter[int]] = {k: Counter() for k in modules}
     t = time.perf_counter()
-    for batch in dm.train_dataloader():
+    for compact in dm.train_dataloader():
+        batch = dm.on_after_batch_transfer(compact, 0)  # int64 semantic with the ignore value, as a Trainer sees it
         for source, target in zip(batch["meta"]["source"], batch["semantic"]):
             shares[source] += 1
             values, counts = np.unique(target.numpy(), return_counts=True)

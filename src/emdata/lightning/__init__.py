@@ -11,6 +11,11 @@ slab at the end of z of every training volume (``val_fraction`` of its depth, at
 patch deep plus one voxel). Training patches never reach into a held-out slab. Validation
 draws the same patches every epoch.
 
+Batches travel compact (``semantic`` uint8, ids in the smallest dtype that holds them, see
+:mod:`emdata.torch.collate`); ``on_after_batch_transfer`` widens them on the device, so the
+LightningModule sees int64 ``semantic``, ``instances`` and ``labels/*`` with the ignore value
+where unknown or warped in from outside the volume.
+
 Example:
     >>> from emdata.lightning import CombineDataModule, SNEMI3DDataModule, MitoEM2DataModule
     >>> combine = CombineDataModule(
@@ -33,7 +38,7 @@ from typing import Any
 import lightning as L
 
 from emdata import config
-from emdata.torch import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader
+from emdata.torch import MixedPatchDataset, NoValidLocationError, PatchDataset, Uniform, make_loader, widen
 from emdata.torch.targets import CONNECTOMICS_LABEL_SPACE, IGNORE
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,15 @@ class _Loaders(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
         return make_loader(dataset, self.batch_size, self.num_workers, self.context, rank=rank, world_size=world,
                            advance_epochs=advance_epochs)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Widen the compact batch on the device (:func:`emdata.torch.collate.widen`)."""
+        if not isinstance(batch, dict):
+            return batch
+        dataset = getattr(self, "train_set", None) or getattr(self, "val_set", None)
+        parts = getattr(dataset, "datasets", [dataset])  # a MixedPatchDataset's parts share one ignore value
+        space = getattr(parts[0], "space", None)
+        return widen(batch, space.ignore_value if space is not None else IGNORE)
 
     def train_dataloader(self) -> Any:
         return self._loader(self.train_set, advance_epochs=True)

@@ -7,6 +7,7 @@ Example (a full one, on a written volume, is in :mod:`emdata.torch.dataset`):
     3
 """
 
+from emdata.torch.collate import to_device, widen
 from emdata.torch.dataset import PatchDataset
 from emdata.torch.loaders import EpochSampler, make_loader
 from emdata.torch.mixing import MixedPatchDataset
@@ -26,4 +27,6 @@ __all__ = [
     "PatchDataset",
     "Uniform",
     "make_loader",
+    "to_device",
+    "widen",
 ]

@@ -21,6 +21,13 @@ Example:
     >>> batch = next(iter(make_loader(ds, batch_size=4)))
     >>> tuple(batch["raw"].shape), batch["raw"].dtype, ds.class_names
     ((4, 1, 4, 32, 32), torch.uint8, {0: 'background', 1: 'neuron'})
+
+Batches travel compact (``semantic`` uint8, ids in the smallest dtype); the int64 targets a loss
+wants are made on the device:
+
+    >>> from emdata.torch.collate import to_device
+    >>> batch["semantic"].dtype, to_device(batch, "cpu", ds.space.ignore_value)["semantic"].dtype
+    (torch.uint8, torch.int64)
 """
 
 from __future__ import annotations
@@ -29,22 +36,33 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from emdata.labels.ontology import ontology
 from emdata.store.decoded_cache import cache_root
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
+from emdata.torch.augment.compose import Window
 from emdata.torch.collate import with_channel
 from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
 from emdata.torch.reader import VolumeReader
 from emdata.torch.resample import level_positions, resample_at
 from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_weights
-from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, affinities, as_int64, plan_labels, sample_targets
+from emdata.torch.targets import (
+    IGNORE,
+    TARGETS,
+    WIRE_IGNORE,
+    LabelSpace,
+    affinities,
+    as_int64,
+    compact_ids,
+    plan_labels,
+    sample_targets,
+)
 
 log = logging.getLogger(__name__)
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
@@ -65,10 +83,20 @@ class PatchDataset:
     ``volumes``: ``Volume`` objects or ``*.ome.zarr`` paths. ``patch_shape``: voxels at
     ``voxel_size`` (nm, (z, y, x); default: the first volume's level-0 voxel), 2 entries
     for 2D patches. ``patch_size_nm`` instead gives the extent in nm. ``labels``: label
-    layers returned as they are (``"labels/<name>"``, int64; uint64 ids keep their bits).
-    ``targets``: any of ``semantic``, ``classes``, ``instances``, ``foreground``,
-    ``boundaries``, ``affinities`` (with ``affinity_offsets``). ``label_space`` defaults to
-    every class the volumes annotate (:attr:`class_names` maps target indices to classes).
+    layers returned as they are (``"labels/<name>"``, the stored ids). ``targets``: any of
+    ``semantic``, ``classes``, ``instances``, ``foreground``, ``boundaries``, ``affinities``
+    (with ``affinity_offsets``). ``label_space`` defaults to every class the volumes annotate
+    (:attr:`class_names` maps target indices to classes).
+
+    ``compact`` (default True): samples leave the workers small and the int64 arrays a loss
+    wants are made after the transfer by :func:`~emdata.torch.collate.widen` (or
+    :func:`~emdata.torch.collate.to_device`; the Lightning DataModules do it in
+    ``on_after_batch_transfer``): ``semantic`` uint8 with 255 for the ignore value;
+    ``labels/<name>`` and ``instances`` in the smallest unsigned dtype holding the patch's ids
+    (uint64 ids past 32 bits: int64, bits kept, never relabelled); voxels from outside the
+    volume only marked 0 in ``valid`` (and 255 in ``semantic``). ``compact=False`` gives the
+    widened arrays directly: int64 ``semantic``, ``instances`` and ``labels/*``, uint64 ids ≥
+    2**63 reading negative, the ignore value where unknown or invalid.
 
     Raw keeps its integer dtype by default; volumes of different raw dtypes are then refused
     (a batch would silently promote one to the other's range). ``raw_dtype="float32"`` gives
@@ -82,7 +110,7 @@ class PatchDataset:
     (:func:`~emdata.torch.augment.em_augment`: warps, section defects, intensity); or any
     :class:`~emdata.torch.augment.Compose`. The margin a warp needs is read from the volume (never
     zero padding inside it); voxels warped in from outside the volume or region are the ignore
-    value in ``labels/*``, ``semantic`` and ``instances``, masked in ``classes_ignore`` and
+    value in ``labels/*``, ``semantic`` and ``instances`` (once widened), masked in ``classes_ignore`` and
     ``affinities_mask``, and 0 in the extra ``valid`` output (boundaries are not invented along
     that edge). Targets are computed after augmentation, from the augmented labels.
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
@@ -103,7 +131,7 @@ class PatchDataset:
                  seed: int = 0, raw_dtype: str | None = None, normalize: str | None = None,
                  augment: bool | str | Compose = False,
                  volume_weights: Sequence[float] | None = None, regions_nm: Sequence[RegionNm | None] | None = None,
-                 memory_budget: int = 4 << 30) -> None:
+                 memory_budget: int = 4 << 30, compact: bool = True) -> None:
         vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
         if not vols:
             raise ValueError("PatchDataset needs at least one volume")
@@ -126,6 +154,7 @@ class PatchDataset:
             patch_size_nm is not None and len(patch_size_nm) == 2)
         self.targets = list(targets)
         self.label_layers = list(labels)
+        self.compact = bool(compact)
         self.sampler = sampler
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
@@ -275,7 +304,9 @@ class PatchDataset:
     def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
                      shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``layers`` over a window that may reach past the volume (or region): the part inside is
-        read, the rest is zero and False in the returned validity mask."""
+        read, the rest repeats the nearest voxel inside (edge padding: ids warped in from outside
+        are their nearest valid neighbour's, so no boundary is invented along the edge) and is
+        False in the returned validity mask."""
         lo = [max(o, a) for o, a in zip(origin, plan.min_origin)]
         hi = [min(o + n, b + p) for o, n, b, p in zip(origin, shape, plan.max_origin, self.patch_shape)]
         inner = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
@@ -285,32 +316,45 @@ class PatchDataset:
         for layer in layers:
             data = self._read(plan, layer, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
             if data.shape != tuple(shape):
-                full = np.zeros(shape, data.dtype)
-                full[inner] = data
-                data = full
+                data = np.pad(data, [(s.start, n - s.stop) for s, n in zip(inner, shape)], mode="edge")
             out[layer] = data
         return out, valid
 
-    def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray],
+    def _read_clamped(self, plan: VolumePlan, layer: str, start: Zyx, box: tuple[slice, ...]) -> np.ndarray:
+        """``layer`` over ``box`` of a window whose first voxel is ``start``: what lies outside the
+        volume (or region) repeats the nearest voxel inside, as in :meth:`_read_window`."""
+        lows = plan.min_origin
+        highs = [b + p for b, p in zip(plan.max_origin, self.patch_shape)]
+        read_lo, read_hi, index = [], [], []
+        for b, s, low, high in zip(box, start, lows, highs):
+            first, last = s + b.start, s + b.stop
+            r0 = min(max(first, low), high - 1)
+            r1 = max(min(last, high), r0 + 1)
+            read_lo.append(r0)
+            read_hi.append(r1)
+            index.append(None if (r0, r1) == (first, last) else np.clip(np.arange(first, last), r0, r1 - 1) - r0)
+        data = self._read(plan, layer, tuple(read_lo), tuple(h - lo for lo, h in zip(read_lo, read_hi)))  # type: ignore[arg-type]
+        if any(i is not None for i in index):
+            data = data[np.ix_(*[np.arange(data.shape[a]) if i is None else i for a, i in enumerate(index)])]
+        return data
+
+    def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
         """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
         if any(self.margin):
             start = tuple(o - m for o, m in zip(origin, self.margin))
             shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
-            arrays, valid = self._read_window(plan, ["raw", *plan.layers], start, shape)  # type: ignore[arg-type]
+            arrays, valid = self._read_window(plan, ["raw"], start, shape)  # type: ignore[arg-type]
             raw = arrays.pop("raw")
-            labels = arrays
+            # label layers are read only where the transforms look (a warp: the box its map reaches)
+            labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
+                                    self._read(plan, layer, origin, (1, 1, 1)).dtype) for layer in plan.layers}
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
-        out = self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
-                           self.patch_shape)
-        if out.labels and not out.valid.all() and out.valid.any():
-            # voxels from outside take their nearest valid voxel's id (masked later), so no boundary
-            # or affinity is invented along the edge of the volume
-            near = ndimage.distance_transform_edt(~out.valid, sampling=self.voxel_size, return_distances=False,
-                                                  return_indices=True)
-            out.labels = {k: v[tuple(near)] for k, v in out.labels.items()}
-        return out
+            if labels is None:
+                labels = {name: self._read(plan, name, origin) for name in plan.layers}
+        return self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
+                            self.patch_shape)
 
     def _mark_invalid(self, out: dict[str, Any], valid: np.ndarray) -> None:
         """Voxels warped in from outside the volume: ignore value, masked, never background."""
@@ -319,9 +363,14 @@ class PatchDataset:
             return
         invalid = ~valid
         ignore = self.space.ignore_value
-        for key in [f"labels/{name}" for name in self.label_layers] + ["semantic", "instances"]:
-            if key in out:
-                out[key] = np.where(invalid, ignore, out[key])
+        if self.compact:  # ids cannot hold the ignore value: widen() marks them from ``valid``
+            if "semantic" in out:
+                out["semantic"] = np.where(invalid, WIRE_IGNORE if out["semantic"].dtype == np.uint8 else ignore,
+                                           out["semantic"])
+        else:
+            for key in [f"labels/{name}" for name in self.label_layers] + ["semantic", "instances"]:
+                if key in out:
+                    out[key] = np.where(invalid, ignore, out[key])
         for key in ("foreground", "boundaries"):
             if key in out:
                 out[key] = np.where(invalid, 0, out[key]).astype(np.uint8)
@@ -348,9 +397,10 @@ class PatchDataset:
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
-        labels = {name: self._read(plan, name, origin) for name in plan.layers}
+        labels = None  # read once: with the augmentation's margin when there is one
         ok = True
         if isinstance(self.sampler, MinInstances):
+            labels = {name: self._read(plan, name, origin) for name in plan.layers}
             for _ in range(self.sampler.max_tries):
                 if len(np.unique(labels[self.sampler.layer][labels[self.sampler.layer] != 0])) >= self.sampler.k:
                     break
@@ -364,12 +414,14 @@ class PatchDataset:
             raw, labels, valid = augmented.raw, augmented.labels, augmented.valid
         else:
             raw = self._raw_out(plan, self._read(plan, "raw", origin))
+        if labels is None:
+            labels = {name: self._read(plan, name, origin) for name in plan.layers}
         out: dict[str, Any] = {"raw": with_channel(raw)}
+        ids = compact_ids if self.compact else as_int64
         for name in self.label_layers:
-            data = labels[name]
-            out[f"labels/{name}"] = as_int64(data)
+            out[f"labels/{name}"] = ids(labels[name])
         out.update(sample_targets(self.targets, labels, plan.labels, self.space, self.patch_shape,
-                                   self.affinity_offsets))
+                                  self.affinity_offsets, compact=self.compact))
         if valid is not None:
             self._mark_invalid(out, valid)
         out["annotated"] = plan.labels.annotated.copy()
@@ -378,7 +430,8 @@ class PatchDataset:
                        "voxel_size_nm": np.array(self.voxel_size), "sampler_ok": ok}
         if self.is_2d:
             out = {k: (v[..., 0, :, :] if isinstance(v, np.ndarray) and v.ndim >= 3 else v) for k, v in out.items()}
-        return out
+        # flips hand on views: every array leaves as its own contiguous copy (a no-op when it is one)
+        return {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Sample ``(epoch, index)`` (or ``index`` of epoch 0) as numpy arrays; the loader's

@@ -10,6 +10,10 @@
   ``relabel`` gives 1..n), ``foreground``, ``boundaries`` and ``affinities`` (given offsets)
   from the instance layer.
 
+On the wire (``compact=True``) ``semantic`` is uint8 with :data:`WIRE_IGNORE` for the ignore
+value (:func:`compact_semantic`) and ids are narrowed by :func:`compact_ids`;
+:func:`emdata.torch.collate.widen` restores the int64 arrays.
+
 Example:
     >>> space = LabelSpace(["background", "neuron", "mitochondria"])
     >>> space.index("mitochondrion"), space.index("er_sheets")  # synonyms; a class outside → None
@@ -184,6 +188,48 @@ def as_int64(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
+WIRE_IGNORE = 255  # ``semantic`` on the wire (uint8): the ignore value, widened back by emdata.torch.collate.widen
+
+
+def compact_ids(ids: np.ndarray) -> np.ndarray:
+    """Instance ids in the smallest unsigned dtype that holds this patch's values exactly (uint8,
+    uint16 or uint32; signed ids below zero keep their dtype, 64-bit ones as int64); uint64 ids that
+    do not fit 32 bits stay 64-bit, as int64 with their bits kept (:func:`as_int64`): they are sent
+    as they are, never relabelled, so ``labels/<name>`` stays the stored ids.
+
+    Example:
+        >>> compact_ids(np.array([0, 7, 300], np.uint64)).dtype, compact_ids(np.array([2**40], np.uint64)).dtype
+        (dtype('uint16'), dtype('int64'))
+    """
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"label ids must be integers, got {ids.dtype}")
+    if not ids.size:
+        return ids
+    low = 0 if ids.dtype.kind == "u" else int(ids.min())
+    if low < 0:  # signed ids below zero: kept as they are (64-bit as int64)
+        return ids if ids.dtype.itemsize <= 4 else ids.astype(np.int64, copy=False)
+    high = int(ids.max())
+    if high < 2**32:
+        narrow = np.min_scalar_type(high)
+        return ids if ids.dtype == narrow else ids.astype(narrow)
+    return as_int64(ids)
+
+
+def compact_semantic(semantic: np.ndarray, ignore_value: int, n_classes: int) -> np.ndarray:
+    """``semantic`` (int64 indices, ``ignore_value`` where unknown) as uint8 with ``WIRE_IGNORE``
+    (255) for the ignore value, when the space has at most 255 classes (else unchanged).
+
+    Example:
+        >>> compact_semantic(np.array([0, 2, -100]), -100, 3).tolist()
+        [0, 2, 255]
+    """
+    if n_classes > WIRE_IGNORE:
+        return semantic
+    out = semantic.astype(np.uint8)
+    out[semantic == ignore_value] = WIRE_IGNORE
+    return out
+
+
 def boundaries(instances: np.ndarray) -> np.ndarray:
     """1 where a voxel's instance differs from a face neighbour's (in-plane only for 2D)."""
     out = np.zeros(instances.shape, dtype=bool)
@@ -213,9 +259,13 @@ def affinities(instances: np.ndarray, offsets: list[tuple[int, int, int]]) -> tu
 
 
 def sample_targets(names: Iterable[str], labels: dict[str, np.ndarray], plan: VolumeLabels, space: LabelSpace,
-                   shape: tuple[int, int, int], affinity_offsets: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+                   shape: tuple[int, int, int], affinity_offsets: list[tuple[int, int, int]],
+                   compact: bool = False) -> dict[str, np.ndarray]:
     """The targets ``names`` (of :data:`TARGETS`) of one patch from its label layers ``labels``;
     targets the volume cannot give are ``ignore_value`` (semantic, instances) or zero (masks).
+    ``compact``: ``semantic`` as uint8 (:func:`compact_semantic`) and ``instances`` in the
+    smallest dtype holding them (:func:`compact_ids`; int8 when all ignore and the value fits);
+    :func:`emdata.torch.collate.widen` gives the int64 arrays back.
 
     Example:
         >>> cells = np.zeros((1, 2, 2), "u4"); cells[..., 1] = 5
@@ -233,21 +283,22 @@ def sample_targets(names: Iterable[str], labels: dict[str, np.ndarray], plan: Vo
     if {"semantic", "classes"} & names:
         sem = semantic_target(labels, plan, space) if labels else np.full(shape, space.ignore_value, np.int64)
         if "semantic" in names:
-            out["semantic"] = sem
+            out["semantic"] = compact_semantic(sem, space.ignore_value, len(space.classes)) if compact else sem
         if "classes" in names:
             out["classes"] = classes_target(sem, space)
             out["classes_ignore"] = (sem == space.ignore_value).astype(np.uint8)
     inst_layer = next((name for name, _, _ in plan.instance_layers), None)
-    inst = as_int64(labels[inst_layer]) if inst_layer else None
+    inst = (compact_ids if compact else as_int64)(labels[inst_layer]) if inst_layer else None
     if "instances" in names:
-        out["instances"] = inst if inst is not None else np.full(shape, space.ignore_value, np.int64)
+        unknown = np.int8 if compact and -128 <= space.ignore_value < 128 else np.int64
+        out["instances"] = inst if inst is not None else np.full(shape, space.ignore_value, unknown)
     if "foreground" in names:
         out["foreground"] = ((inst != 0).astype(np.uint8) if inst is not None
                              else np.zeros(shape, np.uint8)).reshape(1, *shape)
     if "boundaries" in names:
         out["boundaries"] = (boundaries(inst) if inst is not None else np.zeros(shape, np.uint8)).reshape(1, *shape)
     if "affinities" in names:
-        base = inst if inst is not None else np.zeros(shape, np.int64)
+        base = inst if inst is not None else np.zeros(shape, np.uint8)
         out["affinities"], out["affinities_mask"] = affinities(base, affinity_offsets)
         if inst is None:
             out["affinities_mask"][:] = 0

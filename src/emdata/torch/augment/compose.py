@@ -3,8 +3,10 @@ transform changes, the read margin each one declares, and :class:`Compose`.
 
 A transform is called as ``t(sample, rng, out_shape)`` and returns a sample of ``out_shape``
 voxels; it declares with ``margin(out_shape, voxel_size)`` how many voxels per side (z, y, x) it
-needs around its output. :class:`Compose` adds the margins up, so the dataset reads
-``patch + 2 * margin`` and every stage shrinks the window to the next one's input.
+needs around its output. :class:`Compose` adds the margins up, so the dataset offers
+``patch + 2 * margin`` and every stage shrinks the window to the next one's input. Label layers
+may come as :class:`Window` objects, read only where a transform looks; a transform that does
+not declare ``reads_windows = True`` is given plain arrays.
 
 Example:
     >>> import numpy as np
@@ -45,6 +47,59 @@ class Sample:
         return replace(self, raw=fn(self.raw), labels={k: fn(v) for k, v in self.labels.items()}, valid=fn(self.valid))
 
 
+class Window:
+    """A label layer around the patch, read only where a transform looks: ``read(box)`` gives the
+    voxels of ``box`` (slices in window coordinates). Slicing gives a smaller window without
+    reading; ``np.asarray`` reads the whole window. The dataset hands label layers over like
+    this, so a warp reads the box its coordinates reach, not the worst-case margin.
+
+    Example:
+        >>> data = np.arange(4 * 6 * 6).reshape(4, 6, 6)
+        >>> w = Window(lambda box: data[box], data.shape, data.dtype)
+        >>> part = w[1:3, 2:5, 2:5]
+        >>> part.shape, np.array_equal(np.asarray(part), data[1:3, 2:5, 2:5])
+        ((2, 3, 3), True)
+    """
+
+    ndim = 3
+
+    def __init__(self, read, shape: Sequence[int], dtype: np.dtype,  # type: ignore[no-untyped-def]
+                 origin: Sequence[int] = (0, 0, 0)) -> None:
+        self._read, self.shape, self.dtype = read, tuple(int(n) for n in shape), np.dtype(dtype)
+        self.origin = tuple(int(o) for o in origin)
+
+    def __repr__(self) -> str:
+        return f"Window(shape={self.shape}, dtype={self.dtype}, origin={self.origin})"
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        """The voxels of ``box`` (slices with start and stop, inside the window)."""
+        return self._read(tuple(slice(o + b.start, o + b.stop) for o, b in zip(self.origin, box)))
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        if len(key) == 3 and all(isinstance(k, slice) for k in key):
+            ranges = [k.indices(n) for k, n in zip(key, self.shape)]
+            if all(step == 1 for _, _, step in ranges):
+                return Window(self._read, [max(b - a, 0) for a, b, _ in ranges], self.dtype,
+                              [o + a for o, (a, _, _) in zip(self.origin, ranges)])
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+        out = self.read(tuple(slice(0, n) for n in self.shape))
+        return out if dtype is None else out.astype(dtype)
+
+    def copy(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+def materialize(sample: Sample) -> Sample:
+    """``sample`` with every label layer an array (windows read whole)."""
+    if not any(isinstance(v, Window) for v in sample.labels.values()):
+        return sample
+    return replace(sample, labels={k: np.asarray(v) for k, v in sample.labels.items()})
+
+
 @runtime_checkable
 class Transform(Protocol):
     """What a transform provides (see the module docstring)."""
@@ -56,6 +111,8 @@ class Transform(Protocol):
 
 class PointTransform:
     """A transform that keeps the shape and needs no margin (intensity, section defects)."""
+
+    reads_windows = True  # changes raw only: label layers may stay unread windows
 
     def margin(self, out_shape: Zyx, voxel_size: Nm) -> Zyx:
         return (0, 0, 0)
@@ -106,7 +163,9 @@ class Compose:
         shapes = self.shapes(out_shape, sample.voxel_size)
         sample = center_crop(sample, shapes[0])
         for t, shape in zip(self.transforms, shapes[1:]):
+            if not getattr(t, "reads_windows", False):  # a transform that expects arrays gets arrays
+                sample = materialize(sample)
             sample = t(sample, rng, shape)
             if sample.shape != shape:
                 raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
-        return sample
+        return materialize(sample)

@@ -147,6 +147,8 @@ class Misalign:
             raise ValueError(f"Misalign needs max_shift_nm >= 0 and 0 <= p <= 1, got {max_shift_nm}, {p}")
         self.max_shift_nm, self.p, self.slip = float(max_shift_nm), float(p), bool(slip)
 
+    reads_windows = True  # slices, then reads: label windows are read only where they land
+
     def __repr__(self) -> str:
         return f"Misalign(max_shift_nm={self.max_shift_nm:g}, p={self.p:g}, slip={self.slip})"
 
@@ -176,8 +178,8 @@ class Misalign:
         shifted = (moved, slice(my + dy, my + dy + out_shape[1]), slice(mx + dx, mx + dx + out_shape[2]))
 
         def apply(a: np.ndarray) -> np.ndarray:
-            out = a[still].copy()
-            out[moved] = a[shifted]
+            out = np.array(a[still])
+            out[moved] = np.asarray(a[shifted])
             return out
 
         return sample.map_arrays(apply)

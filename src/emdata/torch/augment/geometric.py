@@ -28,7 +28,7 @@ from itertools import product
 import numpy as np
 from scipy import ndimage
 
-from emdata.torch.augment.compose import Nm, Sample, Zyx
+from emdata.torch.augment.compose import Nm, Sample, Window, Zyx, materialize
 
 ISOTROPIC = 1.5  # z / xy voxel ratio at or below which z may be mixed into xy
 
@@ -39,7 +39,8 @@ def is_isotropic(voxel_size: Nm) -> bool:
 
 
 class FlipTurn:
-    """Flips on every axis (p = 0.5 each) and 0–3 quarter turns in xy (square xy only)."""
+    """Flips on every axis (p = 0.5 each) and 0–3 quarter turns in xy (square xy only); the arrays
+    it returns are views (no copy)."""
 
     def __repr__(self) -> str:
         return "FlipTurn()"
@@ -56,7 +57,7 @@ class FlipTurn:
                 a = np.flip(a, axis=flips)
             if turns:
                 a = np.rot90(a, turns, axes=(1, 2))
-            return np.ascontiguousarray(a)
+            return a  # a view: later stages read it as it is, the dataset copies its outputs once
 
         return sample.map_arrays(apply)
 
@@ -140,9 +141,9 @@ class Warp:
         out = []
         for _ in axes:
             field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
-            for axis, mat in enumerate(mats):  # (.., g, ..) -> (.., n, ..)
-                field = np.moveaxis(np.tensordot(mat, field, axes=(1, axis)), 0, axis)
-            out.append(field)
+            # (gz, gy, gx) -> (nz, gy, gx) -> (nz, ny, gx) -> (nz, ny, nx): three small matrix products
+            field = (mats[0] @ field.reshape(grid[0], -1)).reshape(-1, grid[1], grid[2])
+            out.append((mats[1] @ field) @ mats[2].T)
         return out
 
     def coordinates(self, in_shape: Zyx, out_shape: Zyx, voxel_size: Nm, rng: np.random.Generator) -> list[np.ndarray]:
@@ -175,6 +176,8 @@ class Warp:
             out.append((np.broadcast_to(pos, field) / v[axis] + (in_shape[axis] - 1) / 2).astype(np.float32))
         return out
 
+    reads_windows = True  # a planar warp reads only the box of each label window its map reaches
+
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample:
         if self.p < 1 and rng.random() >= self.p:
             from emdata.torch.augment.compose import center_crop
@@ -203,23 +206,20 @@ def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
     integer arrays are whole voxels): raw linearly, labels and validity by the nearest voxel
     (read by index, never interpolated); positions outside the input are invalid."""
     shape = sample.shape
+    zc = coords[0]
+    if (np.issubdtype(zc.dtype, np.integer) and zc.shape[1:] == (1, 1)
+            and all(c.shape[0] == 1 for c in coords[1:])):
+        return _remap_planar(sample, zc.reshape(-1), coords[1], coords[2], out_shape)
+    sample = materialize(sample)
     terms = [_axis(c, n) for c, n in zip(coords, shape)]
     inside = np.broadcast_to(terms[0][3] & terms[1][3] & terms[2][3], out_shape)
-    planar = terms[0][1] is None and terms[0][2].shape[1:] == (1, 1) and all(t[2].shape[0] == 1 for t in terms[1:])
-    if planar:  # one (y, x) map for every section: gather rows of (z, y * x)
-        rows = terms[0][2].reshape(-1)
+    if terms[0][1] is not None:  # z interpolated too: trilinear
+        return _remap_3d(sample, terms, inside, out_shape)
 
-        every = np.array_equal(rows, np.arange(shape[0]))
+    def take(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        idx = (terms[0][2] * shape[1] + y) * shape[2] + x
+        return np.take(np.ascontiguousarray(a).reshape(-1), np.broadcast_to(idx, out_shape))
 
-        def take(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:  # works on views: no copy first
-            y, x = np.broadcast_to(y, (1, *out_shape[1:]))[0], np.broadcast_to(x, (1, *out_shape[1:]))[0]
-            return a[:, y, x] if every else a[rows[:, None, None], y[None], x[None]]
-    else:
-        def take(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-            idx = (terms[0][2] * shape[1] + y) * shape[2] + x
-            return np.take(np.ascontiguousarray(a).reshape(-1), np.broadcast_to(idx, out_shape))
-        if terms[0][1] is not None:  # z interpolated too: trilinear
-            return _remap_3d(sample, terms, inside, out_shape)
     (ylo, wy, yn, _, yhi), (xlo, wx, xn, _, xhi) = terms[1], terms[2]
     labels = {k: take(v, yn, xn) for k, v in sample.labels.items()}
     valid = take(sample.valid, yn, xn) & inside
@@ -235,6 +235,97 @@ def remap(sample: Sample, coords: list[np.ndarray], out_shape: Zyx) -> Sample:
         out = top + (c + (d - c) * wx - top) * wy
         out = _back(out, raw.dtype)
     return Sample(out, labels, valid, sample.voxel_size)
+
+
+def _sections(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Sections ``rows`` of ``a`` as a (sections, span) view whose element ``y * sy + x * sx`` is
+    ``a[z, y, x]``; no copy for any slice of a larger array (positive y and x strides)."""
+    it = a.itemsize
+    if a.strides[1] <= 0 or a.strides[2] <= 0 or any(s % it for s in a.strides):
+        a = np.ascontiguousarray(a)
+    sy, sx = a.strides[1] // it, a.strides[2] // it
+    span = (a.shape[1] - 1) * sy + (a.shape[2] - 1) * sx + 1
+    flat = np.lib.stride_tricks.as_strided(a, (a.shape[0], span), (a.strides[0], it), writeable=False)
+    z0 = int(rows[0]) if len(rows) else 0
+    if len(rows) and np.array_equal(rows, np.arange(z0, z0 + len(rows))):
+        return flat[z0:z0 + len(rows)], sy, sx  # a view, not a gather
+    return flat[rows], sy, sx
+
+
+def _remap_planar(sample: Sample, rows: np.ndarray, ymap: np.ndarray, xmap: np.ndarray, out_shape: Zyx) -> Sample:
+    """One (y, x) source map for every output section (section ``z`` read from input section
+    ``rows[z]``): the bilinear corners, their weights and the nearest voxel are worked out once
+    on the 2D map as flat indices, then every array is gathered section by section with
+    ``np.take`` (raw: 4 gathers and a weighted sum in float32; labels and validity: 1 gather)."""
+    _, ny, nx = sample.shape
+    plane = out_shape[1:]
+    ymap, xmap = np.broadcast_to(ymap, (1, *plane))[0], np.broadcast_to(xmap, (1, *plane))[0]
+    ylo, wy, yn, yin, yhi = _axis(ymap, ny)
+    xlo, wx, xn, xin, xhi = _axis(xmap, nx)
+    inside = yin & xin & ((rows >= 0) & (rows < sample.shape[0]))[:, None, None]
+    rows = np.clip(rows, 0, sample.shape[0] - 1)
+
+    def gather(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if isinstance(a, Window):  # read just the box the map reaches
+            z0, z1 = int(rows.min()), int(rows.max()) + 1
+            y0, y1, x0, x1 = int(y.min()), int(y.max()) + 1, int(x.min()), int(x.max()) + 1
+            a = a.read((slice(z0, z1), slice(y0, y1), slice(x0, x1)))
+            return gather_from(a, rows - z0, y - y0, x - x0)
+        return gather_from(a, rows, y, x)
+
+    def gather_from(a: np.ndarray, rows: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        src, sy, sx = _sections(a, rows)
+        idx = (y * sy + x * sx).reshape(-1)
+        return np.take(src, idx, axis=1).reshape(out_shape)
+
+    labels = {k: gather(v, yn, xn) for k, v in sample.labels.items()}
+    valid = (gather(sample.valid, yn, xn) if not sample.valid.all() else np.ones(out_shape, bool)) & inside
+    raw = sample.raw
+    if wy is None and wx is None:
+        return Sample(gather(raw, yn, xn), labels, valid, sample.voxel_size)
+    torch = _torch()
+    if torch is not None and ny > 1 and nx > 1:
+        return Sample(_back(_bilinear_torch(torch, raw, rows, ymap, xmap), raw.dtype), labels, valid,
+                      sample.voxel_size)
+    wy = np.zeros(plane, np.float32) if wy is None else wy.astype(np.float32, copy=False)
+    wx = np.zeros(plane, np.float32) if wx is None else wx.astype(np.float32, copy=False)
+    vy, vx = 1 - wy, 1 - wx
+    out = np.multiply(gather(raw, ylo, xlo), vy * vx, dtype=np.float32)
+    part = np.empty(out_shape, np.float32)
+    for y, x, w in ((ylo, xhi, vy * wx), (yhi, xlo, wy * vx), (yhi, xhi, wy * wx)):
+        np.multiply(gather(raw, y, x), w, out=part, dtype=np.float32)
+        out += part
+    return Sample(_back(out, raw.dtype), labels, valid, sample.voxel_size)
+
+
+def _torch():  # type: ignore[no-untyped-def]
+    """torch when it is installed (its grid_sample interpolates about twice as fast as numpy gathers)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _bilinear_torch(torch, raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray,  # type: ignore[no-untyped-def]
+                    xmap: np.ndarray) -> np.ndarray:
+    """Raw sections ``rows`` read bilinearly at (``ymap``, ``xmap``) (positions clamped to the
+    section, as the numpy path does) with ``torch.nn.functional.grid_sample``: the sections are
+    the channels of one image, so the weights are worked out once per output pixel."""
+    z0 = int(rows[0])
+    src = raw[z0:z0 + len(rows)] if np.array_equal(rows, np.arange(z0, z0 + len(rows))) else raw[rows]
+    # only the box the map reaches is converted to float
+    y0, x0 = (max(int(np.floor(m.min())), 0) for m in (ymap, xmap))
+    y1, x1 = (min(int(np.ceil(m.max())) + 1, n) for m, n in zip((ymap, xmap), raw.shape[1:]))
+    if y1 - y0 > 1 and x1 - x0 > 1 and (y0, x0, y1, x1) != (0, 0, *raw.shape[1:]):
+        src, ymap, xmap = src[:, y0:y1, x0:x1], ymap - np.float32(y0), xmap - np.float32(x0)
+    _, ny, nx = src.shape
+    image = torch.from_numpy(np.ascontiguousarray(src)).to(torch.float32)[None]
+    grid = np.stack([np.broadcast_to(xmap, ymap.shape) * np.float32(2 / (nx - 1)) - 1,
+                     ymap * np.float32(2 / (ny - 1)) - 1], axis=-1)
+    out = torch.nn.functional.grid_sample(image, torch.from_numpy(grid.astype(np.float32))[None], mode="bilinear",
+                                          padding_mode="border", align_corners=True)
+    return out[0].numpy()
 
 
 def _back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
