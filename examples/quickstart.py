@@ -74,7 +74,7 @@ print([(layer["type"], layer["name"]) for layer in state["layers"]], state["dime
 # %%
 import torch
 
-from emdata.torch import PatchDataset, make_loader
+from emdata.torch import PatchDataset, make_loader, widen
 
 torch.manual_seed(0)
 ds = PatchDataset([train], (8, 32, 32), targets=["semantic"], raw_dtype="float32", normalize="percentile",
@@ -87,7 +87,7 @@ loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
 losses = []
 for batch in make_loader(ds, batch_size=4):
     optimiser.zero_grad()
-    loss = loss_fn(net(batch["raw"]), batch["semantic"].long())
+    loss = loss_fn(net(batch["raw"]), widen(batch)["semantic"])
     loss.backward()
     optimiser.step()
     losses.append(round(loss.item(), 4))

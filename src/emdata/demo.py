@@ -210,7 +210,7 @@ def _round_trip_steps(prepared: dict[str, list[Any]], steps: int, batch_size: in
     from emdata.inference import predict
     from emdata.store.predictions import add_prediction
     from emdata.store.verify import verify_volume
-    from emdata.torch import CONNECTOMICS_LABEL_SPACE, IGNORE, MixedPatchDataset, PatchDataset, make_loader
+    from emdata.torch import CONNECTOMICS_LABEL_SPACE, IGNORE, MixedPatchDataset, PatchDataset, make_loader, widen
 
     torch.manual_seed(seed)
     held_out = next(v for v in prepared["mitoem2"] if v.split == "test" and tuple(v.voxel_size) == ROUND_TRIP_VOXEL)
@@ -229,7 +229,7 @@ def _round_trip_steps(prepared: dict[str, list[Any]], steps: int, batch_size: in
     losses = []
     for batch in make_loader(mixed, batch_size=batch_size):
         optimiser.zero_grad()
-        loss = loss_fn(net(batch["raw"]), batch["semantic"].long())
+        loss = loss_fn(net(batch["raw"]), widen(batch, IGNORE)["semantic"])  # compact uint8 -> int64
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
