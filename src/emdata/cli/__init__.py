@@ -345,20 +345,10 @@ def verify(target: Annotated[str, typer.Argument(
                                                    "check provenance against the cached downloads.")] = False,
            as_json: JsonOpt = False) -> None:
     """Check volumes: schema, completeness, metadata, shapes, dtypes (and content with --deep)."""
-    from emdata.store.verify import find_volumes, verify_volume
+    from emdata.look import volume_paths
+    from emdata.store.verify import verify_volume
 
-    path = Path(target).expanduser()
-    if not path.exists() and not path.is_symlink() and "/" not in target:
-        from emdata.catalog import get_card
-        from emdata.config import prepared_dir
-
-        get_card(target)  # an unknown id fails here, with suggestions
-        path = prepared_dir(target)
-        if not find_volumes(path):
-            raise FileNotFoundError(f"{target} is not prepared under {path}; run `emdata prepare {target}`")
-    found = find_volumes(path)
-    if not found:
-        raise FileNotFoundError(f"{path}: no OME-Zarr volume (zarr.json) and no *.ome.zarr inside")
+    found = volume_paths(target)
     reports = [verify_volume(p, deep=deep) for p in found]
     ok = all(r.ok for r in reports)
     if as_json:
