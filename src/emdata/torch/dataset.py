@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from emdata.labels.ontology import ontology
+from emdata.store.remote import RemoteVolume, is_url, split_locator
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
 from emdata.torch.collate import with_channel
@@ -87,6 +88,13 @@ class PatchDataset:
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
     ``regions_nm`` (one per volume, None = whole) keeps every patch inside a box
     ``((z0, z1), (y0, y1), (x0, x1))`` in nm from the volume's first voxel edge (held-out slabs).
+
+    A volume may be a URL (``https://``, ``s3://``, ``gs://``; see :mod:`emdata.store.remote`):
+    its chunks are fetched as patches need them (never held whole in memory, whatever
+    ``memory_budget``). A chunk missing from the remote copy raises; a volume opened with
+    ``open_volume(url, missing="ignore")`` instead masks every voxel that depends on one:
+    ``valid`` 0 and labels the ignore value, as for voxels warped in from outside the volume
+    (samples of such a dataset always carry ``valid``).
     """
 
     def __init__(self, volumes: Sequence[Volume | str | Path], patch_shape: Sequence[int] | None = None, *,
@@ -167,7 +175,9 @@ class PatchDataset:
         weights = check_weights("the weights of the usable volumes", [p.weight for p in self._plans])
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
+        self._missing_volumes: dict[str, Volume] = {}
         self._lock = threading.Lock()
+        self.masks_missing = any(getattr(v, "missing", None) == "ignore" for v in vols)
 
     def _augmentation(self, augment: bool | str | Compose) -> Compose | None:
         if augment is False or augment is None:
@@ -222,7 +232,7 @@ class PatchDataset:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_readers"], state["_lock"] = {}, None
+        state["_readers"], state["_lock"], state["_missing_volumes"] = {}, None, {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -237,22 +247,24 @@ class PatchDataset:
             with self._lock:  # threads of a ThreadedLoader open each volume once
                 reader = self._readers.get(plan.path)
                 if reader is None:
-                    reader = VolumeReader(plan.path, memory_budget=self.memory_budget)
+                    # a remote volume is never copied whole into memory: chunks are fetched as patches need them
+                    budget = 0 if is_url(plan.path) else self.memory_budget
+                    reader = VolumeReader(plan.path, memory_budget=budget)
                     reader.preload("raw", plan.level)
                     for layer in plan.layers:
                         reader.preload(layer, plan.level)
                     self._readers[plan.path] = reader
         return reader
 
-    def _read(self, plan: VolumePlan, layer: str, origin: Zyx, shape: Zyx | None = None) -> np.ndarray:
-        shape = shape or self.patch_shape
-        reader = self._reader(plan)
+    def _source_window(self, plan: VolumePlan, layer: str, origin: Zyx,
+                       shape: Zyx) -> tuple[tuple[slice, ...], list[np.ndarray] | None]:
+        """The level box that target window (``origin``, ``shape``) is made from, and the per-axis
+        positions to resample it at (None: the level grid is the target grid)."""
         is_raw = layer == "raw"
         if plan.target == plan.scale and (is_raw or plan.scale == plan.vs0):
             # target grid = level grid: raw levels are centred block means, so voxel o is exactly
             # target voxel o; strided label levels are exact only at level 0
-            return reader.read(layer, plan.level, tuple(  # type: ignore[arg-type]
-                slice(o, o + n) for o, n in zip(origin, shape)))
+            return tuple(slice(o, o + n) for o, n in zip(origin, shape)), None
         arr_shape = plan.level_shape
         translation = plan.raw_translation if is_raw else (0.0, 0.0, 0.0)
         positions, window = [], []
@@ -263,10 +275,44 @@ class PatchDataset:
             hi = min(math.ceil(pos.max()) + 1, size)
             positions.append(pos - lo)
             window.append(slice(lo, hi))
-        block = reader.read(layer, plan.level, tuple(window))  # type: ignore[arg-type]
+        return tuple(window), positions
+
+    def _read(self, plan: VolumePlan, layer: str, origin: Zyx, shape: Zyx | None = None) -> np.ndarray:
+        box, positions = self._source_window(plan, layer, origin, shape or self.patch_shape)
+        block = self._reader(plan).read(layer, plan.level, box)  # type: ignore[arg-type]
+        if positions is None:
+            return block
+        is_raw = layer == "raw"
         if is_raw and self.raw_dtype:
             block = block.astype(np.float32)  # interpolate without rounding to the stored integers
         return resample_at(block, positions, linear=is_raw)
+
+    def _missing(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx) -> np.ndarray | None:
+        """Voxels of the target window that depend on a chunk missing from a remote volume opened with
+        ``missing="ignore"`` (any source voxel with a non-zero interpolation weight counts); None when
+        there are none."""
+        if not self.masks_missing or split_locator(plan.path)[1].get("missing") != "ignore":
+            return None
+        volume = self._missing_volumes.get(plan.path)
+        if volume is None:
+            volume = getattr(self._reader(plan), "volume", None)
+            if not isinstance(volume, RemoteVolume):
+                volume = open_volume(plan.path)
+            volume = self._missing_volumes.setdefault(plan.path, volume)
+        out = None
+        for layer in layers:
+            box, positions = self._source_window(plan, layer, origin, shape)
+            boxes = volume.missing_boxes(layer, plan.level, box)
+            if not boxes:
+                continue
+            level_mask = np.zeros(tuple(s.stop - s.start for s in box), bool)
+            for chunk in boxes:
+                level_mask[tuple(slice(max(c.start - s.start, 0), max(c.stop - s.start, 0))
+                                 for c, s in zip(chunk, box))] = True
+            mask = level_mask if positions is None else resample_at(level_mask.astype(np.float32), positions,
+                                                                    linear=True) > 0
+            out = mask if out is None else out | mask
+        return out
 
     def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
                      shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -278,6 +324,9 @@ class PatchDataset:
         valid = np.zeros(shape, bool)
         valid[inner] = True
         out = {}
+        missing = self._missing(plan, layers, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
+        if missing is not None:
+            valid[inner] &= ~missing
         for layer in layers:
             data = self._read(plan, layer, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
             if data.shape != tuple(shape):
@@ -298,6 +347,9 @@ class PatchDataset:
             labels = arrays
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
+            missing = self._missing(plan, ["raw", *plan.layers], origin, self.patch_shape)
+            if missing is not None:
+                valid &= ~missing
         out = self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
                            self.patch_shape)
         if out.labels and not out.valid.all() and out.valid.any():
@@ -360,6 +412,9 @@ class PatchDataset:
             raw, labels, valid = augmented.raw, augmented.labels, augmented.valid
         else:
             raw = self._raw_out(plan, self._read(plan, "raw", origin))
+            if self.masks_missing:
+                missing = self._missing(plan, ["raw", *plan.layers], origin, self.patch_shape)
+                valid = np.ones(self.patch_shape, bool) if missing is None else ~missing
         out: dict[str, Any] = {"raw": with_channel(raw)}
         for name in self.label_layers:
             data = labels[name]
