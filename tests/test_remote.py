@@ -89,7 +89,7 @@ def test_remote_dataset_in_process_workers(served) -> None:
 
 
 def test_left_out_chunk_reads_as_fill_but_missing_chunk_is_an_error_naming_its_url(served) -> None:
-    path, url, raw, cells, _ = served
+    path, url, raw, _, _ = served
     assert not _chunk_file(path, "labels/cells/0", (0, 2, 2)).exists(), "the writer leaves all-0 chunks out"
     vol = open_volume(url)
     assert not vol.labels["cells"][0:32, 256:300, 256:300].any()  # left out by design: fill value, no error
@@ -208,7 +208,7 @@ def test_latency_is_injected(tmp_path: Path) -> None:
 
 def test_wrong_urls_say_what_is_wrong(served, tmp_path: Path) -> None:
     path, url, *_ = served
-    with pytest.raises(VolumeNotFoundError, match="no zarr.json"):
+    with pytest.raises(VolumeNotFoundError, match=r"no zarr\.json"):
         open_volume(url.replace("v.ome.zarr", "w.ome.zarr"))
     (resolve(path) / COMPLETE_MARKER).unlink()
     with pytest.raises(IncompleteVolumeError, match="incomplete volume"):

@@ -39,7 +39,8 @@ Example:
     >>> from emdata.testing.server import MirrorServer
     >>> root = Path(tempfile.mkdtemp())
     >>> raw = np.arange(8 * 64 * 64, dtype=np.uint32).reshape(8, 64, 64)
-    >>> _ = write_volume(root / "v.ome.zarr", raw, (30, 6, 6), meta={"dataset": "demo", "volume": "v", "split": "train"})
+    >>> meta = {"dataset": "demo", "volume": "v", "split": "train"}
+    >>> _ = write_volume(root / "v.ome.zarr", raw, (30, 6, 6), meta=meta)
     >>> with MirrorServer(root) as server:
     ...     vol = open_volume(server.url + "/v.ome.zarr", cache_bytes=1 << 20)
     ...     same = bool((vol.raw[2:6, 10:50, 3:33] == raw[2:6, 10:50, 3:33]).all())
@@ -54,6 +55,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -71,6 +73,7 @@ from emdata.store.volume import IncompleteVolumeError, Volume, VolumeNotFoundErr
 SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
 MISSING = ("error", "ignore")
 DEFAULT_CACHE_BYTES = 256 << 20
+PREFETCH_CONCURRENCY = 32
 RECHECK_S = 30.0
 RETRIES = 3
 _FRAGMENT = "#emdata:"
@@ -157,6 +160,10 @@ class ByteCache:
             self.hits += 1
             return value
 
+    def holds(self, key: Any) -> bool:
+        """Whether ``key`` is held (without counting a hit or miss, or refreshing it)."""
+        return key in self._items
+
     def put(self, key: Any, value: bytes) -> None:
         if len(value) > self.max_bytes:
             return
@@ -194,11 +201,22 @@ class _ArrayFacts:
         self.digests: list[str] | None = list(checksum["blocks"]) if usable else None
         encoding = doc.get("chunk_key_encoding") or {}
         self.separator = str((encoding.get("configuration") or {}).get("separator", "/"))
+        self.sharded = any(c.get("name") == "sharding_indexed" for c in doc.get("codecs") or ())
         self._fill: dict[tuple[int, ...], str] = {}
 
     @property
     def grid(self) -> tuple[int, ...]:
         return tuple(-(-n // b) for n, b in zip(self.shape, self.block))
+
+    def keys(self, array: str, box: tuple[slice, ...]) -> dict[str, tuple[int, ...]]:
+        """Store keys (and grid coordinates) of the blocks touching ``box`` (clipped to the array)."""
+        clipped = [(max(s.start, 0), min(s.stop, n)) for s, n in zip(box, self.shape)]
+        if any(lo >= hi for lo, hi in clipped):
+            return {}
+        ranges = [range(lo // b, (hi - 1) // b + 1) for (lo, hi), b in zip(clipped, self.block)]
+        sep = self.separator
+        return {f"{array}/c{sep}{sep.join(map(str, c))}": c
+                for c in (tuple(r[i] for r, i in zip(ranges, idx)) for idx in np.ndindex(*(len(r) for r in ranges)))}
 
     def box(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(slice(c * b, min((c + 1) * b, n)) for c, b, n in zip(coords, self.block, self.shape))
@@ -214,6 +232,27 @@ class _ArrayFacts:
         if shape not in self._fill:
             self._fill[shape] = _fill_digest(shape, self.dtype, self.fill)
         return self.digests[int(np.ravel_multi_index(coords, self.grid))] == self._fill[shape]
+
+
+class _Shared:
+    """A volume version's fetched-chunk cache and chunk status in one process."""
+
+    def __init__(self, cache_bytes: int) -> None:
+        self.cache = ByteCache(cache_bytes)
+        self.status: dict[str, str] = {}
+
+
+_SHARED: dict[tuple[int, str, str, int], _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared(url: str, version: str, cache_bytes: int) -> _Shared:
+    """The state every instance of this volume version shares in this process (a forked worker starts empty)."""
+    pid = os.getpid()
+    with _SHARED_LOCK:
+        for key in [k for k in _SHARED if k[0] != pid]:  # inherited from the parent by fork
+            del _SHARED[key]
+        return _SHARED.setdefault((pid, url, version, cache_bytes), _Shared(cache_bytes))
 
 
 def chunk_coords(key: str) -> tuple[str, tuple[int, ...]] | None:
@@ -248,7 +287,7 @@ def _store_class() -> type:
             for attempt in range(RETRIES):
                 try:
                     return await self._store.get(key, prototype, byte_range)
-                except (OSError, asyncio.TimeoutError, _client_error()) as exc:
+                except (OSError, TimeoutError, _client_error()) as exc:
                     if attempt + 1 == RETRIES:
                         raise RemoteReadError(f"{self.volume.url if self.volume else ''}/{key}: read failed after "
                                               f"{RETRIES} tries: {type(exc).__name__}: {exc}") from exc
@@ -310,8 +349,6 @@ class RemoteVolume(Volume):
         self._pinned = pin
         self._pin = None
         self._fixed = pin is not None
-        self._state_lock = threading.Lock()
-        self._status: dict[str, str] = {}  # chunk key -> present | left-out | missing
         self._facts: dict[str, _ArrayFacts] = {}
         self._checked = time.monotonic()
 
@@ -330,8 +367,18 @@ class RemoteVolume(Volume):
         return f"RemoteVolume({self.url}, missing={self.missing!r})"
 
     @cached_property
+    def _shared(self) -> _Shared:
+        return _shared(self.url, self.marker_id, self.cache_bytes)
+
+    @property
     def cache(self) -> ByteCache:
-        return ByteCache(self.cache_bytes)
+        """Fetched chunks of this volume in this process (shared by every instance of the same version)."""
+        return self._shared.cache
+
+    @property
+    def _status(self) -> dict[str, str]:
+        """Chunk key -> present | left-out | missing, as found in this process."""
+        return self._shared.status
 
     @cached_property
     def store(self) -> Any:
@@ -352,8 +399,8 @@ class RemoteVolume(Volume):
         found = self._read_marker()
         if found is None:
             if self._get_sync("zarr.json") is None:
-                raise VolumeNotFoundError(f"{self.url}: no OME-Zarr volume here (no zarr.json at {self.url}/zarr.json); "
-                                          "check the URL (it names the <name>.ome.zarr folder of a prepared volume)")
+                raise VolumeNotFoundError(f"{self.url}: no OME-Zarr volume here (no zarr.json at {self.url}/zarr.json);"
+                                          " check the URL (it names the <name>.ome.zarr folder of a prepared volume)")
             raise IncompleteVolumeError(
                 f"{self.url}: incomplete volume (no {COMPLETE_MARKER}); the copy was interrupted while being "
                 "uploaded, or the volume was never completed. Upload a complete prepared volume again.")
@@ -480,10 +527,7 @@ class RemoteVolume(Volume):
         facts = await self._array_facts(store, array, prototype)
         if facts is None:
             return []
-        sep = facts.separator
-        ranges = [range(s.start // b, max(s.start // b, (s.stop - 1) // b) + 1) for s, b in zip(box, facts.block)]
-        keys = {f"{array}/c{sep}{sep.join(map(str, c))}": c for c in np.ndindex(*(len(r) for r in ranges))
-                for c in [tuple(r[i] for r, i in zip(ranges, c))]}
+        keys = facts.keys(array, box)
         unknown = [k for k in keys if k not in self._status]
 
         async def check(key: str) -> None:
@@ -495,3 +539,34 @@ class RemoteVolume(Volume):
 
         await asyncio.gather(*(check(k) for k in unknown))
         return [facts.box(c) for k, c in keys.items() if self._status.get(k) == "missing"]
+
+    def prefetch(self, reads: list[tuple[str, int, tuple[slice, ...]]]) -> int:
+        """Fetch every chunk that the ``(layer, level, box)`` reads touch into the cache, all
+        concurrently (one round trip for a whole patch of raw and labels); returns how many were fetched.
+
+        Reads then decode from the cache. Chunks already cached, left out or missing are skipped;
+        a missing chunk raises (or is recorded) as a read would. Sharded arrays are skipped
+        (zarr reads their inner chunks by byte range when the read comes).
+        """
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        self._root  # noqa: B018
+        return sync(self._prefetch(reads, default_buffer_prototype()))
+
+    async def _prefetch(self, reads: list[tuple[str, int, tuple[slice, ...]]], prototype: Any) -> int:
+        store, keys = self.store, []
+        for layer, level, box in reads:
+            array = self.array_path(layer, level)
+            facts = await self._array_facts(store, array, prototype)
+            if facts is not None and not facts.sharded:
+                keys += [k for k in facts.keys(array, box) if k not in keys and self._status.get(k) in (None, "present")
+                         and not self.cache.holds((k, "None"))]
+        gate = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+
+        async def fetch(key: str) -> None:
+            async with gate:
+                await store.get(key, prototype)
+
+        await asyncio.gather(*(fetch(k) for k in keys))
+        return len(keys)

@@ -175,7 +175,7 @@ class PatchDataset:
         weights = check_weights("the weights of the usable volumes", [p.weight for p in self._plans])
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
-        self._missing_volumes: dict[str, Volume] = {}
+        self._remote_volumes: dict[str, RemoteVolume] = {}
         self._lock = threading.Lock()
         self.masks_missing = any(getattr(v, "missing", None) == "ignore" for v in vols)
 
@@ -232,7 +232,7 @@ class PatchDataset:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_readers"], state["_lock"], state["_missing_volumes"] = {}, None, {}
+        state["_readers"], state["_lock"], state["_remote_volumes"] = {}, None, {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -293,12 +293,7 @@ class PatchDataset:
         there are none."""
         if not self.masks_missing or split_locator(plan.path)[1].get("missing") != "ignore":
             return None
-        volume = self._missing_volumes.get(plan.path)
-        if volume is None:
-            volume = getattr(self._reader(plan), "volume", None)
-            if not isinstance(volume, RemoteVolume):
-                volume = open_volume(plan.path)
-            volume = self._missing_volumes.setdefault(plan.path, volume)
+        volume = self._remote(plan)
         out = None
         for layer in layers:
             box, positions = self._source_window(plan, layer, origin, shape)
@@ -313,6 +308,22 @@ class PatchDataset:
                                                                     linear=True) > 0
             out = mask if out is None else out | mask
         return out
+
+    def _remote(self, plan: VolumePlan) -> RemoteVolume:
+        """The remote volume of ``plan`` in this process (the reader's when it exposes one)."""
+        volume = self._remote_volumes.get(plan.path)
+        if volume is None:
+            volume = getattr(self._reader(plan), "volume", None)
+            if not isinstance(volume, RemoteVolume):
+                volume = open_volume(plan.path)
+            volume = self._remote_volumes.setdefault(plan.path, volume)  # type: ignore[arg-type]
+        return volume  # type: ignore[return-value]
+
+    def _prefetch(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx) -> None:
+        """Remote volumes: fetch every chunk the window needs, of all layers, in one concurrent round trip."""
+        if is_url(plan.path):
+            self._remote(plan).prefetch([(layer, plan.level, self._source_window(plan, layer, origin, shape)[0])
+                                         for layer in layers])
 
     def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
                      shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -396,6 +407,11 @@ class PatchDataset:
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
+        if any(self.margin):
+            self._prefetch(plan, ["raw", *plan.layers], tuple(o - m for o, m in zip(origin, self.margin)),  # type: ignore[arg-type]
+                           tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin)))  # type: ignore[arg-type]
+        else:
+            self._prefetch(plan, ["raw", *plan.layers], origin, self.patch_shape)
         labels = {name: self._read(plan, name, origin) for name in plan.layers}
         ok = True
         if isinstance(self.sampler, MinInstances):
