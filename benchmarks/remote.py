@@ -59,13 +59,43 @@ def make_volume(root: Path) -> Path:
     return path
 
 
-def serve(root: str, latency: float) -> None:
-    """Child process: serve ``root`` with ``latency`` per request; print the URL, stop on stdin EOF."""
-    from emdata.testing.server import MirrorServer
+def serve(root: str, latency: float, kind: str) -> None:
+    """Child process: serve ``root`` with ``latency`` added to every request; print the URL, stop on stdin EOF.
 
-    with MirrorServer(Path(root), latency_s=latency) as server:
-        print(server.url, flush=True)
-        sys.stdin.read()
+    ``aiohttp``: aiohttp's static files (sendfile, Range) behind a middleware that waits ``latency``
+    first, on one event loop (an object store answers many requests at once, each after its
+    first-byte latency); ``werkzeug``: :class:`emdata.testing.MirrorServer` (a thread per request,
+    Python-level copies: its throughput, not the latency, bounds what a client can fetch).
+    """
+    if kind == "werkzeug":
+        from emdata.testing.server import MirrorServer
+
+        with MirrorServer(Path(root), latency_s=latency) as server:
+            print(server.url, flush=True)
+            sys.stdin.read()
+        return
+    import asyncio
+
+    from aiohttp import web
+
+    @web.middleware
+    async def delay(request: web.Request, handler: object) -> web.StreamResponse:
+        await asyncio.sleep(latency)
+        return await handler(request)  # type: ignore[operator]
+
+    async def run() -> None:
+        app = web.Application(middlewares=[delay])
+        app.router.add_static("/", root, follow_symlinks=True)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"http://127.0.0.1:{port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await runner.cleanup()
+
+    asyncio.run(run())
 
 
 def run_case(source: str, workers: int, n: int, warmup: int, patch: tuple[int, int, int], budget: int,
@@ -132,6 +162,8 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=256, help="fetched-chunk cache per process (remote)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--server", choices=("aiohttp", "werkzeug"), default="aiohttp",
+                        help="the loopback server (see serve())")
     parser.add_argument("--source")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--budget", type=int, default=0)
@@ -139,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split(","))
     if args.serve:
-        serve(args.serve[0], float(args.serve[1]))
+        serve(args.serve[0], float(args.serve[1]), args.server)
         return
     if args.child:
         print(json.dumps(run_case(args.source, args.workers, args.n, args.warmup, patch, args.budget,  # type: ignore[arg-type]
@@ -153,7 +185,8 @@ def main() -> None:
     try:
         path = make_volume(tmp)
         size = sum(f.stat().st_size for f in path.resolve().rglob("*") if f.is_file())
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(tmp), str(LATENCY_S)],
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(tmp), str(LATENCY_S),
+                                   "--server", args.server],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         url = server.stdout.readline().strip() + "/" + path.name  # type: ignore[union-attr]
         common = ["--n", str(args.n), "--warmup", str(args.warmup), "--patch", args.patch,

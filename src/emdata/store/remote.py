@@ -94,13 +94,13 @@ class RemoteReadError(OSError):
 
 
 def is_url(path: object) -> bool:
-    """Whether ``path`` names a remote volume (a URL of a scheme :func:`open_remote` reads).
+    """Whether ``path`` names a remote volume (a URL :func:`open_remote` reads, or a ``precomputed://`` locator).
 
     Example:
         >>> is_url("https://example.org/v.ome.zarr"), is_url("s3://bucket/v.ome.zarr"), is_url("/data/v.ome.zarr")
         (True, True, False)
     """
-    return isinstance(path, str) and path.startswith(SCHEMES)
+    return isinstance(path, str) and path.startswith((*SCHEMES, "precomputed://"))
 
 
 def split_locator(locator: str) -> tuple[str, dict[str, str]]:

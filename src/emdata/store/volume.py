@@ -186,10 +186,18 @@ def open_volume(path: str | Path, *, missing: str | None = None, cache_bytes: in
     ``path`` is a local ``*.ome.zarr`` folder or the URL of one (``https://``, ``http://``,
     ``s3://``, ``gs://``): a URL gives a :class:`~emdata.store.remote.RemoteVolume`, read
     without a full copy; ``missing`` (``"error"`` or ``"ignore"``) and ``cache_bytes`` apply to
-    URLs only (see :mod:`emdata.store.remote`).
+    URLs only (see :mod:`emdata.store.remote`). A ``precomputed://`` locator (the ``folder`` of a
+    :class:`~emdata.store.precomputed.PrecomputedVolume`) re-opens precomputed layers.
     """
     from emdata.store.remote import is_url, open_remote
 
+    if isinstance(path, str) and path.startswith("precomputed://"):
+        from emdata.store.precomputed import open_precomputed_locator
+
+        if missing is not None or cache_bytes is not None:
+            raise ValueError(f"{path}: open precomputed layers with emdata.store.precomputed.open_precomputed "
+                             "(its missing= option); cache_bytes= applies to OME-Zarr URLs")
+        return open_precomputed_locator(path)
     if is_url(path):
         return open_remote(str(path), missing=missing, cache_bytes=cache_bytes)
     if missing is not None or cache_bytes is not None:

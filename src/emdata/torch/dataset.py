@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from emdata.labels.ontology import ontology
-from emdata.store.remote import RemoteVolume, is_url, split_locator
+from emdata.store.remote import is_url
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
 from emdata.torch.collate import with_channel
@@ -175,7 +175,7 @@ class PatchDataset:
         weights = check_weights("the weights of the usable volumes", [p.weight for p in self._plans])
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
-        self._remote_volumes: dict[str, RemoteVolume] = {}
+        self._remote_volumes: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.masks_missing = any(getattr(v, "missing", None) == "ignore" for v in vols)
 
@@ -291,9 +291,11 @@ class PatchDataset:
         """Voxels of the target window that depend on a chunk missing from a remote volume opened with
         ``missing="ignore"`` (any source voxel with a non-zero interpolation weight counts); None when
         there are none."""
-        if not self.masks_missing or split_locator(plan.path)[1].get("missing") != "ignore":
+        if not self.masks_missing or not is_url(plan.path):
             return None
         volume = self._remote(plan)
+        if volume.missing != "ignore":
+            return None
         out = None
         for layer in layers:
             box, positions = self._source_window(plan, layer, origin, shape)
@@ -309,15 +311,16 @@ class PatchDataset:
             out = mask if out is None else out | mask
         return out
 
-    def _remote(self, plan: VolumePlan) -> RemoteVolume:
-        """The remote volume of ``plan`` in this process (the reader's when it exposes one)."""
+    def _remote(self, plan: VolumePlan) -> Any:
+        """The remote volume of ``plan`` in this process (the reader's when it exposes one): a
+        :class:`~emdata.store.remote.RemoteVolume` or a precomputed one (``missing_boxes``, ``prefetch``)."""
         volume = self._remote_volumes.get(plan.path)
         if volume is None:
             volume = getattr(self._reader(plan), "volume", None)
-            if not isinstance(volume, RemoteVolume):
+            if not hasattr(volume, "missing_boxes"):
                 volume = open_volume(plan.path)
-            volume = self._remote_volumes.setdefault(plan.path, volume)  # type: ignore[arg-type]
-        return volume  # type: ignore[return-value]
+            volume = self._remote_volumes.setdefault(plan.path, volume)
+        return volume
 
     def _prefetch(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx) -> None:
         """Remote volumes: fetch every chunk the window needs, of all layers, in one concurrent round trip."""
