@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed,dask,torch,lightning
+EXTRAS := dev,precomputed,dask,torch,lightning,remote
 
 .PHONY: demo test lint bench torture clean
 

@@ -221,3 +221,13 @@ def test_wrong_urls_say_what_is_wrong(served, tmp_path: Path) -> None:
         closed = gone.url
     with pytest.raises(RemoteReadError, match="read failed after"):
         open_volume(closed + "/v.ome.zarr")
+
+
+def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "remote.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert blocks, "docs/remote.md has a runnable python example"
+    for block in blocks:
+        exec(compile(block, "docs/remote.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and all(line.startswith("torch.Size([4, 1, 8, 128, 128]) ") for line in printed)

@@ -389,8 +389,9 @@ class RemoteVolume(Volume):
             base = FsspecStore.from_url(self.url, read_only=True)
         except (ImportError, ValueError) as exc:
             scheme = self.url.split("://")[0]
-            extra = {"s3": " (pip install s3fs)", "gs": " (pip install gcsfs)", "gcs": " (pip install gcsfs)"}
-            raise ImportError(f"{self.url}: cannot open a {scheme}:// store: {exc}{extra.get(scheme, '')}") from exc
+            extra = {"s3": "pip install s3fs", "gs": "pip install gcsfs", "gcs": "pip install gcsfs"}
+            raise ImportError(f"{self.url}: cannot open a {scheme}:// store ({exc}); "
+                              f"{extra.get(scheme, 'pip install ' + repr('emdata[remote]'))}") from exc
         return _store_class()(base, self)
 
     @cached_property
