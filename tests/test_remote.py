@@ -231,3 +231,22 @@ def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
         exec(compile(block, "docs/remote.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and all(line.startswith("torch.Size([4, 1, 8, 128, 128]) ") for line in printed)
+
+
+def test_any_fsspec_protocol_takes_the_same_path(tmp_path: Path) -> None:
+    """What s3:// and gs:// do (objects, no HTTP) shown with fsspec's in-memory filesystem."""
+    fsspec = pytest.importorskip("fsspec")
+    path = tmp_path / "v.ome.zarr"
+    raw, cells = _write(path)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(resolve(path)), "/bucket/v.ome.zarr", recursive=True)
+    try:
+        vol = open_volume("memory://bucket/v.ome.zarr")
+        np.testing.assert_array_equal(vol.labels["cells"][...], cells)
+        assert not vol.labels["cells"][0:32, 256:300, 256:300].any()  # left out by the writer
+        fs.rm("/bucket/v.ome.zarr/0/c/1/2/0")
+        with pytest.raises(MissingChunkError, match=r"memory://bucket/v\.ome\.zarr/0/c/1/2/0"):
+            open_volume("memory://bucket/v.ome.zarr").raw[35, 260, 10]
+        np.testing.assert_array_equal(vol.raw[0:32, 0:10, 0:10], raw[0:32, 0:10, 0:10])
+    finally:
+        fs.rm("/bucket", recursive=True)

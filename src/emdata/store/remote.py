@@ -77,6 +77,7 @@ PREFETCH_CONCURRENCY = 32
 RECHECK_S = 30.0
 RETRIES = 3
 _FRAGMENT = "#emdata:"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _CHUNK_KEY = re.compile(r"^(?P<array>.+?)/c(?P<sep>[/.])(?P<coords>\d+(?:[/.]\d+)*)$")
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,14 @@ class RemoteReadError(OSError):
 def is_url(path: object) -> bool:
     """Whether ``path`` names a remote volume (a URL :func:`open_remote` reads, or a ``precomputed://`` locator).
 
+    Any ``<scheme>://`` URL counts: the common ones are :data:`SCHEMES`, and every other fsspec
+    protocol (``memory://``, ``file://``, ``abfs://``, …) is read the same way.
+
     Example:
         >>> is_url("https://example.org/v.ome.zarr"), is_url("s3://bucket/v.ome.zarr"), is_url("/data/v.ome.zarr")
         (True, True, False)
     """
-    return isinstance(path, str) and path.startswith((*SCHEMES, "precomputed://"))
+    return isinstance(path, str) and _URL.match(path) is not None
 
 
 def split_locator(locator: str) -> tuple[str, dict[str, str]]:
