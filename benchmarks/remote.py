@@ -42,6 +42,8 @@ import numpy as np
 SHAPE = (100, 1024, 1024)
 LATENCY_S = 0.02
 RESULTS = Path(__file__).resolve().parent / "results"
+SERVERS = {"aiohttp": "aiohttp's static files (sendfile, Range) behind a 20 ms delay",
+           "werkzeug": "`emdata.testing.MirrorServer(latency_s=0.02)`"}
 
 
 def make_volume(root: Path) -> Path:
@@ -227,7 +229,8 @@ def main() -> None:
         rows.append(row)
     doc = {"volume": {"shape": SHAPE, "raw": "uint8", "labels": "uint64 instance", "voxel_nm": [30, 6, 6],
                       "bytes_on_disk": size, "chunks": [32, 128, 128]},
-           "patch": patch, "latency_s": LATENCY_S, "cache_mb": args.cache_mb, "rounds": args.rounds,
+           "patch": patch, "latency_s": LATENCY_S, "server": args.server, "cache_mb": args.cache_mb,
+           "rounds": args.rounds,
            "timed_patches": args.n, "warmup": args.warmup, "cpus": os.cpu_count(), "rows": rows,
            "command": "python benchmarks/remote.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
@@ -240,7 +243,7 @@ def main() -> None:
         f"32×128×128, {size / 2**20:.0f} MiB on disk. Patches {'×'.join(map(str, patch))} of raw + labels, batch 1, "
         f"{args.n} timed after {args.warmup} warm-up, fresh process per case, {args.rounds} interleaved rounds "
         f"(median), {os.cpu_count()} CPUs shared with other work. Remote: `http://127.0.0.1` served by "
-        f"`MirrorServer(latency_s={LATENCY_S})` in its own process (every request waits {LATENCY_S * 1000:.0f} ms); "
+        f"{SERVERS[args.server]} in its own process (every request waits {LATENCY_S * 1000:.0f} ms first); "
         f"fetched-chunk cache {args.cache_mb} MiB per process, never preloaded. Local from disk: "
         "`memory_budget=0`, page cache warm. Peak RSS: the case's process and its workers together (max over rounds).",
         "",

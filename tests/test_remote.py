@@ -250,3 +250,15 @@ def test_any_fsspec_protocol_takes_the_same_path(tmp_path: Path) -> None:
         np.testing.assert_array_equal(vol.raw[0:32, 0:10, 0:10], raw[0:32, 0:10, 0:10])
     finally:
         fs.rm("/bucket", recursive=True)
+
+
+def test_next_samples_are_fetched_ahead(served) -> None:
+    _, url, _, _, server = served
+    ds = _dataset(url)
+    ds[0, 0]
+    for future in list(ds._ahead[2].values()):
+        future.result(timeout=60)
+    before = len(server.log)
+    ds._has_remote = False  # no read-ahead from here on: only the samples' own requests would show
+    ds[0, 1], ds[0, 2]  # fetched while sample 0 was decoded: no request of their own
+    assert len(server.log) == before

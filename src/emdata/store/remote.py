@@ -244,6 +244,7 @@ class _Shared:
     def __init__(self, cache_bytes: int) -> None:
         self.cache = ByteCache(cache_bytes)
         self.status: dict[str, str] = {}
+        self.inflight: dict[Any, asyncio.Future[bytes | None]] = {}  # on zarr's event loop only
 
 
 _SHARED: dict[tuple[int, str, str, int], _Shared] = {}
@@ -304,17 +305,31 @@ def _store_class() -> type:
             if vol is None:
                 return await self._fetch(key, prototype, byte_range)
             await vol._recheck_if_due(self, prototype)
+            known = vol._status.get(key)
+            if known == "left-out" or (known == "missing" and vol.missing == "ignore"):
+                return None  # absent in this (pinned) version: no need to ask again
             cache_key = (key, repr(byte_range))
             cached = vol.cache.get(cache_key)
             if cached is not None:
                 return prototype.buffer.from_bytes(cached)
+            inflight = vol._shared.inflight
+            task = inflight.get(cache_key)
+            if task is None:  # one request per key at a time: later readers wait for the first
+                task = inflight[cache_key] = asyncio.ensure_future(self._load(key, prototype, byte_range, cache_key))
+                task.add_done_callback(lambda _: inflight.pop(cache_key, None))
+            data = await asyncio.shield(task)
+            return None if data is None else prototype.buffer.from_bytes(data)
+
+        async def _load(self, key: str, prototype: Any, byte_range: Any, cache_key: Any) -> bytes | None:
+            vol = self.volume
             value = await self._fetch(key, prototype, byte_range)
             if value is None:
-                await vol._absent(self, key, prototype)
+                await vol._absent(self, key, prototype)  # type: ignore[union-attr]
                 return None
-            vol._status[key] = "present"
-            vol.cache.put(cache_key, value.to_bytes())
-            return value
+            data = value.to_bytes()
+            vol._status[key] = "present"  # type: ignore[union-attr]
+            vol.cache.put(cache_key, data)  # type: ignore[union-attr]
+            return data
 
         async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
             return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))

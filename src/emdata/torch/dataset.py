@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from emdata.torch.samplers import MinInstances, Sampler, Uniform, Zyx, check_wei
 from emdata.torch.targets import IGNORE, TARGETS, LabelSpace, affinities, as_int64, plan_labels, sample_targets
 
 log = logging.getLogger(__name__)
+READ_AHEAD = 2  # samples whose remote chunks are fetched ahead of time
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
 
 
@@ -176,6 +179,9 @@ class PatchDataset:
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
         self._remote_volumes: dict[str, Any] = {}
+        self._has_remote = any(is_url(p.path) for p in self._plans)
+        self._last_key: tuple[int, int] | None = None
+        self._ahead: tuple[int, ThreadPoolExecutor, dict[tuple[int, int], Any]] | None = None
         self._lock = threading.Lock()
         self.masks_missing = any(getattr(v, "missing", None) == "ignore" for v in vols)
 
@@ -233,6 +239,7 @@ class PatchDataset:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_readers"], state["_lock"], state["_remote_volumes"] = {}, None, {}
+        state["_last_key"], state["_ahead"] = None, None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -328,6 +335,39 @@ class PatchDataset:
             self._remote(plan).prefetch([(layer, plan.level, self._source_window(plan, layer, origin, shape)[0])
                                          for layer in layers])
 
+    def _prefetch_patch(self, plan: VolumePlan, origin: Zyx) -> None:
+        start = tuple(o - m for o, m in zip(origin, self.margin))
+        shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
+        self._prefetch(plan, ["raw", *plan.layers], start, shape)  # type: ignore[arg-type]
+
+    def _read_ahead(self, epoch: int, index: int) -> None:
+        """Remote volumes: start fetching, in background threads, the chunks of the :data:`READ_AHEAD`
+        keys this process will most likely be asked for next (at the stride of its last two keys, else
+        the next indices), so network waits overlap decoding. A wrong guess costs one patch of
+        fetches, bounded by the cache."""
+        last, self._last_key = self._last_key, (epoch, index)
+        step = index - last[1] if last is not None and last[0] == epoch else 0
+        step = step if 0 < step <= 64 else 1
+        if self._ahead is None or self._ahead[0] != os.getpid():  # new process: its own threads
+            pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="emdata-read-ahead")
+            self._ahead = (os.getpid(), pool, {})
+        _, pool, submitted = self._ahead
+        for key in [k for k in submitted if k[0] != epoch or k[1] <= index]:
+            del submitted[key]
+        for k in range(1, READ_AHEAD + 1):
+            key = (epoch, index + k * step)
+            if key[1] < self.samples_per_epoch and key not in submitted:
+                submitted[key] = pool.submit(self._fetch_ahead, *key)
+
+    def _fetch_ahead(self, epoch: int, index: int) -> None:
+        try:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
+            if is_url(plan.path):
+                self._prefetch_patch(plan, self._origin(plan, rng))
+        except Exception as exc:  # the read itself will raise it, where it belongs
+            log.debug("read-ahead of sample (%d, %d) failed: %s", epoch, index, exc)
+
     def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
                      shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``layers`` over a window that may reach past the volume (or region): the part inside is
@@ -407,14 +447,14 @@ class PatchDataset:
 
     def sample(self, epoch: int, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """The sample for ``(epoch, index)`` as numpy arrays (``__getitem__`` adds torch)."""
+        by_key = rng is None
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
-        if any(self.margin):
-            self._prefetch(plan, ["raw", *plan.layers], tuple(o - m for o, m in zip(origin, self.margin)),  # type: ignore[arg-type]
-                           tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin)))  # type: ignore[arg-type]
-        else:
-            self._prefetch(plan, ["raw", *plan.layers], origin, self.patch_shape)
+        if is_url(plan.path):
+            self._prefetch_patch(plan, origin)
+        if by_key and self._has_remote:
+            self._read_ahead(epoch, index)
         labels = {name: self._read(plan, name, origin) for name in plan.layers}
         ok = True
         if isinstance(self.sampler, MinInstances):
