@@ -345,19 +345,20 @@ class PatchDataset:
         keys this process will most likely be asked for next (at the stride of its last two keys, else
         the next indices), so network waits overlap decoding. A wrong guess costs one patch of
         fetches, bounded by the cache."""
-        last, self._last_key = self._last_key, (epoch, index)
-        step = index - last[1] if last is not None and last[0] == epoch else 0
-        step = step if 0 < step <= 64 else 1
-        if self._ahead is None or self._ahead[0] != os.getpid():  # new process: its own threads
-            pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="emdata-read-ahead")
-            self._ahead = (os.getpid(), pool, {})
-        _, pool, submitted = self._ahead
-        for key in [k for k in submitted if k[0] != epoch or k[1] <= index]:
-            del submitted[key]
-        for k in range(1, READ_AHEAD + 1):
-            key = (epoch, index + k * step)
-            if key[1] < self.samples_per_epoch and key not in submitted:
-                submitted[key] = pool.submit(self._fetch_ahead, *key)
+        with self._lock:  # a thread-pool loader calls this from several threads
+            last, self._last_key = self._last_key, (epoch, index)
+            step = index - last[1] if last is not None and last[0] == epoch else 0
+            step = step if 0 < step <= 64 else 1
+            if self._ahead is None or self._ahead[0] != os.getpid():  # new process: its own threads
+                pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="emdata-read-ahead")
+                self._ahead = (os.getpid(), pool, {})
+            _, pool, submitted = self._ahead
+            for key in [k for k in submitted if k[0] != epoch or k[1] <= index]:
+                del submitted[key]
+            for k in range(1, READ_AHEAD + 1):
+                key = (epoch, index + k * step)
+                if key[1] < self.samples_per_epoch and key not in submitted:
+                    submitted[key] = pool.submit(self._fetch_ahead, *key)
 
     def _fetch_ahead(self, epoch: int, index: int) -> None:
         try:
