@@ -452,10 +452,10 @@ class PatchDataset:
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
+        if by_key and self._has_remote:
+            self._read_ahead(epoch, index)  # first: the next samples' fetches run while this one waits
         if is_url(plan.path):
             self._prefetch_patch(plan, origin)
-        if by_key and self._has_remote:
-            self._read_ahead(epoch, index)
         labels = {name: self._read(plan, name, origin) for name in plan.layers}
         ok = True
         if isinstance(self.sampler, MinInstances):
