@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed,dask,torch,lightning,remote
+EXTRAS := dev,precomputed,dask,torch,lightning,eval,view,remote
 
-.PHONY: demo test lint bench torture clean
+.PHONY: demo test lint bench torture clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/emdata demo
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+# Headless browser tests (report, viewer) use Debian's chromium + chromium-driver; installed once (root, or sudo).
+SUDO = $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update && \
+	   $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
+test: $(STAMP) chromium
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/chunk_shapes.py

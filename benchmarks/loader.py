@@ -1,29 +1,46 @@
-"""Patch loading speed: emdata vs a naive zarr slice vs torch-em, against the physical limit.
+"""Patch loading speed in two regimes, emdata against a naive zarr slice and torch-em, and the limits.
 
-One run, one prepared volume (SNEMI3D-sized: 100×1024×1024 uint8 raw + uint64 instance
-labels, 30×6×6 nm, written by emdata's store), random 32×256×256 and 16×128×128 patches of
-raw + labels, with 0 and 2 DataLoader workers (fork), batch size 1, after a warm-up:
+One run, one prepared volume (SNEMI3D-sized: 100×1024×1024 uint8 raw + uint64 instance labels,
+30×6×6 nm, written by emdata's store: 0.94 GB decoded), random 32×256×256 and 16×128×128
+patches of raw + labels, batch size 1, DataLoader workers forked, rates after a warm-up:
 
-- ``emdata``: ``PatchDataset`` (raw uint8 + labels as int64 view, no targets, no float), with
-  process workers and, for 2 workers, also with ``worker_type="thread"``;
-- ``naive zarr``: a Dataset that slices the zarr arrays for every patch;
-- ``torch-em``: ``SegmentationDataset`` without transforms and ``default_segmentation_dataset``
-  with its defaults, run in a separate virtual environment (CUDA-free here: see
-  ``benchmarks/peers/README.md``); skipped when ``--peers-python`` is not given;
-- limits: ``memcpy`` of the same patch bytes from RAM, and ``decode`` of the chunks each patch
-  touches (zarr-python, one process);
-- augmented (16×128×128, 0 workers, volume in memory): ``emdata augment=True`` (flips and 90°
-  turns) and ``emdata augment="em"`` (the standard EM set: warps with the margin read, section
-  defects, intensity); ``--augmented-only`` measures just these and the plain row beside them
-  and merges them into the existing results.
+- regime **in memory**: emdata with its shared decoded cache filled (``memory_budget`` 4 GiB,
+  every chunk decoded once beforehand, by one process, for all workers); the peers read the
+  store with all its files in the page cache (they keep nothing decoded, so they decode per patch);
+- regime **from disk, cold page cache**: before each case every file of the volume is dropped
+  from the page cache (``os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)``); emdata keeps nothing
+  decoded (``memory_budget=0``), so every patch reads and decodes its chunks, as the peers do.
+  Pages read during a case stay cached for the rest of it, for every loader alike;
+- loaders: ``emdata`` (``PatchDataset``, raw uint8 + labels, no targets), ``naive zarr`` (a
+  Dataset slicing the zarr arrays per patch), ``torch-em`` ``SegmentationDataset`` without
+  transforms and ``default_segmentation_dataset`` (own venv: ``benchmarks/peers/README.md``;
+  skipped without ``--peers-python``), each at 0, 2 and 4 process workers; ``emdata
+  DataModule defaults`` is ``SNEMI3DDataModule`` as shipped (batch 4, ``semantic`` target,
+  0 workers, default budget; in the cold regime its decoded cache starts empty);
+- limits, same run: ``memcpy`` of the patch bytes from arrays in RAM, and ``read + decode touched
+  chunks``: exactly the chunk files each patch touches read with ``os.read`` and decoded with the
+  store's codec (numcodecs), spread over one thread per core, nothing assembled (cold at the
+  start of the case, like the loaders);
+- raw codec table: the raw level written with zstd 3 (the store's codec before), zstd 1 and
+  no compression: bytes on disk and the read + decode rate of the chunks the 32×256×256 patches
+  touch, cold;
+- memory and start (in memory, 16×128×128, 2 workers, fork and spawn): PSS and USS (psutil) of
+  the whole process tree after the rate run, the decoded cache's resident bytes (``fincore``),
+  and the time from ``iter(loader)`` to the first batch.
+- augmented (16×128×128, 0 workers, in memory): ``augment=True`` and ``augment="em"`` against
+  the plain rate of the same interleaved rounds (``--augmented-only`` measures just these and
+  merges them into the existing results).
 
+Emdata and naive zarr run in 2 interleaved rounds (the best of each is kept), torch-em in one;
+the machine is shared, so compare ratios within one row group, measured in the same run.
 Writes benchmarks/results/loader.{json,md}.
-Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 60] [--augmented-only]
+Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 20] [--augmented-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -31,17 +48,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 SHAPE = (100, 1024, 1024)
-PLAIN = "emdata (no augment, same rounds)"  # the reference of the augmented rows
-AUGMENTED_NOTE = ("Augmented rows: one process, 0 workers, volume held in memory, raw uint8 + uint64 labels, no "
-                  "targets; the three cases run in 3 interleaved rounds (best round each) and are divided by the "
-                  "plain rate of those same rounds (`emdata (no augment, same rounds)`), so the ratio holds on a "
-                  "busy machine even when the absolute rates do not.")
 PATCHES = {"32x256x256": (32, 256, 256), "16x128x128": (16, 128, 128)}
+WORKERS = (0, 2, 4)
+MEMORY, DISK = "in memory", "from disk, cold page cache"
+PLAIN = "emdata (no augment, same rounds)"  # the reference of the augmented rows
+AUGMENTED_NOTE = ("Augmented rows: one process, 0 workers, in memory, raw uint8 + uint64 labels, no targets; the "
+                  "three cases run in 3 interleaved rounds (best round each) and are divided by the plain rate of "
+                  "those same rounds (`emdata (no augment, same rounds)`).")
+BUDGET = 4 << 30
 
 
 def make_volume(root: Path) -> Path:
@@ -51,12 +71,29 @@ def make_volume(root: Path) -> Path:
     z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
     raw = np.clip(128 + 40 * np.sin(x / 9.0 + z / 4.0) * np.cos(y / 13.0) + rng.normal(0, 25, SHAPE), 0, 255)
     cells = (x // 37 + 29 * (y // 41) + 7 * (z // 20)).astype(np.uint64) * np.uint64(864691136617970907)
-    path = root / "prepared" / "bench" / "train.ome.zarr"
-    write_volume(path, raw.astype(np.uint8), (30, 6, 6), meta={"dataset": "bench", "volume": "train", "split": "train"},
+    path = root / "prepared" / "snemi3d" / "train.ome.zarr"  # where SNEMI3DDataModule looks
+    write_volume(path, raw.astype(np.uint8), (30, 6, 6),
+                 meta={"dataset": "snemi3d", "volume": "train", "split": "train"},
                  labels=[LabelLayerData("cells", np.broadcast_to(cells, SHAPE).copy(), "instance",
                                         [{"value": 0, "name": "background", "ontology": "background"}],
                                         instance_of="neuron")])
+    os.sync()  # written pages are clean, so dropping them works
     return path
+
+
+def drop_pages(path: Path) -> None:
+    """Drop every file under ``path`` (links followed) from the page cache."""
+    for folder, _, files in os.walk(os.path.realpath(path)):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def warm_pages(path: Path) -> None:
+    for folder, _, files in os.walk(os.path.realpath(path)):
+        for name in files:
+            Path(folder, name).read_bytes()
 
 
 def origins(n: int, patch: tuple[int, int, int], seed: int = 1) -> list[tuple[int, int, int]]:
@@ -85,141 +122,325 @@ class NaiveZarr:
         return {"raw": torch.from_numpy(raw), "labels": torch.from_numpy(lab.view(np.int64))}
 
 
-def rate(loader, n_warm: int) -> float:  # type: ignore[no-untyped-def]
+def rate(loader, n_warm: int, per_batch: int = 1) -> float:  # type: ignore[no-untyped-def]
     count, started = 0, None
     for _ in loader:
         count += 1
         if count == n_warm:
             started = time.perf_counter()
-    return (count - n_warm) / (time.perf_counter() - started)
+    return (count - n_warm) * per_batch / (time.perf_counter() - started)
 
 
-def loader_for(dataset, workers: int, threads: bool = False):  # type: ignore[no-untyped-def]
+def loader_for(dataset, workers: int, context: str = "fork"):  # type: ignore[no-untyped-def]
     from torch.utils.data import DataLoader
 
     from emdata.torch import make_loader
 
     if hasattr(dataset, "patch_shape") and hasattr(dataset, "sample"):
-        return make_loader(dataset, batch_size=1, num_workers=workers, worker_type="thread" if threads else "process",
-                           multiprocessing_context="fork" if workers and not threads else None)
+        return make_loader(dataset, batch_size=1, num_workers=workers,
+                           multiprocessing_context=context if workers else None)
     return DataLoader(dataset, batch_size=1, num_workers=workers, shuffle=False,
-                      multiprocessing_context="fork" if workers else None, persistent_workers=bool(workers))
+                      multiprocessing_context=context if workers else None, persistent_workers=bool(workers))
+
+
+def touched_chunks(patch: tuple[int, int, int], starts: list, chunks: tuple[int, ...]) -> list[list[tuple]]:
+    return [list(itertools.product(*(range(o // c, (o + p - 1) // c + 1) for o, p, c in zip(s, patch, chunks))))
+            for s in starts]
+
+
+def chunk_decoder(array_dir: Path):  # type: ignore[no-untyped-def]
+    """A function decoding one chunk file of the zarr v3 array at ``array_dir`` with its codec."""
+    from numcodecs import Zstd, blosc
+
+    meta = json.loads((array_dir / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    return Zstd().decode if "zstd" in names else blosc.decompress if "blosc" in names else (lambda data: data)
+
+
+def read_decode_rate(path: Path, arrays: list[str], patch: tuple[int, int, int], starts: list) -> float:
+    """Patches/s reading and decoding exactly the chunks each patch touches (one thread per core)."""
+    jobs = []
+    for name in arrays:
+        meta = json.loads((path / name / "zarr.json").read_text())
+        decode, chunks = chunk_decoder(path / name), tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        jobs.append((path / name, decode, touched_chunks(patch, starts, chunks)))
+
+    def one(item: tuple) -> int:
+        folder, decode, idx = item
+        try:
+            data = (folder / "c" / "/".join(map(str, idx))).read_bytes()
+        except FileNotFoundError:
+            return 0
+        return len(decode(data))
+
+    drop_pages(path)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        t = time.perf_counter()
+        for i in range(len(starts)):
+            list(pool.map(one, [(folder, decode, idx) for folder, decode, per_patch in jobs for idx in per_patch[i]]))
+        return len(starts) / (time.perf_counter() - t)
 
 
 def limits(path: Path, patch: tuple[int, int, int], n: int) -> dict[str, float]:
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
-    raw_arr, lab_arr = g["0"], g["labels/cells/0"]
-    raw, lab = np.asarray(raw_arr[...]), np.asarray(lab_arr[...])
-    starts = origins(n, patch)
+    raw, lab = np.asarray(g["0"][...]), np.asarray(g["labels/cells/0"][...])
+    starts = origins(n, patch, seed=5)
     t = time.perf_counter()
     for o in starts:
         box = tuple(slice(a, a + p) for a, p in zip(o, patch))
         raw[box].copy()
         lab[box].copy()
     memcpy = n / (time.perf_counter() - t)
-    chunks = raw_arr.chunks
-    t = time.perf_counter()
-    for o in starts[: max(n // 4, 8)]:
-        box = tuple(slice(a // c * c, min(-(-(a + p) // c) * c, s)) for a, p, c, s in zip(o, patch, chunks, SHAPE))
-        np.asarray(raw_arr[box])
-        np.asarray(lab_arr[box])
-    decode = max(n // 4, 8) / (time.perf_counter() - t)
-    return {"memcpy (limit)": memcpy, "decode touched chunks (limit)": decode}
+    del raw, lab
+    return {"memcpy (limit)": memcpy,
+            "read + decode touched chunks (limit)": read_decode_rate(path, ["0", "labels/cells/0"], patch, starts)}
 
 
-def peers(python: str, path: Path, patch: tuple[int, int, int], workers: int, n: int) -> dict[str, float]:
+def codec_rows(path: Path, root: Path, n: int) -> list[dict]:
+    """Raw written with zstd 3, zstd 1 and no compression: disk bytes, cold read + decode of touched chunks."""
+    import zarr
+
+    raw = np.asarray(zarr.open_group(str(path), mode="r")["0"][...])
+    chunks = zarr.open_group(str(path), mode="r")["0"].chunks
+    patch = PATCHES["32x256x256"]
+    starts = origins(n, patch, seed=7)
+    out = []
+    best: dict[str, float] = {}
+    variants = {"zstd level 3 (before)": zarr.codecs.ZstdCodec(level=3), "zstd level 1": zarr.codecs.ZstdCodec(level=1),
+                "blosc lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), "none": None}
+    sizes = {}
+    for name, codec in variants.items():
+        folder = root / "codecs" / name.split(" (")[0].replace(" ", "-")
+        arr = zarr.create_array(str(folder), shape=raw.shape, dtype=raw.dtype, chunks=chunks, fill_value=0,
+                                compressors=codec, zarr_format=3)
+        arr[...] = raw
+        sizes[name] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json")
+    os.sync()
+    for _ in range(2):
+        for name in variants:
+            folder = root / "codecs" / name.split(" (")[0].replace(" ", "-")
+            best[name] = max(best.get(name, 0.0), read_decode_rate(folder.parent, [folder.name], patch, starts))
+    for name in variants:
+        out.append({"codec": name, "disk_bytes": sizes[name], "ratio": round(raw.nbytes / sizes[name], 3),
+                    "patches_per_s": round(best[name], 1)})
+        print(json.dumps(out[-1]), file=sys.stderr)
+    shutil.rmtree(root / "codecs", ignore_errors=True)
+    return out
+
+
+def peers(python: str, path: Path, patch: tuple[int, int, int], n: int, cold: bool) -> dict[tuple[str, int], float]:
     script = Path(__file__).parent / "peers" / "torchem_bench.py"
-    run = subprocess.run([python, str(script), str(path), ",".join(map(str, patch)), str(workers), str(n)],
-                         capture_output=True, text=True, timeout=900)
+    cmd = [python, str(script), str(path), ",".join(map(str, patch)), ",".join(map(str, WORKERS)), str(n)]
+    run = subprocess.run(cmd + (["--cold"] if cold else []), capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         print(f"torch-em run failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return {}
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    return {(k.split("|")[0], int(k.split("|")[1])): v for k, v in found.items()}
+
+
+def fill_cache(path: Path) -> None:
+    from emdata.torch.reader import VolumeReader
+
+    reader = VolumeReader(path, memory_budget=BUDGET)
+    assert reader.preload("raw", 0) and reader.preload("cells", 0), "the budget must hold the volume"
+
+
+def clear_cache() -> None:
+    from emdata.store import decoded_cache
+
+    decoded_cache.clean()
+
+
+def datamodule_rate(root: Path, patch: tuple[int, int, int], n: int) -> float:
+    from emdata.lightning import SNEMI3DDataModule
+
+    dm = SNEMI3DDataModule(data_root=root, patch_shape=patch, samples_per_epoch=4 * (n // 4 + 2))
+    dm.setup()
+    return rate(dm.train_dataloader(), 2, per_batch=4)
+
+
+def emdata_dataset(path: Path, patch: tuple[int, int, int], n: int, budget: int, augment: bool | str = False):  # type: ignore[no-untyped-def]
+    from emdata.torch import PatchDataset
+
+    return PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n, memory_budget=budget,
+                        augment=augment)
+
+
+def regime_rows(path: Path, root: Path, pname: str, patch: tuple[int, int, int], regime: str, n: int,
+                peers_python: str | None, rounds: int = 2) -> list[dict]:
+    budget = BUDGET if regime == MEMORY else 0
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(rounds):
+        for workers in WORKERS:
+            warm = 4 + 2 * workers
+            for name in ("emdata", "naive zarr"):
+                ds = (emdata_dataset(path, patch, n + warm, budget) if name == "emdata"
+                      else NaiveZarr(str(path), patch, n + warm))
+                if regime == DISK:
+                    drop_pages(path)
+                key = (name, workers)
+                best[key] = max(best.get(key, 0.0), rate(loader_for(ds, workers), warm))
+        if regime == DISK:
+            clear_cache()
+            drop_pages(path)
+        key = ("emdata DataModule defaults (batch 4, semantic target)", 0)
+        best[key] = max(best.get(key, 0.0), datamodule_rate(root, patch, n))
+    if peers_python:
+        if regime == MEMORY:
+            warm_pages(path)
+        best.update(peers(peers_python, path, patch, max(n // 2, 12), cold=regime == DISK))
+    return [{"patch": pname, "regime": regime, "workers": w, "loader": name, "patches_per_s": round(v, 1)}
+            for (name, w), v in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0] != "emdata"))]
+
+
+def tree_memory() -> dict[str, float]:
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    info = [p.memory_full_info() for p in procs]
+    return {"processes": len(procs), "pss_gb": sum(i.pss for i in info) / 1e9, "uss_gb": sum(i.uss for i in info) / 1e9,
+            "uss_main_gb": info[0].uss / 1e9}
+
+
+def cache_resident() -> float:
+    from emdata.store.decoded_cache import entries
+
+    total = 0
+    for folder, _ in entries():
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(folder / "data")], capture_output=True, text=True)
+        total += int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.split() else 0
+    return total / 1e9
+
+
+def memory_rows(path: Path, n: int) -> list[dict]:
+    """In memory, 16×128×128, 2 workers: PSS/USS of the tree, cache resident bytes, time to the first batch."""
+    patch = PATCHES["16x128x128"]
+    one_copy = (np.prod(SHAPE) * (1 + 8)) / 1e9
+    rows = []
+    for context in ("fork", "spawn"):
+        ds = emdata_dataset(path, patch, n + 8, BUDGET)
+        loader = loader_for(ds, 2, context)
+        t = time.perf_counter()
+        it = iter(loader)
+        next(it)
+        first = time.perf_counter() - t
+        for _ in it:
+            pass
+        mem = tree_memory()
+        row = {"start": context, "workers": 2, "first_batch_s": round(first, 2),
+               **{k: round(v, 3) for k, v in mem.items()}, "decoded_cache_resident_gb": round(cache_resident(), 3),
+               "one_copy_gb": round(one_copy, 3)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        del it, loader
+    return rows
 
 
 def augmented_rows(path: Path, pname: str, patch: tuple[int, int, int], n: int) -> list[dict]:
-    """emdata plain, with ``augment=True`` and with ``augment="em"``, 0 workers, interleaved in
-    rounds (the best round each) so a busy machine slows all three alike."""
-    from emdata.torch import PatchDataset
-
+    """emdata plain, with ``augment=True`` and with ``augment="em"``, 0 workers, in memory, interleaved
+    in rounds (the best round each) so a busy machine slows all three alike."""
     cases = {PLAIN: False, "emdata augment=True (flips, 90° turns)": True, "emdata augment='em'": "em"}
     best = dict.fromkeys(cases, 0.0)
     for _ in range(3):
         for name, augment in cases.items():
-            ds = PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n + 4, augment=augment)
+            ds = emdata_dataset(path, patch, n + 4, BUDGET, augment)
             best[name] = max(best[name], rate(loader_for(ds, 0), 4))
-    rows = [{"patch": pname, "workers": 0, "loader": name, "patches_per_s": round(value, 1)}
+    rows = [{"patch": pname, "regime": MEMORY, "workers": 0, "loader": name, "patches_per_s": round(value, 1)}
             for name, value in best.items()]
     for r in rows:
         print(json.dumps(r), file=sys.stderr)
     return rows
 
 
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| patch | regime | workers | loader | patches/s | emdata ÷ this |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = PLAIN if r["loader"] == PLAIN or r["loader"].startswith("emdata augment") else "emdata"
+        workers = 0 if r["workers"] == "-" else r["workers"]  # a limit: against emdata at 0 workers
+        ours = next((x["patches_per_s"] for x in rows if (x["patch"], x["regime"], x["workers"], x["loader"]) ==
+                     (r["patch"], r["regime"], workers, ref)), None)
+        ratio = f"{ours / r['patches_per_s']:.2f}" if ours else "-"
+        lines.append(f"| {r['patch']} | {r['regime']} | {r['workers']} | {r['loader']} | {r['patches_per_s']} | "
+                     f"{ratio} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60, help="patches timed per case (after warm-up)")
+    parser.add_argument("--n", type=int, default=20, help="32x256x256 patches timed per case (16x128x128: 3x)")
     parser.add_argument("--peers-python", help="python of a venv with torch-em (benchmarks/peers/README.md)")
     parser.add_argument("--augmented-only", action="store_true",
                         help="only the augmented rows (16x128x128, 0 workers), merged into the existing results")
     args = parser.parse_args()
-    os.environ["EMDATA_QUIET"] = "1"
-    from emdata.torch import PatchDataset
-
     root = Path(tempfile.mkdtemp(prefix="emdata-loader-"))
-    rows = []
+    os.environ["EMDATA_QUIET"] = "1"
+    os.environ["EMDATA_HOME"] = str(root)  # the decoded cache lives under it, and goes with it
+    out = Path(__file__).parent / "results"
+    rows: list[dict] = []
+    doc: dict = {"shape": SHAPE, "cpus": os.cpu_count()}
+    started = time.perf_counter()
     try:
         t = time.perf_counter()
         path = make_volume(root)
         print(f"volume written in {time.perf_counter() - t:.1f} s: {path}", file=sys.stderr)
-        for pname, patch in PATCHES.items():
-            if args.augmented_only:
-                if patch[0] == 16:
-                    rows += augmented_rows(path, pname, patch, args.n * 4)
-                continue
-            lim = limits(path, patch, args.n * 4)
-            for workers in (0, 2):
-                n, warm = args.n * (4 if patch[0] == 16 else 1), 4 + 2 * workers
-                cases = {
-                    "emdata": PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n + warm),
-                    "naive zarr": NaiveZarr(str(path), patch, n + warm),
-                }
-                result = {name: rate(loader_for(ds, workers), warm) for name, ds in cases.items()}
-                if workers:
-                    threaded = PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n + warm)
-                    result["emdata (threads)"] = rate(loader_for(threaded, workers, threads=True), warm)
-                if args.peers_python:
-                    result.update(peers(args.peers_python, path, patch, workers, max(n // 2, 16)))
-                result.update(lim)
-                for name, value in result.items():
-                    rows.append({"patch": pname, "workers": workers, "loader": name, "patches_per_s": round(value, 1)})
-                    print(json.dumps(rows[-1]), file=sys.stderr)
-                if workers == 0 and patch[0] == 16:
-                    rows += augmented_rows(path, pname, patch, n)
+        if args.augmented_only:
+            fill_cache(path)
+            rows += augmented_rows(path, "16x128x128", PATCHES["16x128x128"], args.n * 3)
+        else:
+            doc["codecs"] = codec_rows(path, root, args.n)
+            for pname, patch in PATCHES.items():
+                n = args.n * (3 if patch[0] == 16 else 1)
+                lim = limits(path, patch, n)
+                for regime in (MEMORY, DISK):
+                    if regime == MEMORY:
+                        fill_cache(path)
+                    new = regime_rows(path, root, pname, patch, regime, n, args.peers_python)
+                    for name, value in lim.items():
+                        if (name == "memcpy (limit)") == (regime == MEMORY):
+                            new.append({"patch": pname, "regime": regime, "workers": "-", "loader": name,
+                                        "patches_per_s": round(value, 1)})
+                    for r in new:
+                        print(json.dumps(r), file=sys.stderr)
+                    rows += new
+            fill_cache(path)
+            rows += augmented_rows(path, "16x128x128", PATCHES["16x128x128"], args.n * 3)
+            doc["memory"] = memory_rows(path, args.n * 3)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = Path(__file__).parent / "results"
+    doc["seconds"] = round(time.perf_counter() - started)
     if args.augmented_only and (out / "loader.json").exists():
-        new = {(r["patch"], r["workers"], r["loader"]): r for r in rows}
-        old = json.loads((out / "loader.json").read_text())["rows"]
-        kept = [new.pop((r["patch"], r["workers"], r["loader"]), r) for r in old]
-        rows = kept + list(new.values())
-
-    table = ["| patch | workers | loader | patches/s | emdata ÷ this |", "|---|---|---|---|---|"]
-    # augmented rows: divided by the plain rate measured in the same interleaved rounds
-    for r in rows:
-        ref = PLAIN if r["loader"] == PLAIN or r["loader"].startswith("emdata augment") else "emdata"
-        ours = next(x["patches_per_s"] for x in rows if (x["patch"], x["workers"], x["loader"]) ==
-                    (r["patch"], r["workers"], ref))
-        table.append(f"| {r['patch']} | {r['workers']} | {r['loader']} | {r['patches_per_s']} | "
-                     f"{ours / r['patches_per_s']:.2f} |")
+        old = json.loads((out / "loader.json").read_text())
+        new = {(r["patch"], r["regime"], r["workers"], r["loader"]): r for r in rows}
+        kept = [new.pop((r["patch"], r.get("regime"), r["workers"], r["loader"]), r) for r in old["rows"]]
+        doc = {**old, "rows": kept + list(new.values())}
+    else:
+        doc["rows"] = rows
     out.mkdir(exist_ok=True)
-    (out / "loader.json").write_text(json.dumps({"shape": SHAPE, "rows": rows}, indent=1))
-    if any(r["loader"] == PLAIN for r in rows):
-        table += ["", AUGMENTED_NOTE]
-    (out / "loader.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    (out / "loader.json").write_text(json.dumps(doc, indent=1))
+    lines = table(doc["rows"])
+    if doc.get("codecs"):
+        lines += ["", "Raw codec (the raw level alone, 32x256x256 patches, from disk, cold page cache, read + decode "
+                  "of the touched chunks, one thread per core):", "",
+                  "| raw codec | bytes on disk | compression | patches/s |", "|---|---|---|---|"]
+        lines += [f"| {c['codec']} | {c['disk_bytes'] / 1e6:.0f} MB | {c['ratio']}× | {c['patches_per_s']} |"
+                  for c in doc["codecs"]]
+    if doc.get("memory"):
+        lines += ["", "Memory and start (in memory, 16x128x128, 2 process workers, after the epoch; PSS and USS "
+                  "summed over the main process and its workers, psutil; the decoded cache's resident bytes by "
+                  "fincore; one copy = raw + labels of level 0):", "",
+                  "| start | first batch | tree PSS | tree USS | main USS | decoded cache resident | one copy |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | "
+                  f"{m['uss_main_gb']:.2f} GB | {m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |"
+                  for m in doc["memory"]]
+    if any(r["loader"] == PLAIN for r in doc["rows"]):
+        lines += ["", AUGMENTED_NOTE]
+    (out / "loader.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

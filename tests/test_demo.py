@@ -64,3 +64,19 @@ def test_an_unknown_dataset_names_those_with_replicas(tmp_path: Path) -> None:
     run = demo("--home", str(tmp_path / "d"), "--dataset", "snemi3df")
     assert run.returncode == 1 and "snemi3df" in run.stderr and "tem-neutrostruct" in run.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_the_round_trip_trains_predicts_stores_and_scores_offline(tmp_path: Path) -> None:
+    from emdata.demo import DATASETS, round_trip
+    from emdata.testing.replica_sets import prepared_replicas
+
+    with prepared_replicas(tmp_path / "demo", DATASETS, small=True) as prepared:
+        doc = round_trip(prepared, steps=4, patch=(4, 8, 8))
+    assert doc["training"]["steps"] == 4 and doc["verify_deep_problems"] == []
+    assert doc["dataset"] == "mitoem2" and doc["split"] == "test" and doc["metrics_from"] == "card:mitoem2"
+    assert list(doc["results"]) == ["instance-accuracy", "dice"]
+    assert doc["results"]["instance-accuracy"]["iou_threshold"] == 0.75
+    vol = open_volume(doc["volume"])
+    assert set(vol.predictions) == {"demo-semantic", "demo-mito"}
+    assert vol.predictions["demo-semantic"]["provenance"]["model"] == "demo tiny 3D CNN"
+    assert doc["prediction"]["layer"] == "demo-mito"

@@ -151,7 +151,7 @@ def test_deep_verify_catches_truncated_and_altered_chunks(tmp_path: Path) -> Non
     truncated.write_bytes(truncated.read_bytes()[:50])
     altered = _chunk_files(path / "0")[-1]
     data = bytearray(altered.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[0] ^= 0xFF  # the chunk's first voxel (raw is stored plain; an edge chunk's padding is no data)
     altered.write_bytes(bytes(data))
     shallow = verify_volume(path, deep=False)
     assert shallow.ok  # structure is intact; only decoding finds this

@@ -4,7 +4,6 @@ foreground indices outside the store, intensity normalisation, label spaces, inp
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ pytest.importorskip("torch")
 from emdata.store.writer import LabelLayerData, write_volume
 from emdata.torch import IGNORE, Foreground, MinInstances, MixedPatchDataset, PatchDataset, make_loader
 from emdata.torch.collate import collate_patches
-from emdata.torch.reader import ChunkCache
 
 MITO = [{"value": 0, "name": "background", "ontology": "background"},
         {"value": 1, "name": "mito", "ontology": "mitochondria"}]
@@ -57,36 +55,6 @@ def test_each_new_iteration_draws_a_new_epoch_unless_set_epoch_is_called(tmp_pat
     assert _offsets(loader) == first
     workers = make_loader(ds, batch_size=4, num_workers=1, multiprocessing_context="fork")
     assert [_offsets(workers), _offsets(workers)] == [first, second]  # workers agree with the main process
-
-
-def test_chunk_cache_is_thread_safe_and_keeps_its_byte_count() -> None:
-    cache = ChunkCache(max_bytes=8 * 1024)
-    errors: list[BaseException] = []
-
-    def load(key: int) -> np.ndarray:
-        return np.full(1024, key, np.uint8)  # 1 KiB: the cache holds 8 of 64 keys
-
-    def hammer(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        try:
-            for key in rng.integers(0, 64, 3000):
-                k = int(key)
-                assert cache.get((k,), lambda k=k: load(k))[0] == k % 256
-        except BaseException as exc:
-            errors.append(exc)
-
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=hammer, args=(s,)) for s in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
-    assert not errors, errors[:3]
-    assert cache.nbytes == sum(a.nbytes for a in cache._items.values()) <= cache.max_bytes
 
 
 def _edge_volume(path: Path, shape: tuple[int, int, int], voxel: tuple[float, float, float],
@@ -264,7 +232,7 @@ def test_samplers_check_their_inputs(make) -> None:
         make()
 
 
-def test_threaded_loader_through_the_chunk_cache_gives_the_serial_samples(tmp_path: Path) -> None:
+def test_threaded_loader_reading_from_disk_gives_the_serial_samples(tmp_path: Path) -> None:
     paths = [write_small(tmp_path / f"v{i}.ome.zarr", shape=(16, 96, 96), seed=i, neurons=True) for i in range(2)]
     ds = PatchDataset(paths, (4, 24, 24), targets=["semantic"], samples_per_epoch=48, memory_budget=0)  # no preload
     serial = [ds.sample(0, i) for i in range(48)]
@@ -277,9 +245,7 @@ def test_threaded_loader_through_the_chunk_cache_gives_the_serial_samples(tmp_pa
         sys.setswitchinterval(old)
     raw = np.concatenate([b["raw"].numpy() for b in batches])
     assert np.array_equal(raw, np.stack([s["raw"] for s in serial]))
-    for reader in ds._readers.values():
-        cache = reader._state["cache"]
-        assert cache.nbytes == sum(a.nbytes for a in cache._items.values()) and cache.misses > 0
+    assert not any(reader.cached("raw", 0) for reader in ds._readers.values())  # memory_budget=0 keeps nothing
 
 
 def test_workers_read_the_version_the_dataset_was_built_on(tmp_path: Path) -> None:

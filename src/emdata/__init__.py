@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_API = {"list_datasets", "info", "fetch", "prepare", "volumes", "open_volume", "Volume"}
+_API = {"list_datasets", "info", "fetch", "prepare", "volumes", "open_volume", "Volume", "predict", "evaluate"}
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import emdata` and `emdata list` fast

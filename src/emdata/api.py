@@ -184,4 +184,24 @@ def volumes(dataset_id: str, split: str | None = None) -> list[Volume]:
     return [v for v in found if split is None or v.split == split]
 
 
-__all__ = ["Volume", "fetch", "info", "list_datasets", "open_volume", "prepare", "volumes"]
+def predict(model: Any, volume: Any, name: str = "prediction", **options: Any) -> Volume:
+    """Run a PyTorch ``model`` over a prepared volume tile by tile and store the result in it as
+    prediction layer ``name`` (resumable, published atomically); returns the volume. Options
+    (``tile``, ``halo``, ``overlap``, ``voxel_size``, ``output``, ``batch_size``, ``device``, …):
+    :func:`emdata.inference.predict`, which also has a runnable example."""
+    from emdata.inference import predict as run
+
+    return run(model, volume, name, **options)
+
+
+def evaluate(volume: Any, prediction: Any, **options: Any) -> dict[str, Any]:
+    """Score ``prediction`` (a layer of the volume, a TIFF, ``file.h5:key``, a zarr array or a numpy
+    array) against the volume's ground truth with the dataset's challenge metrics; returns one
+    JSON-ready document. Options (``gt_layer``, ``metrics``, …): :func:`emdata.evaluation.evaluate`,
+    which also has a runnable example."""
+    from emdata.evaluation import evaluate as run
+
+    return run(volume, prediction, **options)
+
+
+__all__ = ["Volume", "evaluate", "fetch", "info", "list_datasets", "open_volume", "predict", "prepare", "volumes"]

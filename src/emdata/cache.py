@@ -27,7 +27,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from emdata.config import downloads_dir, emdata_home, prepared_dir
-from emdata.store import publish
+from emdata.store import decoded_cache, publish
 from emdata.store.manifest import MANIFEST
 
 SIDE_FILES = (".complete.json", ".complete.tmp", ".lock", ".part", ".part.json")
@@ -217,11 +217,13 @@ def clean(dataset: str, prepared: bool = False) -> dict[str, Any]:
         freed["downloads_bytes"] = _clean_downloads(downloads_dir(dataset))
     if prepared and prepared_dir(dataset).is_dir():
         freed["prepared_bytes"] = _clean_prepared(prepared_dir(dataset))
+    freed["decoded_bytes"] = decoded_cache.clean(dataset=dataset)  # decoded chunks no process has open
     return freed
 
 
 def cached_datasets() -> list[str]:
-    """Every dataset with a folder under downloads or prepared."""
+    """Every dataset with a folder under downloads or prepared, or decoded chunks in the shared cache."""
     home = emdata_home()
     return sorted({p.name for sub in ("downloads", "prepared") if (home / sub).is_dir()
-                   for p in (home / sub).iterdir() if p.is_dir()})
+                   for p in (home / sub).iterdir() if p.is_dir()}
+                  | {info["dataset"] for _, info in decoded_cache.entries() if info.get("dataset")})

@@ -167,6 +167,13 @@ class Card:
                 return s
         raise KeyError(f"card {self.id!r} has no source {name!r}; it has {[s.name for s in self.sources]}")
 
+    @property
+    def evaluation(self) -> list[dict[str, Any]]:
+        """How the dataset's challenge scores a prediction: ``[{gt_layer, metrics, options, note}]``, the
+        first entry being the default (``emdata evaluate``); empty when the card says nothing."""
+        return [{"gt_layer": e["gt_layer"], "metrics": list(e["metrics"]), "options": dict(e.get("options", {})),
+                 "note": e.get("note", "")} for e in self.raw.get("evaluation", [])]
+
     def label_layer(self, name: str) -> LabelLayer:
         for layer in self.labels:
             if layer.name == name:
@@ -212,7 +219,7 @@ _TOP = {
     "microscopy": str, "description": str, "homepage": str, "license": str, "license_url": str, "license_note": str,
     "citation": str, "citation_note": str, "voxel_size": dict, "extent": dict, "counts": dict,
     "awesome": dict, "labels": list, "volumes": list, "sources": list, "subsets": list,
-    "pitfalls": list, "conflicts": list, "facts_from": list, "species_aliases": list,
+    "pitfalls": list, "conflicts": list, "facts_from": list, "species_aliases": list, "evaluation": list,
 }
 _REQUIRED_TOP = ("id", "title", "kind", "species", "tissue", "microscopy", "homepage", "license",
                  "citation", "voxel_size", "sources", "labels", "volumes", "facts_from")
@@ -234,6 +241,7 @@ _SOURCE = {"name": str, "url": str, "checksum": str, "size_bytes": int, "size_no
 _SUBSET = {"id": str, "title": str, "tissue": str, "microscopy": str, "voxel_size_nm": list,
            "counts": dict, "note": str}
 _CONFLICT = {"field": str, "values": list, "used": str, "note": str}
+_EVALUATION = {"gt_layer": str, "metrics": list, "options": dict, "note": str}
 
 
 def _check(where: str, obj: Any, schema: dict[str, type], required: tuple[str, ...] = ()) -> None:
@@ -362,6 +370,19 @@ def parse_card(doc: dict[str, Any], origin: str = "<card>") -> Card:
     if doc["license"] != "unverified" and not doc.get("license_url", "").startswith("https://"):
         raise CardError(f"{where}.license_url: licence {doc['license']!r} needs the https URL of the published "
                         f"statement it comes from (dataset page, repository LICENSE), or set license = 'unverified'")
+    stored = {la.written_as or la.name for la in labels}
+    for i, ev in enumerate(doc.get("evaluation", [])):
+        w = f"{where}.evaluation[{i}]"
+        _check(w, ev, _EVALUATION, ("gt_layer", "metrics"))
+        if ev["gt_layer"] not in stored:
+            raise CardError(f"{w}.gt_layer: {ev['gt_layer']!r} is not a label layer prepared volumes have "
+                            f"({sorted(stored)})")
+        if not ev["metrics"] or not all(isinstance(m, str) and m for m in ev["metrics"]):
+            raise CardError(f"{w}.metrics: expected a non-empty list of metric names, got {ev['metrics']!r}")
+        unknown = sorted(set(ev.get("options", {})) - set(ev["metrics"]))
+        if unknown or not all(isinstance(o, dict) for o in ev.get("options", {}).values()):
+            raise CardError(f"{w}.options: expected a table of option tables keyed by the entry's metrics "
+                            f"{ev['metrics']}, got {ev.get('options')!r}")
     if not doc["citation"].lstrip().startswith("@"):
         raise CardError(f"{where}.citation: expected a BibTeX entry starting with '@'")
     for i, p in enumerate(doc.get("pitfalls", [])):

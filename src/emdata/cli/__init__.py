@@ -253,7 +253,8 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
                 all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset in the cache.")] = False,
                 prepared: Annotated[bool, typer.Option(help="Also remove prepared volumes.")] = False,
                 as_json: JsonOpt = False) -> None:
-    """Remove a dataset's downloads (and with --prepared its volumes); waits for a running writer of them."""
+    """Remove a dataset's downloads (and with --prepared its volumes) and its decoded chunks no process reads;
+    waits for a running writer of them."""
     from emdata.cache import cached_datasets, clean
     from emdata.catalog import get_card
 
@@ -268,7 +269,9 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
         return
     for f in freed:
         _console().print(f"{f['dataset']}: freed {_human_bytes(f['downloads_bytes'])} of downloads"
-                         + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else ""))
+                         + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else "")
+                         + (f", {_human_bytes(f['decoded_bytes'])} of decoded chunks" if f.get("decoded_bytes")
+                            else ""))
     if not freed:
         _console().print("nothing cached")
 
@@ -369,6 +372,258 @@ def verify(target: Annotated[str, typer.Argument(
                 con.print(f"  - {p}", markup=False)
     if not ok:
         raise typer.Exit(1)
+
+
+def _volumes_for(target: str, names: list[str] | None) -> list[Any]:
+    """The prepared volumes a ``view``/``report`` argument names: a ``*.ome.zarr`` path, or a dataset id
+    (its volumes named by ``names``; by default its first labelled volume)."""
+    import emdata
+    from emdata.store.volume import open_volume
+
+    path = Path(target).expanduser()
+    if (path / "zarr.json").is_file():
+        return [open_volume(path)]
+    if "/" in target or target.endswith(".ome.zarr"):
+        raise FileNotFoundError(f"{path}: no OME-Zarr volume here (no zarr.json); pass a prepared *.ome.zarr "
+                                "or a dataset id")
+    found = emdata.volumes(target)
+    if names:
+        by_name = {v.name: v for v in found}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(f"{target} has no prepared volume(s) {missing}; prepared: {sorted(by_name)}")
+        return [by_name[n] for n in names]
+    return [next((v for v in found if v.meta["labels"]), found[0])]
+
+
+@app.command()
+def view(target: Annotated[str, typer.Argument(help="A dataset id (a prepared one) or a *.ome.zarr path.")],
+         volume: Annotated[list[str] | None, typer.Option("--volume", help="Show this volume of the dataset "
+                                                          "(repeatable; default: its first labelled one).")] = None,
+         port: Annotated[int, typer.Option(help="Port of the loopback data server (0: any free one).")] = 0,
+         seconds: Annotated[float | None, typer.Option("--seconds", help="Stop serving after this many seconds "
+                                                       "(default: until Ctrl-C).")] = None,
+         open_browser: Annotated[bool, typer.Option("--open", help="Also open the URL in the default web browser.")]
+         = False,
+         as_json: JsonOpt = False) -> None:
+    """Open a prepared volume in neuroglancer: serves its store on 127.0.0.1 and prints the viewer URL.
+
+    With the `view` extra (pip install 'emdata[view]') neuroglancer's own client runs on loopback
+    (offline); without it the URL opens neuroglancer's public client on the loopback data.
+    The state has the raw image and every label layer with its class names and colours.
+    """
+    import time
+
+    from emdata.view import ViewSession
+
+    with ViewSession(_volumes_for(target, volume), port=port) as session:
+        if as_json:
+            _print_json({"url": session.url, "data_url": session.server.url, "state": session.state})
+        else:
+            sys.stdout.write(f"neuroglancer: {session.url}\nserving the data on {session.server.url} "
+                             "(Ctrl-C stops)\n")
+        sys.stdout.flush()
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(session.url)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(min(0.2, deadline - time.monotonic()), 0))
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write the site into.")]
+           = Path("emdata-report"),
+           dataset: Annotated[list[str] | None, typer.Option(
+               "--dataset", help="Only this dataset's page (repeatable; the table lists all).")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Write a static HTML site of the catalog (opens from disk, offline): a sortable, filterable table and
+    one page per dataset with its card, citation and, for prepared volumes, previews and statistics."""
+    from emdata.report import build_report
+
+    if as_json:
+        config.set_quiet(True)
+    site = build_report(out, datasets=dataset or None)
+    index = (site / "index.html").resolve()
+    if as_json:
+        _print_json({"index": str(index), "pages": sorted(str(p) for p in (site / "datasets").glob("*.html"))})
+        return
+    _console().print(f"report written: {index.as_uri()}", markup=False, highlight=False)
+
+
+def _sizes(text: str | None, what: str) -> list[float] | None:
+    """``"8,64,64"`` -> [8, 64, 64] (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be numbers separated by commas (z,y,x or y,x), got {text!r}") from None
+
+
+def _load_model(spec: str, weights: Path | None) -> Any:
+    """A TorchScript file, or ``package.module:factory`` called without arguments (then ``weights``)."""
+    import importlib
+
+    import torch
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if weights is not None:
+            raise ValueError("--weights goes with a MODULE:FACTORY model; a TorchScript file holds its weights")
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0]}); save the model with "
+                             "torch.jit.script(model).save(PATH), or pass MODULE:FACTORY and --weights") from None
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise FileNotFoundError(f"model {spec!r}: no such file, and not MODULE:FACTORY (e.g. mypkg.nets:UNet)")
+    model = getattr(importlib.import_module(module), attr)()
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return model
+
+
+@app.command()
+def predict(volume: Annotated[str, typer.Argument(help="A *.ome.zarr volume, or DATASET/VOLUME of a prepared one.")],
+            model: Annotated[str, typer.Option(help="TorchScript file, or MODULE:FACTORY (with --weights).")],
+            tile: Annotated[str, typer.Option(help="Model input in voxels: z,y,x (or y,x for a 2D model).")],
+            name: Annotated[str, typer.Option(help="Name of the prediction layer.")] = "prediction",
+            weights: Annotated[Path | None, typer.Option(help="state_dict for a MODULE:FACTORY model.")] = None,
+            halo: Annotated[str | None, typer.Option(help="Voxels cut from each side of a tile output "
+                                                          "(default: tile/8).")] = None,
+            overlap: Annotated[str | None, typer.Option(help="Voxels over which neighbouring tiles blend "
+                                                             "(default: tile/8).")] = None,
+            voxel_size: Annotated[str | None, typer.Option(help="nm z,y,x the model was trained at (default: the "
+                                                                "volume's).")] = None,
+            output: Annotated[str, typer.Option(help="labels (argmax / threshold) or probabilities.")] = "labels",
+            activation: Annotated[str, typer.Option(help="auto, sigmoid, softmax or none.")] = "auto",
+            batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+            device: Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")] = None,
+            block: Annotated[str | None, typer.Option(help="Voxels per resumable block z,y,x.")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Run a model over a prepared volume, tile by tile, into a prediction layer of it (resumable)."""
+    from emdata.evaluation import resolve_volume
+    from emdata.inference import predict as run
+
+    if as_json:
+        config.set_quiet(True)
+    vol = resolve_volume(volume)
+    sizes = {key: [int(v) for v in values] if values else None
+             for key, values in (("tile", _sizes(tile, "--tile")), ("halo", _sizes(halo, "--halo")),
+                                 ("overlap", _sizes(overlap, "--overlap")), ("block", _sizes(block, "--block")))}
+    out = run(_load_model(model, weights), vol.path, name, tile=sizes["tile"], halo=sizes["halo"],
+              overlap=sizes["overlap"], block=sizes["block"], voxel_size=_sizes(voxel_size, "--voxel-size"),
+              output=output, activation=activation, batch_size=batch_size, device=device, model_name=model,
+              progress=not config.quiet())
+    layer = out.predictions[name]
+    doc = {"volume": str(out.path), "layer": name, "kind": layer["kind"], "path": layer["path"],
+           "shape": layer["levels"][0]["shape"], "provenance": layer["provenance"]}
+    if as_json:
+        _print_json(doc)
+        return
+    _console().print(f"{out.dataset}/{out.name}: wrote {layer['kind']} layer [bold]{name}[/bold] at {layer['path']} "
+                     f"({'×'.join(map(str, doc['shape']))}); `emdata evaluate {out.path} {name}` scores it")
+
+
+@app.command()
+def evaluate(volume: Annotated[str, typer.Argument(help="A *.ome.zarr volume, or DATASET/VOLUME of a prepared one.")],
+             prediction: Annotated[str, typer.Argument(help="A layer of the volume, a TIFF, file.h5:KEY, a zarr "
+                                                            "array (a.zarr or g.zarr:PATH) or another volume.")],
+             gt_layer: Annotated[str | None, typer.Option(help="Ground-truth layer (default: the dataset's).")] = None,
+             pred_layer: Annotated[str | None, typer.Option(help="Layer of PREDICTION when it is another "
+                                                                 "volume.")] = None,
+             metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric (repeatable) (default: "
+                                                                               "the dataset card's).")] = None,
+             gt_foreground: Annotated[list[int] | None, typer.Option(
+                 "--gt-foreground", help="Ground-truth value counted as foreground by dice/iou (repeatable) "
+                                         "(default: nonzero).")] = None,
+             pred_foreground: Annotated[list[int] | None, typer.Option(
+                 "--pred-foreground", help="Predicted value counted as foreground by dice/iou (repeatable) "
+                                           "(default: nonzero).")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Score a prediction against the volume's ground truth with the dataset's challenge metrics."""
+    from emdata.evaluation import evaluate as run
+    from emdata.evaluation import summary_rows
+
+    doc = run(volume, prediction, gt_layer=gt_layer, pred_layer=pred_layer, metrics=metric or None,
+              gt_foreground=gt_foreground or None, pred_foreground=pred_foreground or None)
+    if as_json:
+        _print_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{doc['dataset']}/{doc['name']}: {doc['prediction']['source']} vs {doc['gt_layer']} "
+                        f"(metrics from {doc['metrics_from']})")
+    for col in ("metric", "values", "version"):
+        table.add_column(col, overflow="fold")
+    for row in summary_rows(doc):
+        table.add_row(*row)
+    _console().print(table)
+
+
+@app.command()
+def stats(target: Annotated[str, typer.Argument(
+              help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
+          volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Shape, voxel size, intensities, class and instance counts, annotated and foreground shares per volume."""
+    from emdata.look import volume_paths
+    from emdata.look.stats import format_stats, volume_stats
+
+    docs = [volume_stats(p) for p in volume_paths(target, volume)]
+    if as_json:
+        _print_json(docs)  # a list, one document per volume, also for one volume
+        return
+    sys.stdout.write("\n\n".join(format_stats(d) for d in docs) + "\n")
+
+
+@app.command()
+def preview(target: Annotated[str, typer.Argument(
+                help="A *.ome.zarr volume, a folder of them, or a dataset id (all its prepared volumes).")],
+            volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
+            z: Annotated[int | None, typer.Option("--z", help="Slice through this section (level-0 index).")] = None,
+            nm: Annotated[float | None, typer.Option("--nm", help="Slice at this depth in nm from the first section's "
+                                                               "edge.")] = None,
+            layer: Annotated[list[str] | None, typer.Option("--layer", help="Only this label layer (repeatable).")]
+            = None,
+            output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write (several volumes: "
+                                                                              "FILE-<volume>.png).")] = None,
+            augment: Annotated[bool, typer.Option("--augment", help="Instead: a grid of augmented training samples "
+                                                                    "(augment='em'; needs the torch extra).")] = False,
+            samples: Annotated[int, typer.Option(help="With --augment: how many samples.")] = 8,
+            as_json: JsonOpt = False) -> None:
+    """Write a PNG: three orthogonal slices per label layer with the labels overlaid, legend and scale bar."""
+    from emdata.look import volume_paths
+    from emdata.look.preview import write_augmented_preview, write_preview
+
+    paths = volume_paths(target, volume)
+    prefix = "" if Path(target).expanduser().exists() else f"{target}-"  # a dataset id names the files
+
+    def out(name: str) -> Path:
+        if output is None:
+            return Path(f"{prefix}{name}.png")
+        if len(paths) == 1:
+            return output
+        return output.with_name(f"{output.stem}-{name}{output.suffix or '.png'}")
+
+    if augment:
+        if z is not None or nm is not None:
+            raise ValueError("--augment draws random training samples: --z and --nm do not apply")
+        stem = Path(target).name.removesuffix(".ome.zarr")
+        written = [write_augmented_preview(paths, output or Path(f"{stem}-augmented.png"), n=samples,
+                                           layer=layer[0] if layer else None)]
+    else:
+        written = [write_preview(p, out(p.name.removesuffix(".ome.zarr")), z=z, z_nm=nm, layers=layer or None)
+                   for p in paths]
+    if as_json:
+        _print_json([str(w) for w in written])
+        return
+    for w in written:
+        sys.stdout.write(f"{w}\n")
 
 
 @app.command()

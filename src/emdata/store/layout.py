@@ -25,7 +25,8 @@ from emdata.labels.ontology import ontology
 from emdata.store import ome
 from emdata.store.publish import SCHEMA
 
-__all__ = ["REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
+__all__ = ["LABEL_ZSTD_LEVEL", "RAW_COMPRESSORS",
+           "REQUIRED_META", "LabelLayerData", "LabelMeaning", "StoreWriteError", "create_label_groups",
            "create_level_array", "emdata_block", "label_entry", "level_entry", "ome_levels", "standard_dtype",
            "union_mapping", "validate_labels", "validate_meta", "validate_voxel_size", "write_metadata"]
 
@@ -139,13 +140,30 @@ def create_label_groups(root: Any, names: Sequence[str]) -> None:
             labels_group.create_group(name)
 
 
+RAW_COMPRESSORS: tuple[Any, ...] = ()
+"""Raw levels are stored uncompressed. Measured (``benchmarks/loader.py``, results in
+``benchmarks/results/loader.md``): EM raw barely compresses (zstd level 1 or 3: 1.12× on 8-bit
+EM-like data with noise, lz4: 1.00×) while zstd decodes it at about 0.9 GB/s per core, the bound
+of every loader reading from disk; stored plain, a chunk costs a file read and nothing else, for
+12 % more disk. Volumes written with zstd before stay readable (zarr reads each array's codecs)."""
+
+LABEL_ZSTD_LEVEL = 3
+"""Label levels: zstd level 3 (label chunks compress 30–200×, and decode at over 10 GB/s)."""
+
+
 def create_level_array(group: Any, path: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-                       shards: Sequence[int] | None) -> Any:
-    """Create one pyramid level's array under ``group``: zstd level 3, fill 0, z/y/x dimension names."""
+                       shards: Sequence[int] | None, *, is_label: bool | None = None) -> Any:
+    """Create one pyramid level's array under ``group``: raw uncompressed (:data:`RAW_COMPRESSORS`),
+    labels zstd level 3, fill 0, z/y/x dimension names. ``is_label`` defaults to whether the array
+    lies under a ``labels`` group (``path`` or ``group``)."""
     import zarr
 
+    if is_label is None:
+        where = f"{getattr(group, 'path', '')}/{path}".strip("/")
+        is_label = where.startswith("labels/") or "/labels/" in f"/{where}"
+    compressors = zarr.codecs.ZstdCodec(level=LABEL_ZSTD_LEVEL) if is_label else RAW_COMPRESSORS
     return group.create_array(path, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks),
-                              shards=tuple(shards) if shards else None, compressors=zarr.codecs.ZstdCodec(level=3),
+                              shards=tuple(shards) if shards else None, compressors=compressors,
                               fill_value=0, dimension_names=list(ome.AXES))
 
 

@@ -138,11 +138,12 @@ def _remove_tree(folder: Path) -> None:
 def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
     """Publish the finished folder ``built`` as the next version of ``path``; returns the version folder.
 
-    The caller holds :func:`volume_lock`. ``marker`` (arrays, levels) goes into the completion
-    marker with the time, schema and a unique id. Replaced versions are retired (deleted once
-    no reader holds them).
+    The caller holds :func:`volume_lock`. The metadata is consolidated first (:func:`consolidate`).
+    ``marker`` (arrays, levels) goes into the completion marker with the time, schema and a
+    unique id. Replaced versions are retired (deleted once no reader holds them).
     """
     path = Path(path)
+    consolidate(built)
     if path.exists() and not path.is_symlink():  # a plain folder from before versions: version 0
         number = (versions(path)[-1][0] if versions(path) else 0) + 1
         os.replace(path, path.parent / f"{_prefix(path)}v{number}")
@@ -156,6 +157,24 @@ def commit(path: Path, built: Path, marker: dict[str, Any]) -> Path:
     for _, old in versions(path)[:-1]:
         retire(old)
     return version
+
+
+def consolidate(folder: Path) -> None:
+    """Record the metadata of every group and array under ``folder`` in its root ``zarr.json``
+    (zarr-python's consolidated metadata), so plain zarr lists the hierarchy from there.
+
+    Listing the folders instead, zarr-python 3 warns about every entry that is not a zarr node:
+    the completion marker and ``indices/`` are emdata's own. Done by :func:`commit`, before the
+    marker; volumes published without it read as before.
+    """
+    import warnings
+
+    import zarr
+    from zarr.errors import ZarrUserWarning
+
+    with warnings.catch_warnings():  # the listing done here meets emdata's files; v3 consolidation is "unstable"
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        zarr.consolidate_metadata(str(folder))
 
 
 def _link(path: Path, version: Path) -> None:
@@ -297,14 +316,16 @@ def promise_problems(path: Path) -> list[str]:
         em = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))["attributes"]["emdata"]
         arrays = [lv["path"] for lv in em["raw"]["levels"]] + [
             f"labels/{name}/{lv['path']}" for name, layer in em["labels"].items() for lv in layer["levels"]]
+        predictions = em.get("predictions", {})  # layers added by `emdata predict`
+        arrays += [f"{p['path']}/{lv['path']}" for p in predictions.values() for lv in p["levels"]]
         levels = len(em["raw"]["levels"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{folder / 'zarr.json'}: no readable emdata block ({type(exc).__name__}: {exc})"]
     problems = []
-    if not isinstance(marker, dict) or marker.get("levels") != levels or marker.get("arrays") != 1 + len(
-            em["labels"]):
+    n_arrays = 1 + len(em["labels"]) + len(predictions)
+    if not isinstance(marker, dict) or marker.get("levels") != levels or marker.get("arrays") != n_arrays:
         problems.append(f"{folder / COMPLETE_MARKER}: promises {marker!r}, the volume records {levels} level(s) "
-                        f"and {1 + len(em['labels'])} array(s)")
+                        f"and {n_arrays} array(s)")
     problems += [f"{folder / a}: array missing (no zarr.json)" for a in arrays
                  if not (folder / a / "zarr.json").is_file()]
     return problems

@@ -79,8 +79,10 @@ def _read_json(path: Path, report: VerifyReport) -> dict[str, Any] | None:
 
 
 def _check_multiscale(where: str, attrs: dict[str, Any], levels: list[dict[str, Any]], is_label: bool,
-                      report: VerifyReport) -> list[str]:
-    """Check one ``ome.multiscales`` block against the recorded ``levels``; returns its level paths."""
+                      report: VerifyReport, channels: bool = False) -> list[str]:
+    """Check one ``ome.multiscales`` block against the recorded ``levels``; returns its level paths.
+
+    ``channels``: the image has a leading channel axis ``c`` (scale 1, translation 0 there)."""
     o = attrs.get("ome")
     if not isinstance(o, dict) or o.get("version") != ome.OME_VERSION:
         report.problems.append(f"{where}: attributes.ome.version must be {ome.OME_VERSION!r}")
@@ -90,13 +92,19 @@ def _check_multiscale(where: str, attrs: dict[str, Any], levels: list[dict[str, 
         report.problems.append(f"{where}: expected exactly one multiscales entry")
         return []
     axes = ms[0].get("axes", [])
-    if [a.get("name") for a in axes] != list(ome.AXES) or any(
-            a.get("unit") != "nanometer" or a.get("type") != "space" for a in axes):
+    lead = 1 if channels else 0
+    if channels and (not axes or axes[0] != {"name": "c", "type": "channel"}):
+        report.problems.append(f"{where}: the first axis must be c of type channel, got {axes[:1]}")
+    if [a.get("name") for a in axes[lead:]] != list(ome.AXES) or any(
+            a.get("unit") != "nanometer" or a.get("type") != "space" for a in axes[lead:]):
         report.problems.append(f"{where}: axes must be z, y, x of type space in nanometer, got {axes}")
     paths = []
     recorded = {lv.get("path"): lv for lv in levels}
     for ds in ms[0].get("datasets", []):
         ts = ds.get("coordinateTransformations", [])
+        if lead and ts and ts[0].get("scale", [None])[0] == 1 and all(
+                t.get("translation", [0])[0] == 0 for t in ts[1:]):
+            ts = [{**t, t["type"]: t[t["type"]][1:]} for t in ts]  # the channel axis is neither scaled nor shifted
         if not ts or ts[0].get("type") != "scale" or len(ts[0].get("scale", [])) != 3 or len(ts) > 2 or (
                 len(ts) == 2 and ts[1].get("type") != "translation"):
             report.problems.append(f"{where}: level {ds.get('path')!r} needs one scale (then optionally one "
@@ -115,7 +123,8 @@ def _check_multiscale(where: str, attrs: dict[str, Any], levels: list[dict[str, 
     return paths
 
 
-def _check_array(root: Path, rel: str, expected: dict[str, Any], deep: bool, report: VerifyReport) -> None:
+def _check_array(root: Path, rel: str, expected: dict[str, Any], deep: bool, report: VerifyReport,
+                 axes: tuple[str, ...] = ome.AXES) -> None:
     import zarr
 
     meta = _read_json(root / rel / "zarr.json", report)
@@ -125,8 +134,8 @@ def _check_array(root: Path, rel: str, expected: dict[str, Any], deep: bool, rep
     if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
         report.problems.append(f"{rel}: not a zarr v3 array")
         return
-    if meta.get("dimension_names") != list(ome.AXES):
-        report.problems.append(f"{rel}: dimension_names {meta.get('dimension_names')} != {list(ome.AXES)}")
+    if meta.get("dimension_names") != list(axes):
+        report.problems.append(f"{rel}: dimension_names {meta.get('dimension_names')} != {list(axes)}")
     if meta.get("shape") != expected["shape"] or meta.get("data_type") != expected["dtype"]:
         report.problems.append(f"{rel}: shape/dtype {meta.get('shape')} {meta.get('data_type')} != recorded "
                                f"{expected['shape']} {expected['dtype']}")
@@ -301,8 +310,9 @@ def _verify(path: Path, folder: Path, deep: bool, report: VerifyReport) -> None:
     if em["labels"]:
         lg = _read_json(folder / "labels" / "zarr.json", report) or {}
         lo = lg.get("attributes", {}).get("ome", {})
-        if lo.get("version") != ome.OME_VERSION or sorted(lo.get("labels", [])) != sorted(em["labels"]):
-            report.problems.append(f"labels: ome attrs {lo} do not list the recorded layers {list(em['labels'])} "
+        listed = [*em["labels"], *(n for n, p in em.get("predictions", {}).items() if p.get("kind") == "labels")]
+        if lo.get("version") != ome.OME_VERSION or sorted(lo.get("labels", [])) != sorted(listed):
+            report.problems.append(f"labels: ome attrs {lo} do not list the recorded layers {listed} "
                                    f"with version {ome.OME_VERSION}")
     for name, layer in em["labels"].items():
         where = f"labels/{name}"
@@ -323,9 +333,56 @@ def _verify(path: Path, folder: Path, deep: bool, report: VerifyReport) -> None:
                                            f"image level {raw_lv['shape']} {raw_lv['scale']}")
                 with _finding(report, f"{where}/{lv.get('path')}"):
                     _check_array(folder, f"{where}/{lv['path']}", lv, deep, report)
+    for name, pred in em.get("predictions", {}).items():
+        with _finding(report, f"{path}: emdata.predictions.{name}"):
+            _check_prediction(folder, name, pred, em, levels, deep, report)
     if deep:
         with _finding(report, f"{path}: emdata.provenance"):
             _check_provenance(path, em, report)
+
+
+PREDICTION_PROVENANCE = ("model", "model_hash", "voxel_size_nm", "tile", "halo", "level", "volume_version")
+"""What the provenance of a prediction made by ``emdata predict`` records (``add_prediction``: ``model``)."""
+
+
+def _check_prediction(folder: Path, name: str, pred: dict[str, Any], em: dict[str, Any],
+                      raw_levels: list[dict[str, Any]], deep: bool, report: VerifyReport) -> None:
+    """One prediction layer: where it lies, its kind and dtype, provenance, OME levels and arrays."""
+    where = f"predictions.{name}"
+    kind, rel = pred.get("kind"), pred.get("path")
+    if kind not in ("labels", "probabilities") or rel != (f"labels/{name}" if kind == "labels"
+                                                           else f"predictions/{name}"):
+        report.problems.append(f"{where}: kind {kind!r} at {rel!r}; expected labels at labels/{name} or "
+                               f"probabilities at predictions/{name}")
+        return
+    if name in em["labels"]:
+        report.problems.append(f"{where}: has the name of a ground-truth label layer")
+    dtype = np.dtype(pred["dtype"])
+    if (kind == "labels") != bool(np.issubdtype(dtype, np.integer)) or (
+            kind == "probabilities" and not np.issubdtype(dtype, np.floating)):
+        report.problems.append(f"{where}: dtype {dtype} does not fit kind {kind}")
+    prov = pred.get("provenance")
+    if not isinstance(prov, dict) or "model" not in prov:
+        report.problems.append(f"{where}: provenance must name the model (emdata.predictions.{name}.provenance)")
+    elif "model_hash" in prov:  # made by emdata predict: everything it records
+        missing = [k for k in PREDICTION_PROVENANCE if k not in prov]
+        if missing:
+            report.problems.append(f"{where}: provenance lacks {missing}")
+    channels = kind == "probabilities"
+    attrs = (_read_json(folder / rel / "zarr.json", report) or {}).get("attributes", {})
+    paths = _check_multiscale(rel, attrs, pred["levels"], kind == "labels", report, channels=channels)
+    if len(paths) != len(raw_levels):
+        report.problems.append(f"{rel}: {len(paths)} levels, the image has {len(raw_levels)}")
+    if kind == "labels" and not isinstance(attrs.get("ome", {}).get("image-label"), dict):
+        report.problems.append(f"{rel}: missing image-label block with version {ome.OME_VERSION}")
+    for lv, raw_lv in zip(pred["levels"], raw_levels):
+        spatial = lv["shape"][1:] if channels else lv["shape"]
+        if spatial != raw_lv["shape"] or lv["scale"] != raw_lv["scale"]:
+            report.problems.append(f"{rel}/{lv['path']}: shape {lv['shape']} scale {lv['scale']} != image level "
+                                   f"{raw_lv['shape']} {raw_lv['scale']}")
+        with _finding(report, f"{rel}/{lv.get('path')}"):
+            _check_array(folder, f"{rel}/{lv['path']}", lv, deep, report,
+                         axes=("c", *ome.AXES) if channels else ome.AXES)
 
 
 def find_volumes(path: Path) -> list[Path]:

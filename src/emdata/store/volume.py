@@ -95,7 +95,8 @@ class Volume:
         if not (self.folder / COMPLETE_MARKER).is_file():
             raise VolumeReplacedError(f"{self.path}: the version {self.folder.name} opened earlier was replaced "
                                       "or removed; open the volume again")
-        return zarr.open_group(_PinnedStore(self.folder, read_only=True), mode="r")
+        # each array's own zarr.json, not the root's consolidated copy: a missing array stays an error
+        return zarr.open_group(_PinnedStore(self.folder, read_only=True), mode="r", use_consolidated=False)
 
     @cached_property
     def meta(self) -> dict[str, Any]:
@@ -149,6 +150,17 @@ class Volume:
 
     def label_level(self, name: str, i: int) -> Any:
         return self._array(f"labels/{name}/{i}")
+
+    @property
+    def predictions(self) -> dict[str, Any]:
+        """Prediction layers stored with the volume (``emdata.predictions``: kind, path, provenance, …)."""
+        return dict(self.meta.get("predictions", {}))
+
+    def prediction(self, name: str, level: int = 0) -> Any:
+        """Level ``level`` of prediction layer ``name`` (``(z, y, x)`` labels or ``(c, z, y, x)`` probabilities)."""
+        if name not in self.predictions:
+            raise KeyError(f"{self.path}: no prediction layer {name!r}; predictions: {sorted(self.predictions)}")
+        return self._array(f"{self.predictions[name]['path']}/{level}")
 
     def classes(self, name: str) -> list[dict[str, Any]]:
         """Class table of label layer ``name`` (value, name, ontology, ontology_id)."""

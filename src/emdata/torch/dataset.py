@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from emdata.labels.ontology import ontology
+from emdata.store.decoded_cache import cache_root
 from emdata.store.remote import is_url
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
@@ -91,13 +92,17 @@ class PatchDataset:
     Volumes are drawn in proportion to their valid positions, or by ``volume_weights``.
     ``regions_nm`` (one per volume, None = whole) keeps every patch inside a box
     ``((z0, z1), (y0, y1), (x0, x1))`` in nm from the volume's first voxel edge (held-out slabs).
+    ``memory_budget``: bytes of decoded chunks kept, once for all volumes and DataLoader workers
+    together, in the shared decoded cache under ``<EMDATA_HOME>/cache/decoded`` (see
+    :mod:`emdata.torch.reader`); chunks are decoded on first touch, so workers start at once;
+    0 keeps nothing (every patch reads and decodes its chunks).
 
     A volume may be a URL (``https://``, ``s3://``, ``gs://``; see :mod:`emdata.store.remote`):
-    its chunks are fetched as patches need them (never held whole in memory, whatever
-    ``memory_budget``). A chunk missing from the remote copy raises; a volume opened with
-    ``open_volume(url, missing="ignore")`` instead masks every voxel that depends on one:
-    ``valid`` 0 and labels the ignore value, as for voxels warped in from outside the volume
-    (samples of such a dataset always carry ``valid``).
+    its chunks are fetched as patches need them, never the whole volume, and kept encoded in a
+    bounded per-process cache, not in the decoded cache. A chunk missing from the remote copy
+    raises; a volume opened with ``open_volume(url, missing="ignore")`` instead masks every voxel
+    that depends on one: ``valid`` 0 and labels the ignore value, as for voxels warped in from
+    outside the volume (samples of such a dataset always carry ``valid``).
     """
 
     def __init__(self, volumes: Sequence[Volume | str | Path], patch_shape: Sequence[int] | None = None, *,
@@ -159,7 +164,8 @@ class PatchDataset:
                            key=lambda name: ontology().resolve(name).id)
         space = list(label_space) if label_space else ["background", *[c for c in annotated if c != "background"]]
         self.space = LabelSpace(space, ignore_classes, ignore_mode, ignore_value)
-        self.memory_budget = memory_budget
+        self.memory_budget = int(memory_budget)
+        self.cache_dir = str(cache_root()) if self.memory_budget else None  # fixed here: workers share it
         self._plans, excluded = plan_volumes(
             vols, voxel_size=self.voxel_size, patch_shape=self.patch_shape, sampler=self.sampler,
             label_layers=self.label_layers, with_targets=bool(self.targets), space=self.space,
@@ -254,12 +260,8 @@ class PatchDataset:
             with self._lock:  # threads of a ThreadedLoader open each volume once
                 reader = self._readers.get(plan.path)
                 if reader is None:
-                    # a remote volume is never copied whole into memory: chunks are fetched as patches need them
-                    budget = 0 if is_url(plan.path) else self.memory_budget
-                    reader = VolumeReader(plan.path, memory_budget=budget)
-                    reader.preload("raw", plan.level)
-                    for layer in plan.layers:
-                        reader.preload(layer, plan.level)
+                    # chunks are decoded on first touch into the shared cache: no per-worker reload
+                    reader = VolumeReader(plan.path, memory_budget=self.memory_budget, cache_dir=self.cache_dir)
                     self._readers[plan.path] = reader
         return reader
 

@@ -1,15 +1,25 @@
-"""Fast box reads from a canonical volume, opened lazily in each process.
+"""Fast box reads from a canonical volume: the chunks a box touches are fetched and decoded
+concurrently, and decoded chunks are kept once for the whole process tree.
 
-A level that fits the memory budget is read into RAM once (shared copy-on-write with forked
-workers); larger levels are read chunk-aligned through a bounded LRU of decoded chunks, so
-neighbouring patches reuse each other's decode work.
+Reading: the chunks a box touches are fetched by a per-process thread pool, each thread reading,
+decoding and copying its chunk's part of the box (zstd and file reads release the GIL). Arrays of
+a local store with plain codecs (bytes, then zstd, blosc or nothing; not sharded) are read straight from
+their chunk files with numcodecs, skipping zarr-python's per-call overhead; any other
+array-like (sharded levels, remote stores: anything with ``.shape``, ``.chunks``, ``.dtype`` and
+``__getitem__``) is read one chunk box per task, so remote chunks are fetched concurrently too.
+
+Keeping: with ``memory_budget > 0``, decoded chunks go to the shared decoded cache
+(:mod:`emdata.store.decoded_cache`): memory-mapped files under ``<EMDATA_HOME>/cache/decoded``
+that every process maps, so DataLoader workers (fork, spawn or forkserver) share one copy, and
+``memory_budget`` bounds all cached arrays of all volumes and workers together. Entries are keyed
+by the volume's published version, so a re-prepared volume is never served from stale chunks.
 
 Example:
     >>> import tempfile
     >>> from emdata.store.writer import write_volume
     >>> path = write_volume(Path(tempfile.mkdtemp()) / "v.ome.zarr", np.ones((16, 128, 128), "u1"), (30, 6, 6),
     ...                     meta={"dataset": "demo", "volume": "v", "split": "train"})
-    >>> reader = VolumeReader(path, memory_budget=0)  # nothing held in memory: chunks through the LRU
+    >>> reader = VolumeReader(path, memory_budget=0)  # nothing kept: every read decodes its chunks
     >>> reader.read("raw", 0, (slice(0, 16), slice(0, 100), slice(8, 128))).shape
     (16, 100, 120)
 """
@@ -17,78 +27,164 @@ Example:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
-from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from emdata.store.decoded_cache import CachedArray, DecodedCache, cache_root, version_of
+from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
 from emdata.store.volume import Volume, open_volume
 
-Box = tuple[slice, slice, slice]
+log = logging.getLogger(__name__)
+Box = tuple[slice, ...]
+Index = tuple[int, ...]
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
-class ChunkCache:
-    """LRU of decoded chunks, bounded in bytes; safe to share between threads.
-
-    Decoding runs outside the lock, so threads decode different chunks in parallel; when two
-    threads load the same chunk at once, the first one stored wins and is counted once.
+def read_threads() -> int:
+    """Threads per process that fetch and decode chunks (``EMDATA_READ_THREADS``, default 2 per core, at most 8).
 
     Example:
-        >>> cache = ChunkCache(max_bytes=2048)
-        >>> cache.get(("raw", 0, (0, 0, 0)), lambda: np.zeros(1024, np.uint8)).nbytes, cache.nbytes
-        (1024, 1024)
+        >>> read_threads() >= 1
+        True
     """
+    value = os.environ.get("EMDATA_READ_THREADS")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"EMDATA_READ_THREADS must be a whole number >= 1, got {value!r}")
+        return int(value)
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the chunks held now."""
-        return self._bytes
+def _pool() -> ThreadPoolExecutor:
+    """This process's chunk pool (a forked child makes its own: threads do not survive a fork)."""
+    global _POOL
+    pool = _POOL
+    if pool is None or pool[0] != os.getpid():
+        with _POOL_LOCK:
+            pool = _POOL
+            if pool is None or pool[0] != os.getpid():
+                pool = _POOL = (os.getpid(), ThreadPoolExecutor(read_threads(), thread_name_prefix="emdata-read"))
+    return pool[1]
 
-    def get(self, key: tuple[Any, ...], load: Any) -> np.ndarray:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return item
-            self.misses += 1
-        loaded = load()
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:  # another thread stored it meanwhile
-                self._items.move_to_end(key)
-                return item
-            self._items[key] = loaded
-            self._bytes += loaded.nbytes
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
-        return loaded
+
+def _chunk_file_reader(array: Any) -> Callable[[Index], np.ndarray | None] | None:
+    """A function reading one chunk of a local, unsharded zarr v3 ``array`` straight from its file
+    (the decoded chunk, full chunk shape; None for a chunk never written), or None when the array
+    is anything else (it is then read through zarr)."""
+    try:
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+        from zarr.storage import LocalStore
+
+        meta, store = array.metadata, array.store_path.store
+        if meta.zarr_format != 3 or not isinstance(store, LocalStore):
+            return None
+        codecs = list(meta.codecs)
+        folder = Path(store.root) / array.store_path.path
+    except (AttributeError, ImportError, TypeError):
+        return None
+    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        return None
+    decode: Callable[[bytes], Any] | None = None
+    if len(codecs) == 2:
+        if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
+            from numcodecs import Zstd
+
+            decode = Zstd().decode
+        elif isinstance(codecs[1], BloscCodec):
+            from numcodecs import blosc
+
+            decode = blosc.decompress  # the blosc header says how; thread-safe outside the main thread
+        else:
+            return None
+    dtype = np.dtype(array.dtype)
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">" if getattr(codecs[0].endian, "value", "little") == "big" else "<")
+    chunks = tuple(array.chunks)
+    nbytes = int(np.prod(chunks)) * dtype.itemsize
+    encode_key = meta.encode_chunk_key
+    root = Path(store.root)
+
+    def read(idx: Index) -> np.ndarray | None:
+        path = folder / encode_key(idx)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read()
+        except FileNotFoundError:
+            if not (root / COMPLETE_MARKER).is_file() and (root / "zarr.json").is_file():
+                raise VolumeReplacedError(f"{root}: this version of the volume was removed while being read "
+                                          f"(reading {path}); open the volume again") from None
+            return None  # never written: the fill value
+        raw = decode(data) if decode is not None else data
+        if len(raw) != nbytes:
+            raise OSError(f"{path}: chunk decodes to {len(raw)} bytes, expected {nbytes} for {chunks} {dtype}; "
+                          f"run `emdata verify --deep` on the volume")
+        return np.frombuffer(raw, dtype).reshape(chunks)
+
+    return read
+
+
+class _Level:
+    """One array as this process reads it: chunk geometry, how to fetch a chunk, its shared cache entry."""
+
+    def __init__(self, array: Any, cached: CachedArray | None) -> None:
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.chunks = tuple(int(c) for c in array.chunks)
+        self.dtype = np.dtype(array.dtype)
+        self.cached = cached
+        self._file = _chunk_file_reader(array)
+        fill = getattr(getattr(array, "metadata", None), "fill_value", 0)
+        self.fill = np.asarray(fill if fill is not None else 0).astype(self.dtype)
+
+    def chunk_box(self, idx: Index) -> Box:
+        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, self.chunks, self.shape))
+
+    def fetch(self, idx: Index) -> np.ndarray:
+        """Chunk ``idx`` decoded: an array whose ``[0:n]`` along each axis is the chunk's part of the array."""
+        if self._file is not None:
+            block = self._file(idx)
+            if block is None:
+                return np.broadcast_to(self.fill, self.chunks)
+            return block
+        return np.asarray(self.array[self.chunk_box(idx)])
+
+
+def _copy(out: np.ndarray, box: Box, cbox: Box, block: np.ndarray) -> None:
+    """Copy the part of ``block`` (chunk ``cbox``) that lies in ``box`` into ``out`` (``box``'s voxels)."""
+    lo = [max(s.start, c.start) for s, c in zip(box, cbox)]
+    hi = [min(s.stop, c.stop) for s, c in zip(box, cbox)]
+    out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, box))] = block[
+        tuple(slice(a - c.start, b - c.start) for a, b, c in zip(lo, hi, cbox))]
 
 
 class VolumeReader:
-    """Reads boxes of raw or label levels; safe to pickle (opens on first use per process)."""
+    """Reads boxes of raw or label levels; safe to pickle (each process opens on first use).
 
-    def __init__(self, path: str | Path, memory_budget: int = 4 << 30, chunk_cache_bytes: int = 256 << 20) -> None:
+    ``memory_budget``: bytes of decoded chunks kept in the shared decoded cache under
+    ``cache_dir`` (default ``<EMDATA_HOME>/cache/decoded``, fixed when the reader is made), for
+    all volumes and processes together; 0 keeps nothing (every read decodes).
+    """
+
+    def __init__(self, path: str | Path, memory_budget: int = 4 << 30, cache_dir: str | Path | None = None) -> None:
+        if int(memory_budget) < 0:
+            raise ValueError(f"memory_budget must be >= 0 bytes, got {memory_budget}")
         self.path = str(path)
-        self.memory_budget = memory_budget
-        self.chunk_cache_bytes = chunk_cache_bytes
+        self.memory_budget = int(memory_budget)
+        self.cache_dir = str(cache_dir) if cache_dir is not None else (str(cache_root()) if memory_budget else None)
         self._state: dict[str, Any] | None = None
         self._lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "memory_budget": self.memory_budget,
-                "chunk_cache_bytes": self.chunk_cache_bytes, "_state": None}
+        return {"path": self.path, "memory_budget": self.memory_budget, "cache_dir": self.cache_dir, "_state": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -100,8 +196,7 @@ class VolumeReader:
             with self._lock:  # one state per process, even when threads open at once
                 state = self._state
                 if state is None or state["pid"] != os.getpid():
-                    state = {"pid": os.getpid(), "volume": open_volume(self.path), "arrays": {},
-                             "memory": {}, "used": 0, "cache": ChunkCache(self.chunk_cache_bytes)}
+                    state = {"pid": os.getpid(), "volume": open_volume(self.path), "levels": {}}
                     self._state = state
         return state
 
@@ -109,47 +204,82 @@ class VolumeReader:
     def volume(self) -> Volume:
         return self._open()["volume"]
 
-    def _array(self, layer: str, level: int) -> Any:
+    def _cache_entry(self, vol: Volume, layer: str, level: int, array: Any) -> CachedArray | None:
+        if not self.memory_budget or self.cache_dir is None:
+            return None
+        try:
+            folder = Path(vol.folder)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        version = version_of(folder, COMPLETE_MARKER) if folder.is_dir() else None
+        if version is None:  # not a published local version: nothing to key a cache entry by
+            return None
+        name = "raw" if layer == "raw" else f"labels/{layer}"
+        key = f"{version['folder']}|{version['id']}|{name}/{level}"
+        cache = DecodedCache(Path(self.cache_dir), self.memory_budget)
+        try:
+            return cache.open(key, array.shape, array.chunks, array.dtype,
+                              label=f"{vol.dataset}/{vol.name}/{name}/{level}", dataset=vol.dataset, version=version)
+        except OSError as exc:  # read-only or full cache folder: read on without keeping anything
+            log.warning("the decoded cache in %s cannot be used (%s: %s); reading %s without it (set EMDATA_HOME to "
+                        "a writable local folder, or pass memory_budget=0 to silence this)", self.cache_dir,
+                        type(exc).__name__, exc, vol.path)
+            return None
+
+    def _level(self, layer: str, level: int) -> _Level:
         state = self._open()
         key = (layer, level)
-        array = state["arrays"].get(key)
-        if array is None:
+        lv = state["levels"].get(key)
+        if lv is None:
             with self._lock:
-                vol = state["volume"]
-                array = state["arrays"].setdefault(
-                    key, vol.level(level) if layer == "raw" else vol.label_level(layer, level))
-        return array
+                lv = state["levels"].get(key)
+                if lv is None:
+                    vol = state["volume"]
+                    array = vol.level(level) if layer == "raw" else vol.label_level(layer, level)
+                    lv = state["levels"][key] = _Level(array, self._cache_entry(vol, layer, level, array))
+        return lv
+
+    def cached(self, layer: str, level: int) -> CachedArray | None:
+        """The shared cache entry of this level (None when nothing is kept for it)."""
+        return self._level(layer, level).cached
 
     def preload(self, layer: str, level: int) -> bool:
-        """Hold the whole level in memory if it fits the remaining budget; returns whether it does."""
-        state = self._open()
-        key = (layer, level)
-        with self._lock:
-            if key in state["memory"]:
-                return True
-            arr = self._array(layer, level)
-            nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
-            if state["used"] + nbytes > self.memory_budget:
-                return False
-            state["memory"][key] = np.asarray(arr[...])
-            state["used"] += nbytes
-            return True
+        """Decode the whole level into the shared cache (once for all processes) if its grant holds
+        it; returns whether the whole level is now held."""
+        lv = self._level(layer, level)
+        if lv.cached is None or lv.cached.limit < lv.cached.nbytes:
+            return False
+        missing = [idx for idx in itertools.product(*(range(g) for g in lv.cached.grid)) if lv.cached.get(idx) is None]
 
-    def read(self, layer: str, level: int, box: Box) -> np.ndarray:
+        def fill(idx: Index) -> bool:
+            return lv.cached.put(idx, lv.fetch(idx))  # type: ignore[union-attr]
+
+        return all(_pool().map(fill, missing)) and lv.cached.filled == lv.cached.n_chunks
+
+    def read(self, layer: str, level: int, box: Sequence[slice]) -> np.ndarray:
         """The voxels of ``box`` (level coordinates, inside the array) as a new array."""
-        state = self._open()
-        held = state["memory"].get((layer, level))
-        if held is not None:
-            return held[box].copy()
-        arr = self._array(layer, level)
-        chunks = arr.chunks
-        out = np.empty(tuple(s.stop - s.start for s in box), dtype=arr.dtype)
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks)]
+        lv = self._level(layer, level)
+        box = tuple(box)
+        out = np.empty(tuple(s.stop - s.start for s in box), dtype=lv.dtype)
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, lv.chunks)]
+        missing = []
         for idx in itertools.product(*ranges):
-            cbox = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, arr.shape))
-            block = state["cache"].get((layer, level, idx), lambda cbox=cbox: np.asarray(arr[cbox]))
-            lo = [max(s.start, c.start) for s, c in zip(box, cbox)]
-            hi = [min(s.stop, c.stop) for s, c in zip(box, cbox)]
-            out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, box))] = block[
-                tuple(slice(a - c.start, b - c.start) for a, b, c in zip(lo, hi, cbox))]
+            block = lv.cached.get(idx) if lv.cached is not None else None
+            if block is None:
+                missing.append(idx)
+            else:
+                _copy(out, box, lv.chunk_box(idx), block)
+
+        def load(idx: Index) -> None:
+            cbox = lv.chunk_box(idx)
+            block = lv.fetch(idx)
+            _copy(out, box, cbox, block)
+            if lv.cached is not None:
+                lv.cached.put(idx, block)
+
+        if len(missing) == 1:
+            load(missing[0])
+        elif missing:
+            for future in [_pool().submit(load, idx) for idx in missing]:
+                future.result()
         return out
