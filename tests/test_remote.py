@@ -262,3 +262,18 @@ def test_next_samples_are_fetched_ahead(served) -> None:
     ds._has_remote = False  # no read-ahead from here on: only the samples' own requests would show
     ds[0, 1], ds[0, 2]  # fetched while sample 0 was decoded: no request of their own
     assert len(server.log) == before
+
+
+def test_whole_chunk_reads_decode_from_the_cache(served) -> None:
+    _, url, raw, cells, server = served
+    vol = open_volume(url)
+    assert vol.raw._decode is not None and vol.labels["cells"]._decode is not None  # plain codecs: fast path
+    edge = (slice(32, 40), slice(256, 300), slice(128, 256))  # a chunk cut by the array's edge
+    np.testing.assert_array_equal(vol.raw[edge], raw[edge])
+    np.testing.assert_array_equal(vol.labels["cells"][edge], cells[edge])
+    left_out = (slice(0, 32), slice(256, 300), slice(256, 300))
+    assert vol.labels["cells"][left_out].shape == (32, 44, 44) and not vol.labels["cells"][left_out].any()
+    before = len(server.log)
+    np.testing.assert_array_equal(vol.raw[edge], raw[edge])  # held: no request
+    assert vol.labels["cells"][left_out].shape == (32, 44, 44)  # known left out: no request either
+    assert len(server.log) == before
