@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-EXTRAS := dev,precomputed,dask,torch,lightning,eval,view
+EXTRAS := dev,precomputed,dask,torch,lightning,eval,view,remote
 
 .PHONY: demo test lint bench torture clean chromium
 

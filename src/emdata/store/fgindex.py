@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import logging
 import math
@@ -119,9 +120,10 @@ def _save(index: ForegroundIndex, fingerprint: str, path: Path) -> None:
                  instances=index.instances if index.instances is not None else np.zeros(0, np.int64))
 
 
-def _load(path: Path, layer: str, fingerprint: str, block: tuple[int, ...]) -> ForegroundIndex | None:
-    """The index saved at ``path`` when it matches; None when absent, unreadable or stale."""
-    if not path.is_file():
+def _load(path: Path | io.BytesIO, layer: str, fingerprint: str, block: tuple[int, ...]) -> ForegroundIndex | None:
+    """The index saved at ``path`` (or fetched into memory) when it matches; None when absent, unreadable
+    or stale."""
+    if isinstance(path, Path) and not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -179,7 +181,13 @@ def foreground_index(volume: Any, layer: str, block_shape: tuple[int, int, int] 
     stored = volume.labels[layer]
     checksums = stored.attrs.get("emdata", {}).get("checksum", {})
     fingerprint = _fingerprint(checksums, layer, meta["kind"], tuple(stored.shape), block)
-    for path in (Path(volume.path) / INDEX_DIR / f"{layer}.npz", cache_dir() / f"{fingerprint}.npz"):
+    read_file = getattr(volume, "read_file", None)  # a remote volume: fetch its stored index
+    if read_file is not None:
+        fetched = read_file(f"{INDEX_DIR}/{layer}.npz")
+        candidates: list[Path | io.BytesIO] = [io.BytesIO(fetched)] if fetched is not None else []
+    else:
+        candidates = [Path(volume.path) / INDEX_DIR / f"{layer}.npz"]
+    for path in (*candidates, cache_dir() / f"{fingerprint}.npz"):
         index = _load(path, layer, fingerprint, block)
         if index is not None:
             return index

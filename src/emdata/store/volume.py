@@ -192,8 +192,29 @@ class _PinnedStore(LocalStore):
         return values
 
 
-def open_volume(path: str | Path) -> Volume:
-    """Open a complete volume; a missing or incomplete one is an error that says what to do."""
+def open_volume(path: str | Path, *, missing: str | None = None, cache_bytes: int | None = None) -> Volume:
+    """Open a complete volume; a missing or incomplete one is an error that says what to do.
+
+    ``path`` is a local ``*.ome.zarr`` folder or the URL of one (``https://``, ``http://``,
+    ``s3://``, ``gs://``): a URL gives a :class:`~emdata.store.remote.RemoteVolume`, read
+    without a full copy; ``missing`` (``"error"`` or ``"ignore"``) and ``cache_bytes`` apply to
+    URLs only (see :mod:`emdata.store.remote`). A ``precomputed://`` locator (the ``folder`` of a
+    :class:`~emdata.store.precomputed.PrecomputedVolume`) re-opens precomputed layers.
+    """
+    from emdata.store.remote import is_url, open_remote
+
+    if isinstance(path, str) and path.startswith("precomputed://"):
+        from emdata.store.precomputed import open_precomputed_locator
+
+        if missing is not None or cache_bytes is not None:
+            raise ValueError(f"{path}: open precomputed layers with emdata.store.precomputed.open_precomputed "
+                             "(its missing= option); cache_bytes= applies to OME-Zarr URLs")
+        return open_precomputed_locator(path)
+    if is_url(path):
+        return open_remote(str(path), missing=missing, cache_bytes=cache_bytes)
+    if missing is not None or cache_bytes is not None:
+        raise ValueError(f"{path}: missing= and cache_bytes= apply to remote volumes (URLs) only; a local volume "
+                         "reads its chunks from disk")
     path = Path(path).expanduser()
     if not (path / "zarr.json").is_file():
         raise VolumeNotFoundError(f"{path}: no OME-Zarr volume here (no zarr.json); "

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +57,16 @@ class MirrorServer:
 
     ``hook`` (optional) sees every request first and may return a response of its own
     (fault injection); returning None serves the file normally. ``ssl_context`` (an
-    ``ssl.SSLContext`` or a (cert, key) pair of paths) serves HTTPS instead.
+    ``ssl.SSLContext`` or a (cert, key) pair of paths) serves HTTPS instead. ``latency_s``
+    delays every response by that many seconds (a remote store's round trip; requests are
+    served in parallel threads, so concurrent requests wait concurrently, as over a network).
     """
 
-    def __init__(self, root: Path, hook: Hook | None = None, port: int = 0, ssl_context: Any = None) -> None:
+    def __init__(self, root: Path, hook: Hook | None = None, port: int = 0, ssl_context: Any = None,
+                 latency_s: float = 0.0) -> None:
         self.root = Path(root).resolve()
         self.hook = hook
+        self.latency_s = float(latency_s)
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._scheme = "https" if ssl_context is not None else "http"
@@ -87,6 +92,8 @@ class MirrorServer:
 
     def _app(self, environ: dict, start_response: Callable) -> object:
         request = Request(environ)
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
         try:
             response = self._respond(request)
         except HTTPException as exc:  # 404, 416, …

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ import numpy as np
 
 from emdata.labels.ontology import ontology
 from emdata.store.decoded_cache import cache_root
+from emdata.store.remote import is_url
 from emdata.store.volume import Volume, open_volume
 from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
 from emdata.torch.augment.compose import Window
@@ -65,6 +68,7 @@ from emdata.torch.targets import (
 )
 
 log = logging.getLogger(__name__)
+READ_AHEAD = 2  # samples whose remote chunks are fetched ahead of time
 UNIFORM = Uniform()  # the default sampler; frozen, so one instance serves every dataset
 
 
@@ -120,6 +124,13 @@ class PatchDataset:
     together, in the shared decoded cache under ``<EMDATA_HOME>/cache/decoded`` (see
     :mod:`emdata.torch.reader`); chunks are decoded on first touch, so workers start at once;
     0 keeps nothing (every patch reads and decodes its chunks).
+
+    A volume may be a URL (``https://``, ``s3://``, ``gs://``; see :mod:`emdata.store.remote`):
+    its chunks are fetched as patches need them, never the whole volume, and kept encoded in a
+    bounded per-process cache, not in the decoded cache. A chunk missing from the remote copy
+    raises; a volume opened with ``open_volume(url, missing="ignore")`` instead masks every voxel
+    that depends on one: ``valid`` 0 and labels the ignore value, as for voxels warped in from
+    outside the volume (samples of such a dataset always carry ``valid``).
     """
 
     def __init__(self, volumes: Sequence[Volume | str | Path], patch_shape: Sequence[int] | None = None, *,
@@ -202,7 +213,12 @@ class PatchDataset:
         weights = check_weights("the weights of the usable volumes", [p.weight for p in self._plans])
         self._volume_p = weights / weights.sum()
         self._readers: dict[str, VolumeReader] = {}
+        self._remote_volumes: dict[str, Any] = {}
+        self._has_remote = any(is_url(p.path) for p in self._plans)
+        self._last_key: tuple[int, int] | None = None
+        self._ahead: tuple[int, ThreadPoolExecutor, dict[tuple[int, int], Any]] | None = None
         self._lock = threading.Lock()
+        self.masks_missing = any(getattr(v, "missing", None) == "ignore" for v in vols)
 
     def _augmentation(self, augment: bool | str | Compose) -> Compose | None:
         if augment is False or augment is None:
@@ -257,7 +273,8 @@ class PatchDataset:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_readers"], state["_lock"] = {}, None
+        state["_readers"], state["_lock"], state["_remote_volumes"] = {}, None, {}
+        state["_last_key"], state["_ahead"] = None, None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -277,15 +294,15 @@ class PatchDataset:
                     self._readers[plan.path] = reader
         return reader
 
-    def _read(self, plan: VolumePlan, layer: str, origin: Zyx, shape: Zyx | None = None) -> np.ndarray:
-        shape = shape or self.patch_shape
-        reader = self._reader(plan)
+    def _source_window(self, plan: VolumePlan, layer: str, origin: Zyx,
+                       shape: Zyx) -> tuple[tuple[slice, ...], list[np.ndarray] | None]:
+        """The level box that target window (``origin``, ``shape``) is made from, and the per-axis
+        positions to resample it at (None: the level grid is the target grid)."""
         is_raw = layer == "raw"
         if plan.target == plan.scale and (is_raw or plan.scale == plan.vs0):
             # target grid = level grid: raw levels are centred block means, so voxel o is exactly
             # target voxel o; strided label levels are exact only at level 0
-            return reader.read(layer, plan.level, tuple(  # type: ignore[arg-type]
-                slice(o, o + n) for o, n in zip(origin, shape)))
+            return tuple(slice(o, o + n) for o, n in zip(origin, shape)), None
         arr_shape = plan.level_shape
         translation = plan.raw_translation if is_raw else (0.0, 0.0, 0.0)
         positions, window = [], []
@@ -296,23 +313,109 @@ class PatchDataset:
             hi = min(math.ceil(pos.max()) + 1, size)
             positions.append(pos - lo)
             window.append(slice(lo, hi))
-        block = reader.read(layer, plan.level, tuple(window))  # type: ignore[arg-type]
+        return tuple(window), positions
+
+    def _read(self, plan: VolumePlan, layer: str, origin: Zyx, shape: Zyx | None = None) -> np.ndarray:
+        box, positions = self._source_window(plan, layer, origin, shape or self.patch_shape)
+        block = self._reader(plan).read(layer, plan.level, box)  # type: ignore[arg-type]
+        if positions is None:
+            return block
+        is_raw = layer == "raw"
         if is_raw and self.raw_dtype:
             block = block.astype(np.float32)  # interpolate without rounding to the stored integers
         return resample_at(block, positions, linear=is_raw)
 
-    def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx,
-                     shape: Zyx) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _missing(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx) -> np.ndarray | None:
+        """Voxels of the target window that depend on a chunk missing from a remote volume opened with
+        ``missing="ignore"`` (any source voxel with a non-zero interpolation weight counts); None when
+        there are none."""
+        if not self.masks_missing or not is_url(plan.path):
+            return None
+        volume = self._remote(plan)
+        if volume.missing != "ignore":
+            return None
+        out = None
+        for layer in layers:
+            box, positions = self._source_window(plan, layer, origin, shape)
+            boxes = volume.missing_boxes(layer, plan.level, box)
+            if not boxes:
+                continue
+            level_mask = np.zeros(tuple(s.stop - s.start for s in box), bool)
+            for chunk in boxes:
+                level_mask[tuple(slice(max(c.start - s.start, 0), max(c.stop - s.start, 0))
+                                 for c, s in zip(chunk, box))] = True
+            mask = level_mask if positions is None else resample_at(level_mask.astype(np.float32), positions,
+                                                                    linear=True) > 0
+            out = mask if out is None else out | mask
+        return out
+
+    def _remote(self, plan: VolumePlan) -> Any:
+        """The remote volume of ``plan`` in this process (the reader's when it exposes one): a
+        :class:`~emdata.store.remote.RemoteVolume` or a precomputed one (``missing_boxes``, ``prefetch``)."""
+        volume = self._remote_volumes.get(plan.path)
+        if volume is None:
+            volume = getattr(self._reader(plan), "volume", None)
+            if not hasattr(volume, "missing_boxes"):
+                volume = open_volume(plan.path)
+            volume = self._remote_volumes.setdefault(plan.path, volume)
+        return volume
+
+    def _prefetch(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx) -> None:
+        """Remote volumes: fetch every chunk the window needs, of all layers, in one concurrent round trip."""
+        if is_url(plan.path):
+            self._remote(plan).prefetch([(layer, plan.level, self._source_window(plan, layer, origin, shape)[0])
+                                         for layer in layers])
+
+    def _prefetch_patch(self, plan: VolumePlan, origin: Zyx) -> None:
+        start = tuple(o - m for o, m in zip(origin, self.margin))
+        shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
+        self._prefetch(plan, ["raw", *plan.layers], start, shape)  # type: ignore[arg-type]
+
+    def _read_ahead(self, epoch: int, index: int) -> None:
+        """Remote volumes: start fetching, in background threads, the chunks of the :data:`READ_AHEAD`
+        keys this process will most likely be asked for next (at the stride of its last two keys, else
+        the next indices), so network waits overlap decoding. A wrong guess costs one patch of
+        fetches, bounded by the cache."""
+        with self._lock:  # a thread-pool loader calls this from several threads
+            last, self._last_key = self._last_key, (epoch, index)
+            step = index - last[1] if last is not None and last[0] == epoch else 0
+            step = step if 0 < step <= 64 else 1
+            if self._ahead is None or self._ahead[0] != os.getpid():  # new process: its own threads
+                pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="emdata-read-ahead")
+                self._ahead = (os.getpid(), pool, {})
+            _, pool, submitted = self._ahead
+            for key in [k for k in submitted if k[0] != epoch or k[1] <= index]:
+                del submitted[key]
+            for k in range(1, READ_AHEAD + 1):
+                key = (epoch, index + k * step)
+                if key[1] < self.samples_per_epoch and key not in submitted:
+                    submitted[key] = pool.submit(self._fetch_ahead, *key)
+
+    def _fetch_ahead(self, epoch: int, index: int) -> None:
+        try:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
+            if is_url(plan.path):
+                self._prefetch_patch(plan, self._origin(plan, rng))
+        except Exception as exc:  # the read itself will raise it, where it belongs
+            log.debug("read-ahead of sample (%d, %d) failed: %s", epoch, index, exc)
+
+    def _read_window(self, plan: VolumePlan, layers: Sequence[str], origin: Zyx, shape: Zyx,
+                     mask_layers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``layers`` over a window that may reach past the volume (or region): the part inside is
         read, the rest repeats the nearest voxel inside (edge padding: ids warped in from outside
         are their nearest valid neighbour's, so no boundary is invented along the edge) and is
-        False in the returned validity mask."""
+        False in the returned validity mask, as are voxels that depend on a missing chunk of any of
+        ``mask_layers`` (default: ``layers``) of a remote volume opened with ``missing="ignore"``."""
         lo = [max(o, a) for o, a in zip(origin, plan.min_origin)]
         hi = [min(o + n, b + p) for o, n, b, p in zip(origin, shape, plan.max_origin, self.patch_shape)]
         inner = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
         valid = np.zeros(shape, bool)
         valid[inner] = True
         out = {}
+        missing = self._missing(plan, mask_layers or layers, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
+        if missing is not None:
+            valid[inner] &= ~missing
         for layer in layers:
             data = self._read(plan, layer, tuple(lo), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[arg-type]
             if data.shape != tuple(shape):
@@ -344,7 +447,8 @@ class PatchDataset:
         if any(self.margin):
             start = tuple(o - m for o, m in zip(origin, self.margin))
             shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
-            arrays, valid = self._read_window(plan, ["raw"], start, shape)  # type: ignore[arg-type]
+            arrays, valid = self._read_window(plan, ["raw"], start, shape,  # type: ignore[arg-type]
+                                              mask_layers=["raw", *plan.layers])
             raw = arrays.pop("raw")
             # label layers are read only where the transforms look (a warp: the box its map reaches)
             labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
@@ -353,6 +457,9 @@ class PatchDataset:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
             if labels is None:
                 labels = {name: self._read(plan, name, origin) for name in plan.layers}
+            missing = self._missing(plan, ["raw", *plan.layers], origin, self.patch_shape)
+            if missing is not None:
+                valid &= ~missing
         return self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
                             self.patch_shape)
 
@@ -394,9 +501,14 @@ class PatchDataset:
 
     def sample(self, epoch: int, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """The sample for ``(epoch, index)`` as numpy arrays (``__getitem__`` adds torch)."""
+        by_key = rng is None
         rng = rng or np.random.default_rng([self.seed, epoch, index])
         plan = self._plans[int(rng.choice(len(self._plans), p=self._volume_p))]
         origin = self._origin(plan, rng)
+        if by_key and self._has_remote:
+            self._read_ahead(epoch, index)  # first: the next samples' fetches run while this one waits
+        if is_url(plan.path):
+            self._prefetch_patch(plan, origin)
         labels = None  # read once: with the augmentation's margin when there is one
         ok = True
         if isinstance(self.sampler, MinInstances):
@@ -414,6 +526,9 @@ class PatchDataset:
             raw, labels, valid = augmented.raw, augmented.labels, augmented.valid
         else:
             raw = self._raw_out(plan, self._read(plan, "raw", origin))
+            if self.masks_missing:
+                missing = self._missing(plan, ["raw", *plan.layers], origin, self.patch_shape)
+                valid = np.ones(self.patch_shape, bool) if missing is None else ~missing
         if labels is None:
             labels = {name: self._read(plan, name, origin) for name in plan.layers}
         out: dict[str, Any] = {"raw": with_channel(raw)}
