@@ -251,16 +251,30 @@ class TiffStack:
         z0, z1 = _span(box[0], self.shape[0])
         rest = tuple(box[1:3])
         if self.offset is not None:
-            return np.array(_memmap(self.path, self.offset, self.shape, self.dtype.str)[(slice(z0, z1), *rest)])
+            return _read_mapped(self.path, self.offset, self.shape, self.dtype, z0, z1, rest)
         out = np.empty((z1 - z0, *np.empty(self.shape[1:], dtype="u1")[rest].shape), self.dtype)
         for z in range(z0, z1):
             out[z - z0] = self._page(z)[rest]
         return out
 
 
-@functools.lru_cache(maxsize=32)
-def _memmap(path: str, offset: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, z0: int, z1: int,
+                 rest: tuple[slice, ...]) -> np.ndarray:
+    """Box ``[z0:z1, *rest]`` of an uncompressed contiguous stack, copied out of a mapping of just
+    those pages that is closed again (so mapped pages never pile up in this process's RSS)."""
+    import mmap
+
+    plane = math.prod(shape[1:]) * dtype.itemsize
+    start = offset + z0 * plane
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    length = (z1 - z0) * plane + (start - aligned)
+    if z1 <= z0:
+        return np.empty((0, *np.empty(shape[1:], dtype="u1")[rest].shape), dtype)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=aligned) as mapped:
+        view = np.frombuffer(mapped, dtype, count=(z1 - z0) * math.prod(shape[1:]), offset=start - aligned)
+        out = np.array(view.reshape(z1 - z0, *shape[1:])[(slice(None), *rest)])
+        del view
+    return out
 
 
 _tiffs: dict[str, Any] = {}
