@@ -14,8 +14,8 @@ is sampled every 50 ms (psutil; a LocalCluster's worker processes included):
 - ``in-process``: ``emdata prepare snemi3d --volume train --force --scheduler in-process``;
 - ``local``: the same with ``--scheduler local`` (a dask LocalCluster, one process per core).
 
-Every prepare case extracts the TIFF members again (the copy of the previous round is
-deleted), so it does all its work. Regime: files on local disk, page cache warm where they fit
+Every prepare case extracts the TIFF members again and writes a fresh volume (the member copy
+and the volume of the previous round are deleted, untimed), so it does all its work. Regime: files on local disk, page cache warm where they fit
 (the machine's other jobs share it); one thread per worker; 2 cores.
 
 Run: ``python benchmarks/prepare.py --sizes 0.5 2 8 --rounds 2`` (writes
@@ -127,6 +127,7 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
 
     members = archive.with_name(archive.name + ".members")
     shutil.rmtree(members, ignore_errors=True)
+    shutil.rmtree(home / "prepared", ignore_errors=True)  # a fresh prepare: nothing to replace
     floor_out = home / "floor.zarr"
     shutil.rmtree(floor_out, ignore_errors=True)
     if case == "floor":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from emdata.atomic import unique_sibling
+from emdata.config import thread_pool
 from emdata.store.checksum import checksum_attr
 from emdata.store.chunking import choose_chunks
 from emdata.store.fgindex import store_indices
@@ -50,6 +52,10 @@ from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shap
 
 __all__ = ["COMPLETE_MARKER", "SCHEMA", "LabelLayerData", "StoreWriteError", "fill_from_sources", "is_complete",
            "write_blockwise", "write_volume"]
+
+
+IN_PROCESS_THREADS = 4
+"""Threads (at most one per core) that write regions when no dask client is given."""
 
 
 def disk_error(path: Path, exc: OSError) -> StoreWriteError | None:
@@ -183,14 +189,16 @@ def fill_from_sources(sources: dict[str, Any], region: Any, name: str) -> np.nda
 def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, float], *,
                     labels: list[LabelLayerData] | tuple[LabelLayerData, ...] = (), meta: dict[str, Any],
                     max_levels: int = 4, client: Any = None) -> Path:
-    """Write the volume region by region from array sources (or numpy arrays): memory stays one
-    region of one array (a shard, or a shard's worth of chunks) whatever the volume's size.
+    """Write the volume region by region from array sources (or numpy arrays): memory stays a few
+    regions of one array (a shard, or a shard's worth of chunks) whatever the volume's size.
 
     Built with :class:`emdata.store.sharded.ShardedVolumeWriter`: level 0 region by region, each
     pyramid level from the one below, block checksums, intensity histogram and foreground
     indices merged from per-region records; resumable after an interruption (regions already
     written are kept); on a dask ``client`` when given (the sources must then be readable on
-    its workers: file-backed sources, not arrays held in this process). The published volume is
+    its workers: file-backed sources, not arrays held in this process), else on
+    :data:`IN_PROCESS_THREADS` threads of this process (decoding, compression and hashing release
+    the GIL; one region per thread in memory). The published volume is
     the one :func:`write_volume` writes in memory from the same arrays, voxel for voxel.
 
     Example:
@@ -223,8 +231,12 @@ def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, flo
         raise StoreWriteError(f"{path}: {exc}") from None
     import functools
 
+    fill = functools.partial(fill_from_sources, sources)
     try:
-        return build_volume(writer, functools.partial(fill_from_sources, sources), client=client)
+        if client is not None:
+            return build_volume(writer, fill, client=client)
+        with thread_pool(max(1, min(os.cpu_count() or 1, IN_PROCESS_THREADS)), "emdata-write") as pool:
+            return build_volume(writer, fill, client=pool)
     except OSError as exc:
         clear = disk_error(Path(path), exc)
         if clear is None:
