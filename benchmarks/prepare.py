@@ -15,8 +15,9 @@ is sampled every 50 ms (psutil; a LocalCluster's worker processes included):
 - ``local``: the same with ``--scheduler local`` (a dask LocalCluster, one process per core).
 
 Every prepare case extracts the TIFF members again and writes a fresh volume (the member copy
-and the volume of the previous round are deleted, untimed), so it does all its work. Regime: files on local disk, page cache warm where they fit
-(the machine's other jobs share it); one thread per worker; 2 cores.
+and the volume of the previous round are deleted, untimed), so it does all its work. Regime:
+files on local disk, page cache warm where they fit (the machine's other jobs share it);
+in-process: up to 4 writer threads (one per core); local: one thread per worker process.
 
 Run: ``python benchmarks/prepare.py --sizes 0.5 2 8 --rounds 2`` (writes
 ``benchmarks/results/prepare.md`` and ``.json``; needs ~3x the largest size free on disk, the
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -137,6 +139,7 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
         cmd = [sys.executable, "-m", "emdata", "prepare", "snemi3d", "--volume", "train", "--force",
                "--scheduler", case, "--json"]
     peak = [0, 0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = threading.Event()
@@ -154,14 +157,16 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, err = proc.communicate()
+    _, err = proc.communicate()
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     done.set()
     sampler.join()
     if proc.returncode:
         raise RuntimeError(f"{case} failed ({proc.returncode}): {err.decode()[-3000:]}")
     shutil.rmtree(floor_out, ignore_errors=True)
-    return {"seconds": seconds, "peak_rss_tree": peak[0], "peak_rss_process": peak[1]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_tree": peak[0], "peak_rss_process": peak[1]}
 
 
 def main() -> None:
@@ -199,7 +204,7 @@ def main() -> None:
                     row.update({"size_gb": gb, "case": case, "round": r, "volume_bytes": volume_bytes,
                                 "shape": [n, *PLANE]})
                     results.append(row)
-                    print(f"  {case:10s} round {r}: {row['seconds']:.1f} s, "
+                    print(f"  {case:10s} round {r}: {row['seconds']:.1f} s ({row['cpu_seconds']:.1f} s CPU), "
                           f"{volume_bytes / row['seconds'] / 1e6:.0f} MB/s, peak RSS tree "
                           f"{row['peak_rss_tree'] / 2**30:.2f} GiB", flush=True)
             shutil.rmtree(home, ignore_errors=True)
@@ -218,12 +223,16 @@ def write_results(results: list[dict[str, Any]], name: str) -> None:
              "rounds (interleaved). Files on local disk, page cache warm where they fit; RSS = the whole process "
              "tree's (LocalCluster workers included), sampled every 50 ms. Floor = inflate each member and write it "
              "as one zarr array with the store's chunks and codec (no pyramid, checksums or index).", "",
-             "| size | case | seconds | MB/s | × floor | peak RSS (tree) | peak RSS ÷ volume |",
-             "|---|---|---|---|---|---|---|"]
+             "Wall seconds depend on what else the machine runs; CPU seconds (user + system of the whole "
+             "process tree, cluster workers included) are the steadier measure of work on a shared machine.", "",
+             "| size | case | wall s | MB/s (wall) | × floor (wall) | CPU s | × floor (CPU) | peak RSS (tree) | "
+             "peak RSS ÷ volume |",
+             "|---|---|---|---|---|---|---|---|---|"]
     sizes = sorted({r["size_gb"] for r in results})
     for gb in sizes:
         rows = [r for r in results if r["size_gb"] == gb]
         med = {c: float(np.median([r["seconds"] for r in rows if r["case"] == c])) for c in {r["case"] for r in rows}}
+        cpu = {c: float(np.median([r["cpu_seconds"] for r in rows if r["case"] == c])) for c in med}
         for case in ("floor", "in-process", "local"):
             if case not in med:
                 continue
@@ -231,8 +240,9 @@ def write_results(results: list[dict[str, Any]], name: str) -> None:
             vb = sel[0]["volume_bytes"]
             peak = max(r["peak_rss_tree"] for r in sel)
             ratio = f"{med['floor'] / med[case]:.2f}" if "floor" in med else "-"
+            cratio = f"{cpu['floor'] / cpu[case]:.2f}" if "floor" in cpu else "-"
             lines.append(f"| {vb / 1e9:.2f} GB | {case} | {med[case]:.1f} | {vb / med[case] / 1e6:.0f} | {ratio} | "
-                         f"{peak / 2**30:.2f} GiB | {peak / vb:.3f} |")
+                         f"{cpu[case]:.1f} | {cratio} | {peak / 2**30:.2f} GiB | {peak / vb:.3f} |")
     lines += ["", "Command: `python benchmarks/prepare.py " + " ".join(sys.argv[1:]) + "`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -42,9 +42,8 @@ PAGE_CACHE_BYTES = 256 << 20
 SLAB_BYTES = 64 << 20
 """Bytes of one z-slab read by :func:`reduce_slabs`."""
 
-__all__ = ["ArraySource", "HDF5Array", "InMemory", "Mapped", "SliceStack", "TiffStack", "as_source", "held_in_memory",
-           "is_source",
-           "nbytes", "read_all", "reduce_slabs", "PAGE_CACHE_BYTES"]
+__all__ = ["PAGE_CACHE_BYTES", "ArraySource", "HDF5Array", "InMemory", "Mapped", "SliceStack", "TiffStack", "as_source",
+           "held_in_memory", "is_source", "nbytes", "read_all", "reduce_slabs"]
 
 
 @runtime_checkable
