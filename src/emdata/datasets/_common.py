@@ -219,7 +219,12 @@ def write(path: Path, raw: Any, voxel: tuple[float, float, float], layers: list[
 
     mode, where = build_plan(raw, layers, current().scheduler)
     if mode == "in-memory":
-        return write_volume(path, raw, voxel, labels=layers, meta=block)
+        from dataclasses import replace
+
+        from emdata.formats.lazy import read_all
+
+        return write_volume(path, read_all(raw), voxel, labels=[replace(la, data=read_all(la.data)) for la in layers],
+                            meta=block)
     if where is None:
         if current().scheduler not in (None, "in-process"):
             log.info("%s: arrays computed in memory are built in this process, not on the dask cluster", path)

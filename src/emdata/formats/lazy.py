@@ -259,20 +259,22 @@ class TiffStack:
 
 def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, z0: int, z1: int,
                  rest: tuple[slice, ...]) -> np.ndarray:
-    """Box ``[z0:z1, *rest]`` of an uncompressed contiguous stack, copied out of a mapping of just
-    those pages that is closed again (so mapped pages never pile up in this process's RSS)."""
-    import mmap
-
-    plane = math.prod(shape[1:]) * dtype.itemsize
-    start = offset + z0 * plane
-    aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    length = (z1 - z0) * plane + (start - aligned)
-    if z1 <= z0:
-        return np.empty((0, *np.empty(shape[1:], dtype="u1")[rest].shape), dtype)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=aligned) as mapped:
-        view = np.frombuffer(mapped, dtype, count=(z1 - z0) * math.prod(shape[1:]), offset=start - aligned)
-        out = np.array(view.reshape(z1 - z0, *shape[1:])[(slice(None), *rest)])
-        del view
+    """Box ``[z0:z1, *rest]`` of an uncompressed contiguous stack: per page, the rows of the box
+    are read (full width, one ``readinto``) and the columns copied out, so memory stays one
+    page's band of rows beyond the box itself (no mapping lingers in this process's RSS)."""
+    plane_shape = shape[1:]
+    ys = rest[0].indices(plane_shape[0]) if rest else (0, plane_shape[0], 1)
+    y0, y1 = ys[0], max(ys[0], ys[1])
+    row = math.prod(plane_shape[1:]) * dtype.itemsize
+    out = np.empty((max(0, z1 - z0), *np.empty(plane_shape, dtype="u1")[rest].shape), dtype)
+    band = np.empty((y1 - y0, *plane_shape[1:]), dtype)
+    inner = (slice(None), *rest[1:])
+    with open(path, "rb", buffering=0) as f:
+        for z in range(z0, z1):
+            f.seek(offset + (z * plane_shape[0] + y0) * row)
+            if f.readinto(memoryview(band).cast("B")) != band.nbytes:
+                raise OSError(f"{path}: page {z} ends early; the file is truncated — delete it and fetch it again")
+            out[z - z0] = band[inner]
     return out
 
 

@@ -31,6 +31,8 @@ from emdata.atomic import replacing, unique_sibling
 from emdata.config import emdata_home
 
 INDEX_DIR = "indices"
+INDEX_PIECE_BYTES = 32 << 20
+"""Bytes of labels read at once while the writer computes an index (memory stays this, any volume size)."""
 VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,9 @@ def store_indices(path: Path, arrays: dict[str, Any] | None = None) -> list[Path
                                    tuple(stored.shape), block)
         source = (arrays or {}).get(layer, stored)
         target = Path(path) / INDEX_DIR / f"{layer}.npz"
-        _save(compute_index(source, meta["kind"], layer, block), fingerprint, target)  # type: ignore[arg-type]
+        piece = max(1, INDEX_PIECE_BYTES // np.dtype(stored.dtype).itemsize)
+        _save(compute_index(source, meta["kind"], layer, block, max_voxels=piece),  # type: ignore[arg-type]
+              fingerprint, target)
         written.append(target)
     return written
 

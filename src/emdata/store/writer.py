@@ -56,6 +56,9 @@ __all__ = ["COMPLETE_MARKER", "SCHEMA", "LabelLayerData", "StoreWriteError", "fi
 
 IN_PROCESS_THREADS = 4
 """Threads (at most one per core) that write regions when no dask client is given."""
+UNIT_CHUNKS = (1, 2, 2)
+"""Chunks (z, y, x) per region of :func:`write_blockwise` where no array is sharded (a shard
+otherwise): 2**21 voxels with the canonical chunks, so a region of uint64 ids is 16 MiB."""
 
 
 def disk_error(path: Path, exc: OSError) -> StoreWriteError | None:
@@ -226,7 +229,7 @@ def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, flo
                            **{f.name: getattr(la, f.name) for f in dataclasses.fields(LabelMeaning)})
                  for la in labels]
         writer = ShardedVolumeWriter(path, shape, standard_dtype(raw.dtype), voxel_size_nm, labels=specs,
-                                     meta=meta, max_levels=max_levels)
+                                     meta=meta, max_levels=max_levels, unit_chunks=UNIT_CHUNKS)
     except StoreWriteError as exc:
         raise StoreWriteError(f"{path}: {exc}") from None
     import functools
