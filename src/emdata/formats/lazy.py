@@ -43,7 +43,7 @@ SLAB_BYTES = 64 << 20
 """Bytes of one z-slab read by :func:`reduce_slabs`."""
 
 __all__ = ["PAGE_CACHE_BYTES", "ArraySource", "HDF5Array", "InMemory", "Mapped", "SliceStack", "TiffStack", "as_source",
-           "held_in_memory", "is_source", "nbytes", "read_all", "reduce_slabs"]
+           "held_in_memory", "is_source", "minimum", "nbytes", "read_all", "reduce_slabs"]
 
 
 @runtime_checkable
@@ -242,9 +242,12 @@ class TiffStack:
             raise TiffFormatError(f"{self.name}: expected a z-stack of {'colour' if self.samples > 1 else 'grey'} "
                                   f"pages, got an array of shape {self.shape}")
         self.contiguous = self.offset is not None
+        stat = Path(self.path).stat()
+        self.stamp = (stat.st_mtime_ns, stat.st_size)  # decoded pages of a replaced file are never reused
 
     def _page(self, z: int) -> np.ndarray:
-        return _pages.get((self.path, z), functools.partial(_decode_page, self.path, self.layout, z, self.shape[1:]))
+        return _pages.get((self.path, self.stamp, z),
+                          functools.partial(_decode_page, self.path, self.stamp, self.layout, z, self.shape[1:]))
 
     def read(self, box: Box) -> np.ndarray:
         z0, z1 = _span(box[0], self.shape[0])
@@ -278,21 +281,21 @@ def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
     return out
 
 
-_tiffs: dict[str, Any] = {}
+_tiffs: dict[tuple[str, tuple[int, int]], Any] = {}
 _tiff_lock = threading.Lock()
 
 
-def _decode_page(path: str, layout: str, z: int, plane: tuple[int, ...]) -> np.ndarray:
+def _decode_page(path: str, stamp: tuple[int, int], layout: str, z: int, plane: tuple[int, ...]) -> np.ndarray:
     import tifffile
 
     from emdata.formats.tiff import TiffFormatError
 
     with _tiff_lock:  # one open handle per file and process; tifffile's handle is not thread-safe
-        tif = _tiffs.get(path)
+        tif = _tiffs.get((path, stamp))
         if tif is None:
-            if len(_tiffs) >= 8:
+            if len(_tiffs) >= 4:
                 _tiffs.pop(next(iter(_tiffs))).close()
-            tif = _tiffs[path] = tifffile.TiffFile(path)
+            tif = _tiffs[(path, stamp)] = tifffile.TiffFile(path)
         try:
             data = tif.series[z].asarray() if layout == "series" else tif.pages[z].asarray()
         except (tifffile.TiffFileError, ValueError, OSError, RuntimeError, IndexError) as exc:
@@ -332,26 +335,17 @@ class HDF5Array:
             self.attrs = {k: v for k, v in obj.attrs.items()}
 
     def read(self, box: Box) -> np.ndarray:
+        import h5py
+
         from emdata.formats.hdf5 import HDF5FormatError
 
-        with _h5_lock:
-            f = _h5files.get(self.path)
-            if f is None:
-                import h5py
-
-                if len(_h5files) >= 8:
-                    _h5files.pop(next(iter(_h5files))).close()
-                f = _h5files[self.path] = h5py.File(self.path, "r")
-            try:
+        try:  # opened per read (about a millisecond): no handle outlives it to pin or go stale on a replaced file
+            with h5py.File(self.path, "r") as f:
                 return np.asarray(f[self.key][tuple(box)])
-            except OSError as exc:
-                raise HDF5FormatError(f"{self.path}: dataset {self.key!r} cannot be read ({exc}); a chunk checksum "
-                                      "or decompression failed: the file is corrupt, delete it and fetch it "
-                                      "again") from exc
-
-
-_h5files: dict[str, Any] = {}
-_h5_lock = threading.Lock()
+        except OSError as exc:
+            raise HDF5FormatError(f"{self.path}: dataset {self.key!r} cannot be read ({exc}); a chunk checksum "
+                                  "or decompression failed: the file is corrupt, delete it and fetch it "
+                                  "again") from exc
 
 
 class SliceStack:
@@ -395,3 +389,17 @@ def held_in_memory(obj: Any) -> bool:
         return True
     base = getattr(obj, "base", None)
     return base is not None and held_in_memory(base)
+
+
+def minimum(source: Any) -> Any:
+    """The smallest value of ``source`` (a numpy array or a source, read in z-slabs); None when empty.
+
+    Example:
+        >>> minimum(InMemory(np.array([[[3, -2]]], "i2")))
+        -2
+    """
+    if not math.prod(source.shape):
+        return None
+    if isinstance(source, np.ndarray):
+        return source.min().item()
+    return min(reduce_slabs(source, np.min)).item()
