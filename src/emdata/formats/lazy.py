@@ -43,7 +43,7 @@ SLAB_BYTES = 64 << 20
 """Bytes of one z-slab read by :func:`reduce_slabs`."""
 
 __all__ = ["PAGE_CACHE_BYTES", "ArraySource", "HDF5Array", "InMemory", "Mapped", "SliceStack", "TiffStack", "as_source",
-           "held_in_memory", "is_source", "minimum", "nbytes", "read_all", "reduce_slabs"]
+           "held_in_memory", "is_source", "minimum", "nbytes", "read_all", "reduce_slabs", "unique_values"]
 
 
 @runtime_checkable
@@ -403,3 +403,16 @@ def minimum(source: Any) -> Any:
     if isinstance(source, np.ndarray):
         return source.min().item()
     return min(reduce_slabs(source, np.min)).item()
+
+
+def unique_values(source: Any) -> np.ndarray:
+    """The sorted distinct values of ``source`` (a numpy array or a source, read in z-slabs).
+
+    Example:
+        >>> unique_values(InMemory(np.array([[[3, 1]], [[3, 0]]], "u1"))).tolist()
+        [0, 1, 3]
+    """
+    if isinstance(source, np.ndarray):
+        return np.unique(source)
+    parts = list(reduce_slabs(source, np.unique))
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, source.dtype)
