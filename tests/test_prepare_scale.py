@@ -20,7 +20,7 @@ from emdata.datasets import _common
 from emdata.formats.lazy import HDF5Array, InMemory, Mapped, TiffStack
 from emdata.store.fgindex import INDEX_DIR
 from emdata.store.verify import verify_volume
-from emdata.store.writer import LabelLayerData, write_blockwise, write_volume
+from emdata.store.writer import LabelLayerData, write_volume
 from emdata.testing.harness import _same_content, _store_content
 from emdata.testing.offline import offline_replica
 
@@ -99,7 +99,7 @@ def test_build_plan_follows_the_scheduler_setting() -> None:
     assert _common.build_plan(big, []) == ("blockwise", "local")
     assert _common.build_plan(big, [], "in-process") == ("blockwise", None)
     assert _common.build_plan(big, [], "tcp://10.0.0.1:8786") == ("blockwise", "tcp://10.0.0.1:8786")
-    held = LabelLayerData("cells", InMemory(np.zeros(big.shape[:1] + (1, 1), "u4")), "instance")
+    held = LabelLayerData("cells", InMemory(np.zeros((*big.shape[:1], 1, 1), "u4")), "instance")
     assert _common.build_plan(big, [held], "local") == ("blockwise", None)
     with pytest.raises(ValueError, match="expected auto, in-process, local or a dask scheduler address"):
         emdata.prepare("snemi3d", scheduler="somewhere")

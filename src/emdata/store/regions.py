@@ -87,7 +87,8 @@ def plan_build_levels(shape: Sequence[int], voxel_size: Sequence[float], arrays:
                       max_levels: int = 4, chunking: Chunking = choose_chunks,
                       unit_chunks: Sequence[int] = SHARD_CHUNKS) -> list[dict[str, Any]]:
     """Every pyramid level of a build: factor, step from the level below, shape, region shape
-    (``unit``; ``unit_chunks`` chunks per region where no array is sharded) and, per array ``(name, dtype, path prefix)``, its path, chunks and shards.
+    (``unit``; ``unit_chunks`` chunks per region where no array is sharded) and, per array
+    ``(name, dtype, path prefix)``, its path, chunks and shards.
 
     Example:
         >>> lv = plan_build_levels((8, 64, 64), (1.0, 1.0, 1.0), [("raw", "uint8", "")])
@@ -105,6 +106,7 @@ def plan_build_levels(shape: Sequence[int], voxel_size: Sequence[float], arrays:
             planned[name] = {"path": f"{prefix}{i}", "dtype": dtype, "chunks": list(chunks),
                              "shards": list(shards) if shards else None}
         levels.append({"level": i, "factor": list(factor), "step": [f // p for f, p in zip(factor, prev)],
-                       "shape": list(lshape), "unit": list(region_shape(lshape, planned, unit_chunks)), "arrays": planned})
+                       "shape": list(lshape), "unit": list(region_shape(lshape, planned, unit_chunks)),
+                       "arrays": planned})
         prev = factor
     return levels
