@@ -252,6 +252,7 @@ class ShardedVolumeWriter:
     def discard(self) -> None:
         """Remove the building folder (a finished volume at :attr:`path` is left alone)."""
         self._prepared = False
+        self._arrays: dict[tuple[int, str], Any] = {}
         if self.building.exists():
             trash = self.building.with_name(f"{self.building.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(self.building, trash)
@@ -276,9 +277,15 @@ class ShardedVolumeWriter:
     # -- filling regions -----------------------------------------------------------------------
 
     def _array(self, level: int, name: str) -> Any:
+        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once)."""
         import zarr
 
-        return zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
+        cache = self.__dict__.setdefault("_arrays", {})
+        array = cache.get((level, name))
+        if array is None:
+            array = zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
+            cache[(level, name)] = array
+        return array
 
     def _store(self, region: Region, name: str, data: np.ndarray) -> list[list[Any]]:
         """Write one array's region and return its block digests ``[[bz, by, bx, digest], ...]``."""
