@@ -73,7 +73,8 @@ def _pages_labels(n: int) -> Any:
 def _write_tiff(path: Path, pages: Any, n: int, dtype: str) -> None:
     import tifffile
 
-    with tifffile.TiffWriter(path) as tif:
+    big = n * math.prod(PLANE) * np.dtype(dtype).itemsize > (4 << 30) - (64 << 20)
+    with tifffile.TiffWriter(path, bigtiff=big) as tif:
         tif.write(pages, shape=(n, *PLANE), dtype=dtype, photometric="minisblack")
 
 
@@ -214,9 +215,9 @@ def main() -> None:
                           f"{volume_bytes / row['seconds'] / 1e6:.0f} MB/s, peak RSS tree "
                           f"{row['peak_rss_tree'] / 2**30:.2f} GiB", flush=True)
             shutil.rmtree(home, ignore_errors=True)
+            write_results(results, args.out)  # after every size: a later failure keeps what was measured
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_results(results, args.out)
 
 
 def write_results(results: list[dict[str, Any]], name: str) -> None:
