@@ -171,3 +171,29 @@ def test_prepare_memory_stays_bounded_on_a_volume_three_times_larger(tmp_path: P
     grew = got["peak"] - got["base"]
     assert grew < cap, (f"prepare grew by {grew / 2**20:.0f} MiB over its {got['base'] / 2**20:.0f} MiB baseline on "
                         f"a {volume / 2**20:.0f} MiB volume (bound {cap / 2**20:.0f} MiB)")
+
+
+@pytest.mark.parametrize("layout", ["one series", "pages appended", "compressed", "colour"])
+def test_tiff_stack_reads_what_read_stack_reads(tmp_path: Path, layout: str) -> None:
+    """Every box of a TIFF read page by page equals the same box of the whole stack."""
+    import tifffile
+
+    from emdata.formats.tiff import read_stack
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 60000, (5, 21, 17, 3) if layout == "colour" else (5, 21, 17), dtype=np.uint16)
+    path = tmp_path / "s.tif"
+    if layout == "pages appended":
+        with tifffile.TiffWriter(path) as tif:
+            for page in data:
+                tif.write(page, photometric="minisblack", metadata=None)
+    else:
+        tifffile.imwrite(path, data, photometric="rgb" if layout == "colour" else "minisblack",
+                         compression="zlib" if layout == "compressed" else None)
+    whole = read_stack(path).data
+    stack = TiffStack(path)
+    assert stack.shape == whole.shape and stack.dtype == whole.dtype
+    assert stack.contiguous == (layout in ("one series", "colour"))
+    for box in [(slice(0, 5), slice(0, 21), slice(0, 17)), (slice(1, 4), slice(3, 20), slice(5, 6)),
+                (slice(4, 5), slice(20, 21), slice(0, 17))]:
+        assert np.array_equal(stack.read(box), whole[box]), box
