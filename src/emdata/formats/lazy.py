@@ -42,7 +42,8 @@ PAGE_CACHE_BYTES = 256 << 20
 SLAB_BYTES = 64 << 20
 """Bytes of one z-slab read by :func:`reduce_slabs`."""
 
-__all__ = ["PAGE_CACHE_BYTES", "ArraySource", "HDF5Array", "InMemory", "Mapped", "SliceStack", "TiffStack", "as_source",
+__all__ = ["PAGE_CACHE_BYTES", "ArraySource", "Combined", "HDF5Array", "InMemory", "Mapped", "Placed", "SliceStack",
+           "TiffStack", "as_source", "count_equal", "maximum",
            "held_in_memory", "is_source", "minimum", "nbytes", "read_all", "reduce_slabs", "unique_values"]
 
 
@@ -416,3 +417,80 @@ def unique_values(source: Any) -> np.ndarray:
         return np.unique(source)
     parts = list(reduce_slabs(source, np.unique))
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, source.dtype)
+
+
+class Combined:
+    """``func(*blocks)`` of the same box read from each of ``bases`` (all of one shape): a voxel-wise
+    combination of several sources (e.g. two label layers into one offset code). ``func`` must be
+    picklable for a cluster.
+
+    Example:
+        >>> a, b = InMemory(np.array([[[1, 0]]], "u1")), InMemory(np.array([[[0, 2]]], "u1"))
+        >>> Combined([a, b], np.maximum, "u1").read((slice(0, 1), slice(0, 1), slice(0, 2))).tolist()
+        [[[1, 2]]]
+    """
+
+    def __init__(self, bases: list[Any], func: Callable[..., np.ndarray], dtype: Any) -> None:
+        shapes = {tuple(b.shape[:3]) for b in bases}
+        if len(shapes) != 1:
+            raise ValueError(f"sources to combine must share one shape, got {sorted(shapes)}")
+        self.bases, self.func = list(bases), func
+        self.dtype = np.dtype(dtype)
+        self.shape = shapes.pop()
+
+    @property
+    def base(self) -> Any:  # for held_in_memory: any base held here keeps the combination here
+        return next((b for b in self.bases if held_in_memory(b)), None)
+
+    def read(self, box: Box) -> np.ndarray:
+        return np.asarray(self.func(*(b.read(box) for b in self.bases)), dtype=self.dtype)
+
+
+class Placed:
+    """``base`` placed at ``offset`` (voxels) inside a volume of ``shape``, zeros elsewhere (labels that
+    cover part of the raw's grid).
+
+    Example:
+        >>> src = Placed(InMemory(np.ones((1, 2, 2), "u1")), (0, 1, 1), (1, 3, 3))
+        >>> src.read((slice(0, 1), slice(0, 3), slice(0, 3)))[0].tolist()
+        [[0, 0, 0], [0, 1, 1], [0, 1, 1]]
+    """
+
+    def __init__(self, base: Any, offset: tuple[int, ...], shape: tuple[int, ...]) -> None:
+        self.base, self.offset = base, tuple(int(o) for o in offset)
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(base.dtype)
+        if any(o < 0 or o + n > s for o, n, s in zip(self.offset, base.shape, self.shape)):
+            raise ValueError(f"a source of shape {tuple(base.shape)} at offset {self.offset} does not fit in "
+                             f"{self.shape}")
+
+    def read(self, box: Box) -> np.ndarray:
+        spans = [_span(sl, n) for sl, n in zip(box, self.shape)]
+        out = np.zeros(tuple(b - a for a, b in spans), self.dtype)
+        inner = [(max(a, o), min(b, o + n)) for (a, b), o, n in zip(spans, self.offset, self.base.shape)]
+        if all(lo < hi for lo, hi in inner):
+            src = tuple(slice(lo - o, hi - o) for (lo, hi), o in zip(inner, self.offset))
+            dst = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inner, spans))
+            out[dst] = self.base.read(src)
+        return out
+
+
+def count_equal(source: Any, value: Any) -> int:
+    """How many voxels of ``source`` equal ``value`` (read in z-slabs).
+
+    Example:
+        >>> count_equal(InMemory(np.array([[[7, 1, 7]]], "u8")), 7)
+        2
+    """
+    return int(sum(reduce_slabs(source, lambda slab: int(np.count_nonzero(slab == value)))))
+
+
+def maximum(source: Any) -> Any:
+    """The largest value of ``source`` (read in z-slabs); 0 when empty.
+
+    Example:
+        >>> maximum(InMemory(np.array([[[3, 9]]], "u2")))
+        9
+    """
+    if not math.prod(source.shape):
+        return 0
+    return max(reduce_slabs(source, np.max)).item()
