@@ -43,8 +43,8 @@ SLAB_BYTES = 64 << 20
 """Bytes of one z-slab read by :func:`reduce_slabs`."""
 
 __all__ = ["PAGE_CACHE_BYTES", "ArraySource", "Combined", "HDF5Array", "InMemory", "Mapped", "Placed", "SliceStack",
-           "TiffStack", "as_source", "count_equal", "maximum",
-           "held_in_memory", "is_source", "minimum", "nbytes", "read_all", "reduce_slabs", "unique_values"]
+           "TiffStack", "as_source", "count_equal", "held_in_memory", "is_source", "maximum", "minimum", "nbytes",
+           "read_all", "reduce_slabs", "unique_values"]
 
 
 @runtime_checkable
