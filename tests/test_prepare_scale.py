@@ -89,12 +89,17 @@ def test_snemi3d_on_a_local_cluster_of_two_processes(monkeypatch: pytest.MonkeyP
 
 
 def test_build_plan_follows_the_scheduler_setting() -> None:
-    """In memory only for small arrays handed over whole; sources blockwise; clusters for large
-    file-backed volumes or when asked; arrays held in this process never travel to a cluster."""
+    """In memory for small volumes by default; region by region when large or when a scheduler is
+    named; clusters for large file-backed volumes or when asked; arrays held in this process
+    never travel to a cluster."""
     small = np.zeros((4, 64, 64), "u1")
     big = TiffStack.__new__(TiffStack)
     big.shape, big.dtype = (4096, 4096, 4096), np.dtype("u1")
     assert _common.build_plan(small, []) == ("in-memory", None)
+    small_file = TiffStack.__new__(TiffStack)
+    small_file.shape, small_file.dtype = (4, 64, 64), np.dtype("u1")
+    assert _common.build_plan(small_file, []) == ("in-memory", None)
+    assert _common.build_plan(small_file, [], "local") == ("blockwise", "local")
     assert _common.build_plan(small, [], "in-process") == ("blockwise", None)
     assert _common.build_plan(big, []) == ("blockwise", "local")
     assert _common.build_plan(big, [], "in-process") == ("blockwise", None)
@@ -117,8 +122,10 @@ def rss():
         return int(f.read().split()[1]) * resource.getpagesize()
 base = rss()
 (vol,) = emdata.prepare("snemi3d", volumes=["train"], scheduler="in-process")
-print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "shape": list(vol.shape)}))
+# VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork)
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"base": base, "peak": peak, "shape": list(vol.shape)}))
 """
 
 

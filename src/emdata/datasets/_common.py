@@ -175,9 +175,9 @@ def publish(card: Card, volume: str, split: str, raw: np.ndarray, layers: list[L
 
 
 IN_MEMORY_MAX_BYTES = 256 << 20
-"""Volumes whose arrays a recipe hands over in memory and that are at most this size are written
-whole in memory (fastest for small volumes); anything larger, or given as array sources, is
-written region by region."""
+"""Volumes of at most this size (all arrays together) are written whole in memory with the default
+scheduler (fastest for small volumes; array sources are read whole); anything larger, or any
+volume when a scheduler is named, is written region by region."""
 LOCAL_CLUSTER_ABOVE = 2 << 30
 """With the default scheduler (``auto``), volumes larger than this (all arrays together, read
 from files) are built on a dask ``LocalCluster``; smaller ones in this process."""
@@ -193,15 +193,14 @@ def build_plan(raw: Any, layers: list[LabelLayerData], scheduler: str | None = N
 
     Example:
         >>> small = np.zeros((4, 64, 64), "u1")
-        >>> build_plan(small, []), build_plan(small, [], "local")
-        (('in-memory', None), ('blockwise', None))
+        >>> build_plan(small, []), build_plan(small, [], "in-process"), build_plan(small, [], "local")
+        (('in-memory', None), ('blockwise', None), ('blockwise', None))
     """
     from emdata.formats.lazy import held_in_memory, nbytes
 
     arrays = [raw, *(la.data for la in layers)]
     total = sum(nbytes(a) for a in arrays)
-    in_memory = all(isinstance(a, np.ndarray) for a in arrays)
-    if in_memory and (total <= IN_MEMORY_MAX_BYTES and scheduler is None):
+    if total <= IN_MEMORY_MAX_BYTES and scheduler is None:  # sources are read whole: at most this much
         return "in-memory", None
     if scheduler == "in-process" or any(held_in_memory(a) for a in arrays):
         return "blockwise", None
