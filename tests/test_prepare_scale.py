@@ -204,3 +204,33 @@ def test_tiff_stack_reads_what_read_stack_reads(tmp_path: Path, layout: str) -> 
     for box in [(slice(0, 5), slice(0, 21), slice(0, 17)), (slice(1, 4), slice(3, 20), slice(5, 6)),
                 (slice(4, 5), slice(20, 21), slice(0, 17))]:
         assert np.array_equal(stack.read(box), whole[box]), box
+
+
+def _cremi_expected(t: dict) -> dict:
+    from emdata.datasets.cremi.recipe import NO_LABEL
+
+    return {s: {"raw": v["raw"], "neuron_ids": v["neuron_ids"],
+                "clefts": np.where(v["clefts"] == NO_LABEL, 0, v["clefts"])} for s, v in t["samples"].items()}
+
+
+EXPECTED = {
+    "snemi3d": lambda t: {"train": {"raw": t["train_raw"], "neurons": t["train_labels"]},
+                          "test": {"raw": t["test_raw"]}},
+    "cremi": _cremi_expected,
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(EXPECTED))
+def test_region_by_region_prepare_passes_the_recipe_checks(dataset: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared recipe checks (voxel-exact against the replica, kill at the first volume write then
+    resume to the same store, rerun rewrites nothing, ``verify --deep``) on the region-by-region
+    path: ``EMDATA_SCHEDULER=in-process`` reaches the killed subprocess and this process alike."""
+    from emdata.testing.harness import check_recipe
+
+    def whole(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the in-memory writer was used")
+
+    monkeypatch.setenv("EMDATA_SCHEDULER", "in-process")
+    monkeypatch.setattr(_common, "write_volume", whole)
+    check_recipe(dataset, tmp_path, expected=EXPECTED[dataset])
