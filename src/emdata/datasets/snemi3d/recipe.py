@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from emdata.catalog import get_card
+from emdata.config import thread_pool
 from emdata.datasets._alternates import fetch_with_fallback
 from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
@@ -76,11 +77,13 @@ def _check_labels(data: ArraySource, where: str, raw_shape: tuple[int, ...], enc
 
 
 def _read_zip(archive: Path, raw_member: str, label_member: str | None) -> tuple[ArraySource, ArraySource | None]:
-    raw = _check_raw(TiffStack(extract_member(archive, raw_member), name=f"{archive.name}:{raw_member}"),
-                     f"{archive.name}:{raw_member}")
+    members = [m for m in (raw_member, label_member) if m]
+    with thread_pool(len(members), "emdata-snemi3d") as pool:  # inflating releases the GIL: both at once
+        paths = list(pool.map(lambda member: extract_member(archive, member), members))
+    raw = _check_raw(TiffStack(paths[0], name=f"{archive.name}:{raw_member}"), f"{archive.name}:{raw_member}")
     if label_member is None:
         return raw, None
-    stack = TiffStack(extract_member(archive, label_member), name=f"{archive.name}:{label_member}")
+    stack = TiffStack(paths[1], name=f"{archive.name}:{label_member}")
     return raw, _check_labels(stack, f"{archive.name}:{label_member}", raw.shape, f"({stack.photometric})")
 
 
