@@ -142,3 +142,12 @@ def test_cli_runs_a_command_under_its_settings_and_leaves_none_behind(monkeypatc
     result = CliRunner().invoke(app, ["--quiet", "list", "--json"])
     assert result.exit_code == 0, result.output
     assert not config.quiet() and config.current() == Settings.from_env()  # --quiet / --json ended with the command
+
+
+def test_scheduler_setting_is_checked_and_travels_to_subprocesses() -> None:
+    s = Settings.from_env({"EMDATA_HOME": "/h", "EMDATA_SCHEDULER": " Local "})
+    assert s.scheduler == "local" and Settings.from_env(s.to_env()) == s
+    assert Settings.from_env({"EMDATA_HOME": "/h", "EMDATA_SCHEDULER": "auto"}).scheduler is None
+    assert Settings(home=Path("/h"), scheduler="tcp://10.1.2.3:8786").to_env()["EMDATA_SCHEDULER"] == "tcp://10.1.2.3:8786"
+    with pytest.raises(ValueError, match=r"scheduler='cluster': expected auto, in-process, local or a dask scheduler"):
+        Settings.from_env({"EMDATA_HOME": "/h", "EMDATA_SCHEDULER": "cluster"})

@@ -66,12 +66,23 @@ def prepare(dataset_id: str, volumes: list[str] | None = None, force: bool = Fal
     """Fetch and convert a dataset into canonical volumes; returns them.
 
     Re-running returns the finished volumes without rework; ``force=True`` rebuilds.
-    Options a recipe does not take are refused with the list of those it does.
+    Options a recipe does not take are refused with the list of those it does. Every recipe
+    takes ``scheduler``: where large volumes are built region by region (``auto``,
+    ``in-process``, ``local`` for a dask ``LocalCluster``, or a scheduler address such as
+    ``tcp://host:8786``; see :data:`emdata.config.Settings`).
     """
     from emdata.datasets import recipe_for
     from emdata.datasets.contract import check_options
 
     recipe = recipe_for(dataset_id)
+    scheduler = options.get("scheduler")
+    if "scheduler" in options and all(o.name != "scheduler" for o in recipe.OPTIONS):
+        # every recipe's large volumes are built region by region: `scheduler` says where (a setting)
+        from emdata import config
+
+        options = {k: v for k, v in options.items() if k != "scheduler"}
+        with config.using(scheduler=scheduler):
+            return recipe.prepare(volumes=volumes, force=force, **check_options(dataset_id, recipe.OPTIONS, options))
     return recipe.prepare(volumes=volumes, force=force, **check_options(dataset_id, recipe.OPTIONS, options))
 
 

@@ -8,6 +8,8 @@ Environment variables (read by :meth:`Settings.from_env`):
 - ``EMDATA_CHECKSUMS``: JSON file ``{url: sha256}`` overriding catalog checksums.
 - ``EMDATA_QUIET=1``: no progress bars.
 - ``EMDATA_MAX_BOX_GB``: the largest box read at once, in decimal GB (default 16).
+- ``EMDATA_SCHEDULER``: where ``prepare`` builds large volumes: ``auto`` (default), ``in-process``,
+  ``local`` (a dask ``LocalCluster``) or a dask scheduler address (``tcp://host:8786``).
 
 :func:`current` is the active settings: those of the innermost :func:`using` block of this
 thread (or asyncio task), else a fresh read of the environment. Library code never writes
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_BOX_ENV = "EMDATA_MAX_BOX_GB"
+SCHEDULER_ENV = "EMDATA_SCHEDULER"
+SCHEDULER_WORDS = ("in-process", "local")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
@@ -61,6 +65,7 @@ class Settings:
     checksums: Path | Mapping[str, str] | None = None
     quiet: bool = False
     max_box_gb: float | None = None
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -72,6 +77,7 @@ class Settings:
             set_(self, "checksums", dict(self.checksums))  # a copy: the settings stay as they were made
         if self.max_box_gb is not None:
             set_(self, "max_box_gb", _positive_gb(self.max_box_gb, "max_box_gb"))
+        set_(self, "scheduler", _scheduler(self.scheduler))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,7 +93,8 @@ class Settings:
         return cls(home=Path(home), mirror=env.get("EMDATA_MIRROR"),
                    offline=env.get("EMDATA_OFFLINE", "").strip().lower() in TRUE_WORDS,
                    checksums=env.get("EMDATA_CHECKSUMS") or None,
-                   quiet=env.get("EMDATA_QUIET", "").strip().lower() in TRUE_WORDS, max_box_gb=max_box_gb)
+                   quiet=env.get("EMDATA_QUIET", "").strip().lower() in TRUE_WORDS, max_box_gb=max_box_gb,
+                   scheduler=env.get(SCHEDULER_ENV) or None)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``EMDATA_*`` variables, for the ``env`` of a subprocess (a mapping of
@@ -100,7 +107,27 @@ class Settings:
                "EMDATA_QUIET": "1" if self.quiet else "0"}
         if self.max_box_gb is not None:
             env[MAX_BOX_ENV] = repr(self.max_box_gb)
+        if self.scheduler is not None:
+            env[SCHEDULER_ENV] = self.scheduler
         return env
+
+
+def _scheduler(value: Any) -> str | None:
+    """``value`` checked as a ``scheduler`` setting (None and ``auto`` mean the default).
+
+    Example:
+        >>> _scheduler("Local"), _scheduler("tcp://10.0.0.5:8786"), _scheduler(None)
+        ('local', 'tcp://10.0.0.5:8786', None)
+    """
+    if value is None or not str(value).strip() or str(value).strip().lower() == "auto":
+        return None
+    text = str(value).strip()
+    if text.lower() in SCHEDULER_WORDS:
+        return text.lower()
+    if "://" in text:
+        return text
+    raise ValueError(f"scheduler={value!r}: expected auto, in-process, local or a dask scheduler address such as "
+                     "tcp://host:8786")
 
 
 def _positive_gb(value: Any, name: str) -> float:

@@ -296,6 +296,9 @@ def prepare(ctx: typer.Context,
             dataset: Annotated[str | None, typer.Argument(help="Dataset id.", show_default=False)] = None,
             volume: Annotated[list[str] | None, typer.Option("--volume", help="Only this volume (repeatable).")] = None,
             force: Annotated[bool, typer.Option(help="Rebuild even if the volumes are complete.")] = False,
+            scheduler: Annotated[str | None, typer.Option(
+                help="Where large volumes are built: auto, in-process, local (dask LocalCluster) or a dask "
+                     "scheduler address (tcp://host:8786).", show_default="auto")] = None,
             as_json: JsonOpt = False,
             show_help: Annotated[bool, typer.Option("--help", help="Show this message (after ID: that dataset's "
                                                                    "options) and exit.")] = False) -> None:
@@ -321,6 +324,8 @@ def prepare(ctx: typer.Context,
     if as_json:
         config.set_quiet(True)
     options = parse_options(dataset, declared, tokens)
+    if scheduler is not None:
+        options["scheduler"] = scheduler
     vols = emdata.prepare(dataset, volumes=volume or None, force=force, **options)
     rows = [{"volume": v.name, "split": v.split, "path": str(v.path), "shape": list(v.shape),
              "voxel_size_nm": list(v.voxel_size), "labels": list(v.meta["labels"])} for v in vols]

@@ -30,6 +30,8 @@ from emdata.datasets.contract import Option, check_options
 
 COMMON = (("--volume", "Only this volume (repeatable).", "VOLUME"),
           ("--force", "Rebuild even if the volumes are complete.", None),
+          ("--scheduler", "Where large volumes are built: auto, in-process, local (dask LocalCluster) or a "
+                          "dask scheduler address (tcp://host:8786).", "ADDRESS"),
           ("--json", "Print one JSON document on stdout and nothing else.", None))
 """The options every ``prepare`` takes (flag, help, metavar or None for a flag), shown in its help."""
 
@@ -74,6 +76,8 @@ def build_parser(dataset: str, declared: Sequence[Option], with_common: bool = F
     if with_common:
         common = parser.add_argument_group("options of every dataset")
         for flag, text, metavar in COMMON:
+            if any(option.flag == flag for option in declared):
+                continue  # the dataset declares it with its own meaning
             common.add_argument(flag, help=text, **({"metavar": metavar} if metavar else {"action": "store_true"}))
         common.add_argument("--help", action="store_true", help="Show this message and exit.")
     own = parser.add_argument_group(f"options of {dataset}" if declared else f"{dataset} takes no other options")

@@ -165,13 +165,73 @@ def publish(card: Card, volume: str, split: str, raw: np.ndarray, layers: list[L
                 log.info("%s was published by another run meanwhile; reusing it", path)
                 return _listed(done)
         with status(f"writing {card.id}/{volume} ({shape} voxels, {len(layers)} label layer(s))"):
-            write_volume(path, raw, voxel, labels=layers, meta=block)
+            write(path, raw, voxel, layers, block)
         vol = open_volume(path)
     try:
         record_volume(vol)
     except OSError as exc:  # the manifest is a summary: `emdata.volumes()` lists what is on disk anyway
         log.warning("%s: published, but the manifest was not updated (%s); the next run records it", path, exc)
     return vol
+
+
+IN_MEMORY_MAX_BYTES = 256 << 20
+"""Volumes of at most this size (all arrays together) are written whole in memory with the default
+scheduler (fastest for small volumes; array sources are read whole); anything larger, or any
+volume when a scheduler is named, is written region by region."""
+LOCAL_CLUSTER_ABOVE = 2 << 30
+"""With the default scheduler (``auto``), volumes larger than this (all arrays together, read
+from files) are built on a dask ``LocalCluster``; smaller ones in this process."""
+LOCAL_CLUSTER: dict[str, Any] = {}
+"""Keyword arguments for the ``LocalCluster`` (e.g. ``n_workers``; tests set it)."""
+
+
+def build_plan(raw: Any, layers: list[LabelLayerData], scheduler: str | None = None) -> tuple[str, str | None]:
+    """How :func:`publish` writes a volume: ``("in-memory" | "blockwise", None | "local" | ADDRESS)``.
+
+    ``scheduler`` is the setting (``None`` = auto, ``in-process``, ``local`` or an address).
+    Arrays a recipe computed in memory are never sent to a cluster (they are built in-process).
+
+    Example:
+        >>> small = np.zeros((4, 64, 64), "u1")
+        >>> build_plan(small, []), build_plan(small, [], "in-process"), build_plan(small, [], "local")
+        (('in-memory', None), ('blockwise', None), ('blockwise', None))
+    """
+    from emdata.formats.lazy import held_in_memory, nbytes
+
+    arrays = [raw, *(la.data for la in layers)]
+    total = sum(nbytes(a) for a in arrays)
+    if total <= IN_MEMORY_MAX_BYTES and scheduler is None:  # sources are read whole: at most this much
+        return "in-memory", None
+    if scheduler == "in-process" or any(held_in_memory(a) for a in arrays):
+        return "blockwise", None
+    if scheduler is None:
+        return ("blockwise", "local") if total > LOCAL_CLUSTER_ABOVE else ("blockwise", None)
+    return "blockwise", scheduler
+
+
+def write(path: Path, raw: Any, voxel: tuple[float, float, float], layers: list[LabelLayerData],
+          block: dict[str, Any]) -> Path:
+    """Write the volume at ``path`` as :func:`build_plan` decides for the active ``scheduler`` setting:
+    whole in memory, region by region in this process, or region by region on a dask cluster."""
+    from emdata.config import current
+    from emdata.store.writer import write_blockwise
+
+    mode, where = build_plan(raw, layers, current().scheduler)
+    if mode == "in-memory":
+        from dataclasses import replace
+
+        from emdata.formats.lazy import read_all
+
+        return write_volume(path, read_all(raw), voxel, labels=[replace(la, data=read_all(la.data)) for la in layers],
+                            meta=block)
+    if where is None:
+        if current().scheduler not in (None, "in-process"):
+            log.info("%s: arrays computed in memory are built in this process, not on the dask cluster", path)
+        return write_blockwise(path, raw, voxel, labels=layers, meta=block)
+    from emdata.store.tasks import dask_client
+
+    with dask_client(None if where == "local" else where, **(LOCAL_CLUSTER if where == "local" else {})) as client:
+        return write_blockwise(path, raw, voxel, labels=layers, meta=block, client=client)
 
 
 def as_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:

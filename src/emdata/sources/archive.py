@@ -254,3 +254,56 @@ def extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) 
                             "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         write_atomic(record, json.dumps(fingerprint, indent=1), tmp=record.with_suffix(".tmp"))
     return dest
+
+
+def extract_member(archive: Path, name: str, dest: Path | None = None, limits: ExtractLimits | None = None) -> Path:
+    """Member ``name`` of a zip (matched by :func:`find_member`) as a file on disk; returns its path.
+
+    For readers that need a file they can seek and memory-map (a TIFF stack read page by page)
+    instead of one buffer in memory: the member is copied in :data:`COPY_CHUNK` pieces, so memory
+    stays bounded whatever its size (a deflated member cannot be read at an offset without
+    inflating everything before it, so it takes this disk copy). ``dest`` defaults to
+    ``<archive>.members/<member>``. The same checks as :func:`read_member` apply (declared size,
+    ratio, CRC); a copy made from the same archive (size and mtime) is reused.
+
+    Example:
+        >>> import zipfile, tempfile
+        >>> archive = Path(tempfile.mkdtemp()) / "a.zip"
+        >>> with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        ...     zf.writestr("top/x.bin", bytes(10))
+        >>> path = extract_member(archive, "x.bin")
+        >>> path.relative_to(archive.parent).as_posix(), path.stat().st_size
+        ('a.zip.members/top/x.bin', 10)
+    """
+    limits = limits or ExtractLimits()
+    archive = Path(archive)
+    member = find_member(archive, name)
+    rel = _safe_relpath(archive, member)
+    target = Path(dest) if dest is not None else archive.with_name(archive.name + ".members").joinpath(*rel.parts)
+    record = target.with_name(target.name + ".complete.json")
+    fingerprint = {"archive": str(archive), "member": member, "size": archive.stat().st_size,
+                   "mtime_ns": archive.stat().st_mtime_ns}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if record.is_file() and target.is_file():
+            try:
+                done = json.loads(record.read_text(encoding="utf-8"))
+            except ValueError:
+                done = {}
+            if all(done.get(k) == v for k, v in fingerprint.items()) and done.get("bytes") == target.stat().st_size:
+                return target
+        record.unlink(missing_ok=True)
+        try:
+            with zipfile.ZipFile(archive) as zf, replacing(target) as tmp:
+                info = zf.getinfo(member)
+                _check_limits(archive, [_Member(member, False, info.file_size, info.compress_size)], limits)
+                with zf.open(info) as src:  # ZipExtFile checks the CRC when it reaches the end
+                    _copy_bounded(archive, member, src, tmp, info.file_size, [limits.max_total_bytes])
+                if tmp.stat().st_size != info.file_size:
+                    raise ArchiveError(f"{archive}: member {member!r} does not hold the {info.file_size} bytes its "
+                                       "header declares; delete the archive and fetch it again")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+            raise ArchiveError(f"{archive}: member {member!r} cannot be extracted ({type(exc).__name__}: {exc}); "
+                               "delete the archive and fetch it again") from exc
+        write_atomic(record, json.dumps({**fingerprint, "bytes": info.file_size}), tmp=record.with_suffix(".tmp"))
+    return target

@@ -32,6 +32,8 @@ from emdata.atomic import replacing, unique_sibling
 from emdata.config import emdata_home
 
 INDEX_DIR = "indices"
+INDEX_PIECE_BYTES = 32 << 20
+"""Bytes of labels read at once while the writer computes an index (memory stays this, any volume size)."""
 VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,10 @@ def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, in
             block = piece[:, :, (bx - bx0) * bx_: (bx - bx0 + 1) * bx_]
             if kind == "instance":  # instance ids are not classes: count background vs foreground
                 fg_ids = block[block != 0]
-                n_inst = len(np.unique(fg_ids))
+                if fg_ids.dtype.kind == "u" and fg_ids.dtype.itemsize <= 2:  # a histogram beats sorting
+                    n_inst = int(np.count_nonzero(np.bincount(fg_ids))) if fg_ids.size else 0
+                else:
+                    n_inst = len(np.unique(fg_ids))
                 values, counts = np.array([0, 1], dtype=np.uint64), np.array([block.size - fg_ids.size, fg_ids.size])
             elif small:  # uint8 classes: a histogram is much faster than sorting
                 hist = np.bincount(block.reshape(-1), minlength=256)
@@ -163,7 +168,9 @@ def store_indices(path: Path, arrays: dict[str, Any] | None = None) -> list[Path
                                    tuple(stored.shape), block)
         source = (arrays or {}).get(layer, stored)
         target = Path(path) / INDEX_DIR / f"{layer}.npz"
-        _save(compute_index(source, meta["kind"], layer, block), fingerprint, target)  # type: ignore[arg-type]
+        piece = max(1, INDEX_PIECE_BYTES // np.dtype(stored.dtype).itemsize)
+        _save(compute_index(source, meta["kind"], layer, block, max_voxels=piece),  # type: ignore[arg-type]
+              fingerprint, target)
         written.append(target)
     return written
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 PERCENTILES = (0.5, 99.5)
+COUNT_PIECE = 1 << 20  # voxels counted at once (bincount's int64 copy of them: 8 MiB)
 SAMPLES_PER_ADD = 1 << 16  # subsampled dtypes: values kept from each region
 ESTIMATE_VOXELS = 1 << 20  # a stored volume without statistics: read a level of about this many voxels
 
@@ -44,8 +45,10 @@ class IntensityHistogram:
         if not flat.size:
             return
         if self.counts is not None:
-            values = flat if self.offset == 0 else flat.astype(np.int32) - self.offset
-            self.counts += np.bincount(values, minlength=self.counts.size)
+            for start in range(0, flat.size, COUNT_PIECE):  # bincount copies its input as int64: bound that copy
+                piece = flat[start: start + COUNT_PIECE]
+                values = piece if self.offset == 0 else piece.astype(np.int32) - self.offset
+                self.counts += np.bincount(values, minlength=self.counts.size)
             return
         lo, hi = float(np.nanmin(flat)), float(np.nanmax(flat))
         self.low = lo if self.low is None else min(self.low, lo)

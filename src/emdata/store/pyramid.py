@@ -57,14 +57,41 @@ def downsample_mean(data: np.ndarray, step: Zyx, slab: int = 16) -> np.ndarray:
     out = np.empty(level_shape(data.shape, step), dtype=data.dtype)
     fz, fy, fx = step
     zs = slab * fz
+    exact = _integer_mean_exact(data.dtype, step)
     for z0 in range(0, data.shape[0], zs):
-        block = data[z0: z0 + zs].astype(np.float32)
+        block = data[z0: z0 + zs]
+        if not exact:
+            block = block.astype(np.float32)
         pad = [(0, -n % f) for n, f in zip(block.shape, step)]
         if any(p for _, p in pad):
             block = np.pad(block, pad, mode="edge")
         nz, ny, nx = (n // f for n, f in zip(block.shape, step))
+        if exact:  # integer sums, rounded half to even: the float32 mean + rint below, voxel for voxel, faster
+            count = fz * fy * fx
+            acc = np.int16 if data.dtype.itemsize == 1 else np.int32
+            total = np.zeros((nz, ny, nx), acc)
+            for dz in range(fz):
+                for dy in range(fy):
+                    for dx in range(fx):
+                        total += block[dz::fz, dy::fy, dx::fx]
+            shift = count.bit_length() - 1
+            q = total >> shift  # floor division by the power of two
+            r2 = (total - (q << shift)) * 2
+            q += (r2 > count) | ((r2 == count) & (q & 1 == 1))
+            out[z0 // fz: z0 // fz + nz] = q
+            continue
         mean = block.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5))
         if np.issubdtype(data.dtype, np.integer):
             mean = np.rint(mean)
         out[z0 // fz: z0 // fz + nz] = mean.astype(data.dtype)
     return out
+
+
+def _integer_mean_exact(dtype: np.dtype, step: Zyx) -> bool:
+    """Whether integer arithmetic reproduces the float32 block mean exactly: an integer dtype whose
+    block sums stay below 2**24 (exact in float32) and a power-of-two block (exact division)."""
+    count = step[0] * step[1] * step[2]
+    if dtype.kind not in "ui" or count & (count - 1):
+        return False
+    info = np.iinfo(dtype)
+    return max(abs(int(info.min)), int(info.max)) * count < (1 << 24)

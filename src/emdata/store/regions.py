@@ -62,8 +62,10 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def region_shape(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx:
-    """The region shape of one level: the shard (or, unsharded, a shard's worth of chunks).
+def region_shape(shape: Sequence[int], arrays: dict[str, dict[str, Any]],
+                 unit_chunks: Sequence[int] = SHARD_CHUNKS) -> Zyx:
+    """The region shape of one level: the shard (or, unsharded, ``unit_chunks`` chunks: by default
+    a shard's worth).
 
     Every array's checksum block must tile it, so a region holds whole blocks only.
     """
@@ -73,7 +75,7 @@ def region_shape(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx
         unit = tuple(max(b[i] for b in sharded) for i in range(3))
     else:
         chunk = tuple(arrays["raw"]["chunks"])
-        unit = tuple(min(c * k, ceil_div(n, c) * c) for c, k, n in zip(chunk, SHARD_CHUNKS, shape))
+        unit = tuple(min(c * k, ceil_div(n, c) * c) for c, k, n in zip(chunk, unit_chunks, shape))
     for b in blocks:
         if any(u % c and u < n for u, c, n in zip(unit, b, shape)):
             raise StoreWriteError(f"block {b} of one array does not tile the region shape {unit} (level shape "
@@ -82,9 +84,11 @@ def region_shape(shape: Sequence[int], arrays: dict[str, dict[str, Any]]) -> Zyx
 
 
 def plan_build_levels(shape: Sequence[int], voxel_size: Sequence[float], arrays: Sequence[tuple[str, str, str]], *,
-                      max_levels: int = 4, chunking: Chunking = choose_chunks) -> list[dict[str, Any]]:
+                      max_levels: int = 4, chunking: Chunking = choose_chunks,
+                      unit_chunks: Sequence[int] = SHARD_CHUNKS) -> list[dict[str, Any]]:
     """Every pyramid level of a build: factor, step from the level below, shape, region shape
-    (``unit``) and, per array ``(name, dtype, path prefix)``, its path, chunks and shards.
+    (``unit``; ``unit_chunks`` chunks per region where no array is sharded) and, per array
+    ``(name, dtype, path prefix)``, its path, chunks and shards.
 
     Example:
         >>> lv = plan_build_levels((8, 64, 64), (1.0, 1.0, 1.0), [("raw", "uint8", "")])
@@ -102,6 +106,7 @@ def plan_build_levels(shape: Sequence[int], voxel_size: Sequence[float], arrays:
             planned[name] = {"path": f"{prefix}{i}", "dtype": dtype, "chunks": list(chunks),
                              "shards": list(shards) if shards else None}
         levels.append({"level": i, "factor": list(factor), "step": [f // p for f, p in zip(factor, prev)],
-                       "shape": list(lshape), "unit": list(region_shape(lshape, planned)), "arrays": planned})
+                       "shape": list(lshape), "unit": list(region_shape(lshape, planned, unit_chunks)),
+                       "arrays": planned})
         prev = factor
     return levels

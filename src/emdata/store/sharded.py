@@ -66,7 +66,7 @@ from filelock import FileLock
 
 from emdata.atomic import write_atomic
 from emdata.store.checksum import ALGORITHM, block_slices, digest
-from emdata.store.chunking import choose_chunks
+from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import IntensityHistogram
 from emdata.store.layout import (
@@ -136,7 +136,7 @@ class ShardedVolumeWriter:
 
     def __init__(self, path: Path, shape: Sequence[int], dtype: Any, voxel_size_nm: Sequence[float], *,
                  labels: Sequence[LabelSpec] = (), meta: dict[str, Any], max_levels: int = 4,
-                 chunking: Chunking = choose_chunks) -> None:
+                 chunking: Chunking = choose_chunks, unit_chunks: Sequence[int] = SHARD_CHUNKS) -> None:
         shape = tuple(int(n) for n in shape)
         voxel = tuple(float(v) for v in voxel_size_nm)
         if len(shape) != 3 or min(shape) < 1:
@@ -147,7 +147,8 @@ class ShardedVolumeWriter:
         validate_labels((s.name, s.dtype, s.kind) for s in labels)
         arrays = [("raw", raw_dtype.name, "")] + [(x.name, standard_dtype(x.dtype).name, f"labels/{x.name}/")
                                                   for x in labels]
-        levels = plan_build_levels(shape, voxel, arrays, max_levels=max_levels, chunking=chunking)
+        levels = plan_build_levels(shape, voxel, arrays, max_levels=max_levels, chunking=chunking,
+                                   unit_chunks=unit_chunks)
         self.path = Path(path)
         self.spec: dict[str, Any] = {
             "format": _SPEC_FORMAT, "shape": list(shape), "dtype": raw_dtype.name, "voxel_size_nm": list(voxel),
@@ -251,6 +252,7 @@ class ShardedVolumeWriter:
     def discard(self) -> None:
         """Remove the building folder (a finished volume at :attr:`path` is left alone)."""
         self._prepared = False
+        self._arrays: dict[tuple[int, str], Any] = {}
         if self.building.exists():
             trash = self.building.with_name(f"{self.building.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(self.building, trash)
@@ -275,9 +277,15 @@ class ShardedVolumeWriter:
     # -- filling regions -----------------------------------------------------------------------
 
     def _array(self, level: int, name: str) -> Any:
+        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once)."""
         import zarr
 
-        return zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
+        cache = self.__dict__.setdefault("_arrays", {})
+        array = cache.get((level, name))
+        if array is None:
+            array = zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
+            cache[(level, name)] = array
+        return array
 
     def _store(self, region: Region, name: str, data: np.ndarray) -> list[list[Any]]:
         """Write one array's region and return its block digests ``[[bz, by, bx, digest], ...]``."""
@@ -308,7 +316,7 @@ class ShardedVolumeWriter:
             if name == "raw":  # intensity histogram of this region, merged by finish()
                 histogram = IntensityHistogram(self.spec["dtype"])
                 histogram.add(data)
-                np.savez(self._intensity_record(region), **histogram.state())
+                np.savez_compressed(self._intensity_record(region), **histogram.state())
         write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests}))
 
     def _intensity_record(self, region: Region) -> Path:

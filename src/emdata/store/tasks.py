@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -29,7 +30,8 @@ class BuildError(RuntimeError):
 def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, ...]], *,
               on_done: Callable[[Any, Any], None] | None = None, window: int | None = None,
               what: str = "task") -> list[Any]:
-    """Run ``func(*item)`` for every item, serially (``client`` None) or on a ``distributed`` client.
+    """Run ``func(*item)`` for every item, serially (``client`` None), on a ``distributed`` client,
+    or on a ``concurrent.futures`` executor of this process (threads: one copy of everything).
 
     At most ``window`` tasks are in flight (default: twice the cluster's threads). After a
     failure (or an exception from ``on_done(item, result)``, called on this side as each task
@@ -42,6 +44,8 @@ def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, 
         [8, 9]
     """
     results: list[Any] = [None] * len(items)
+    if isinstance(client, concurrent.futures.Executor):
+        return _run_in_pool(client, func, items, on_done, window, what)
     if client is None:
         for i, item in enumerate(items):
             try:
@@ -87,6 +91,41 @@ def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, 
             stop = True
         if not stop:
             submit(ac)
+    if errors:
+        item, first = errors[0]
+        raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "
+                         f"{type(first).__name__}: {first}); finished work is kept: run again to resume") from first
+    return results
+
+
+def _run_in_pool(pool: concurrent.futures.Executor, func: Callable[..., Any], items: Sequence[tuple[Any, ...]],
+                 on_done: Callable[[Any, Any], None] | None, window: int | None, what: str) -> list[Any]:
+    """:func:`run_tasks` on a thread (or process) pool of this process: same window and failure rules."""
+    results: list[Any] = [None] * len(items)
+    window = window or 2 * (getattr(pool, "_max_workers", 1) or 1)
+    todo = iter(enumerate(items))
+    running: dict[concurrent.futures.Future[Any], int] = {}
+    errors: list[tuple[tuple[Any, ...], BaseException]] = []
+
+    def submit() -> None:
+        nxt = next(todo, None)
+        if nxt is not None:
+            running[pool.submit(func, *nxt[1])] = nxt[0]
+
+    for _ in range(max(1, window)):
+        submit()
+    while running:
+        finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in finished:
+            i = running.pop(future)
+            try:
+                results[i] = future.result()
+                if on_done is not None:
+                    on_done(items[i], results[i])
+            except Exception as exc:
+                errors.append((items[i], exc))
+            if not errors:
+                submit()
     if errors:
         item, first = errors[0]
         raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "

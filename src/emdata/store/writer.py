@@ -19,7 +19,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,14 @@ from typing import Any
 import numpy as np
 
 from emdata.atomic import unique_sibling
+from emdata.config import thread_pool
 from emdata.store.checksum import checksum_attr
 from emdata.store.chunking import choose_chunks
 from emdata.store.fgindex import store_indices
 from emdata.store.intensity import raw_intensity
 from emdata.store.layout import (
     LabelLayerData,
+    LabelMeaning,
     StoreWriteError,
     create_label_groups,
     create_level_array,
@@ -46,7 +50,15 @@ from emdata.store.layout import (
 from emdata.store.publish import COMPLETE_MARKER, SCHEMA, commit, tidy, volume_lock
 from emdata.store.pyramid import downsample_mean, downsample_nearest, level_shape, plan_levels
 
-__all__ = ["COMPLETE_MARKER", "SCHEMA", "LabelLayerData", "StoreWriteError", "is_complete", "write_volume"]
+__all__ = ["COMPLETE_MARKER", "SCHEMA", "LabelLayerData", "StoreWriteError", "fill_from_sources", "is_complete",
+           "write_blockwise", "write_volume"]
+
+
+IN_PROCESS_THREADS = 4
+"""Threads (at most one per core) that write regions when no dask client is given."""
+UNIT_CHUNKS = (1, 2, 2)
+"""Chunks (z, y, x) per region of :func:`write_blockwise` where no array is sharded (a shard
+otherwise): 2**21 voxels with the canonical chunks, so a region of uint64 ids is 16 MiB."""
 
 
 def disk_error(path: Path, exc: OSError) -> StoreWriteError | None:
@@ -98,15 +110,24 @@ def is_complete(path: Path) -> bool:
     return (Path(path) / COMPLETE_MARKER).is_file()
 
 
-def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float, float], *,
+def write_volume(path: Path, raw: Any, voxel_size_nm: tuple[float, float, float], *,
                  labels: list[LabelLayerData] | tuple[LabelLayerData, ...] = (), meta: dict[str, Any],
-                 max_levels: int = 4) -> Path:
+                 max_levels: int = 4, blockwise: bool = False, client: Any = None) -> Path:
     """Write and publish the volume at ``path`` (``…/<volume>.ome.zarr``); returns ``path``.
 
     ``meta`` must hold ``dataset``, ``volume`` and ``split``; anything else (provenance,
     notes) is stored in the ``emdata`` block as given. An existing complete volume is
     replaced atomically; an incomplete one is removed first.
+
+    ``raw`` and each layer's ``data`` are numpy arrays, or *array sources* (``shape``,
+    ``dtype``, ``read(box)``; see :mod:`emdata.formats.lazy`). Numpy arrays are written whole
+    in memory unless ``blockwise``; sources (or ``blockwise=True``, or a dask ``client``) go
+    region by region through :func:`write_blockwise`, with the same result voxel for voxel.
     """
+    if blockwise or client is not None or not isinstance(raw, np.ndarray) or any(
+            not isinstance(la.data, np.ndarray) for la in labels):
+        return write_blockwise(path, raw, voxel_size_nm, labels=labels, meta=meta, max_levels=max_levels,
+                               client=client)
     import zarr
 
     path = Path(path)
@@ -151,6 +172,79 @@ def write_volume(path: Path, raw: np.ndarray, voxel_size_nm: tuple[float, float,
             discard_failed_write(tmp)
             raise
     return path
+
+
+class _Source:
+    """A numpy array as an array source (for :func:`write_blockwise`)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype = data, tuple(data.shape), data.dtype
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self.data[box])
+
+
+def fill_from_sources(sources: dict[str, Any], region: Any, name: str) -> np.ndarray:
+    """The voxels of ``region`` of array ``name`` (``raw`` or a label layer) read from ``sources[name]``."""
+    return sources[name].read(region.slices)
+
+
+def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, float], *,
+                    labels: list[LabelLayerData] | tuple[LabelLayerData, ...] = (), meta: dict[str, Any],
+                    max_levels: int = 4, client: Any = None) -> Path:
+    """Write the volume region by region from array sources (or numpy arrays): memory stays a few
+    regions of one array (a shard, or a shard's worth of chunks) whatever the volume's size.
+
+    Built with :class:`emdata.store.sharded.ShardedVolumeWriter`: level 0 region by region, each
+    pyramid level from the one below, block checksums, intensity histogram and foreground
+    indices merged from per-region records; resumable after an interruption (regions already
+    written are kept); on a dask ``client`` when given (the sources must then be readable on
+    its workers: file-backed sources, not arrays held in this process), else on
+    :data:`IN_PROCESS_THREADS` threads of this process (decoding, compression and hashing release
+    the GIL; one region per thread in memory). The published volume is
+    the one :func:`write_volume` writes in memory from the same arrays, voxel for voxel.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_blockwise(Path(tempfile.mkdtemp()) / "v.ome.zarr", np.ones((8, 64, 64), "u1"), (30, 6, 6),
+        ...                        meta={"dataset": "demo", "volume": "v", "split": "train"})
+        >>> is_complete(path)
+        True
+    """
+    from emdata.store.sharded import LabelSpec, ShardedVolumeWriter, build_volume
+
+    def source(data: Any) -> Any:
+        return _Source(data) if isinstance(data, np.ndarray) else data
+
+    sources = {"raw": source(raw), **{la.name: source(la.data) for la in labels}}
+    shape = tuple(int(n) for n in raw.shape)
+    try:
+        if len(shape) != 3:
+            raise StoreWriteError(f"raw must be a (z, y, x) array, got shape {shape}")
+        for layer in labels:
+            if tuple(layer.data.shape) != shape:
+                raise StoreWriteError(f"label layer {layer.name!r} has shape {tuple(layer.data.shape)}, raw has "
+                                      f"{shape}")
+        specs = [LabelSpec(la.name, standard_dtype(la.data.dtype).name, la.kind, list(la.classes),
+                           **{f.name: getattr(la, f.name) for f in dataclasses.fields(LabelMeaning)})
+                 for la in labels]
+        writer = ShardedVolumeWriter(path, shape, standard_dtype(raw.dtype), voxel_size_nm, labels=specs,
+                                     meta=meta, max_levels=max_levels, unit_chunks=UNIT_CHUNKS)
+    except StoreWriteError as exc:
+        raise StoreWriteError(f"{path}: {exc}") from None
+    import functools
+
+    fill = functools.partial(fill_from_sources, sources)
+    try:
+        if client is not None:
+            return build_volume(writer, fill, client=client)
+        with thread_pool(max(1, min(os.cpu_count() or 1, IN_PROCESS_THREADS)), "emdata-write") as pool:
+            return build_volume(writer, fill, client=pool)
+    except OSError as exc:
+        clear = disk_error(Path(path), exc)
+        if clear is None:
+            raise
+        raise clear from None
 
 
 def discard_failed_write(folder: Path) -> None:

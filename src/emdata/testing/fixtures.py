@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from emdata.config import MAX_BOX_ENV
+from emdata.config import MAX_BOX_ENV, SCHEDULER_ENV
 from emdata.testing import MirrorServer
 from emdata.testing.faults import Faults
 
-ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET", MAX_BOX_ENV)
+ENV_KEYS = ("EMDATA_HOME", "EMDATA_MIRROR", "EMDATA_OFFLINE", "EMDATA_CHECKSUMS", "EMDATA_QUIET", MAX_BOX_ENV,
+            SCHEDULER_ENV)
 
 
 @pytest.fixture(autouse=True)

@@ -51,6 +51,7 @@ from emdata.datasets._common import (
 )
 from emdata.datasets.contract import SUBSET, Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.formats.lazy import HDF5Array, minimum
 from emdata.sources.archive import extract, list_members
 from emdata.store.volume import Volume
 
@@ -145,22 +146,22 @@ def _describe(path: Path, member: str) -> dict[str, Any]:
     return info
 
 
-def _read_image(path: Path, where: str) -> np.ndarray:
-    data = read_dataset(path, KEY).data
-    if data.ndim != 3 or not np.issubdtype(data.dtype, np.integer):
+def _read_image(path: Path, where: str) -> HDF5Array:
+    data = HDF5Array(path, KEY)
+    if len(data.shape) != 3 or not np.issubdtype(data.dtype, np.integer):
         raise AxonEMFormatError(f"{where}: expected a greyscale integer (z, y, x) volume under key {KEY!r}, got "
                                 f"shape {data.shape} dtype {data.dtype}")
     return data
 
 
-def _read_label(path: Path, where: str, raw_shape: tuple[int, ...]) -> np.ndarray:
-    data = read_dataset(path, KEY).data
+def _read_label(path: Path, where: str, raw_shape: tuple[int, ...]) -> HDF5Array:
+    data = HDF5Array(path, KEY)
     if not np.issubdtype(data.dtype, np.integer):
         raise AxonEMFormatError(f"{where}: expected integer axon ids under key {KEY!r}, got dtype {data.dtype}")
     if data.shape != raw_shape:
         raise AxonEMFormatError(f"{where}: label shape {data.shape} differs from the image shape {raw_shape}")
-    if data.size and np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
-        raise AxonEMFormatError(f"{where}: label value {int(data.min())} is negative; expected axon ids ≥ 0")
+    if np.issubdtype(data.dtype, np.signedinteger) and (low := minimum(data)) is not None and low < 0:
+        raise AxonEMFormatError(f"{where}: label value {low} is negative; expected axon ids ≥ 0")
     return data
 
 

@@ -44,6 +44,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from emdata.catalog import Card, get_card
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, list_keys, read_dataset, read_group_attrs
+from emdata.formats.lazy import Combined, HDF5Array, Mapped, Placed, count_equal, maximum
 from emdata.labels.remap import offset_encode
 from emdata.store.volume import Volume
 from emdata.store.writer import LabelLayerData
@@ -111,18 +113,18 @@ def _check_resolution(attrs: dict[str, Any], where: str, card: Card, notes: list
             "changed the data, update src/emdata/datasets/cremi/card.toml")
 
 
-def _read_raw(path: Path, card: Card, notes: list[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """``volumes/raw`` and its offset (nm; 0 when the attribute is absent)."""
-    ds = read_dataset(path, RAW_KEY)
+def _read_raw(path: Path, card: Card, notes: list[str]) -> tuple[HDF5Array, tuple[float, float, float]]:
+    """``volumes/raw`` (a source, read box by box) and its offset (nm; 0 when the attribute is absent)."""
+    ds = HDF5Array(path, RAW_KEY)
     where = f"{path.name}:{RAW_KEY}"
-    if ds.data.ndim != 3 or not np.issubdtype(ds.data.dtype, np.integer):
+    if len(ds.shape) != 3 or not np.issubdtype(ds.dtype, np.integer):
         raise CremiFormatError(f"{where}: expected a (z, y, x) greyscale integer volume, got shape "
-                               f"{ds.data.shape} dtype {ds.data.dtype}")
-    if ds.data.dtype != np.uint8:
-        log.warning("%s: raw dtype %s, the organisers publish uint8; keeping it", where, ds.data.dtype)
+                               f"{ds.shape} dtype {ds.dtype}")
+    if ds.dtype != np.uint8:
+        log.warning("%s: raw dtype %s, the organisers publish uint8; keeping it", where, ds.dtype)
     _check_resolution(ds.attrs, where, card, notes)
     offset = _vec3(ds.attrs["offset"], where, "offset") if "offset" in ds.attrs else (0.0, 0.0, 0.0)
-    return ds.data, offset
+    return ds, offset
 
 
 def _replace(data: np.ndarray, value: np.uint64, by: int) -> int:
@@ -153,33 +155,43 @@ def _placement(label_shape: tuple[int, ...], offset_nm: tuple[float, float, floa
             slice(int(start[2]), int(stop[2])))
 
 
+def _no_label_to_zero(block: np.ndarray) -> np.ndarray:
+    """``block`` with CREMI's 2**64-1 'no label' value set to 0."""
+    block = np.array(block, copy=True)
+    _replace(block, NO_LABEL, 0)
+    return block
+
+
 def _read_labels(path: Path, key: str, card: Card, raw_shape: tuple[int, ...],
                  raw_offset_nm: tuple[float, float, float], notes: list[str]
-                 ) -> tuple[np.ndarray, tuple[slice, slice, slice] | None, int]:
-    """One uint64 label volume in the raw's grid, 2**64-1 → 0; (data, box, voxels replaced)."""
+                 ) -> tuple[Any, tuple[slice, slice, slice] | None, int]:
+    """One uint64 label volume in the raw's grid, 2**64-1 → 0, as a source read box by box;
+    (source, box, voxels replaced)."""
     try:
-        ds = read_dataset(path, key)
+        data = HDF5Array(path, key)
     except HDF5FormatError as exc:
         raise CremiFormatError(f"{exc}. CREMI training samples hold {RAW_KEY}, {NEURON_KEY} and {CLEFT_KEY}; "
                                "delete the download and fetch again") from exc
     where = f"{path.name}:{key}"
-    data = ds.data
-    if data.ndim != 3:
+    if len(data.shape) != 3:
         raise CremiFormatError(f"{where}: expected a (z, y, x) label volume, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.unsignedinteger):
         raise CremiFormatError(f"{where}: expected uint64 ids, got dtype {data.dtype}; a signed copy cannot hold "
                                "CREMI's ids and its 2**64-1 'no label' value. Use the organisers' file")
     if data.dtype != np.uint64:
         log.warning("%s: dtype %s, the organisers publish uint64; keeping the width", where, data.dtype)
-    _check_resolution(ds.attrs, where, card, notes)
-    offset = _vec3(ds.attrs["offset"], where, "offset") if "offset" in ds.attrs else raw_offset_nm
+    _check_resolution(data.attrs, where, card, notes)
+    offset = _vec3(data.attrs["offset"], where, "offset") if "offset" in data.attrs else raw_offset_nm
     box = _placement(data.shape, offset, raw_shape, raw_offset_nm, card.voxel_size_nm or (40.0, 4.0, 4.0), where)
-    replaced = _replace(data, NO_LABEL, 0) if data.dtype == np.uint64 else 0
+    source: Any = data
+    replaced = 0
+    if data.dtype == np.uint64:
+        replaced = count_equal(data, NO_LABEL)
+        if replaced:
+            source = Mapped(data, _no_label_to_zero, data.dtype)
     if box is not None:
-        full = np.zeros(raw_shape, dtype=data.dtype)
-        full[box] = data
-        data = full
-    return data, box, replaced
+        source = Placed(source, tuple(b.start for b in box), raw_shape)
+    return source, box, replaced
 
 
 def _text(values: np.ndarray) -> list[str]:
@@ -245,9 +257,14 @@ def _annotations(path: Path, notes: list[str]) -> dict[str, Any] | None:
     }
 
 
-def _combined(neurons: np.ndarray, clefts: np.ndarray, where: str, notes: list[str]) -> LabelLayerData | None:
-    """The offset code, or None (warning + note) when a native id does not fit it."""
-    top_neuron, top_cleft = int(neurons.max(initial=0)), int(clefts.max(initial=0))
+def _encode(neurons: np.ndarray, clefts: np.ndarray, where: str) -> np.ndarray:
+    return offset_encode({0: neurons, CLEFT_OFFSET: clefts}, where=where)
+
+
+def _combined(neurons: Any, clefts: Any, where: str, notes: list[str]) -> LabelLayerData | None:
+    """The offset code (a source combining the two layers box by box), or None (warning + note)
+    when a native id does not fit it."""
+    top_neuron, top_cleft = int(maximum(neurons)), int(maximum(clefts))
     too_big = [f"largest {what} id {top} is not < {limit:,}" for what, top, limit in
                (("neuron", top_neuron, CLEFT_OFFSET), ("cleft", top_cleft, CODE_END - CLEFT_OFFSET)) if top >= limit]
     if too_big:
@@ -256,7 +273,7 @@ def _combined(neurons: np.ndarray, clefts: np.ndarray, where: str, notes: list[s
         notes.append(f"combined layer not written: native ids do not fit the offset code ({why}); "
                      "use the neuron_ids and clefts layers")
         return None
-    data = offset_encode({0: neurons, CLEFT_OFFSET: clefts}, where=where)
+    data = Combined([neurons, clefts], functools.partial(_encode, where=where), np.uint64)
     # Not a card layer: its non-zero ids belong to two classes by range (value_ranges).
     return LabelLayerData(name="combined", data=data, kind="instance", instance_of=None,
                           classes=[{"value": 0, "name": "background", "ontology": "background", "color": None}],

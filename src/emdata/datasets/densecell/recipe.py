@@ -62,6 +62,7 @@ from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
+from emdata.formats.lazy import TiffStack, unique_values
 from emdata.formats.tiff import read_stack
 from emdata.sources.archive import extract
 from emdata.sources.download import FetchResult
@@ -168,20 +169,30 @@ def _read(folder: Path, name: str) -> tuple[np.ndarray, str]:
     return stack.data, where
 
 
-def _read_raw(folder: Path, name: str) -> np.ndarray:
-    data, where = _read(folder, name)
+def _stack(folder: Path, name: str) -> tuple[TiffStack, str]:
+    """The stack as a source read page by page (image and labels: written out of core)."""
+    where = f"{SOURCE}:{TOP}/{name}"
+    stack = TiffStack(folder / TOP / name, name=where)
+    if len(stack.shape) != 3:
+        raise DenseCellFormatError(f"{where}: expected a single-channel z-stack, got shape {stack.shape} "
+                                   f"({stack.photometric})")
+    return stack, where
+
+
+def _read_raw(folder: Path, name: str) -> TiffStack:
+    data, where = _stack(folder, name)
     if not np.issubdtype(data.dtype, np.integer):
         raise DenseCellFormatError(f"{where}: expected a greyscale integer image stack, got dtype {data.dtype}")
     return data
 
 
-def _read_labels(folder: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    data, where = _read(folder, name)
+def _read_labels(folder: Path, name: str, shape: tuple[int, ...]) -> TiffStack:
+    data, where = _stack(folder, name)
     if not np.issubdtype(data.dtype, np.integer):
         raise DenseCellFormatError(f"{where}: expected integer class indices 0..6, got dtype {data.dtype}")
     if data.shape != shape:
         raise DenseCellFormatError(f"{where}: label shape {data.shape} differs from the image shape {shape}")
-    values = np.unique(data)
+    values = unique_values(data)
     unknown = [int(v) for v in values if int(v) not in CLASSES]
     if unknown:
         raise DenseCellFormatError(f"{where}: value(s) {unknown[:10]} are not classes 0..6")

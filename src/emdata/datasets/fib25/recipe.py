@@ -25,7 +25,9 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from emdata.datasets._common import (
 )
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.formats.lazy import HDF5Array, InMemory, Mapped, read_all, reduce_slabs
 from emdata.store.volume import Volume
 
 DATASET = "fib25"
@@ -57,7 +60,6 @@ FILES: dict[str, tuple[str, str]] = {
 RAW_KEY = "raw"
 STACK_KEY = "stack"
 TRANSFORMS_KEY = "transforms"
-SLAB = 16  # z-slices mapped at a time (bounds the temporary index arrays)
 log = logging.getLogger(__name__)
 
 
@@ -72,11 +74,20 @@ def _read(path: Path, key: str, label: str) -> np.ndarray:
         raise FIB25FormatError(f"{exc}. {label}; delete the download and fetch again") from exc
 
 
-def _check_ids(data: np.ndarray, where: str) -> None:
+def _source(path: Path, key: str, label: str) -> HDF5Array:
+    try:
+        return HDF5Array(path, key)
+    except HDF5FormatError as exc:
+        raise FIB25FormatError(f"{exc}. {label}; delete the download and fetch again") from exc
+
+
+def _check_ids(data: Any, where: str) -> None:
     if not np.issubdtype(data.dtype, np.integer):
         raise FIB25FormatError(f"{where}: expected integer ids, got dtype {data.dtype}")
-    if np.issubdtype(data.dtype, np.signedinteger) and data.size and int(data.min()) < 0:
-        raise FIB25FormatError(f"{where}: negative id {int(data.min())}; expected ids ≥ 0")
+    if np.issubdtype(data.dtype, np.signedinteger) and math.prod(data.shape):
+        low = int(min(reduce_slabs(data, np.min))) if not isinstance(data, np.ndarray) else int(data.min())
+        if low < 0:
+            raise FIB25FormatError(f"{where}: negative id {low}; expected ids ≥ 0")
 
 
 def _lookup_table(transforms: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,31 +110,47 @@ def _lookup_table(transforms: np.ndarray, where: str) -> tuple[np.ndarray, np.nd
     return keys[keep], bodies[keep]
 
 
+def _bodies(keys: np.ndarray, bodies: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Body ids (uint64) of the supervoxel ids in ``block``; unlisted supervoxels → 0."""
+    flat = block.astype(np.uint64).reshape(-1)
+    if not keys.size:
+        return np.zeros(block.shape, np.uint64)
+    idx = np.minimum(np.searchsorted(keys, flat), keys.size - 1)
+    return np.where(keys[idx] == flat, bodies[idx], np.uint64(0)).reshape(block.shape)
+
+
+def _unmapped(keys: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, int]:
+    """Non-zero supervoxel ids of ``block`` that ``keys`` does not list, and their voxel count."""
+    flat = block.astype(np.uint64).reshape(-1)
+    hit = np.zeros(flat.shape, bool)
+    if keys.size:
+        hit = keys[np.minimum(np.searchsorted(keys, flat), keys.size - 1)] == flat
+    missing = ~hit & (flat != 0)
+    return np.unique(flat[missing]), int(np.count_nonzero(missing))
+
+
+def transform_source(stack: Any, transforms: np.ndarray, where: str) -> tuple[Mapped, dict[str, Any]]:
+    """Neuron ids as a source over the supervoxel ``stack`` (any array source, read in slabs for the
+    summary and box by box when written) and a summary (pairs, unmapped supervoxels and voxels)."""
+    keys, bodies = _lookup_table(transforms, where)
+    unmapped_ids: set[int] = set()
+    unmapped_voxels = 0
+    for ids, count in reduce_slabs(stack, functools.partial(_unmapped, keys)):
+        unmapped_ids.update(int(v) for v in ids)
+        unmapped_voxels += count
+    summary = {"pairs": int(keys.size), "unmapped_supervoxels": len(unmapped_ids), "unmapped_voxels": unmapped_voxels,
+               "unmapped_examples": sorted(unmapped_ids)[:20],
+               "rule": "neuron id = body of the supervoxel in 'transforms'; supervoxels it does not list → 0 (no body)"}
+    return Mapped(stack, functools.partial(_bodies, keys, bodies), np.uint64), summary
+
+
 def apply_transforms(stack: np.ndarray, transforms: np.ndarray, where: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Body ids (uint64) for every voxel of ``stack``; unlisted supervoxels → 0.
 
     Returns the neuron ids and a summary (pairs, unmapped supervoxels and voxels).
     """
-    keys, bodies = _lookup_table(transforms, where)
-    out = np.zeros(stack.shape, dtype=np.uint64)
-    unmapped_ids: set[int] = set()
-    unmapped_voxels = 0
-    for z0 in range(0, stack.shape[0], SLAB):
-        flat = stack[z0:z0 + SLAB].astype(np.uint64).reshape(-1)
-        if keys.size:
-            idx = np.minimum(np.searchsorted(keys, flat), keys.size - 1)
-            hit = keys[idx] == flat
-            out[z0:z0 + SLAB] = np.where(hit, bodies[idx], np.uint64(0)).reshape(out[z0:z0 + SLAB].shape)
-        else:
-            hit = np.zeros(flat.shape, dtype=bool)
-        missing = ~hit & (flat != 0)
-        if missing.any():
-            unmapped_voxels += int(np.count_nonzero(missing))
-            unmapped_ids.update(int(v) for v in np.unique(flat[missing]))
-    summary = {"pairs": int(keys.size), "unmapped_supervoxels": len(unmapped_ids), "unmapped_voxels": unmapped_voxels,
-               "unmapped_examples": sorted(unmapped_ids)[:20],
-               "rule": "neuron id = body of the supervoxel in 'transforms'; supervoxels it does not list → 0 (no body)"}
-    return out, summary
+    source, summary = transform_source(InMemory(stack), transforms, where)
+    return read_all(source), summary
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
@@ -144,21 +171,21 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
             out.append(existing)
             continue
         raw_path, gt_path = fetched[0].path, fetched[1].path
-        raw = _read(raw_path, RAW_KEY, f"FIB-25 raw files hold the EM under key {RAW_KEY!r}")
-        if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+        raw = _source(raw_path, RAW_KEY, f"FIB-25 raw files hold the EM under key {RAW_KEY!r}")
+        if len(raw.shape) != 3 or not np.issubdtype(raw.dtype, np.integer):
             raise FIB25FormatError(f"{raw_source}:{RAW_KEY}: expected a (z, y, x) greyscale integer volume, got "
                                    f"shape {raw.shape} dtype {raw.dtype}")
         if spec.shape and raw.shape != spec.shape:
             log.warning("fib25 %s: raw shape %s differs from the card's %s; preparing it anyway",
                         spec.name, raw.shape, spec.shape)
         gt_label = f"groundtruth.h5 holds {STACK_KEY!r} (supervoxels) and {TRANSFORMS_KEY!r} (supervoxel → body)"
-        stack = _read(gt_path, STACK_KEY, gt_label)
+        stack = _source(gt_path, STACK_KEY, gt_label)
         _check_ids(stack, f"{gt_source}:{STACK_KEY}")
         if stack.shape != raw.shape:
             raise FIB25FormatError(f"{gt_source}:{STACK_KEY}: shape {stack.shape} differs from the raw shape "
                                    f"{raw.shape} ({raw_source}:{RAW_KEY})")
         transforms = _read(gt_path, TRANSFORMS_KEY, gt_label)
-        neurons, summary = apply_transforms(stack, transforms, f"{gt_source}:{TRANSFORMS_KEY}")
+        neurons, summary = transform_source(stack, transforms, f"{gt_source}:{TRANSFORMS_KEY}")
         if summary["unmapped_voxels"]:
             log.info("fib25 %s: %d supervoxels (%d voxels) are not in transforms; set to 0 (no body)",
                      spec.name, summary["unmapped_supervoxels"], summary["unmapped_voxels"])

@@ -61,7 +61,7 @@ RAW_NAME = re.compile(r"^im(\d+)\.png$", re.IGNORECASE)
 LABEL_FOLDERS = {"train": "mito-train-v2", "val": "mito-val-v2"}
 LABEL_NAME = re.compile(r"^seg(\d+)\.tiff?$", re.IGNORECASE)
 COUNT_KEYS = {"train": "train_slices", "val": "val_slices", "test": "test_slices"}
-IN_MEMORY_LIMIT = 4 << 30  # bytes; larger stacks go to a scratch memory map
+IN_MEMORY_LIMIT = 256 << 20  # bytes; larger stacks go to a scratch memory map (disk), written region by region
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,8 @@ from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import choose_subsets, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import SUBSET, Option
-from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.formats.hdf5 import HDF5FormatError
+from emdata.formats.lazy import HDF5Array, minimum
 from emdata.sources.download import FetchResult, hash_file
 from emdata.store.volume import Volume
 
@@ -165,23 +166,23 @@ def _voxel_size(attrs: dict[str, Any], where: str) -> tuple[tuple[float, float, 
                                   "voxel_size_note": PLACEHOLDER_NOTE}
 
 
-def _read(pair: Pair, root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _read(pair: Pair, root: Path) -> tuple[HDF5Array, HDF5Array, dict[str, Any]]:
+    """The image and label datasets as sources (read box by box when written), checked."""
     where_img = str(pair.image.relative_to(root))
     where_lbl = str(pair.label.relative_to(root))
-    image = read_dataset(pair.image, KEY)
-    raw = image.data
-    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+    raw = HDF5Array(pair.image, KEY)
+    if len(raw.shape) != 3 or not np.issubdtype(raw.dtype, np.integer):
         raise NucMMFormatError(f"{where_img}: expected a greyscale integer (z, y, x) volume under key {KEY!r}, got "
                                f"shape {raw.shape} dtype {raw.dtype}")
-    seg = read_dataset(pair.label, KEY).data
+    seg = HDF5Array(pair.label, KEY)
     if not np.issubdtype(seg.dtype, np.integer):
         raise NucMMFormatError(f"{where_lbl}: expected integer nucleus ids under key {KEY!r}, got dtype {seg.dtype}")
     if seg.shape != raw.shape:
         raise NucMMFormatError(f"{where_lbl}: label shape {seg.shape} differs from the image shape {raw.shape} of "
                                f"{where_img}")
-    if seg.size and np.issubdtype(seg.dtype, np.signedinteger) and seg.min() < 0:
-        raise NucMMFormatError(f"{where_lbl}: label value {int(seg.min())} is negative; expected nucleus ids ≥ 0")
-    voxel, meta = _voxel_size(image.attrs, where_img)
+    if np.issubdtype(seg.dtype, np.signedinteger) and (low := minimum(seg)) is not None and low < 0:
+        raise NucMMFormatError(f"{where_lbl}: label value {low} is negative; expected nucleus ids ≥ 0")
+    voxel, meta = _voxel_size(raw.attrs, where_img)
     return raw, seg, {"voxel": voxel, **meta}
 
 

@@ -8,7 +8,8 @@ HDF5 copies ``snemi_train.h5`` (``volumes/raw``, ``volumes/labels/neuron_ids``) 
 
 Structure is checked (greyscale integer raw, unsigned integer labels of the raw's shape);
 sizes are not, so small replicas work — a size that differs from the card is logged.
-Labels are stored bit-identical to the source file.
+Labels are stored bit-identical to the source file. Volumes are read out of core: TIFF members
+are copied out of the zip (bounded memory) and read page by page, HDF5 datasets box by box.
 
 Example:
     >>> sorted(READS_ALTERNATES)
@@ -23,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from emdata.catalog import get_card
+from emdata.config import thread_pool
 from emdata.datasets._alternates import fetch_with_fallback
 from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
-from emdata.formats.hdf5 import list_keys, read_dataset
-from emdata.formats.tiff import TiffFormatError, read_stack
-from emdata.sources.archive import read_member
+from emdata.formats.hdf5 import list_keys
+from emdata.formats.lazy import ArraySource, HDF5Array, TiffStack, reduce_slabs
+from emdata.formats.tiff import TiffFormatError
+from emdata.sources.archive import extract_member
 from emdata.store.volume import Volume
 
 DATASET = "snemi3d"
@@ -52,19 +55,19 @@ class SNEMI3DFormatError(TiffFormatError):
     """A file in snemi.zip does not have the structure SNEMI3D publishes."""
 
 
-def _check_raw(data: np.ndarray, where: str) -> np.ndarray:
-    if data.ndim != 3 or not np.issubdtype(data.dtype, np.integer):
+def _check_raw(data: ArraySource, where: str) -> ArraySource:
+    if len(data.shape) != 3 or not np.issubdtype(data.dtype, np.integer):
         raise SNEMI3DFormatError(f"{where}: expected a greyscale integer z-stack, got shape {data.shape} "
                                  f"dtype {data.dtype}")
     return data
 
 
-def _check_labels(data: np.ndarray, where: str, raw_shape: tuple[int, ...], encoding: str = "") -> np.ndarray:
-    if data.ndim != 3:
+def _check_labels(data: ArraySource, where: str, raw_shape: tuple[int, ...], encoding: str = "") -> ArraySource:
+    if len(data.shape) != 3:
         raise SNEMI3DFormatError(f"{where}: expected single-channel instance ids, got shape {data.shape} "
                                  f"{encoding}; colour-coded labels are not the SNEMI3D encoding")
     if not np.issubdtype(data.dtype, np.unsignedinteger):
-        if np.issubdtype(data.dtype, np.signedinteger) and data.min() >= 0:
+        if np.issubdtype(data.dtype, np.signedinteger) and min(reduce_slabs(data, np.min)) >= 0:
             pass  # non-negative signed ids are kept as stored
         else:
             raise SNEMI3DFormatError(f"{where}: expected non-negative integer instance ids, got dtype {data.dtype}")
@@ -73,23 +76,25 @@ def _check_labels(data: np.ndarray, where: str, raw_shape: tuple[int, ...], enco
     return data
 
 
-def _read_zip(archive: Path, raw_member: str, label_member: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    raw = _check_raw(read_stack(read_member(archive, raw_member), name=f"{archive.name}:{raw_member}").data,
-                     f"{archive.name}:{raw_member}")
+def _read_zip(archive: Path, raw_member: str, label_member: str | None) -> tuple[ArraySource, ArraySource | None]:
+    members = [m for m in (raw_member, label_member) if m]
+    with thread_pool(len(members), "emdata-snemi3d") as pool:  # inflating releases the GIL: both at once
+        paths = list(pool.map(lambda member: extract_member(archive, member), members))
+    raw = _check_raw(TiffStack(paths[0], name=f"{archive.name}:{raw_member}"), f"{archive.name}:{raw_member}")
     if label_member is None:
         return raw, None
-    stack = read_stack(read_member(archive, label_member), name=f"{archive.name}:{label_member}")
-    return raw, _check_labels(stack.data, f"{archive.name}:{label_member}", raw.shape, f"({stack.photometric})")
+    stack = TiffStack(paths[1], name=f"{archive.name}:{label_member}")
+    return raw, _check_labels(stack, f"{archive.name}:{label_member}", raw.shape, f"({stack.photometric})")
 
 
-def _read_h5(path: Path, name: str, raw_key: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    raw = _check_raw(read_dataset(path, raw_key).data, f"{name}:{raw_key}")
+def _read_h5(path: Path, name: str, raw_key: str, label_key: str | None) -> tuple[ArraySource, ArraySource | None]:
+    raw = _check_raw(HDF5Array(path, raw_key), f"{name}:{raw_key}")
     if label_key is None:
         extra = [k for k in list_keys(path) if k != raw_key]
         if extra:
             log.info("snemi3d: %s also holds %s; not used (the test labels were never released)", name, extra)
         return raw, None
-    return raw, _check_labels(read_dataset(path, label_key).data, f"{name}:{label_key}", raw.shape)
+    return raw, _check_labels(HDF5Array(path, label_key), f"{name}:{label_key}", raw.shape)
 
 
 def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volume]:
