@@ -81,7 +81,11 @@ def _downloads(dataset: str) -> list[dict[str, Any]]:
         if not path.is_file() or path.name.endswith(SIDE_FILES) or any(p in litter for p in path.parents):
             continue
         complete = path.with_name(path.name + ".complete.json").is_file()
-        out.append({"file": str(path.relative_to(root)), "bytes": path.stat().st_size, "complete": complete})
+        entry = {"file": str(path.relative_to(root)), "bytes": path.stat().st_size, "complete": complete}
+        source = next((p for p in path.parents if p.name.endswith(".members")), None)
+        if source is not None:  # a member copied out of an archive for reading out of core (reused, cleaned with it)
+            entry["extracted_from"] = str(source.relative_to(root)).removesuffix(".members")
+        out.append(entry)
     for part in sorted(root.rglob("*.part")):
         out.append({"file": str(part.relative_to(root)), "bytes": part.stat().st_size, "complete": False,
                     "partial": True})
