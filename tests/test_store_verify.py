@@ -118,8 +118,12 @@ def test_cli_verify_by_dataset_id_and_clean_all(emdata_home: Path) -> None:
     assert all("emdata block says demo/" in " ".join(v["problems"]) for v in doc["volumes"])
     run = _cli("verify", "lucchi-pp")
     assert run.returncode == 1 and "lucchi-pp is not prepared under" in run.stderr
+    stats = emdata_home / "cache" / "stats"
+    stats.mkdir(parents=True)
+    (stats / "ab.json").write_text("{}")  # a summary of a version that clean removes: an orphan otherwise
     run = _cli("cache", "clean", "--all", "--prepared", "--json")
     assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["derived_bytes"] == 2 and not stats.exists()
     freed = {d["dataset"]: d for d in json.loads(run.stdout)["datasets"]}
     assert freed["cremi"]["downloads_bytes"] == 5 and freed["snemi3d"]["prepared_bytes"] > 0
     assert not any(config.prepared_dir("snemi3d").glob("*.ome.zarr"))

@@ -225,6 +225,28 @@ def clean(dataset: str, prepared: bool = False) -> dict[str, Any]:
     return freed
 
 
+DERIVED = ("stats", "fgindex")  # per-version summaries under <EMDATA_HOME>/cache, recomputed when missing
+
+
+def clean_derived() -> int:
+    """Remove the recomputable summaries under ``<EMDATA_HOME>/cache`` (statistics, foreground
+    indices of volumes that do not store their own); returns the bytes freed. Their names are
+    hashes of volume versions, so they cannot be told apart by dataset: ``emdata cache clean
+    --all`` removes them all, and a reader that needs one computes it again.
+
+    Example:
+        >>> (emdata_home() / "cache" / "stats").mkdir(parents=True, exist_ok=True)
+        >>> _ = (emdata_home() / "cache" / "stats" / "0f.json").write_text("{}")
+        >>> clean_derived(), (emdata_home() / "cache" / "stats").exists()
+        (2, False)
+    """
+    folders = [emdata_home() / "cache" / name for name in DERIVED]
+    freed = sum(_size(f) for f in folders if f.exists())
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
 def cached_datasets() -> list[str]:
     """Every dataset with a folder under downloads or prepared, or decoded chunks in the shared cache."""
     home = emdata_home()

@@ -254,8 +254,8 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
                 prepared: Annotated[bool, typer.Option(help="Also remove prepared volumes.")] = False,
                 as_json: JsonOpt = False) -> None:
     """Remove a dataset's downloads (and with --prepared its volumes) and its decoded chunks no process reads;
-    waits for a running writer of them."""
-    from emdata.cache import cached_datasets, clean
+    waits for a running writer of them. --all also removes the cached statistics and foreground indices."""
+    from emdata.cache import cached_datasets, clean, clean_derived
     from emdata.catalog import get_card
 
     if (dataset is None) == (not all_datasets):
@@ -264,9 +264,12 @@ def cache_clean(dataset: Annotated[str | None, typer.Argument(help="Dataset id."
     if dataset is not None:
         get_card(dataset)
     freed = [clean(name, prepared=prepared) for name in names]
+    derived = clean_derived() if all_datasets else 0
     if as_json:
-        _print_json(freed[0] if dataset is not None else {"datasets": freed})
+        _print_json(freed[0] if dataset is not None else {"datasets": freed, "derived_bytes": derived})
         return
+    if derived:
+        _console().print(f"freed {_human_bytes(derived)} of statistics and foreground indices (recomputed on use)")
     for f in freed:
         _console().print(f"{f['dataset']}: freed {_human_bytes(f['downloads_bytes'])} of downloads"
                          + (f" and {_human_bytes(f['prepared_bytes'])} of volumes" if prepared else "")
