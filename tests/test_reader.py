@@ -159,7 +159,7 @@ def test_a_reprepared_volume_is_never_served_from_the_old_cache(tmp_path: Path) 
 
 
 def test_cache_clean_removes_entries_nobody_reads(tmp_path: Path) -> None:
-    from emdata.cache import clean
+    from emdata.cache import cache_report, clean
 
     path = _volume(tmp_path / "v.ome.zarr")
     reader = VolumeReader(path, memory_budget=64 << 20)
@@ -167,6 +167,7 @@ def test_cache_clean_removes_entries_nobody_reads(tmp_path: Path) -> None:
     other = VolumeReader(_volume(tmp_path / "w.ome.zarr", seed=2), memory_budget=64 << 20)
     other.read("raw", 0, (slice(0, 4), slice(0, 16), slice(0, 16)))
     other.cached("raw", 0).close()  # no longer read by anyone
+    assert cache_report()["datasets"]["demo"]["decoded_bytes"] > 0  # `emdata cache` shows what the loaders keep
     assert clean("demo")["decoded_bytes"] > 0
     assert [info["label"] for _, info in entries()] == ["demo/v/raw/0"]  # the one still open stays
     reader.cached("raw", 0).close()

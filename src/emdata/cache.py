@@ -152,19 +152,30 @@ def tidy_downloads(dataset: str) -> list[Path]:
     return removed
 
 
+def _decoded_bytes() -> dict[str, int]:
+    """Disk blocks held by the shared decoded cache per dataset (its files are sparse: only filled
+    chunks take space)."""
+    held: dict[str, int] = {}
+    for folder, info in decoded_cache.entries():
+        used = sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        held[info.get("dataset") or "?"] = held.get(info.get("dataset") or "?", 0) + used
+    return held
+
+
 def cache_report() -> dict[str, Any]:
-    """Every dataset with something on disk: downloads (complete or partial), volumes and leftovers
-    (lock files, which ``clean`` keeps, do not count)."""
+    """Every dataset with something on disk: downloads (complete or partial), volumes, decoded
+    chunks kept for the loaders and leftovers (lock files, which ``clean`` keeps, do not count)."""
     home = emdata_home()
     datasets = {}
+    decoded = _decoded_bytes()
     for name in cached_datasets():
         downloads, prepared, litter = _downloads(name), _prepared(name), leftovers(name)
-        if not (downloads or prepared or litter):  # only lock files left: nothing cached
+        if not (downloads or prepared or litter or decoded.get(name)):  # only lock files left: nothing cached
             continue
         datasets[name] = {"downloads": downloads, "prepared": prepared, "leftovers": litter,
-                          "leftover_bytes": sum(x["bytes"] for x in litter),
+                          "leftover_bytes": sum(x["bytes"] for x in litter), "decoded_bytes": decoded.get(name, 0),
                           "bytes": sum(d["bytes"] for d in downloads) + sum(v["bytes"] for v in prepared)
-                          + sum(x["bytes"] for x in litter)}
+                          + sum(x["bytes"] for x in litter) + decoded.get(name, 0)}
     return {"home": str(home), "datasets": datasets, "bytes": sum(d["bytes"] for d in datasets.values())}
 
 

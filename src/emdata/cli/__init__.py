@@ -226,7 +226,8 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.callback()
 def cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List cached downloads, prepared volumes and leftovers of interrupted runs per dataset."""
+    """List cached downloads, prepared volumes, decoded chunks kept for the loaders and leftovers of
+    interrupted runs per dataset."""
     if ctx.invoked_subcommand is not None:
         return
     from emdata.cache import cache_report
@@ -238,13 +239,14 @@ def cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report['home']}: {_human_bytes(report['bytes'])}")
-    for col in ("dataset", "downloads", "prepared volumes", "leftovers", "size"):
+    for col in ("dataset", "downloads", "prepared volumes", "decoded chunks", "leftovers", "size"):
         table.add_column(col)
     for name, d in report["datasets"].items():
         files = f"{sum(f['complete'] for f in d['downloads'])}/{len(d['downloads'])} complete"
         vols = ", ".join(v["volume"] + ("" if v["complete"] else " (incomplete)") for v in d["prepared"]) or "-"
         left = f"{len(d['leftovers'])} ({_human_bytes(d['leftover_bytes'])})" if d["leftovers"] else "-"
-        table.add_row(name, files, vols, left, _human_bytes(d["bytes"]))
+        decoded = _human_bytes(d["decoded_bytes"]) if d["decoded_bytes"] else "-"
+        table.add_row(name, files, vols, decoded, left, _human_bytes(d["bytes"]))
     _console().print(table)
 
 
