@@ -67,6 +67,7 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 
 from emdata.store.checksum import ALGORITHM
+from emdata.store.layout import plain_chunk_decoder
 from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
 from emdata.store.volume import IncompleteVolumeError, Volume, VolumeNotFoundError
 
@@ -250,7 +251,7 @@ class RemoteArray:
         self.shape = tuple(int(n) for n in array.shape)
         self.chunks = tuple(int(c) for c in array.chunks)
         self.dtype = np.dtype(array.dtype)
-        self._decode = _plain_decoder(array)
+        self._decode = plain_chunk_decoder(array)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._zarr, name)
@@ -274,47 +275,9 @@ class RemoteArray:
         if data is None:
             fill = meta.fill_value if meta.fill_value is not None else 0
             return np.full(size, fill, self.dtype)
-        block = self._decode(data)  # type: ignore[misc]
+        block = self._decode(data, f"{self._path}/{meta.encode_chunk_key(idx)}",  # type: ignore[misc]
+                             "the remote copy is damaged: upload the volume again")
         return block[tuple(slice(0, n) for n in size)]
-
-
-def _plain_decoder(array: Any) -> Any:
-    """bytes -> the full decoded chunk of ``array`` for plain codecs (see :class:`RemoteArray`), else None."""
-    try:
-        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-
-        meta = array.metadata
-        codecs = list(meta.codecs) if meta.zarr_format == 3 else []
-    except (AttributeError, ImportError):
-        return None
-    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
-        return None
-    decompress: Any = None
-    if len(codecs) == 2:
-        if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
-            from numcodecs import Zstd
-
-            decompress = Zstd().decode
-        elif isinstance(codecs[1], BloscCodec):
-            from numcodecs import blosc
-
-            decompress = blosc.decompress
-        else:
-            return None
-    dtype = np.dtype(array.dtype)
-    if dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(">" if getattr(codecs[0].endian, "value", "little") == "big" else "<")
-    chunks = tuple(int(c) for c in array.chunks)
-    nbytes = math.prod(chunks) * dtype.itemsize
-
-    def decode(data: bytes) -> np.ndarray:
-        raw = decompress(data) if decompress is not None else data
-        if len(raw) != nbytes:
-            raise OSError(f"a chunk of {array.path} decodes to {len(raw)} bytes, expected {nbytes} for {chunks} "
-                          f"{dtype}; the remote copy is damaged: upload the volume again")
-        return np.frombuffer(raw, dtype).reshape(chunks)
-
-    return decode
 
 
 class _Shared:

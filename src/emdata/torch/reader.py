@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from emdata.store.decoded_cache import CachedArray, DecodedCache, cache_root, version_of
+from emdata.store.layout import plain_chunk_decoder
 from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
 from emdata.store.volume import Volume, open_volume
 
@@ -81,35 +82,17 @@ def _chunk_file_reader(array: Any) -> Callable[[Index], np.ndarray | None] | Non
     (the decoded chunk, full chunk shape; None for a chunk never written), or None when the array
     is anything else (it is then read through zarr)."""
     try:
-        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
         from zarr.storage import LocalStore
 
         meta, store = array.metadata, array.store_path.store
         if meta.zarr_format != 3 or not isinstance(store, LocalStore):
             return None
-        codecs = list(meta.codecs)
         folder = Path(store.root) / array.store_path.path
     except (AttributeError, ImportError, TypeError):
         return None
-    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+    decode = plain_chunk_decoder(array)
+    if decode is None:
         return None
-    decode: Callable[[bytes], Any] | None = None
-    if len(codecs) == 2:
-        if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
-            from numcodecs import Zstd
-
-            decode = Zstd().decode
-        elif isinstance(codecs[1], BloscCodec):
-            from numcodecs import blosc
-
-            decode = blosc.decompress  # the blosc header says how; thread-safe outside the main thread
-        else:
-            return None
-    dtype = np.dtype(array.dtype)
-    if dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(">" if getattr(codecs[0].endian, "value", "little") == "big" else "<")
-    chunks = tuple(array.chunks)
-    nbytes = int(np.prod(chunks)) * dtype.itemsize
     encode_key = meta.encode_chunk_key
     root = Path(store.root)
 
@@ -123,11 +106,7 @@ def _chunk_file_reader(array: Any) -> Callable[[Index], np.ndarray | None] | Non
                 raise VolumeReplacedError(f"{root}: this version of the volume was removed while being read "
                                           f"(reading {path}); open the volume again") from None
             return None  # never written: the fill value
-        raw = decode(data) if decode is not None else data
-        if len(raw) != nbytes:
-            raise OSError(f"{path}: chunk decodes to {len(raw)} bytes, expected {nbytes} for {chunks} {dtype}; "
-                          f"run `emdata verify --deep` on the volume")
-        return np.frombuffer(raw, dtype).reshape(chunks)
+        return decode(data, str(path), "run `emdata verify --deep` on the volume")
 
     return read
 
