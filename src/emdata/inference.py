@@ -182,7 +182,7 @@ def predict(model: Any, volume: Volume | str | Path, name: str = "prediction", *
     from emdata.sources.progress import transfer_progress
     from emdata.store.predictions import PredictionWriter, StalePredictionError
     from emdata.store.publish import generation, resolve
-    from emdata.torch.planning import _intensity_range
+    from emdata.torch.planning import intensity_range
 
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -205,7 +205,7 @@ def predict(model: Any, volume: Volume | str | Path, name: str = "prediction", *
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     digest = model_hash(model)
-    lo, hi = _intensity_range(vol, normalize) if normalize else (0.0, 1.0)
+    lo, hi = intensity_range(vol, normalize) if normalize else (0.0, 1.0)
     block = tuple(block) if block else tuple(min(n, max(t, 4 * s)) for n, t, s in zip(grid, tile3, tiler.stride))
 
     # one tile to learn the number of channels (and to fail early on a model that changes shape)

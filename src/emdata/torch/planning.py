@@ -199,7 +199,7 @@ def plan_volumes(vols: list[Volume], *, voxel_size: tuple[float, float, float], 
                 excluded.append(f"{where} excluded: {why}")
                 continue
         if normalize:
-            plan.intensity = _intensity_range(vol, normalize)
+            plan.intensity = intensity_range(vol, normalize)
         plans.append(plan)
     return plans, excluded
 
@@ -229,8 +229,9 @@ def _plan_foreground(plan: VolumePlan, vol: Volume, sampler: Foreground | MinIns
     return None
 
 
-def _intensity_range(vol: Volume, normalize: str) -> tuple[float, float]:
-    """The raw values ``normalize`` (``"dtype"`` or ``"percentile"``) maps to 0 and 1 for ``vol``."""
+def intensity_range(vol: Volume, normalize: str) -> tuple[float, float]:
+    """The raw values ``normalize`` (``"dtype"`` or ``"percentile"``) maps to 0 and 1 for ``vol``: one rule
+    for training patches and for :func:`emdata.predict`."""
     dtype = np.dtype(vol.meta["raw"]["dtype"])
     stats = vol.meta["raw"].get("intensity")
     if normalize == "dtype" and dtype.kind in "ui":
