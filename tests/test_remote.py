@@ -258,6 +258,7 @@ def test_next_samples_are_fetched_ahead(served) -> None:
     ds[0, 0]
     for future in list(ds._ahead[2].values()):
         future.result(timeout=60)
+    ds._remote(ds._plans[0]).wait_prefetched(timeout=60)  # the read-ahead's fetches run on after it returns
     before = len(server.log)
     ds._has_remote = False  # no read-ahead from here on: only the samples' own requests would show
     ds[0, 1], ds[0, 2]  # fetched while sample 0 was decoded: no request of their own
@@ -277,3 +278,77 @@ def test_whole_chunk_reads_decode_from_the_cache(served) -> None:
     np.testing.assert_array_equal(vol.raw[edge], raw[edge])  # held: no request
     assert vol.labels["cells"][left_out].shape == (32, 44, 44)  # known left out: no request either
     assert len(server.log) == before
+
+
+def _chunk_requests(server: MirrorServer) -> list[str]:
+    return [r.path for r in server.log if "/c/" in r.path and r.method == "GET"]
+
+
+def test_prefetch_returns_at_once_and_reads_join_its_requests(served) -> None:
+    _, url, raw, cells, server = served
+    vol = open_volume(url)
+    boxes = [(slice(3, 37), slice(100, 290), slice(5, 200)), (slice(0, 40), slice(0, 300), slice(0, 300))]
+    started = vol.prefetch([("raw", 0, boxes[0]), ("cells", 0, boxes[0])])
+    assert started == 2 * 2 * 3 * 2  # raw and cells chunks of the box, issued together
+    np.testing.assert_array_equal(vol.raw[boxes[0]], raw[boxes[0]])  # may run while they arrive
+    np.testing.assert_array_equal(vol.labels["cells"][boxes[0]], cells[boxes[0]])
+    vol.prefetch([("raw", 0, boxes[1]), ("cells", 0, boxes[1])], wait=True)
+    np.testing.assert_array_equal(vol.raw[boxes[1]], raw[boxes[1]])
+    np.testing.assert_array_equal(vol.labels["cells"][boxes[1]], cells[boxes[1]])
+    requested = _chunk_requests(server)
+    assert len(requested) == len(set(requested)), "a chunk in flight or held is never requested again"
+    assert vol.prefetch([("raw", 0, boxes[1])]) == 0  # all held: nothing to start
+
+
+def test_prefetch_leaves_missing_chunks_to_the_read(served) -> None:
+    path, url, *_ = served
+    _chunk_file(path, "labels/cells/0", (1, 0, 1)).unlink()
+    vol = open_volume(url)
+    box = (slice(30, 34), slice(100, 140), slice(120, 140))
+    vol.prefetch([("cells", 0, box)])  # no error here: the chunk is not asked for yet
+    vol.wait_prefetched(timeout=60)
+    for _ in range(2):  # known missing now: still raises, never zeros
+        with pytest.raises(MissingChunkError, match="labels/cells/0/c/1/0/1"):
+            vol.labels["cells"][box]
+    _chunk_file(path, "0", (1, 2, 2)).unlink()  # not read yet
+    with pytest.raises(MissingChunkError, match="/0/c/1/2/2"):  # waited for: raised here
+        vol.prefetch([("raw", 0, (slice(32, 40), slice(256, 300), slice(256, 300)))], wait=True)
+    ignoring = open_volume(url, missing="ignore")
+    ignoring.prefetch([("cells", 0, box)], wait=True)
+    assert ignoring.missing_boxes("cells", 0, box) == [(slice(32, 40), slice(0, 128), slice(128, 256))]
+
+
+def test_prefetch_after_a_replacement_serves_nothing_of_the_new_version(served, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    path, url, raw, _, _ = served
+    vol = open_volume(url)
+    box = (slice(0, 32), slice(0, 128), slice(0, 128))
+    vol.prefetch([("raw", 0, box)], wait=True)
+    held = vol.cache.nbytes
+    new_raw, _ = _write(path, shift=1)  # prepared again: the server now serves another version
+    monkeypatch.setattr(remote, "RECHECK_S", 0.0)
+    np.testing.assert_array_equal(vol.raw[box], raw[box])  # fetched before: the pinned version's bytes
+    other = (slice(32, 40), slice(128, 256), slice(128, 256))
+    vol.prefetch([("raw", 0, other)])  # its fetch sees the new marker and stores nothing
+    vol.wait_prefetched(timeout=60)
+    assert vol.cache.nbytes == held
+    with pytest.raises(VolumeReplacedError, match="replaced by"):
+        vol.raw[other]
+    assert not np.array_equal(new_raw[other], raw[other])
+
+
+def test_cache_keeps_small_chunks_over_large_ones() -> None:
+    cache = remote.ByteCache(max_bytes=1000)
+    for i in range(10):
+        cache.put(("label", i), bytes(10))  # compressed label chunks: 100 bytes in all
+    for _ in range(5):  # raw chunks cycling through a cache too small for them
+        for i in range(12):
+            cache.put(("raw", i), bytes(200))
+            assert cache.nbytes <= 1000
+    assert all(cache.holds(("label", i)) for i in range(10)), "an LRU would have dropped every label chunk"
+    assert sum(cache.holds(("raw", i)) for i in range(12)) == 4
+    cache.put("too big", bytes(1001))
+    assert not cache.holds("too big") and len(cache) == 14
+    for i in range(200):  # the rows of re-used keys do not pile up
+        cache.get(("label", i % 10))
+    assert len(cache._heap) <= 4 * len(cache) + 64

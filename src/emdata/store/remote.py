@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
 import math
@@ -59,7 +60,6 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -136,17 +136,32 @@ def open_remote(locator: str, *, missing: str | None = None, cache_bytes: int | 
 
 
 class ByteCache:
-    """LRU of fetched bytes, bounded in total size; thread-safe.
+    """Fetched bytes, bounded in total size, evicted so as to save requests; thread-safe.
+
+    Every miss costs one request whatever its size, so eviction follows GreedyDual-Size (Cao &
+    Irani, "Cost-Aware WWW Proxy Caching Algorithms", USENIX USITS 1997) with a cost of one
+    request per item: each item's priority is the cache's clock when last used plus
+    ``1 / size``; the lowest goes first and the clock moves up to it. Among items of one size
+    this is LRU; a small item (a compressed label chunk of a few KiB) outlives large ones (raw
+    chunks of hundreds of KiB) used at the same time, so a cache smaller than the volume keeps
+    all of the small chunks and spends its misses on few, large requests.
 
     Example:
         >>> cache = ByteCache(max_bytes=10)
         >>> cache.put("a", b"12345"); cache.put("b", b"123456"); cache.get("a"), cache.get("b"), cache.nbytes
         (None, b'123456', 6)
+        >>> cache = ByteCache(max_bytes=12)
+        >>> cache.put("small", b"12"); cache.put("big", b"12345678"); cache.put("big2", b"12345678")
+        >>> cache.get("small"), cache.get("big"), cache.get("big2")  # the big one used with "small" went first
+        (b'12', None, b'12345678')
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Any, bytes] = OrderedDict()
+        self._items: dict[Any, tuple[int, bytes]] = {}  # key -> (its row's order, value)
+        self._heap: list[tuple[float, int, Any]] = []  # (priority, order, key); rows of older uses skipped
+        self._clock = 0.0
+        self._order = 0
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -155,15 +170,28 @@ class ByteCache:
     def nbytes(self) -> int:
         return self._bytes
 
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _touch(self, key: Any, value: bytes) -> None:
+        """(Re)rank ``key`` as used now (under the lock)."""
+        priority = self._clock + 1.0 / max(len(value), 1)
+        self._order += 1
+        self._items[key] = (self._order, value)
+        heapq.heappush(self._heap, (priority, self._order, key))
+        if len(self._heap) > 4 * len(self._items) + 64:  # drop the rows of older uses now and then
+            self._heap = [(p, i, k) for p, i, k in self._heap if self._items.get(k, (None,))[0] == i]
+            heapq.heapify(self._heap)
+
     def get(self, key: Any) -> bytes | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is None:
+            item = self._items.get(key)
+            if item is None:
                 self.misses += 1
                 return None
-            self._items.move_to_end(key)
             self.hits += 1
-            return value
+            self._touch(key, item[1])
+            return item[1]
 
     def holds(self, key: Any) -> bool:
         """Whether ``key`` is held (without counting a hit or miss, or refreshing it)."""
@@ -175,12 +203,17 @@ class ByteCache:
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._bytes -= len(old)
-            self._items[key] = value
+                self._bytes -= len(old[1])
+            while self._bytes + len(value) > self.max_bytes and self._heap:  # room first, then the new item
+                priority, order, victim = heapq.heappop(self._heap)
+                held = self._items.get(victim)
+                if held is None or held[0] != order:
+                    continue  # a stale row: the item was used again since (or is gone)
+                del self._items[victim]
+                self._bytes -= len(held[1])
+                self._clock = priority
             self._bytes += len(value)
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
+            self._touch(key, value)
 
 
 def _fill_digest(shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> str:
@@ -287,6 +320,7 @@ class _Shared:
         self.cache = ByteCache(cache_bytes)
         self.status: dict[str, str] = {}
         self.inflight: dict[Any, asyncio.Future[bytes | None]] = {}  # on zarr's event loop only
+        self.prefetching: set[Any] = set()  # concurrent futures of prefetches under way
 
 
 _SHARED: dict[tuple[int, str, str, int], _Shared] = {}
@@ -368,7 +402,7 @@ def _store_class() -> type:
             if value is None:
                 await vol._absent(self, key, prototype)  # type: ignore[union-attr]
                 return None
-            data = value.to_bytes()
+            data = _as_bytes(value)
             vol._status[key] = "present"  # type: ignore[union-attr]
             vol.cache.put(cache_key, data)  # type: ignore[union-attr]
             return data
@@ -577,7 +611,7 @@ class RemoteVolume(Volume):
         if cached is not None:
             return cached
         value = sync(self.store.get(key, default_buffer_prototype()))
-        return None if value is None else value.to_bytes()
+        return None if value is None else _as_bytes(value)
 
     def read_file(self, relpath: str) -> bytes | None:
         """The bytes of a file inside the volume (e.g. ``indices/cells.npz``), None when absent."""
@@ -617,33 +651,85 @@ class RemoteVolume(Volume):
         await asyncio.gather(*(check(k) for k in unknown))
         return [facts.box(c) for k, c in keys.items() if self._status.get(k) == "missing"]
 
-    def prefetch(self, reads: list[tuple[str, int, tuple[slice, ...]]]) -> int:
-        """Fetch every chunk that the ``(layer, level, box)`` reads touch into the cache, all
-        concurrently (one round trip for a whole patch of raw and labels); returns how many were fetched.
+    def prefetch(self, reads: list[tuple[str, int, tuple[slice, ...]]], *, wait: bool = False) -> int:
+        """Start fetching every chunk that the ``(layer, level, box)`` reads touch into the cache, all
+        concurrently (one round trip for a whole patch of raw and labels, in the order given);
+        returns how many fetches were started.
 
-        Reads then decode from the cache. Chunks already cached, left out or missing are skipped;
-        a missing chunk raises (or is recorded) as a read would. Sharded arrays are skipped
-        (zarr reads their inner chunks by byte range when the read comes).
+        By default it returns at once: the fetches run on the I/O loop while the caller goes on
+        (decoding the chunks that have arrived, or building the previous sample), and a read of a
+        chunk still in flight waits for that request instead of sending another. A failure (a
+        missing chunk, a network error) is raised by the read that needs the chunk, exactly as
+        without prefetching; ``wait=True`` waits for all of them and raises the first failure
+        here. Chunks already cached or in flight, left out or missing are skipped. Sharded arrays
+        are skipped (zarr reads their inner chunks by byte range when the read comes).
         """
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         self._root  # noqa: B018
-        return sync(self._prefetch(reads, default_buffer_prototype()))
-
-    async def _prefetch(self, reads: list[tuple[str, int, tuple[slice, ...]]], prototype: Any) -> int:
-        store, keys = self.store, []
+        prototype = default_buffer_prototype()
+        inflight = self._shared.inflight
+        keys: list[str] = []
         for layer, level, box in reads:
             array = self.array_path(layer, level)
-            facts = await self._array_facts(store, array, prototype)
-            if facts is not None and not facts.sharded:
-                keys += [k for k in facts.keys(array, box) if k not in keys and self._status.get(k) in (None, "present")
-                         and not self.cache.holds((k, "None"))]
-        gate = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+            facts = self._facts.get(array) or sync(self._array_facts(self.store, array, prototype))
+            if facts is None or facts.sharded:
+                continue
+            keys += [k for k in facts.keys(array, box) if k not in keys and self._status.get(k) in (None, "present")
+                     and not self.cache.holds((k, "None")) and (k, "None") not in inflight]
+        if not keys:
+            return 0
+        future = asyncio.run_coroutine_threadsafe(self._fetch_all(keys, prototype), _io_loop())
+        if wait:
+            future.result()
+        else:
+            pending = self._shared.prefetching
+            pending.add(future)
+            future.add_done_callback(lambda done: (pending.discard(done), _ignore_failure(done)))
+        return len(keys)
+
+    def wait_prefetched(self, timeout: float | None = None) -> None:
+        """Wait until the prefetches of this volume under way in this process are done (their
+        failures are left to the reads); ``TimeoutError`` after ``timeout`` seconds."""
+        import concurrent.futures
+
+        pending = list(self._shared.prefetching)
+        _, left = concurrent.futures.wait(pending, timeout=timeout)
+        if left:
+            raise TimeoutError(f"{self.url}: {len(left)} prefetch(es) still running after {timeout} s")
+
+    async def _fetch_all(self, keys: list[str], prototype: Any) -> None:
+        """Fetch ``keys`` into the cache (at most :data:`PREFETCH_CONCURRENCY` at a time); every
+        fetch runs to its end, then the first failure is raised."""
+        store, gate = self.store, asyncio.Semaphore(PREFETCH_CONCURRENCY)
 
         async def fetch(key: str) -> None:
             async with gate:
                 await store.get(key, prototype)
 
-        await asyncio.gather(*(fetch(k) for k in keys))
-        return len(keys)
+        for result in await asyncio.gather(*(fetch(k) for k in keys), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _io_loop() -> asyncio.AbstractEventLoop:
+    """The event loop (in its own thread) that zarr, and so every remote read, runs on."""
+    from zarr.core.sync import _get_loop
+
+    return _get_loop()
+
+
+def _ignore_failure(future: Any) -> None:
+    """Done-callback of a prefetch nobody waits for: its failure is raised by the read needing the chunk."""
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("prefetch failed (the read of the chunk raises it): %s", future.exception())
+
+
+def _as_bytes(buffer: Any) -> bytes:
+    """The bytes of a zarr buffer, without a copy when it wraps a ``bytes`` object (what fsspec returns)."""
+    array = buffer.as_numpy_array()
+    base = array.base
+    if isinstance(base, bytes) and len(base) == array.nbytes:
+        return base
+    return buffer.to_bytes()
