@@ -100,9 +100,27 @@ def serve(root: str, latency: float, kind: str) -> None:
     asyncio.run(run())
 
 
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (and its live children when ``tree``)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *(proc.children(recursive=True) if tree else [])]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def run_case(source: str, workers: int, n: int, warmup: int, patch: tuple[int, int, int], budget: int,
-             cache_mb: int) -> dict:
-    """Child process: time ``n`` batches after ``warmup`` and print the rate as JSON."""
+             cache_mb: int, server_pid: int | None = None) -> dict:
+    """Child process: time ``n`` batches after ``warmup`` and print the rate, and the CPU time per
+    patch of this process with its workers and of the server, as JSON."""
     from emdata.store.volume import open_volume
     from emdata.torch import PatchDataset, make_loader
 
@@ -112,10 +130,14 @@ def run_case(source: str, workers: int, n: int, warmup: int, patch: tuple[int, i
     it = iter(loader)
     for _ in range(warmup):
         next(it)
+    cpu0, server0 = cpu_seconds(os.getpid()), cpu_seconds(server_pid, tree=False) if server_pid else 0.0
     start = time.perf_counter()
     count = sum(1 for _ in it)
     elapsed = time.perf_counter() - start
-    return {"patches_per_s": count / elapsed, "patches": count, "seconds": elapsed}
+    cpu = cpu_seconds(os.getpid()) - cpu0
+    server = (cpu_seconds(server_pid, tree=False) - server0) if server_pid else 0.0
+    return {"patches_per_s": count / elapsed, "patches": count, "seconds": elapsed,
+            "cpu_ms_per_patch": 1000 * cpu / count, "server_cpu_ms_per_patch": 1000 * server / count}
 
 
 def tree_rss(pid: int) -> int:
@@ -169,6 +191,7 @@ def main() -> None:
     parser.add_argument("--source")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--budget", type=int, default=0)
+    parser.add_argument("--server-pid", type=int)
     parser.add_argument("--out", default=str(RESULTS / "remote"))
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split(","))
@@ -177,7 +200,7 @@ def main() -> None:
         return
     if args.child:
         print(json.dumps(run_case(args.source, args.workers, args.n, args.warmup, patch, args.budget,  # type: ignore[arg-type]
-                                  args.cache_mb)))
+                                  args.cache_mb, args.server_pid)))
         return
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
@@ -193,7 +216,7 @@ def main() -> None:
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         url = server.stdout.readline().strip() + "/" + path.name  # type: ignore[union-attr]
         common = ["--n", str(args.n), "--warmup", str(args.warmup), "--patch", args.patch,
-                  "--cache-mb", str(args.cache_mb)]
+                  "--cache-mb", str(args.cache_mb), "--server-pid", str(server.pid)]
         cases = {
             ("local, from disk", 0): ["--source", str(path), "--workers", "0"],
             ("remote, 20 ms", 0): ["--source", url, "--workers", "0"],
@@ -219,6 +242,8 @@ def main() -> None:
         row = {"case": name, "workers": workers,
                "patches_per_s": statistics.median(r["patches_per_s"] for r in results),
                "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+               "cpu_ms_per_patch": statistics.median(r["cpu_ms_per_patch"] for r in results),
+               "server_cpu_ms_per_patch": statistics.median(r["server_cpu_ms_per_patch"] for r in results),
                "rounds": [round(r["patches_per_s"], 3) for r in results]}
         if name == "remote, 20 ms":
             local = runs[("local, from disk", workers)]
@@ -248,17 +273,20 @@ def main() -> None:
         f"{SERVERS[args.server]} in its own process (every request waits {LATENCY_S * 1000:.0f} ms first); "
         f"fetched-chunk cache {args.cache_mb} MiB per process, never preloaded. Local from disk: "
         "`memory_budget=0` (nothing kept: each patch reads and decodes its chunks), page cache warm. Peak RSS: "
-        "the case's process and its workers together (max over rounds).",
+        "the case's process and its workers together (max over rounds). CPU per patch (median over rounds): "
+        "user + system time during the timed patches of the case's process and its workers, and of the "
+        "server process (it shares the same CPUs here; an object store's would not).",
         "",
         "| case | workers | patches/s (median) | remote ÷ local from disk, same round: median (each round) "
-        "| peak RSS (MiB) |",
-        "|---|---|---|---|---|",
+        "| peak RSS (MiB) | CPU ms/patch: loader | CPU ms/patch: server |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratio = (f"{row['ratio_to_local_disk']:.2f} ({', '.join(f'{r:.2f}' for r in row['ratios_per_round'])})"
                  if "ratio_to_local_disk" in row else "")
         lines.append(f"| {row['case']} | {row['workers']} | {row['patches_per_s']:.2f} | {ratio} | "
-                     f"{row['peak_rss_mib']:.0f} |")
+                     f"{row['peak_rss_mib']:.0f} | {row['cpu_ms_per_patch']:.1f} | "
+                     f"{row['server_cpu_ms_per_patch']:.1f} |")
     memory_ratio = [r for r in rows if "ratio_to_local_memory_0w" in r and r["workers"] == 0]
     if memory_ratio:
         lines += ["", f"Remote (0 workers) ÷ local through the decoded cache (0 workers): "
