@@ -197,6 +197,15 @@ class ByteCache:
         """Whether ``key`` is held (without counting a hit or miss, or refreshing it)."""
         return key in self._items
 
+    def touch(self, key: Any) -> bool:
+        """Whether ``key`` is held; if so it is ranked as used now (it will be read soon), without
+        counting a hit."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._touch(key, item[1])
+            return item is not None
+
     def put(self, key: Any, value: bytes) -> None:
         if len(value) > self.max_bytes:
             return
@@ -676,8 +685,9 @@ class RemoteVolume(Volume):
             facts = self._facts.get(array) or sync(self._array_facts(self.store, array, prototype))
             if facts is None or facts.sharded:
                 continue
+            # a held chunk is ranked as used now, so that fetches started later do not evict it first
             keys += [k for k in facts.keys(array, box) if k not in keys and self._status.get(k) in (None, "present")
-                     and not self.cache.holds((k, "None")) and (k, "None") not in inflight]
+                     and not self.cache.touch((k, "None")) and (k, "None") not in inflight]
         if not keys:
             return 0
         future = asyncio.run_coroutine_threadsafe(self._fetch_all(keys, prototype), _io_loop())
