@@ -358,7 +358,7 @@ def test_prefetch_keeps_the_held_chunks_it_will_need(served) -> None:
     _, url, raw, _, server = served
     vol = open_volume(url, cache_bytes=2 * (1 << 19) + 100_000)  # two raw chunks of 0.5 MB and the metadata
     a, b = (slice(0, 32), slice(0, 128), slice(0, 128)), (slice(0, 32), slice(128, 256), slice(0, 128))
-    vol.raw[a], vol.raw[b]  # noqa: B018  (both held, a the older)
+    vol.raw[a], vol.raw[b]  # both held, a the older
     more = (slice(0, 32), slice(0, 128), slice(128, 256))  # one more chunk: a held one must go
     vol.prefetch([("raw", 0, a), ("raw", 0, more)], wait=True)
     before = len(server.log)
