@@ -9,8 +9,12 @@ the link serves the published version as it is).
 
 - **Concurrent range reads**: zarr fetches the chunks of one read concurrently (up to
   ``zarr.config['async.concurrency']`` requests); shards are read by byte range.
-- **Bounded cache**: fetched (still encoded) chunks are kept in an LRU of ``cache_bytes`` per
-  process (default 256 MiB); decoded chunks are the reader's business.
+  :meth:`RemoteVolume.prefetch` starts the fetches of a whole patch (raw and labels) at once and
+  returns: reads decode each chunk once it has arrived and join the requests still in flight.
+- **Bounded cache**: fetched (still encoded) chunks are kept in a :class:`ByteCache` of
+  ``cache_bytes`` per process (default 256 MiB) that evicts large chunks before small ones
+  used at the same time (a miss costs a request whatever its size); decoded chunks are the
+  reader's business.
 - **Missing chunks are never zeros.** zarr reads an absent chunk as the fill value, and our
   writers do leave out chunks that are all fill value. The block checksums every array records
   (``emdata.checksum``, one per shard or chunk) tell the two apart: an absent chunk whose
