@@ -160,12 +160,27 @@ class Compose:
         return tuple((a - b) // 2 for a, b in zip(first, out_shape))  # type: ignore[return-value]
 
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Sequence[int]) -> Sample:
+        from emdata.torch.augment.geometric import fused_geometry, geometric_run
+        from emdata.torch.augment.intensity import fused_tables, table_run
+
         shapes = self.shapes(out_shape, sample.voxel_size)
         sample = center_crop(sample, shapes[0])
-        for t, shape in zip(self.transforms, shapes[1:]):
-            if not getattr(t, "reads_windows", False):  # a transform that expects arrays gets arrays
-                sample = materialize(sample)
-            sample = t(sample, rng, shape)
-            if sample.shape != shape:
-                raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
+        ts, i = self.transforms, 0
+        while i < len(ts):
+            # runs of geometric transforms resample once; runs of pointwise intensity changes look up once
+            for run, fused in ((geometric_run, fused_geometry), (table_run, fused_tables)):
+                j = run(ts, i)
+                if j > i:
+                    out = fused(ts[i:j], sample, rng, shapes[i:j + 1])
+                    if out is not None:
+                        sample, i = out, j
+                        break
+            else:
+                t, shape = ts[i], shapes[i + 1]
+                if not getattr(t, "reads_windows", False):  # a transform that expects arrays gets arrays
+                    sample = materialize(sample)
+                sample = t(sample, rng, shape)
+                if sample.shape != shape:
+                    raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
+                i += 1
         return materialize(sample)
