@@ -523,14 +523,10 @@ def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.nda
         lo = (int(rows.min()), int(yn.min() + off[:, 0].min()), int(xn.min() + off[:, 1].min()))
         hi = (int(rows.max()) + 1, int(yn.max() + off[:, 0].max()) + 1, int(xn.max() + off[:, 1].max()) + 1)
         a = a.read(tuple(slice(b, e) for b, e in zip(lo, hi)))
-        rows, yn, xn = rows - lo[0], yn - lo[1], xn - lo[2]
-        off = off - np.array(lo[1:])
-    it = a.itemsize
-    if any(s <= 0 or s % it for s in a.strides):
-        a = np.ascontiguousarray(a)
-    sz, sy, sx = (s // it for s in a.strides)
-    extent = sum((n - 1) * s for n, s in zip(a.shape, (sz, sy, sx))) + 1
-    flat = np.lib.stride_tricks.as_strided(a, (extent,), (it,), writeable=False)
+        rows, off = rows - lo[0], off - np.array(lo[1:])
+    a = np.ascontiguousarray(a)  # np.take is several times slower from a strided view
+    sz, sy, sx = (s // a.itemsize for s in a.strides)
+    flat = a.reshape(-1)
     idx = (yn * sy + xn * sx).reshape(-1)
     base = rows * sz + off[:, 0] * sy + off[:, 1] * sx
     out = np.empty(out_shape, a.dtype)

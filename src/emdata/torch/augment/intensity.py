@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -25,7 +26,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from emdata.torch.augment.compose import PointTransform, Sample, Zyx
-from emdata.torch.augment.geometric import is_isotropic
+from emdata.torch.augment.geometric import _cv2, is_isotropic
 
 
 def _to_unit(raw: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -186,6 +187,28 @@ def gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return _gaussian_quantiles()[bits]
 
 
+BANK_SCALE = 1024.0  # the bank holds standard normal noise times this, rounded to int16
+_BANK: list[np.ndarray] = []
+
+
+def noise_bank(size: int) -> np.ndarray:
+    """Standard normal noise × :data:`BANK_SCALE` as int16 (at least 2**22 values and 4 × ``size``),
+    made once per process from a fixed seed: :class:`GaussianNoise` reads a sample's noise from it
+    at an offset drawn from the sample's generator, so the noise stays a function of
+    ``(seed, epoch, index)`` and costs no generation per sample.
+
+    Example:
+        >>> bank = noise_bank(1000)
+        >>> bank.dtype, round(float(bank[:100_000].std()) / BANK_SCALE, 1)
+        (dtype('int16'), 1.0)
+    """
+    if not _BANK or len(_BANK[0]) < 4 * size:
+        n = max(1 << 22, 4 * size)
+        normal = np.random.default_rng(0x5EED_0F_E3DA7A).standard_normal(n, dtype=np.float32)
+        _BANK[:] = [np.rint(np.clip(normal, -4.5, 4.5) * np.float32(BANK_SCALE)).astype(np.int16)]
+    return _BANK[0]
+
+
 @dataclass(repr=False)
 class GaussianNoise(_Intensity):
     """Additive Gaussian noise (:func:`gaussian_noise`), standard deviation uniform in [0, sigma] (unit range)."""
@@ -199,13 +222,21 @@ class GaussianNoise(_Intensity):
             return super().__call__(sample, rng, out_shape)
         if self.p < 1 and rng.random() >= self.p:
             return sample
-        # integer raw: round(raw + noise) = raw + round(noise), so whole grey levels are added in int32
+        # integer raw: round(raw + s * noise), noise read from the bank at a drawn offset
         info = np.iinfo(raw.dtype)
         s = rng.uniform(0, self.sigma) * (float(info.max) - float(info.min))
-        levels = np.rint(_gaussian_quantiles() * np.float32(s)).astype(np.int32)
-        bits = np.frombuffer(rng.bytes(2 * raw.size), np.uint16).reshape(raw.shape)
-        out = levels[bits]
+        bank = noise_bank(raw.size)
+        start = int(rng.integers(0, len(bank) - raw.size + 1))
+        noise = bank[start:start + raw.size].reshape(raw.shape)
+        cv2 = _cv2()
+        if cv2 is not None and raw.dtype == np.uint8 and raw.ndim == 3:
+            flat = (raw.shape[0], -1)
+            out = cv2.addWeighted(raw.astype(np.int16).reshape(flat), 1.0, noise.reshape(flat), s / BANK_SCALE, 0.0,
+                                  dtype=cv2.CV_8U)
+            return replace(sample, raw=out.reshape(raw.shape))
+        out = np.multiply(noise, np.float32(s / BANK_SCALE), dtype=np.float32)
         out += raw
+        np.rint(out, out=out)
         return replace(sample, raw=np.clip(out, info.min, info.max, out=out).astype(raw.dtype))
 
     def change(self, rng: np.random.Generator, sample: Sample) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -223,6 +254,18 @@ class GaussianNoise(_Intensity):
         return change
 
 
+def _blur_sections(cv2, raw: np.ndarray, sigmas: list[float]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Each section blurred in xy by OpenCV (kernel to 3 sigma, reflecting edges as ``ndimage``'s
+    ``"reflect"``), in raw's integer dtype (fixed-point weights for 8 bits)."""
+    sy, sx = sigmas[1], sigmas[2]
+    ky, kx = (2 * math.ceil(3 * s) + 1 if s > 0 else 1 for s in (sy, sx))
+    out = np.empty_like(raw)
+    for z in range(raw.shape[0]):
+        cv2.GaussianBlur(raw[z], (kx, ky), sigmaX=max(sx, 1e-6), sigmaY=max(sy, 1e-6), dst=out[z],
+                         borderType=cv2.BORDER_REFLECT)
+    return out
+
+
 @dataclass(repr=False)
 class GaussianBlur(_Intensity):
     """Gaussian blur, sigma uniform in [0, sigma_nm] (xy only unless near-isotropic)."""
@@ -237,7 +280,12 @@ class GaussianBlur(_Intensity):
         sigmas = [s / v for v in sample.voxel_size]
         if not is_isotropic(sample.voxel_size):
             sigmas[0] = 0.0
-        return lambda x: ndimage.gaussian_filter(x, sigmas, mode="reflect", truncate=3.0)
+
+        def change(x: np.ndarray) -> np.ndarray:
+            return ndimage.gaussian_filter(x, sigmas, mode="reflect", truncate=3.0)
+
+        change.sigmas = sigmas  # type: ignore[attr-defined]
+        return change
 
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample:
         raw = sample.raw
@@ -247,7 +295,11 @@ class GaussianBlur(_Intensity):
             return sample
         # a blur is linear: filter the integers themselves (no trip through [0, 1]), round once
         info = np.iinfo(raw.dtype)
-        out = self.change(rng, sample)(raw.astype(np.float32))  # type: ignore[misc]
+        change = self.change(rng, sample)
+        cv2 = _cv2()
+        if cv2 is not None and raw.dtype in (np.uint8, np.uint16) and not is_isotropic(sample.voxel_size):
+            return replace(sample, raw=_blur_sections(cv2, raw, change.sigmas))  # type: ignore[union-attr]
+        out = change(raw.astype(np.float32))  # type: ignore[misc]
         np.rint(out, out=out)
         return replace(sample, raw=np.clip(out, info.min, info.max, out=out).astype(raw.dtype))
 
@@ -265,13 +317,36 @@ def _upsample_matrix(n: int, block: int) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=32)
+def _average_matrix(n: int, block: int) -> np.ndarray:
+    """(ceil(n / block), n) weights of the means of ``block`` voxels (the last tile padded by repeating the edge)."""
+    m = -(-n // block)
+    out = np.zeros((m, n), np.float32)
+    for k in range(m * block):
+        out[k // block, min(k, n - 1)] += 1 / block
+    return out
+
+
+def _upsample(grids: np.ndarray, block: int, shape: tuple[int, ...]) -> np.ndarray:
+    """(..., gy, gx) block-centre values interpolated linearly to every voxel of ``shape`` (y, x),
+    edges held: :func:`_upsample_matrix` on both axes (torch's ``interpolate``, which samples the
+    same positions, when installed)."""
+    from emdata.torch.augment.geometric import _torch
+
+    torch = _torch()
+    ny, nx = shape
+    if torch is not None and grids.shape[-2] * block >= ny and grids.shape[-1] * block >= nx:
+        flat = torch.from_numpy(np.ascontiguousarray(grids, np.float32).reshape(1, -1, *grids.shape[-2:]))
+        up = torch.nn.functional.interpolate(flat, scale_factor=block, mode="bilinear", align_corners=False)
+        return up.numpy().reshape(*grids.shape[:-2], *up.shape[-2:])[..., :ny, :nx]
+    return _upsample_matrix(ny, block) @ grids @ _upsample_matrix(nx, block).T
+
+
 def _block_means(x: np.ndarray, block: int) -> np.ndarray:
-    """(z, ceil(y / block), ceil(x / block)) means of ``block`` × ``block`` tiles (edge tiles padded by repeating)."""
-    z, ny, nx = x.shape
-    my, mx = -(-ny // block), -(-nx // block)
-    if (my * block, mx * block) != (ny, nx):
-        x = np.pad(x, ((0, 0), (0, my * block - ny), (0, mx * block - nx)), mode="edge")
-    return x.reshape(z, my, block, mx, block).mean(axis=(2, 4), dtype=np.float32)
+    """(z, ceil(y / block), ceil(x / block)) means of ``block`` × ``block`` tiles (edge tiles padded
+    by repeating), as two small matrix products per section."""
+    _, ny, nx = x.shape
+    return _average_matrix(ny, block) @ x @ _average_matrix(nx, block).T
 
 
 @dataclass(repr=False)
@@ -297,13 +372,27 @@ class LocalContrast(_Intensity):
         def change(x: np.ndarray) -> np.ndarray:
             mean = ndimage.uniform_filter(_block_means(x, block), window, mode="reflect")
             square = ndimage.uniform_filter(_block_means(x * x, block), window, mode="reflect")
-            std = np.sqrt(np.maximum(square - mean * mean, 1e-6))
+            std = np.sqrt(np.maximum(square - mean * mean, np.float32(1e-6)))
             spread = x.std(axis=(1, 2), keepdims=True)
             centre = x.mean(axis=(1, 2), keepdims=True)
             # x + w * ((x - mean) / std * spread + centre - x) = x * a + b
             a = 1 - w + w * spread / std
             b = w * (centre - mean * spread / std)
-            uy, ux = _upsample_matrix(x.shape[1], block), _upsample_matrix(x.shape[2], block).T
-            return x * (uy @ a @ ux) + uy @ b @ ux
+            a_up, b_up = _upsample(np.stack([a, b]), block, x.shape[1:])
+            out = np.multiply(a_up, x, dtype=np.float32)
+            out += b_up
+            return out
 
         return change
+
+    def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Zyx) -> Sample:
+        raw = sample.raw
+        if raw.dtype.kind not in "ui" or not self.strength:
+            return super().__call__(sample, rng, out_shape)
+        if self.p < 1 and rng.random() >= self.p:
+            return sample
+        # ``x * a + b`` with a scale-free ``a`` and ``b`` in x's units: the integers themselves, rounded once
+        info = np.iinfo(raw.dtype)
+        out = self.change(rng, sample)(raw.astype(np.float32))  # type: ignore[misc]
+        np.rint(out, out=out)
+        return replace(sample, raw=np.clip(out, info.min, info.max, out=out).astype(raw.dtype))
