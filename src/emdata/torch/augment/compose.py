@@ -149,6 +149,13 @@ class Compose:
 
     def shapes(self, out_shape: Sequence[int], voxel_size: Nm) -> list[Zyx]:
         """The input shape of every stage, then the output shape (last)."""
+        key = (tuple(int(s) for s in out_shape), tuple(voxel_size), tuple(id(t) for t in self.transforms))
+        cache = self.__dict__.setdefault("_shape_cache", {})
+        if key not in cache:
+            cache[key] = self._stage_shapes(out_shape, voxel_size)
+        return list(cache[key])
+
+    def _stage_shapes(self, out_shape: Sequence[int], voxel_size: Nm) -> list[Zyx]:
         shapes = [tuple(int(s) for s in out_shape)]
         for t in reversed(self.transforms):
             m = t.margin(shapes[0], voxel_size)  # type: ignore[arg-type]

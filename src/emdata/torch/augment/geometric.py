@@ -79,7 +79,8 @@ def _spline_matrix(n_out: int, n_grid: int) -> np.ndarray:
     evenly over ``n_out`` voxels (a linear map, so applied to unit vectors once)."""
     pos = np.linspace(0, n_grid - 1, n_out)[None]
     eye = np.eye(n_grid)
-    return np.stack([ndimage.map_coordinates(eye[j], pos, order=3, mode="nearest") for j in range(n_grid)], axis=1)
+    return np.stack([ndimage.map_coordinates(eye[j], pos, order=3, mode="nearest") for j in range(n_grid)],
+                    axis=1).astype(np.float32)
 
 
 class Warp:
@@ -140,7 +141,7 @@ class Warp:
         mats = [_spline_matrix(n, g) for n, g in zip(out_shape, grid)]
         out = []
         for _ in axes:
-            field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
+            field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma).astype(np.float32)
             # (gz, gy, gx) -> (nz, gy, gx) -> (nz, ny, gx) -> (nz, ny, nx): three small matrix products
             field = (mats[0] @ field.reshape(grid[0], -1)).reshape(-1, grid[1], grid[2])
             out.append((mats[1] @ field) @ mats[2].T)
@@ -162,18 +163,19 @@ class Warp:
             return [np.arange(n).reshape([-1 if k == a else 1 for k in range(3)]) + int(m)
                     for a, (n, m) in enumerate(zip(out_shape, offset))]
         v = np.array(voxel_size)
-        mat = _rotation(angle, *tilts) * zoom
-        rel = [((np.arange(n) - (n - 1) / 2) * s).reshape([-1 if k == a else 1 for k in range(3)])
-               for a, (n, s) in enumerate(zip(out_shape, v))]
+        mat = (_rotation(angle, *tilts) * zoom).astype(np.float32)  # float32 maps: positions to 1e-7 of the window
+        rel = [((np.arange(n, dtype=np.float32) - np.float32((n - 1) / 2)) * np.float32(s)).reshape(
+               [-1 if k == a else 1 for k in range(3)]) for a, (n, s) in enumerate(zip(out_shape, v))]
         out: list[np.ndarray] = []
         if not iso:
             out.append(np.arange(out_shape[0]).reshape(-1, 1, 1) + int(offset[0]))
-            rel[0] = np.zeros((1, 1, 1))
+            rel[0] = np.zeros((1, 1, 1), np.float32)
         for axis in range(0 if iso else 1, 3):
             pos = sum(mat[axis, k] * rel[k] for k in range(3) if mat[axis, k] != 0)
             if elastic is not None:
                 pos = pos + elastic[axis - (0 if iso else 1)]
-            out.append((np.broadcast_to(pos, field) / v[axis] + (in_shape[axis] - 1) / 2).astype(np.float32))
+            pos = np.broadcast_to(pos, field) * np.float32(1 / v[axis])
+            out.append(pos + np.float32((in_shape[axis] - 1) / 2))
         return out
 
     reads_windows = True  # a planar warp reads only the box of each label window its map reaches
