@@ -399,12 +399,15 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
     if cv2 is None or raw.dtype not in CV2_DTYPES or raw.ndim != 3 or min(raw.shape[1:]) < 2:
         return None
     out = np.empty((len(rows), *ymap.shape), raw.dtype)
-    ny, nx = raw.shape[1:]
+    xm, ym = cv2.convertMaps(np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32),
+                             cv2.CV_16SC2)
     if shifts is None or not shifts.any():
-        xm, ym = cv2.convertMaps(np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32),
-                                 cv2.CV_16SC2)
         for z, r in enumerate(rows):
             cv2.remap(raw[r], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
+        return out
+    if (shifts >= 0).all():  # a shifted section is the section seen from its shift on: the same map
+        for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
+            cv2.remap(raw[r, dy:, dx:], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
         return out
     ymap, xmap = ymap.astype(np.float32, copy=False), xmap.astype(np.float32, copy=False)
     for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
@@ -462,7 +465,7 @@ def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
     while n_shift < len(kinds) and kinds[n_shift] is Misalign:
         n_shift += 1
     rest = kinds[n_shift:]
-    if rest not in ([Warp, FlipTurn], [Warp], [FlipTurn], []) or len(transforms) < 2 and Warp not in rest:
+    if rest not in ([Warp, FlipTurn], [Warp], [FlipTurn], []) or (len(transforms) < 2 and Warp not in rest):
         return None
     warp = transforms[n_shift] if rest[:1] == [Warp] else None
     vs = sample.voxel_size
