@@ -7,6 +7,8 @@
   Voxels whose source lies outside the volume are marked invalid. z is mixed (tilts, z
   displacement) only when the voxel is near-isotropic (z / xy ≤ 1.5); otherwise z stays
   section-exact.
+- :func:`fused_geometry`: misalignments, a section-exact warp, flips and turns in a row composed
+  into one map and resampled once (what :class:`~emdata.torch.augment.Compose` does with them).
 
 Example:
     >>> import numpy as np

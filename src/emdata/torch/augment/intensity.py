@@ -4,8 +4,12 @@ float raw (``raw_dtype="float32"``) is changed as it is. Strength 0 is the ident
 
 Cost: a pointwise change (gamma, contrast and brightness) of 8- or 16-bit raw is a lookup table
 over the dtype's values, so it costs one gather per voxel and gives exactly what the float
-computation would; noise comes from 16 random bits per voxel through a table of Gaussian
-quantiles; local contrast takes its statistics on a coarse grid of blocks.
+computation would (a run of them in a :class:`~emdata.torch.augment.Compose` is one composed
+table, :func:`fused_tables`); noise on integer raw is a slice of a per-process bank of Gaussian
+noise at a drawn offset (:func:`noise_bank`), on float raw 16 random bits per voxel through a
+table of Gaussian quantiles; blur of anisotropic 8- and 16-bit raw is OpenCV's per section;
+local contrast takes its statistics on a coarse grid of blocks and works on the grey levels
+themselves.
 
 Example:
     >>> import numpy as np
