@@ -333,13 +333,21 @@ def _average_matrix(n: int, block: int) -> np.ndarray:
 
 def _upsample(grids: np.ndarray, block: int, shape: tuple[int, ...]) -> np.ndarray:
     """(..., gy, gx) block-centre values interpolated linearly to every voxel of ``shape`` (y, x),
-    edges held: :func:`_upsample_matrix` on both axes (torch's ``interpolate``, which samples the
-    same positions, when installed)."""
+    edges held: :func:`_upsample_matrix` on both axes (OpenCV's ``resize`` or torch's
+    ``interpolate``, which sample the same positions, when installed)."""
     from emdata.torch.augment.geometric import _torch
 
-    torch = _torch()
     ny, nx = shape
-    if torch is not None and grids.shape[-2] * block >= ny and grids.shape[-1] * block >= nx:
+    gy, gx = grids.shape[-2:]
+    fits = gy * block >= ny and gx * block >= nx
+    cv2 = _cv2()
+    if cv2 is not None and fits and grids.size // (gy * gx) <= 512:  # every grid a channel of one image
+        channels = np.ascontiguousarray(grids.reshape(-1, gy, gx).transpose(1, 2, 0), np.float32)
+        up = cv2.resize(channels, (gx * block, gy * block), interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(gy * block, gx * block, -1)  # one channel comes back 2D
+        return up[:ny, :nx].transpose(2, 0, 1).reshape(*grids.shape[:-2], ny, nx)
+    torch = _torch()
+    if torch is not None and fits:
         flat = torch.from_numpy(np.ascontiguousarray(grids, np.float32).reshape(1, -1, *grids.shape[-2:]))
         up = torch.nn.functional.interpolate(flat, scale_factor=block, mode="bilinear", align_corners=False)
         return up.numpy().reshape(*grids.shape[:-2], *up.shape[-2:])[..., :ny, :nx]
