@@ -537,6 +537,12 @@ def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.nda
     base = rows * sz + off[:, 0] * sy + off[:, 1] * sx
     out = np.empty(out_shape, a.dtype)
     plane = out.reshape(out_shape[0], -1)
+    z0 = int(rows[0])
+    if (off == off[0]).all() and np.array_equal(rows, np.arange(z0, z0 + len(rows))):  # one take for all
+        shift = int(off[0, 0] * sy + off[0, 1] * sx)
+        np.take(a.reshape(a.shape[0], -1)[z0:z0 + len(rows)], idx + shift if shift else idx, axis=1,
+                out=plane, mode="clip")
+        return out
     for z, b in enumerate(base):
         np.take(flat, idx + b if b else idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
     return out
