@@ -18,7 +18,9 @@ by OpenCV's fixed-point bilinear ``remap``, labels and validity gathered once fr
 voxel, label windows read only over the box the map reaches); a run of pointwise intensity
 changes is one composed lookup table. Both give what the transforms give one by one (labels
 exactly; raw up to OpenCV's 1/32-voxel interpolation weights). Without OpenCV (it comes with
-the ``torch`` extra) the transforms run one by one with numpy and torch.
+the ``torch`` extra) the transforms run one by one with numpy and torch. OpenCV is imported on
+the first augmented sample, not before, and set to one thread then (``cv2.setNumThreads(1)``:
+a loader already runs one process or thread per core).
 
 Example:
     >>> aug = em_augment((30.0, 6.0, 6.0))
