@@ -416,3 +416,22 @@ def test_noise_comes_from_the_bank_as_a_function_of_the_generator() -> None:
     c = noise(s, np.random.default_rng(10), raw.shape).raw
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert 1 < float(np.abs(a.astype(int) - 128).mean()) < 12
+
+
+def test_the_em_set_gives_the_same_labels_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenCV every transform runs one by one (numpy, torch): the same draws, so the same
+    labels and validity, and raw within the interpolation and blur rounding."""
+    from emdata.torch.augment import geometric, intensity
+
+    rng = np.random.default_rng(8)
+    aug, out_shape = em_augment(ANISO), (6, 40, 40)
+    window = Compose(aug.transforms).shapes(out_shape, ANISO)[0]
+    raw = np.clip(rng.normal(120, 30, window), 0, 255).astype(np.uint8)
+    ids = blocky_ids(rng, window)
+    fast = [aug(sample_of(raw, ids, ANISO), np.random.default_rng(seed), out_shape) for seed in range(12)]
+    monkeypatch.setattr(geometric, "_cv2", lambda: None)
+    monkeypatch.setattr(intensity, "_cv2", lambda: None)
+    for seed, f in enumerate(fast):
+        slow = aug(sample_of(raw, ids, ANISO), np.random.default_rng(seed), out_shape)
+        assert np.array_equal(f.labels["cells"], slow.labels["cells"]) and np.array_equal(f.valid, slow.valid)
+        assert np.median(np.abs(f.raw.astype(int) - slow.raw.astype(int))) <= 2
