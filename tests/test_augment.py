@@ -435,3 +435,30 @@ def test_the_em_set_gives_the_same_labels_without_opencv(monkeypatch: pytest.Mon
         slow = aug(sample_of(raw, ids, ANISO), np.random.default_rng(seed), out_shape)
         assert np.array_equal(f.labels["cells"], slow.labels["cells"]) and np.array_equal(f.valid, slow.valid)
         assert np.median(np.abs(f.raw.astype(int) - slow.raw.astype(int))) <= 2
+
+
+def test_dataset_reads_raw_only_where_the_augmentation_looks_and_gets_the_full_window_result(tmp_path: Path) -> None:
+    """Raw and labels handed to the augmentation as windows (read over the box the map reaches)
+    give exactly what the whole window read beforehand gives, at the volume's edges too."""
+    path = write_cells(tmp_path / "v.ome.zarr", shape=(8, 72, 72))
+    ds = PatchDataset([path], (4, 32, 32), labels=["cells"], augment="em", samples_per_epoch=16)
+    shape = tuple(n + 2 * m for n, m in zip(ds.patch_shape, ds.margin))
+
+    def drawn(i: int):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng([ds.seed, 0, i])  # as sample() draws the volume and the origin
+        plan = ds._plans[int(rng.choice(len(ds._plans), p=ds._volume_p))]
+        return plan, ds._origin(plan, rng), rng
+
+    edges = 0
+    for i in range(16):
+        plan, origin, rng = drawn(i)
+        start = tuple(o - m for o, m in zip(origin, ds.margin))
+        arrays, valid = ds._read_window(plan, ["raw", "cells"], start, shape, mask_layers=["raw", "cells"])
+        edges += not valid.all()
+        whole = ds.augment(Sample(arrays["raw"], {"cells": arrays["cells"]}, valid, ds.voxel_size), rng,
+                           ds.patch_shape)
+        plan, origin, rng = drawn(i)
+        lazy = ds._augmented(plan, origin, None, rng)
+        assert np.array_equal(lazy.raw, whole.raw) and np.array_equal(lazy.valid, whole.valid)
+        assert np.array_equal(lazy.labels["cells"], whole.labels["cells"])
+    assert edges, "some windows reach past the volume"

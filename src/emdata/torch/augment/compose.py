@@ -29,7 +29,8 @@ Nm = tuple[float, float, float]
 
 @dataclass
 class Sample:
-    """One patch under augmentation: ``raw`` (z, y, x), ``labels`` (layer → ids, same shape),
+    """One patch under augmentation: ``raw`` (z, y, x; the dataset may hand it over as a
+    :class:`Window`, read when a transform needs it), ``labels`` (layer → ids, same shape),
     ``valid`` (False where the voxel came from outside the volume or the region) and the voxel
     size in nm."""
 
@@ -93,9 +94,11 @@ class Window:
         return np.asarray(self)
 
 
-def materialize(sample: Sample) -> Sample:
-    """``sample`` with every label layer an array (windows read whole)."""
-    if not any(isinstance(v, Window) for v in sample.labels.values()):
+def materialize(sample: Sample, labels: bool = True) -> Sample:
+    """``sample`` with raw (and with ``labels`` every label layer) an array (windows read whole)."""
+    if isinstance(sample.raw, Window):
+        sample = replace(sample, raw=np.asarray(sample.raw))
+    if not labels or not any(isinstance(v, Window) for v in sample.labels.values()):
         return sample
     return replace(sample, labels={k: np.asarray(v) for k, v in sample.labels.items()})
 
@@ -178,14 +181,15 @@ class Compose:
             for run, fused in ((geometric_run, fused_geometry), (table_run, fused_tables)):
                 j = run(ts, i)
                 if j > i:
-                    out = fused(ts[i:j], sample, rng, shapes[i:j + 1])
+                    out = fused(ts[i:j], sample if fused is fused_geometry else materialize(sample, labels=False),
+                                rng, shapes[i:j + 1])
                     if out is not None:
                         sample, i = out, j
                         break
             else:
                 t, shape = ts[i], shapes[i + 1]
-                if not getattr(t, "reads_windows", False):  # a transform that expects arrays gets arrays
-                    sample = materialize(sample)
+                # raw is always an array here; label layers stay windows for a transform that reads them
+                sample = materialize(sample, labels=not getattr(t, "reads_windows", False))
                 sample = t(sample, rng, shape)
                 if sample.shape != shape:
                     raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")

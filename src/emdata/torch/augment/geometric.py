@@ -558,8 +558,16 @@ def _apply_map(sample: Sample, state: dict, rng: np.random.Generator, rows: np.n
     whole = np.issubdtype(ymap.dtype, np.integer) and np.issubdtype(xmap.dtype, np.integer)
     raw = None
     if inside and not whole:
-        shifts = off if off.any() else None
-        raw = remap_sections(sample.raw, rows, ymap, xmap, shifts)
+        source, shifts, at = sample.raw, off, (rows, ymap, xmap)
+        if isinstance(source, Window):  # read the box the map reaches (its bilinear neighbours included)
+            fy, fx = int(np.floor(ymap.min())), int(np.floor(xmap.min()))
+            low = off.min(axis=0)
+            box = (slice(int(rows.min()), int(rows.max()) + 1),
+                   slice(fy + int(low[0]), min(int(np.floor(ymap.max())) + 2 + int(off[:, 0].max()), n[1])),
+                   slice(fx + int(low[1]), min(int(np.floor(xmap.max())) + 2 + int(off[:, 1].max()), n[2])))
+            source = source.read(box)
+            at, shifts = (rows - box[0].start, ymap - np.float32(fy), xmap - np.float32(fx)), off - low
+        raw = remap_sections(source, *at, shifts if shifts.any() else None)
     if not inside or (raw is None and not whole):
         rng.bit_generator.state = state
         return None
