@@ -9,7 +9,8 @@ limited to one thread), after a warm-up. Cases:
 - ``augment=True``: flips on every axis and 90° turns in xy;
 - ``augment="em"``: the standard EM set (:func:`emdata.torch.augment.em_augment`: misalignment
   and slip, rotation ∘ zoom ∘ elastic warp with its margin read from the volume, flips and turns,
-  section defects, gamma, contrast, noise, blur, local contrast).
+  section defects, gamma, contrast, noise, blur, local contrast, each with its probability),
+  its geometry resampled in one pass through one composed map (OpenCV when installed).
 
 The cases run in interleaved rounds, so a busy machine slows them alike; each augmented rate is
 divided by the plain rate of the same round and the table gives the median of those ratios (and
@@ -52,6 +53,13 @@ def make_volume(root: Path) -> Path:
                                         [{"value": 0, "name": "background", "ontology": "background"}],
                                         instance_of="neuron")])
     return path
+
+
+def opencv_version() -> str:
+    from emdata.torch.augment.geometric import _cv2
+
+    cv2 = _cv2()
+    return cv2.__version__ if cv2 is not None else "not installed (numpy and torch paths)"
 
 
 def rate(dataset, n_warm: int, epoch: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -111,7 +119,7 @@ def main() -> None:
               f"{SHAPE[2]} volume held in memory; one process, 0 workers, batch 1, torch 1 thread; {args.rounds} "
               f"interleaved rounds of {args.n} patches after 8 warm-up; median rate, median of the per-round "
               f"ratios to the plain rate of the same round. Machine: {platform.machine()}, {os.cpu_count()} CPUs "
-              "(shared).")
+              f"(shared). OpenCV {opencv_version()}.")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "augment.json").write_text(json.dumps({"regime": regime, "rows": rows}, indent=1) + "\n")

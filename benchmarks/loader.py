@@ -28,7 +28,9 @@ patches of raw + labels, batch size 1, DataLoader workers forked, rates after a 
   the whole process tree after the rate run, the decoded cache's resident bytes (``fincore``),
   and the time from ``iter(loader)`` to the first batch.
 
-Augmentation speed is measured by ``benchmarks/augment.py``.
+- augmented (in memory, 16×128×128, 0 workers): ``augment="em"`` interleaved with plain emdata,
+  its rate and its ratio to the plain rate of the same rounds. The augmentation cases in detail:
+  ``benchmarks/augment.py``.
 
 Emdata and naive zarr run in 2 interleaved rounds (the best of each is kept), torch-em in one;
 the machine is shared, so compare ratios within one row group, measured in the same run.
@@ -43,6 +45,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,6 +337,23 @@ def memory_rows(path: Path, n: int) -> list[dict]:
     return rows
 
 
+def augmented_row(path: Path, patch: tuple[int, int, int], n: int, rounds: int = 2) -> dict:
+    """In memory, 0 workers: ``augment="em"`` against plain emdata in interleaved rounds (the same
+    dataset settings); the row carries the median augmented rate and its ratio to plain of the same rounds."""
+    from emdata.torch import PatchDataset
+
+    def dataset(augment):  # type: ignore[no-untyped-def]
+        return PatchDataset([str(path)], patch, labels=["cells"], samples_per_epoch=n + 4, memory_budget=BUDGET,
+                            augment=augment)
+
+    plain, em = dataset(False), dataset("em")
+    pairs = [(rate(loader_for(plain, 0), 4), rate(loader_for(em, 0), 4)) for _ in range(rounds)]
+    ratio = statistics.median(a / p for p, a in pairs)
+    return {"patch": "x".join(map(str, patch)), "regime": MEMORY, "workers": 0,
+            "loader": f"emdata augment='em' (÷ plain emdata of the same rounds: {ratio:.3f})",
+            "patches_per_s": round(statistics.median(a for _, a in pairs), 1), "ratio_to_plain": round(ratio, 3)}
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = ["| patch | regime | workers | loader | patches/s | emdata ÷ this |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -371,6 +391,8 @@ def main() -> None:
                 if regime == MEMORY:
                     fill_cache(path)
                 new = regime_rows(path, root, pname, patch, regime, n, args.peers_python)
+                if regime == MEMORY and patch == (16, 128, 128):  # the standard EM augmentation set, 0 workers
+                    new.append(augmented_row(path, patch, n))
                 for name, value in lim.items():
                     if (name == "memcpy (limit)") == (regime == MEMORY):
                         new.append({"patch": pname, "regime": regime, "workers": "-", "loader": name,

@@ -332,3 +332,133 @@ def test_label_windows_read_only_a_box_and_pad_like_the_full_window(tmp_path: Pa
         box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in
                     ((int(rng.integers(0, n)), n) for n in shape))
         assert np.array_equal(ds._read_clamped(plan, "cells", start, box), full["cells"][box])
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_fused_geometry_equals_the_transforms_one_by_one(forced: bool) -> None:
+    """Misalignments, warp, flips and turns resampled as one map: labels and validity exactly as
+    applying them one by one (label layers handed over as windows, read only where the map
+    reaches), raw up to OpenCV's 1/32-voxel interpolation weights."""
+    from emdata.torch.augment.compose import Window, materialize
+    from emdata.torch.augment.geometric import fused_geometry
+
+    rng = np.random.default_rng(0)
+    voxel, out_shape = ANISO, (6, 40, 40)
+    if forced:  # every draw fires: shifts on both misalignments, a warp every time
+        geo = [Misalign(48.0, p=1.0), Misalign(48.0, p=1.0, slip=True),
+               Warp(rotation_deg=180, scale=0.1, elastic_sigma_nm=12, control_spacing_nm=(120, 120, 120)), FlipTurn()]
+    else:
+        geo = em_augment(voxel).transforms[:4]
+    shapes = Compose(geo).shapes(out_shape, voxel)
+    window = shapes[0]
+    raw = rng.integers(0, 256, window).astype(np.uint8)
+    ids = np.arange(np.prod(window), dtype=np.uint64).reshape(window) + BIG
+    reads: list[tuple[slice, ...]] = []
+
+    def read(box: tuple[slice, ...]) -> np.ndarray:
+        reads.append(box)
+        return ids[box].copy()
+
+    fused_runs = 0
+    for seed in range(40):
+        s = Sample(raw, {"cells": Window(read, window, ids.dtype)}, np.ones(window, bool), voxel)
+        fused = fused_geometry(geo, s, np.random.default_rng(seed), shapes)
+        one_rng, one = np.random.default_rng(seed), sample_of(raw, ids, voxel)
+        for t, shape in zip(geo, shapes[1:]):
+            one = materialize(t(one, one_rng, shape))
+        if fused is None:
+            continue
+        fused_runs += 1
+        assert np.array_equal(fused.labels["cells"], one.labels["cells"])
+        assert np.array_equal(fused.valid, one.valid)
+        diff = np.abs(fused.raw.astype(int) - one.raw.astype(int))
+        assert diff.max() <= 9 and diff.mean() < 1.0  # 2 × 255 / 64 + rounding at most
+    assert fused_runs >= 35, "the em set's geometry fits its window: the fused path is the usual one"
+    assert all(b[1].stop - b[1].start < window[1] or b[2].stop - b[2].start < window[2] for b in reads[:5])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_fused_lookup_tables_equal_the_changes_one_by_one(dtype: str) -> None:
+    from emdata.torch.augment.intensity import fused_tables
+
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(2).integers(0, int(info.max) + 1, (3, 20, 20)).astype(dtype)
+    ts = [Gamma(0.3, p=0.7), ContrastBrightness(0.3, 0.1, p=0.7), Gamma(0.5)]
+    for seed in range(10):
+        s = sample_of(raw, blocky_ids(np.random.default_rng(0), raw.shape), ANISO)
+        fused = fused_tables(ts, s, np.random.default_rng(seed), [raw.shape] * 4)
+        rng, one = np.random.default_rng(seed), s
+        for t in ts:
+            one = t(one, rng, raw.shape)
+        assert fused is not None and np.array_equal(fused.raw, one.raw)
+
+
+def test_fast_blur_and_local_contrast_match_the_float_computation() -> None:
+    from emdata.torch.augment.intensity import in_unit_range
+
+    rng = np.random.default_rng(6)
+    raw = np.clip(rng.normal(120, 40, (4, 64, 64)), 0, 255).astype(np.uint8)
+    s = sample_of(raw, blocky_ids(rng, raw.shape), ANISO)
+    for t in (GaussianBlur(12.0), LocalContrast(0.5, size_nm=150.0)):
+        for seed in range(3):
+            fast = t(s, np.random.default_rng(seed), raw.shape).raw
+            change = t.change(np.random.default_rng(seed), s)  # the same draw, the float computation
+            slow = in_unit_range(raw, change) if isinstance(t, LocalContrast) else np.clip(
+                np.rint(change(raw.astype(np.float32))), 0, 255).astype(np.uint8)
+            assert fast.dtype == np.uint8 and np.abs(fast.astype(int) - slow.astype(int)).max() <= 1, t
+
+
+def test_noise_comes_from_the_bank_as_a_function_of_the_generator() -> None:
+    raw = np.full((2, 32, 32), 128, np.uint8)
+    s = sample_of(raw, blocky_ids(np.random.default_rng(0), raw.shape), ANISO)
+    noise = GaussianNoise(0.05)
+    a, b = (noise(s, np.random.default_rng(9), raw.shape).raw for _ in range(2))
+    c = noise(s, np.random.default_rng(10), raw.shape).raw
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert 1 < float(np.abs(a.astype(int) - 128).mean()) < 12
+
+
+def test_the_em_set_gives_the_same_labels_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenCV every transform runs one by one (numpy, torch): the same draws, so the same
+    labels and validity, and raw within the interpolation and blur rounding."""
+    from emdata.torch.augment import geometric, intensity
+
+    rng = np.random.default_rng(8)
+    aug, out_shape = em_augment(ANISO), (6, 40, 40)
+    window = Compose(aug.transforms).shapes(out_shape, ANISO)[0]
+    raw = np.clip(rng.normal(120, 30, window), 0, 255).astype(np.uint8)
+    ids = blocky_ids(rng, window)
+    fast = [aug(sample_of(raw, ids, ANISO), np.random.default_rng(seed), out_shape) for seed in range(12)]
+    monkeypatch.setattr(geometric, "_cv2", lambda: None)
+    monkeypatch.setattr(intensity, "_cv2", lambda: None)
+    for seed, f in enumerate(fast):
+        slow = aug(sample_of(raw, ids, ANISO), np.random.default_rng(seed), out_shape)
+        assert np.array_equal(f.labels["cells"], slow.labels["cells"]) and np.array_equal(f.valid, slow.valid)
+        assert np.median(np.abs(f.raw.astype(int) - slow.raw.astype(int))) <= 2
+
+
+def test_dataset_reads_raw_only_where_the_augmentation_looks_and_gets_the_full_window_result(tmp_path: Path) -> None:
+    """Raw and labels handed to the augmentation as windows (read over the box the map reaches)
+    give exactly what the whole window read beforehand gives, at the volume's edges too."""
+    path = write_cells(tmp_path / "v.ome.zarr", shape=(8, 72, 72))
+    ds = PatchDataset([path], (4, 32, 32), labels=["cells"], augment="em", samples_per_epoch=16)
+    shape = tuple(n + 2 * m for n, m in zip(ds.patch_shape, ds.margin))
+
+    def drawn(i: int):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng([ds.seed, 0, i])  # as sample() draws the volume and the origin
+        plan = ds._plans[int(rng.choice(len(ds._plans), p=ds._volume_p))]
+        return plan, ds._origin(plan, rng), rng
+
+    edges = 0
+    for i in range(16):
+        plan, origin, rng = drawn(i)
+        start = tuple(o - m for o, m in zip(origin, ds.margin))
+        arrays, valid = ds._read_window(plan, ["raw", "cells"], start, shape, mask_layers=["raw", "cells"])
+        edges += not valid.all()
+        whole = ds.augment(Sample(arrays["raw"], {"cells": arrays["cells"]}, valid, ds.voxel_size), rng,
+                           ds.patch_shape)
+        plan, origin, rng = drawn(i)
+        lazy = ds._augmented(plan, origin, None, rng)
+        assert np.array_equal(lazy.raw, whole.raw) and np.array_equal(lazy.valid, whole.valid)
+        assert np.array_equal(lazy.labels["cells"], whole.labels["cells"])
+    assert edges, "some windows reach past the volume"

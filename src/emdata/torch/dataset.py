@@ -447,10 +447,11 @@ class PatchDataset:
         if any(self.margin):
             start = tuple(o - m for o, m in zip(origin, self.margin))
             shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
-            arrays, valid = self._read_window(plan, ["raw"], start, shape,  # type: ignore[arg-type]
-                                              mask_layers=["raw", *plan.layers])
-            raw = arrays.pop("raw")
-            # label layers are read only where the transforms look (a warp: the box its map reaches)
+            _, valid = self._read_window(plan, [], start, shape,  # type: ignore[arg-type]
+                                         mask_layers=["raw", *plan.layers])
+            # raw and label layers are read only where the transforms look (a warp: the box its map reaches)
+            raw = Window(lambda box: self._raw_out(plan, self._read_clamped(plan, "raw", start, box)), shape,
+                         np.float32 if self.raw_dtype else self._read(plan, "raw", origin, (1, 1, 1)).dtype)
             labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
                                     self._read(plan, layer, origin, (1, 1, 1)).dtype) for layer in plan.layers}
         else:
@@ -460,8 +461,8 @@ class PatchDataset:
             missing = self._missing(plan, ["raw", *plan.layers], origin, self.patch_shape)
             if missing is not None:
                 valid &= ~missing
-        return self.augment(Sample(self._raw_out(plan, raw), labels, valid, self.voxel_size), rng,  # type: ignore[misc]
-                            self.patch_shape)
+        raw = raw if isinstance(raw, Window) else self._raw_out(plan, raw)
+        return self.augment(Sample(raw, labels, valid, self.voxel_size), rng, self.patch_shape)  # type: ignore[misc]
 
     def _mark_invalid(self, out: dict[str, Any], valid: np.ndarray) -> None:
         """Voxels warped in from outside the volume: ignore value, masked, never background."""

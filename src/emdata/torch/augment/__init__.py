@@ -11,6 +11,17 @@ augmented labels. Modules: :mod:`.compose` (protocol, :class:`Compose`), :mod:`.
 ``PatchDataset(..., augment="em")`` uses :func:`em_augment`; ``augment=True`` flips and turns
 by 90° in xy; any :class:`Compose` may be given.
 
+How a :class:`Compose` runs: a run of geometric transforms (misalignments, a section-exact
+warp, flips and turns) is resampled once, as one (y, x) map shared by every section plus
+whole-voxel shifts per section (:func:`~emdata.torch.augment.geometric.fused_geometry`: raw
+by OpenCV's fixed-point bilinear ``remap``, labels and validity gathered once from the nearest
+voxel, label windows read only over the box the map reaches); a run of pointwise intensity
+changes is one composed lookup table. Both give what the transforms give one by one (labels
+exactly; raw up to OpenCV's 1/32-voxel interpolation weights). Without OpenCV (it comes with
+the ``torch`` extra) the transforms run one by one with numpy and torch. OpenCV is imported on
+the first augmented sample, not before, and set to one thread then (``cv2.setNumThreads(1)``:
+a loader already runs one process or thread per core).
+
 Example:
     >>> aug = em_augment((30.0, 6.0, 6.0))
     >>> aug.margin((16, 128, 128), (30.0, 6.0, 6.0))
@@ -75,6 +86,10 @@ def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> 
     - intensity: gamma ±30 % (p 0.5), contrast ±30 % and brightness ±10 % (p 0.5), Gaussian
       noise up to 3 % of the range (p 0.3), blur up to 1.5 v (p 0.2), local contrast over
       25 v windows (p 0.2).
+
+    Probabilities are per sample unless said per section; what a transform skips costs nothing
+    but its draw. Cost (``benchmarks/augment.py``): the geometry is one resampling pass, gamma
+    and contrast one table lookup, noise a slice of a per-process bank, blur OpenCV's per section.
 
     Example:
         >>> [type(t).__name__ for t in em_augment((8.0, 8.0, 8.0)).transforms][:3]

@@ -29,7 +29,8 @@ Nm = tuple[float, float, float]
 
 @dataclass
 class Sample:
-    """One patch under augmentation: ``raw`` (z, y, x), ``labels`` (layer → ids, same shape),
+    """One patch under augmentation: ``raw`` (z, y, x; the dataset may hand it over as a
+    :class:`Window`, read when a transform needs it), ``labels`` (layer → ids, same shape),
     ``valid`` (False where the voxel came from outside the volume or the region) and the voxel
     size in nm."""
 
@@ -93,9 +94,11 @@ class Window:
         return np.asarray(self)
 
 
-def materialize(sample: Sample) -> Sample:
-    """``sample`` with every label layer an array (windows read whole)."""
-    if not any(isinstance(v, Window) for v in sample.labels.values()):
+def materialize(sample: Sample, labels: bool = True) -> Sample:
+    """``sample`` with raw (and with ``labels`` every label layer) an array (windows read whole)."""
+    if isinstance(sample.raw, Window):
+        sample = replace(sample, raw=np.asarray(sample.raw))
+    if not labels or not any(isinstance(v, Window) for v in sample.labels.values()):
         return sample
     return replace(sample, labels={k: np.asarray(v) for k, v in sample.labels.items()})
 
@@ -149,6 +152,13 @@ class Compose:
 
     def shapes(self, out_shape: Sequence[int], voxel_size: Nm) -> list[Zyx]:
         """The input shape of every stage, then the output shape (last)."""
+        key = (tuple(int(s) for s in out_shape), tuple(voxel_size), tuple(id(t) for t in self.transforms))
+        cache = self.__dict__.setdefault("_shape_cache", {})
+        if key not in cache:
+            cache[key] = self._stage_shapes(out_shape, voxel_size)
+        return list(cache[key])
+
+    def _stage_shapes(self, out_shape: Sequence[int], voxel_size: Nm) -> list[Zyx]:
         shapes = [tuple(int(s) for s in out_shape)]
         for t in reversed(self.transforms):
             m = t.margin(shapes[0], voxel_size)  # type: ignore[arg-type]
@@ -160,12 +170,28 @@ class Compose:
         return tuple((a - b) // 2 for a, b in zip(first, out_shape))  # type: ignore[return-value]
 
     def __call__(self, sample: Sample, rng: np.random.Generator, out_shape: Sequence[int]) -> Sample:
+        from emdata.torch.augment.geometric import fused_geometry, geometric_run
+        from emdata.torch.augment.intensity import fused_tables, table_run
+
         shapes = self.shapes(out_shape, sample.voxel_size)
         sample = center_crop(sample, shapes[0])
-        for t, shape in zip(self.transforms, shapes[1:]):
-            if not getattr(t, "reads_windows", False):  # a transform that expects arrays gets arrays
-                sample = materialize(sample)
-            sample = t(sample, rng, shape)
-            if sample.shape != shape:
-                raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
+        ts, i = self.transforms, 0
+        while i < len(ts):
+            # runs of geometric transforms resample once; runs of pointwise intensity changes look up once
+            for run, fused in ((geometric_run, fused_geometry), (table_run, fused_tables)):
+                j = run(ts, i)
+                if j > i:
+                    out = fused(ts[i:j], sample if fused is fused_geometry else materialize(sample, labels=False),
+                                rng, shapes[i:j + 1])
+                    if out is not None:
+                        sample, i = out, j
+                        break
+            else:
+                t, shape = ts[i], shapes[i + 1]
+                # raw is always an array here; label layers stay windows for a transform that reads them
+                sample = materialize(sample, labels=not getattr(t, "reads_windows", False))
+                sample = t(sample, rng, shape)
+                if sample.shape != shape:
+                    raise ValueError(f"{t!r} returned shape {sample.shape}, expected {shape}")
+                i += 1
         return materialize(sample)

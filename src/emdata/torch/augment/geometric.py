@@ -7,6 +7,8 @@
   Voxels whose source lies outside the volume are marked invalid. z is mixed (tilts, z
   displacement) only when the voxel is near-isotropic (z / xy ≤ 1.5); otherwise z stays
   section-exact.
+- :func:`fused_geometry`: misalignments, a section-exact warp, flips and turns in a row composed
+  into one map and resampled once (what :class:`~emdata.torch.augment.Compose` does with them).
 
 Example:
     >>> import numpy as np
@@ -79,7 +81,8 @@ def _spline_matrix(n_out: int, n_grid: int) -> np.ndarray:
     evenly over ``n_out`` voxels (a linear map, so applied to unit vectors once)."""
     pos = np.linspace(0, n_grid - 1, n_out)[None]
     eye = np.eye(n_grid)
-    return np.stack([ndimage.map_coordinates(eye[j], pos, order=3, mode="nearest") for j in range(n_grid)], axis=1)
+    return np.stack([ndimage.map_coordinates(eye[j], pos, order=3, mode="nearest") for j in range(n_grid)],
+                    axis=1).astype(np.float32)
 
 
 class Warp:
@@ -140,7 +143,7 @@ class Warp:
         mats = [_spline_matrix(n, g) for n, g in zip(out_shape, grid)]
         out = []
         for _ in axes:
-            field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma)
+            field = np.clip(rng.normal(0.0, self.sigma, grid), -3 * self.sigma, 3 * self.sigma).astype(np.float32)
             # (gz, gy, gx) -> (nz, gy, gx) -> (nz, ny, gx) -> (nz, ny, nx): three small matrix products
             field = (mats[0] @ field.reshape(grid[0], -1)).reshape(-1, grid[1], grid[2])
             out.append((mats[1] @ field) @ mats[2].T)
@@ -162,18 +165,19 @@ class Warp:
             return [np.arange(n).reshape([-1 if k == a else 1 for k in range(3)]) + int(m)
                     for a, (n, m) in enumerate(zip(out_shape, offset))]
         v = np.array(voxel_size)
-        mat = _rotation(angle, *tilts) * zoom
-        rel = [((np.arange(n) - (n - 1) / 2) * s).reshape([-1 if k == a else 1 for k in range(3)])
-               for a, (n, s) in enumerate(zip(out_shape, v))]
+        mat = (_rotation(angle, *tilts) * zoom).astype(np.float32)  # float32 maps: positions to 1e-7 of the window
+        rel = [((np.arange(n, dtype=np.float32) - np.float32((n - 1) / 2)) * np.float32(s)).reshape(
+               [-1 if k == a else 1 for k in range(3)]) for a, (n, s) in enumerate(zip(out_shape, v))]
         out: list[np.ndarray] = []
         if not iso:
             out.append(np.arange(out_shape[0]).reshape(-1, 1, 1) + int(offset[0]))
-            rel[0] = np.zeros((1, 1, 1))
+            rel[0] = np.zeros((1, 1, 1), np.float32)
         for axis in range(0 if iso else 1, 3):
             pos = sum(mat[axis, k] * rel[k] for k in range(3) if mat[axis, k] != 0)
             if elastic is not None:
                 pos = pos + elastic[axis - (0 if iso else 1)]
-            out.append((np.broadcast_to(pos, field) / v[axis] + (in_shape[axis] - 1) / 2).astype(np.float32))
+            pos = np.broadcast_to(pos, field) * np.float32(1 / v[axis])
+            out.append(pos + np.float32((in_shape[axis] - 1) / 2))
         return out
 
     reads_windows = True  # a planar warp reads only the box of each label window its map reaches
@@ -354,3 +358,223 @@ def _remap_3d(sample: Sample, terms: list, inside: np.ndarray, out_shape: Zyx) -
             w = w * (t[1] if bit else 1 - t[1])
         out += np.take(raw, np.broadcast_to(idx, out_shape)) * w
     return Sample(_back(out, sample.raw.dtype), labels, valid, sample.voxel_size)
+
+
+_CV2: list = []
+
+
+def _cv2():  # type: ignore[no-untyped-def]
+    """OpenCV when it is installed (the ``torch`` extra brings it), else None. Its ``remap``
+    interpolates 8-bit raw in fixed point and its ``LUT`` looks up 8-bit values faster than numpy.
+    On first use it is set to one thread (``cv2.setNumThreads(1)``): patches are small, and a
+    loader runs one process or thread per core already."""
+    if not _CV2:
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)
+        except ImportError:
+            cv2 = None
+        _CV2.append(cv2)
+    return _CV2[0]
+
+
+CV2_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
+
+
+def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np.ndarray,
+                   shifts: np.ndarray | None = None) -> np.ndarray | None:
+    """Raw sections ``rows`` read bilinearly at (``ymap``, ``xmap``) (2D float32 positions, clamped
+    to the section; section ``z`` moved by the whole voxels ``shifts[z]`` (y, x) when given) with
+    OpenCV's ``remap``; None when OpenCV is missing or cannot take raw's dtype. OpenCV weighs the
+    four neighbours in steps of 1/32 voxel (``INTER_BITS``), so a value differs from the float
+    computation by at most 1/64 of the step between neighbours, plus rounding.
+
+    Example:
+        >>> raw = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4) * 4
+        >>> y, x = np.full((1, 1), 1.5, np.float32), np.full((1, 1), 2.0, np.float32)
+        >>> remap_sections(raw, np.array([1, 0]), y, x)[:, 0, 0].tolist()  # (z * 16 + 1.5 * 4 + 2) * 4
+        [96, 32]
+    """
+    cv2 = _cv2()
+    if cv2 is None or raw.dtype not in CV2_DTYPES or raw.ndim != 3 or min(raw.shape[1:]) < 2:
+        return None
+    out = np.empty((len(rows), *ymap.shape), raw.dtype)
+    xm, ym = cv2.convertMaps(np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32),
+                             cv2.CV_16SC2)
+    if shifts is None or not shifts.any():
+        for z, r in enumerate(rows):
+            cv2.remap(raw[r], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
+        return out
+    if (shifts >= 0).all():  # a shifted section is the section seen from its shift on: the same map
+        for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
+            cv2.remap(raw[r, dy:, dx:], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
+        return out
+    ymap, xmap = ymap.astype(np.float32, copy=False), xmap.astype(np.float32, copy=False)
+    for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
+        cv2.remap(raw[r], xmap + np.float32(dx), ymap + np.float32(dy), cv2.INTER_LINEAR, dst=out[z],
+                  borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _nearest(c: np.ndarray) -> np.ndarray:
+    """The nearest whole voxel of positions ``c`` (halves up), as :func:`_axis` picks it inside the window."""
+    if np.issubdtype(c.dtype, np.integer):
+        return c.astype(np.intp, copy=False)
+    return np.floor(c + np.float32(0.5)).astype(np.intp)
+
+
+def geometric_run(transforms: list, start: int) -> int:
+    """The end of the run of ``transforms`` from ``start`` that :func:`fused_geometry` may apply at
+    once (misalignments, a warp, flips and turns, in that order); ``start`` when there is none."""
+    from emdata.torch.augment.defects import Misalign
+
+    j = start
+    while j < len(transforms) and type(transforms[j]) is Misalign:
+        j += 1
+    for kind in (Warp, FlipTurn):
+        if j < len(transforms) and type(transforms[j]) is kind:
+            j += 1
+    has_warp = any(type(t) is Warp for t in transforms[start:j])
+    return j if j - start >= 2 or has_warp else start
+
+
+def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
+                   shapes: list[Zyx]) -> Sample | None:
+    """``transforms`` (misalignments, then at most one section-exact :class:`Warp`, then at most
+    one :class:`FlipTurn`, as :func:`~emdata.torch.augment.em_augment` orders them) applied as ONE
+    coordinate map: the same random draws in the same order as applying them one by one, composed
+    backwards into one (y, x) map shared by every section plus whole-voxel shifts per section.
+    Raw is interpolated once (:func:`remap_sections`), labels and validity gathered once from the
+    nearest voxel, so the result equals the one-by-one result exactly on labels and validity and up
+    to OpenCV's 1/32-voxel weights on raw. ``shapes``: the input shape, then each transform's
+    output shape. None (and ``rng`` untouched) when the run does not take this form or a position
+    would need clamping at the window's edge: the caller then applies the transforms one by one.
+
+    Example:
+        >>> ids = np.arange(2 * 60 * 60, dtype=np.uint64).reshape(2, 60, 60)
+        >>> s = Sample(ids.astype(np.uint8), {"cells": ids}, np.ones(ids.shape, bool), (30.0, 6.0, 6.0))
+        >>> ts = [Warp(rotation_deg=90, scale=0.1, elastic_sigma_nm=6), FlipTurn()]
+        >>> out = fused_geometry(ts, s, np.random.default_rng(1), [(2, 60, 60), (2, 32, 32), (2, 32, 32)])
+        >>> out.raw.shape, bool(np.isin(out.labels["cells"], ids).all())
+        ((2, 32, 32), True)
+    """
+    from emdata.torch.augment.defects import Misalign
+
+    kinds = [type(t) for t in transforms]
+    n_shift = 0
+    while n_shift < len(kinds) and kinds[n_shift] is Misalign:
+        n_shift += 1
+    rest = kinds[n_shift:]
+    if rest not in ([Warp, FlipTurn], [Warp], [FlipTurn], []) or (len(transforms) < 2 and Warp not in rest):
+        return None
+    warp = transforms[n_shift] if rest[:1] == [Warp] else None
+    vs = sample.voxel_size
+    if (warp is not None and warp._mixes_z(vs)) or sample.raw.ndim != 3:
+        return None
+    state = rng.bit_generator.state
+    # the draws, in the order the transforms make them one by one
+    shifts = [t.draw(rng, shapes[k + 1], vs) for k, t in enumerate(transforms[:n_shift])]
+    coords = None
+    if warp is not None:
+        w_in, w_out = shapes[n_shift], shapes[n_shift + 1]
+        if not (warp.p < 1 and rng.random() >= warp.p):
+            coords = warp.coordinates(w_in, w_out, vs, rng)
+    flips, turns = [], 0
+    out_shape = shapes[-1]
+    if rest[-1:] == [FlipTurn]:
+        flips = [axis for axis in range(3) if rng.random() < 0.5]
+        turns = int(rng.integers(4)) if out_shape[1] == out_shape[2] else 0
+    # backwards from the output grid: flips and turns permute it ...
+    nz = out_shape[0]
+    zz = np.arange(nz)[::-1] if 0 in flips else np.arange(nz)
+    yy, xx = np.indices(out_shape[1:], dtype=np.intp)
+    for axis in (1, 2):
+        if axis in flips:
+            yy, xx = np.flip(yy, axis - 1), np.flip(xx, axis - 1)
+    if turns:
+        yy, xx = np.rot90(yy, turns), np.rot90(xx, turns)
+    # ... the warp maps it into its input window (or crops it) ...
+    stage = n_shift
+    if warp is not None:
+        w_in, w_out = shapes[stage], shapes[stage + 1]
+        if coords is None:
+            m = [(a - b) // 2 for a, b in zip(w_in, w_out)]
+            zz, yy, xx = zz + m[0], yy + m[1], xx + m[2]
+        else:
+            zz = np.broadcast_to(coords[0], (w_out[0], 1, 1)).reshape(-1)[zz]
+            ymap = np.broadcast_to(coords[1], (1, *w_out[1:]))[0]
+            xmap = np.broadcast_to(coords[2], (1, *w_out[1:]))[0]
+            yy, xx = ymap[yy, xx], xmap[yy, xx]
+    # ... and the misalignments shift whole sections
+    off = np.zeros((nz, 2), np.intp)
+    for k in reversed(range(n_shift)):
+        inner, outer = shapes[k + 1], shapes[k]
+        if shifts[k] is not None:
+            moved, dy, dx = shifts[k]
+            hit = np.zeros(inner[0], bool)
+            hit[moved] = True
+            off[hit[zz]] += (dy, dx)
+        m = [(a - b) // 2 for a, b in zip(outer, inner)]
+        zz = zz + m[0]
+        off += (m[1], m[2])
+    return _apply_map(sample, state, rng, zz, yy, xx, off, out_shape)
+
+
+def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.ndarray, off: np.ndarray,
+            out_shape: Zyx) -> np.ndarray:
+    """``a[rows[z], yn + off[z, 0], xn + off[z, 1]]`` for every section ``z`` (positions inside ``a``),
+    one ``np.take`` per section from a flat view (a window is read only over the box reached)."""
+    if isinstance(a, Window):
+        lo = (int(rows.min()), int(yn.min() + off[:, 0].min()), int(xn.min() + off[:, 1].min()))
+        hi = (int(rows.max()) + 1, int(yn.max() + off[:, 0].max()) + 1, int(xn.max() + off[:, 1].max()) + 1)
+        a = a.read(tuple(slice(b, e) for b, e in zip(lo, hi)))
+        rows, off = rows - lo[0], off - np.array(lo[1:])
+    a = np.ascontiguousarray(a)  # np.take is several times slower from a strided view
+    sz, sy, sx = (s // a.itemsize for s in a.strides)
+    flat = a.reshape(-1)
+    idx = (yn * sy + xn * sx).reshape(-1)
+    base = rows * sz + off[:, 0] * sy + off[:, 1] * sx
+    out = np.empty(out_shape, a.dtype)
+    plane = out.reshape(out_shape[0], -1)
+    z0 = int(rows[0])
+    if (off == off[0]).all() and np.array_equal(rows, np.arange(z0, z0 + len(rows))):  # one take for all
+        shift = int(off[0, 0] * sy + off[0, 1] * sx)
+        np.take(a.reshape(a.shape[0], -1)[z0:z0 + len(rows)], idx + shift if shift else idx, axis=1,
+                out=plane, mode="clip")
+        return out
+    for z, b in enumerate(base):
+        np.take(flat, idx + b if b else idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
+    return out
+
+
+def _apply_map(sample: Sample, state: dict, rng: np.random.Generator, rows: np.ndarray, ymap: np.ndarray,
+               xmap: np.ndarray, off: np.ndarray, out_shape: Zyx) -> Sample | None:
+    """:func:`fused_geometry`'s resampling; None (``rng`` back at ``state``) when it cannot be done exactly here."""
+    n = sample.shape
+    inside = (rows.min() >= 0 and rows.max() < n[0]
+              and ymap.min() + off[:, 0].min() >= 0 and ymap.max() + off[:, 0].max() <= n[1] - 1
+              and xmap.min() + off[:, 1].min() >= 0 and xmap.max() + off[:, 1].max() <= n[2] - 1)
+    whole = np.issubdtype(ymap.dtype, np.integer) and np.issubdtype(xmap.dtype, np.integer)
+    raw = None
+    if inside and not whole:
+        source, shifts, at = sample.raw, off, (rows, ymap, xmap)
+        if isinstance(source, Window):  # read the box the map reaches (its bilinear neighbours included)
+            fy, fx = int(np.floor(ymap.min())), int(np.floor(xmap.min()))
+            low = off.min(axis=0)
+            box = (slice(int(rows.min()), int(rows.max()) + 1),
+                   slice(fy + int(low[0]), min(int(np.floor(ymap.max())) + 2 + int(off[:, 0].max()), n[1])),
+                   slice(fx + int(low[1]), min(int(np.floor(xmap.max())) + 2 + int(off[:, 1].max()), n[2])))
+            source = source.read(box)
+            at, shifts = (rows - box[0].start, ymap - np.float32(fy), xmap - np.float32(fx)), off - low
+        raw = remap_sections(source, *at, shifts if shifts.any() else None)
+    if not inside or (raw is None and not whole):
+        rng.bit_generator.state = state
+        return None
+    yn, xn = _nearest(ymap), _nearest(xmap)
+    if raw is None:
+        raw = _gather(sample.raw, rows, yn, xn, off, out_shape)
+    labels = {k: _gather(v, rows, yn, xn, off, out_shape) for k, v in sample.labels.items()}
+    valid = sample.valid
+    valid = np.ones(out_shape, bool) if valid.all() else _gather(valid, rows, yn, xn, off, out_shape)
+    return Sample(raw, labels, valid, sample.voxel_size)
