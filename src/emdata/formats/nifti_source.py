@@ -57,7 +57,7 @@ class NiftiArray:
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         (z0, z1, _), (y0, y1, _), (x0, x1, _) = (sl.indices(n) for sl, n in zip(box, self.shape))
         z1, y1, x1 = max(z0, z1), max(y0, y1), max(x0, x1)
-        nz, ny, nx = self.shape
+        _, ny, nx = self.shape
         row = nx * self.dtype.itemsize
         out = np.empty((z1 - z0, y1 - y0, x1 - x0), self.dtype)
         band = np.empty((y1 - y0, nx), self.dtype)

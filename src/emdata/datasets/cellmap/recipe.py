@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from emdata.catalog import Card, get_card
+from emdata.config import downloads_dir
 from emdata.datasets._common import as_list, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.cellmap.classes import (
     BY_ID,
@@ -67,7 +68,6 @@ from emdata.datasets.cellmap.classes import (
     paint_order,
 )
 from emdata.datasets.cellmap.manifest import Crop, parse_manifest
-from emdata.config import downloads_dir
 from emdata.datasets.cellmap.zarr_v2 import ArrayMeta, LocalBox, get_json, mirror_box, open_array
 from emdata.datasets.contract import Option
 from emdata.formats.lazy import Combined, slab_boxes

@@ -42,8 +42,8 @@ from emdata.formats.cvat import (
     write_cvat,
 )
 
-__all__ = ["AnnotationFormatError", "Colour", "CvatDocument", "Ellipse", "annotations_by_image", "bbox_strings",
-           "coco_to_cvat", "colour_mask", "EllipseMasks", "cvat_to_coco", "cvat_to_string", "load_coco", "overlay",
+__all__ = ["AnnotationFormatError", "Colour", "CvatDocument", "Ellipse", "EllipseMasks", "annotations_by_image",
+           "bbox_strings", "coco_to_cvat", "colour_mask", "cvat_to_coco", "cvat_to_string", "load_coco", "overlay",
            "parse_cvat_tree", "read_cvat", "relabel_cvat", "render_ellipses", "write_cvat"]
 
 
