@@ -498,16 +498,17 @@ def maximum(source: Any) -> Any:
 
 # -- slab passes and derived sources for the recipes that compute labels from their inputs ------------
 
-def slab_boxes(shape: tuple[int, ...], bytes_per_voxel: int, slab_bytes: int = SLAB_BYTES) -> Iterator[Box]:
+def slab_boxes(shape: tuple[int, ...], bytes_per_voxel: int, slab_bytes: int | None = None) -> Iterator[Box]:
     """Boxes of consecutive whole z-slabs covering ``shape`` (each at most ``slab_bytes`` at
-    ``bytes_per_voxel``, at least one slice): for passes that read several sources side by side.
+    ``bytes_per_voxel``, at least one slice; default :data:`SLAB_BYTES`, read when called): for passes
+    that read several sources side by side. Count the temporaries of the pass in ``bytes_per_voxel``.
 
     Example:
         >>> [b[0] for b in slab_boxes((5, 2, 2), 1, slab_bytes=8)]
         [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
     """
     plane = max(1, math.prod(shape[1:3]) * max(1, int(bytes_per_voxel)))
-    step = max(1, slab_bytes // plane)
+    step = max(1, (SLAB_BYTES if slab_bytes is None else slab_bytes) // plane)
     rest = tuple(slice(0, n) for n in shape[1:3])
     for z0 in range(0, shape[0], step):
         yield (slice(z0, min(z0 + step, shape[0])), *rest)

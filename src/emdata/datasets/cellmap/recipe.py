@@ -403,7 +403,7 @@ def _labels(card: Card, crop: Crop, gt_group: str, class_levels: dict[str, list[
                                    instance_of=CLASSES[name].ontology, annotates=[CLASSES[name].ontology],
                                    ignore_value=enc.unknown))
     frozen = tuple(encodings)
-    per_voxel = sum(s.dtype.itemsize for s in sources)
+    per_voxel = sum(s.dtype.itemsize for s in sources) + 4 * len(sources) + 1  # the class masks of a slab
     totals = np.zeros(2 * len(sources) + 1, np.int64)
     for box in slab_boxes(shape, per_voxel):  # one pass over every class, a z-slab at a time
         totals += _counts(frozen, *(s.read(box) for s in sources))

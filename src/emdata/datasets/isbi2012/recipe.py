@@ -106,7 +106,8 @@ def _value_evidence(data: Any, raw: Any) -> tuple[np.ndarray, dict[Any, tuple[in
     (voxels, sum of the raw grey values there) — exact integers, so the fractions and means equal
     those computed over the whole arrays."""
     found: dict[Any, list[int]] = {}
-    per_voxel = np.dtype(data.dtype).itemsize + np.dtype(raw.dtype).itemsize
+    # the two slabs, np.unique's sorted copy and int64 inverse, the float64 grey values
+    per_voxel = 2 * np.dtype(data.dtype).itemsize + np.dtype(raw.dtype).itemsize + 24
     for box in slab_boxes(data.shape, per_voxel):
         values, inverse = np.unique(data.read(box), return_inverse=True)
         inverse = inverse.ravel()

@@ -278,7 +278,7 @@ def _number_colours(colours: TiffStack, encoding: str) -> tuple[np.ndarray, np.n
     (a colour's first appearance is in the first slab holding it); background → 0, not numbered."""
     seen: set[int] = set()
     codes: list[int] = []
-    for box in slab_boxes(colours.shape[:3], 16):  # colour pixel, its code and np.unique's work
+    for box in slab_boxes(colours.shape[:3], 32):  # colour pixel, its code and np.unique's work
         found, first = np.unique(_colour_codes(colours.read(box), encoding).ravel(), return_index=True)
         for code in found[np.argsort(first, kind="stable")].tolist():
             if code != 0 and code not in seen:
@@ -343,7 +343,7 @@ def _measures(semantic: Any, values: tuple[int, ...]) -> dict[int, dict[str, Any
     (read in z-slabs; ``semantic``: an array or a source)."""
     source = as_source(semantic)
     sums = {v: [0, 0, 0] for v in values}
-    for box in slab_boxes(source.shape, 16):
+    for box in slab_boxes(source.shape, 32):  # colours, their codes, np.unique's inverse, masks
         slab = source.read(box)
         body = slab == 5
         for v in values:
