@@ -9,12 +9,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from emdata.formats.lazy import SliceStack
 from emdata.formats.png import ImageFormatError, read_image
 from emdata.sources.archive import list_members, read_member
 
@@ -118,3 +120,47 @@ def read_grey_stack(archive: Path, members: list[str], error: type[ValueError] =
         slices.append(img)
     return np.stack(slices)
 
+
+
+def _grey_slice(archive: str, members: tuple[str, ...], error: type[ValueError], plane: tuple[int, ...],
+                dtype: str, z: int) -> np.ndarray:
+    img = read_png(Path(archive), members[z], error)
+    where = f"{Path(archive).name}:{members[z]}"
+    if img.ndim != 2 or not np.issubdtype(img.dtype, np.integer):
+        raise error(f"{where}: expected a single-channel greyscale integer image, got shape {img.shape} "
+                    f"dtype {img.dtype}")
+    if img.shape != plane or img.dtype != np.dtype(dtype):
+        raise error(f"{where}: shape {img.shape} dtype {img.dtype} differs from {Path(archive).name}:{members[0]} "
+                    f"({plane} {np.dtype(dtype)}); all slices of a stack must match")
+    return img
+
+
+def stack_key(archive: Path, members: list[str], what: str) -> str:
+    """A name for a stack of ``members`` of ``archive`` in the per-process cache of decoded slices
+    (the archive's size and time are part of it: slices of a replaced archive are never reused)."""
+    stat = Path(archive).stat()
+    return f"{archive}:{stat.st_mtime_ns}:{stat.st_size}:{what}:{members[0]}..{members[-1]}:{len(members)}"
+
+
+def grey_slice_stack(archive: Path, members: list[str], error: type[ValueError] = ValueError) -> SliceStack:
+    """:func:`read_grey_stack` as an array source: only the first slice is decoded now, the
+    others when a box needs them (the same checks, raised when the slice is read).
+
+    Example:
+        >>> import io, tempfile, zipfile
+        >>> from PIL import Image
+        >>> path = Path(tempfile.mkdtemp()) / "s.zip"
+        >>> with zipfile.ZipFile(path, "w") as zf:
+        ...     for z in range(3):
+        ...         buf = io.BytesIO(); Image.fromarray(np.full((2, 4), z, np.uint8)).save(buf, "PNG")
+        ...         zf.writestr(f"im{z}.png", buf.getvalue())
+        >>> stack = grey_slice_stack(path, ["im0.png", "im1.png", "im2.png"])
+        >>> stack.shape, stack.read((slice(1, 3), slice(0, 1), slice(0, 1))).ravel().tolist()
+        ((3, 2, 4), [1, 2])
+    """
+    first = read_png(archive, members[0], error)
+    if first.ndim != 2 or not np.issubdtype(first.dtype, np.integer):
+        raise error(f"{archive.name}:{members[0]}: expected a single-channel greyscale integer image, got shape "
+                    f"{first.shape} dtype {first.dtype}")
+    read = functools.partial(_grey_slice, str(archive), tuple(members), error, first.shape, first.dtype.str)
+    return SliceStack(read, len(members), first.shape, first.dtype, key=stack_key(archive, members, "grey"))

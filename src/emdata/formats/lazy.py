@@ -494,3 +494,41 @@ def maximum(source: Any) -> Any:
     if not math.prod(source.shape):
         return 0
     return max(reduce_slabs(source, np.max)).item()
+
+
+# -- slab passes and derived sources for the recipes that compute labels from their inputs ------------
+
+def slab_boxes(shape: tuple[int, ...], bytes_per_voxel: int, slab_bytes: int | None = None) -> Iterator[Box]:
+    """Boxes of consecutive whole z-slabs covering ``shape`` (each at most ``slab_bytes`` at
+    ``bytes_per_voxel``, at least one slice; default :data:`SLAB_BYTES`, read when called): for passes
+    that read several sources side by side. Count the temporaries of the pass in ``bytes_per_voxel``.
+
+    Example:
+        >>> [b[0] for b in slab_boxes((5, 2, 2), 1, slab_bytes=8)]
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    plane = max(1, math.prod(shape[1:3]) * max(1, int(bytes_per_voxel)))
+    step = max(1, (SLAB_BYTES if slab_bytes is None else slab_bytes) // plane)
+    rest = tuple(slice(0, n) for n in shape[1:3])
+    for z0 in range(0, shape[0], step):
+        yield (slice(z0, min(z0 + step, shape[0])), *rest)
+
+
+class FlippedZ:
+    """``base`` with its z axis reversed (a layer stored upside down), read box by box.
+
+    Example:
+        >>> src = FlippedZ(InMemory(np.arange(3, dtype="u1").reshape(3, 1, 1)))
+        >>> src.read((slice(0, 2), slice(0, 1), slice(0, 1))).ravel().tolist()
+        [2, 1]
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.shape, self.dtype = tuple(base.shape), np.dtype(base.dtype)
+
+    def read(self, box: Box) -> np.ndarray:
+        z0, z1 = _span(box[0], self.shape[0])
+        n = self.shape[0]
+        block = self.base.read((slice(n - z1, n - z0), *box[1:]))
+        return np.ascontiguousarray(block[::-1])

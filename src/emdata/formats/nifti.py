@@ -120,7 +120,6 @@ def read_nifti(source: Path | bytes, name: str | None = None) -> NiftiVolume:
     """
     where = name or str(source if isinstance(source, (str, Path)) else "<bytes>")
     img = _load(source, where)
-    header = img.header
     proxy = img.dataobj
     try:
         data = np.asarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
@@ -136,7 +135,18 @@ def read_nifti(source: Path | bytes, name: str | None = None) -> NiftiVolume:
         raise NiftiFormatError(f"{where}: expected a 2D or 3D image, got array shape {stored_shape} "
                                "(x, y, z, ...); multi-channel or time series NIfTI is not a single volume")
     zyx = np.ascontiguousarray(data.transpose(2, 1, 0))
+    spacing, unit, scaling, axcodes = header_fields(img)
+    return NiftiVolume(data=zyx, spacing=spacing, unit=unit, stored_shape=stored_shape, axcodes=axcodes,
+                       scaling=scaling, name=where)
 
+
+def header_fields(img: Any) -> tuple[tuple[float, float, float] | None, str, tuple[float, float] | None,
+                                     tuple[str | None, ...]]:
+    """``(spacing, unit, scaling, axcodes)`` of a loaded nibabel image, as :class:`NiftiVolume` holds them
+    (spacing reversed to (z, y, x) and rounded, scaling only when not the identity)."""
+    import nibabel as nib
+
+    header, proxy = img.header, img.dataobj
     zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * 3
     xyz = zooms[:3]
     spacing = None if any(v <= 0 for v in xyz) else (round(xyz[2], 6), round(xyz[1], 6), round(xyz[0], 6))
@@ -150,12 +160,9 @@ def read_nifti(source: Path | bytes, name: str | None = None) -> NiftiVolume:
     scaling = None
     if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
         scaling = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
-    import nibabel as nib
-
     try:
         axcodes = tuple(nib.aff2axcodes(img.affine))
     except (ValueError, TypeError):  # a degenerate affine has no axis codes
         axcodes = (None, None, None)
-    return NiftiVolume(data=zyx, spacing=spacing, unit=str(unit), stored_shape=stored_shape, axcodes=axcodes,
-                       scaling=scaling, name=where)
+    return spacing, str(unit), scaling, axcodes
 

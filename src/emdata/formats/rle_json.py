@@ -100,8 +100,39 @@ def _runs(value: Any, label: int, size: int, where: str) -> tuple[np.ndarray, np
     return starts - 1, ends
 
 
-def decode_rle_json(doc: Mapping[str, Any], name: str = "<json>") -> RleLabels:
-    """Decode one parsed run-length JSON document (see the module docstring)."""
+@dataclass(frozen=True)
+class RleRuns:
+    """The checked runs of one document: 0-based ``starts`` and ``ends`` over the C-order flattened
+    ``shape``, sorted and disjoint, each painted with ``values[i]`` (in ``dtype``)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    labels: tuple[int, ...]
+    starts: np.ndarray
+    ends: np.ndarray
+    values: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def paint(self, lo: int, hi: int) -> np.ndarray:
+        """Flat voxels ``[lo, hi)`` (C order), 0 where no run covers them.
+
+        Example:
+            >>> runs = rle_runs({".info": {"shape": [2, 3], "dtype": "uint8"}, "1": "1 2", "7": "5 2"})
+            >>> runs.paint(1, 6).tolist()
+            [1, 0, 0, 7, 7]
+        """
+        out = np.zeros(max(0, hi - lo), self.dtype)
+        first = int(np.searchsorted(self.ends, lo, side="right"))  # ends are sorted: runs are disjoint
+        last = int(np.searchsorted(self.starts, hi, side="left"))
+        for start, end, value in zip(self.starts[first:last].tolist(), self.ends[first:last].tolist(),
+                                     self.values[first:last].tolist()):
+            out[max(start, lo) - lo:min(end, hi) - lo] = value
+        return out
+
+
+def rle_runs(doc: Mapping[str, Any], name: str = "<json>") -> RleRuns:
+    """Check one parsed run-length JSON document and return its runs (what :func:`decode_rle_json`
+    paints), without forming the array."""
     if not isinstance(doc, Mapping):
         raise RleJsonFormatError(f"{name}: expected a JSON object of label → RLE string, got {type(doc).__name__}")
     info = doc.get(INFO_KEY)
@@ -142,10 +173,15 @@ def decode_rle_json(doc: Mapping[str, Any], name: str = "<json>") -> RleLabels:
         raise RleJsonFormatError(f"{name}: labels {labels[owners[i]]} and {labels[owners[i + 1]]} both claim the "
                                  f"voxel at {voxel} (flat index {int(starts[i + 1])}, 0-based); label masks must "
                                  "not overlap")
-    flat = np.zeros(size, dtype=dtype)
-    for lo, hi, owner in zip(starts.tolist(), ends.tolist(), owners.tolist()):
-        flat[lo:hi] = labels[owner]
-    return RleLabels(flat.reshape(shape), tuple(sorted(labels)), dict(info), runs=len(starts))
+    values = np.array(labels, dtype=dtype)[owners] if labels else np.zeros(0, dtype)
+    return RleRuns(shape, dtype, tuple(sorted(labels)), starts, ends, values, dict(info))
+
+
+def decode_rle_json(doc: Mapping[str, Any], name: str = "<json>") -> RleLabels:
+    """Decode one parsed run-length JSON document (see the module docstring)."""
+    runs = rle_runs(doc, name)
+    flat = runs.paint(0, int(np.prod(runs.shape, dtype=np.int64)))
+    return RleLabels(flat.reshape(runs.shape), runs.labels, runs.info, runs=len(runs.starts))
 
 
 def read_rle_json(source: Path | bytes | str, name: str | None = None) -> RleLabels:
@@ -160,3 +196,43 @@ def read_rle_json(source: Path | bytes | str, name: str | None = None) -> RleLab
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RleJsonFormatError(f"{label}: not a readable JSON label file ({exc})") from exc
     return decode_rle_json(doc, label)
+
+
+def read_rle_runs(source: Path | bytes | str, name: str | None = None) -> RleRuns:
+    """:func:`read_rle_json`'s checks without forming the array: the runs, for :class:`RleArray`."""
+    label = name or (str(source) if isinstance(source, Path) else "<json>")
+    try:
+        text = source.read_bytes() if isinstance(source, Path) else source
+        doc = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RleJsonFormatError(f"{label}: not a readable JSON label file ({exc})") from exc
+    del text
+    return rle_runs(doc, label)
+
+
+class RleArray:
+    """A 3D run-length JSON label volume as an array source: a box paints, per z-plane, only the runs
+    that reach its band of rows (memory: the runs, plus one band of rows).
+
+    Example:
+        >>> doc = {".info": {"shape": [2, 2, 3], "dtype": "uint16"}, "1": "1 2", "7": "10 3"}
+        >>> src = RleArray(rle_runs(doc))
+        >>> src.read((slice(1, 2), slice(0, 2), slice(1, 3))).tolist()
+        [[[0, 0], [7, 7]]]
+    """
+
+    def __init__(self, runs: RleRuns) -> None:
+        if len(runs.shape) != 3:
+            raise RleJsonFormatError(f"'.info' shape {runs.shape} is not (z, y, x)")
+        self.runs = runs
+        self.shape, self.dtype = tuple(runs.shape), np.dtype(runs.dtype)
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        (z0, z1, _), (y0, y1, _), (x0, x1, _) = (sl.indices(n) for sl, n in zip(box, self.shape))
+        z1, y1, x1 = max(z0, z1), max(y0, y1), max(x0, x1)
+        _, ny, nx = self.shape
+        out = np.empty((z1 - z0, y1 - y0, x1 - x0), self.dtype)
+        for z in range(z0, z1):
+            lo = (z * ny + y0) * nx
+            out[z - z0] = self.runs.paint(lo, lo + (y1 - y0) * nx).reshape(y1 - y0, nx)[:, x0:x1]
+        return out

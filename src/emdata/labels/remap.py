@@ -65,10 +65,11 @@ def _unique_colours(rgb: np.ndarray, **kwargs: bool) -> tuple[np.ndarray, ...]:
 
 
 def colours_to_index(rgb: np.ndarray, table: Mapping[tuple[int, ...], int], where: str,
-                     slice_axis: int | None = 0) -> np.ndarray:
+                     slice_axis: int | None = 0, first_slice: int = 0) -> np.ndarray:
     """Colour-coded labels (..., C) → indices via an exact colour table.
 
-    An unknown colour is an error naming the colour, ``where`` and (for stacks) the slice.
+    An unknown colour is an error naming the colour, ``where`` and (for stacks) the slice;
+    ``first_slice`` is the index of ``rgb``'s first slice in its file (when ``rgb`` is a part of it).
     """
     channels = rgb.shape[-1]
     keys = {tuple(int(c) for c in k)[:channels]: v for k, v in table.items()}
@@ -78,7 +79,8 @@ def colours_to_index(rgb: np.ndarray, table: Mapping[tuple[int, ...], int], wher
         key = tuple(int(c) for c in colour)
         if key not in keys:
             first = np.flatnonzero(inverse.reshape(-1) == i)[0]
-            position = np.unravel_index(first, rgb.shape[:-1])
+            position = tuple(int(p) + (first_slice if a == slice_axis else 0)
+                             for a, p in enumerate(np.unravel_index(first, rgb.shape[:-1])))
             at = f" slice {position[slice_axis]}" if slice_axis is not None and rgb.ndim == 4 else ""
             axes = "(z, y, x)" if rgb.ndim == 4 else "(y, x)"
             raise LabelEncodingError(f"{where}{at}: colour {key} at {axes}={tuple(map(int, position))} is not "

@@ -46,13 +46,17 @@ Example (on the dataset's replica; without ``offline_replica`` it reads the publ
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from emdata.catalog import Card, get_card
+from emdata.config import downloads_dir
 from emdata.datasets._common import as_list, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.cellmap.classes import (
     BY_ID,
@@ -64,8 +68,9 @@ from emdata.datasets.cellmap.classes import (
     paint_order,
 )
 from emdata.datasets.cellmap.manifest import Crop, parse_manifest
-from emdata.datasets.cellmap.zarr_v2 import ArrayMeta, get_json, open_array, read_box
+from emdata.datasets.cellmap.zarr_v2 import ArrayMeta, LocalBox, get_json, mirror_box, open_array
 from emdata.datasets.contract import Option
+from emdata.formats.lazy import Combined, slab_boxes
 from emdata.sources.errors import DownloadError
 from emdata.store.volume import Volume
 from emdata.store.writer import LabelLayerData
@@ -251,26 +256,38 @@ def _prepare_crop(card: Card, crop: Crop, wanted: list[str], fetched: list[Any],
                              f"no level with that voxel size; it cannot be cut without resampling")
     raw_arr = open_array(f"{raw_group}/{raw_level[0]}")
     raw_box = _box(origin, raw_level, shape, raw_arr, f"crop {crop.id} in the raw {raw_group}/{raw_level[0]}")
-    raw = read_box(raw_arr, raw_box)
-    if raw.missing:
-        raise DownloadError(f"cellmap: crop {crop.id} needs {len(raw.missing)} raw chunk(s) of {raw_arr.url} that the "
-                            f"server does not have (first: {raw.missing[0]}); raw voxels are never invented")
-    layers: list[LabelLayerData] = []
-    info: dict[str, Any] = {}
-    if crop.split == "train" and class_levels:
-        layers, info = _labels(card, crop, gt_group, class_levels, group_attrs, voxel, origin, tuple(shape), notes)
+    scratch = downloads_dir(DATASET) / "chunks" / crop.name  # the crop's chunk files, read box by box, then removed
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        raw, raw_missing, raw_chunks = mirror_box(raw_arr, raw_box, scratch / "raw")
+        if raw_missing:
+            raise DownloadError(f"cellmap: crop {crop.id} needs {len(raw_missing)} raw chunk(s) of {raw_arr.url} that "
+                                f"the server does not have (first: {raw_missing[0]}); raw voxels are never invented")
+        layers: list[LabelLayerData] = []
+        info: dict[str, Any] = {}
+        if crop.split == "train" and class_levels:
+            layers, info = _labels(card, crop, gt_group, class_levels, group_attrs, voxel, origin, tuple(shape), notes,
+                                   scratch)
+        return _publish(card, crop, raw, raw_arr, raw_box, raw_chunks, layers, info, origin, voxel, notes, prov)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _publish(card: Card, crop: Crop, raw: LocalBox, raw_arr: ArrayMeta, raw_box: tuple[slice, ...], raw_chunks: int,
+             layers: list[LabelLayerData], info: dict[str, Any], origin: tuple[float, ...],
+             voxel: tuple[float, float, float], notes: list[str], prov: dict[str, Any]) -> Volume:
     annotated = sorted(info)
     meta = {
         "cellmap": {"crop": crop.id, "dataset": crop.dataset, "translation_nm": list(origin),
                     "raw": {"url": raw_arr.url, "box": [[s.start, s.stop] for s in raw_box],
-                            "chunks_read": raw.chunks_read},
+                            "chunks_read": raw_chunks},
                     "classes": info, "annotated": annotated,
                     "unannotated": [n for n in CLASSES if n not in info],
                     "manifest_classes": list(crop.classes)},
         "notes": notes,
         "description": f"CellMap crop {crop.id} of {crop.dataset} ({crop.split}), {_nm(voxel)} nm (z×y×x)",
     }
-    return publish(card, crop.name, crop.split, raw.data, layers, prov, voxel_size_nm=voxel, **meta)
+    return publish(card, crop.name, crop.split, raw, layers, prov, voxel_size_nm=voxel, **meta)
 
 
 def _attrs(url: str) -> dict[str, Any]:
@@ -323,50 +340,80 @@ def _box(origin: tuple[float, ...], level: Level, shape: tuple[int, ...], arr: A
     return box  # type: ignore[return-value]
 
 
+def _paint(encodings: tuple[tuple[int, Any, Any, bool], ...], *blocks: np.ndarray) -> np.ndarray:
+    """The ``semantic`` classes of one box from the class arrays in paint order (``encodings``: per class
+    its id, absent value, unknown value or None, and whether it is a group)."""
+    out = np.zeros(blocks[0].shape, np.uint8)
+    painted = np.zeros(out.shape, bool)
+    unknown_any = np.zeros(out.shape, bool)
+    for (class_id, absent, unknown, _), data in zip(encodings, blocks):
+        is_unknown = data == unknown if unknown is not None else np.zeros(out.shape, bool)
+        present = (data != absent) & ~is_unknown
+        out[present] = class_id
+        painted |= present
+        unknown_any |= is_unknown
+    out[~painted & unknown_any] = UNKNOWN
+    return out
+
+
+def _counts(encodings: tuple[tuple[int, Any, Any, bool], ...], *blocks: np.ndarray) -> np.ndarray:
+    """Per class (present voxels, unknown voxels), then the voxels present in more than one atomic class."""
+    atomic_hits = np.zeros(blocks[0].shape, np.uint8)
+    counts = []
+    for (_, absent, unknown, is_group), data in zip(encodings, blocks):
+        is_unknown = data == unknown if unknown is not None else np.zeros(data.shape, bool)
+        present = (data != absent) & ~is_unknown
+        if not is_group:
+            atomic_hits += present
+        counts += [int(present.sum()), int(is_unknown.sum())]
+    return np.array([*counts, int((atomic_hits > 1).sum())], np.int64)
+
+
 def _labels(card: Card, crop: Crop, gt_group: str, class_levels: dict[str, list[Level]],
             group_attrs: dict[str, dict[str, Any]], voxel: tuple[float, float, float], origin: tuple[float, ...],
-            shape: tuple[int, ...], notes: list[str]) -> tuple[list[LabelLayerData], dict[str, Any]]:
-    """The ``semantic`` layer, one ``instances_<class>`` layer per instance class, and per-class metadata."""
-    out = np.zeros(shape, np.uint8)
-    painted = np.zeros(shape, bool)
-    unknown_any = np.zeros(shape, bool)
-    atomic_hits = np.zeros(shape, np.uint8)
+            shape: tuple[int, ...], notes: list[str], scratch: Path) -> tuple[list[LabelLayerData], dict[str, Any]]:
+    """The ``semantic`` layer, one ``instances_<class>`` layer per instance class, and per-class metadata
+    (each class's chunk files are copied into ``scratch`` and read box by box)."""
     info: dict[str, Any] = {}
     instances: list[LabelLayerData] = []
+    sources: list[LocalBox] = []
+    encodings: list[tuple[int, Any, Any, bool]] = []
     for name in paint_order(list(class_levels)):
         level = _level_at(class_levels[name], voxel)
         arr = open_array(f"{gt_group}/{name}/{level[0]}")
         box = _box(origin, level, shape, arr, f"class {name} of crop {crop.id}")
-        read = read_box(arr, box)
+        data, missing, chunks_read = mirror_box(arr, box, scratch / name)
         array_attrs = None if annotation_type(group_attrs[name]) else get_json(f"{arr.url}/.zattrs",
                                                                                  missing_ok=True)
         enc = class_encoding(name, group_attrs[name], array_attrs)
-        is_unknown = read.data == enc.unknown if enc.unknown is not None else np.zeros(shape, bool)
-        present = (read.data != enc.absent) & ~is_unknown
-        out[present] = CLASSES[name].id
-        painted |= present
-        unknown_any |= is_unknown
-        if not CLASSES[name].is_group:
-            atomic_hits += present
-        n_present = int(present.sum())
+        sources.append(data)
+        encodings.append((CLASSES[name].id, enc.absent, enc.unknown, CLASSES[name].is_group))
         info[name] = {"id": CLASSES[name].id, "ontology": CLASSES[name].ontology, "level": level[0],
-                      "state": "present" if n_present else "empty", "voxels": n_present,
-                      "unknown_voxels": int(is_unknown.sum()),
                       "encoding": {"absent": enc.absent, "unknown": enc.unknown, "instance": enc.instance,
                                    "from": enc.source},
-                      "missing_chunks": read.missing, "chunks_read": read.chunks_read}
-        if read.missing:
-            notes.append(f"{name}: {len(read.missing)} chunk(s) of {arr.url} missing on the server, read as its "
+                      "missing_chunks": missing, "chunks_read": chunks_read}
+        if missing:
+            notes.append(f"{name}: {len(missing)} chunk(s) of {arr.url} missing on the server, read as its "
                          f"fill_value {arr.fill()!r} (listed in cellmap.classes.{name}.missing_chunks)")
         if enc.instance:
             if enc.absent != 0:
                 raise ValueError(f"cellmap: {arr.url} encodes 'absent' as {enc.absent}, not 0; its object ids "
                                  "cannot be stored as an instance layer (report the crop)")
-            instances.append(layer(card, instance_layer_name(name), np.ascontiguousarray(read.data),
+            instances.append(layer(card, instance_layer_name(name), data,
                                    instance_of=CLASSES[name].ontology, annotates=[CLASSES[name].ontology],
                                    ignore_value=enc.unknown))
-    out[~painted & unknown_any] = UNKNOWN
-    overlap = int((atomic_hits > 1).sum())
+    frozen = tuple(encodings)
+    per_voxel = sum(s.dtype.itemsize for s in sources) + 4 * len(sources) + 1  # the class masks of a slab
+    totals = np.zeros(2 * len(sources) + 1, np.int64)
+    for box in slab_boxes(shape, per_voxel):  # one pass over every class, a z-slab at a time
+        totals += _counts(frozen, *(s.read(box) for s in sources))
+    for k, name in enumerate(info):
+        n_present, n_unknown = int(totals[2 * k]), int(totals[2 * k + 1])
+        info[name] = {**{key: info[name][key] for key in ("id", "ontology", "level")},
+                      "state": "present" if n_present else "empty", "voxels": n_present, "unknown_voxels": n_unknown,
+                      **{key: info[name][key] for key in ("encoding", "missing_chunks", "chunks_read")}}
+    out = Combined(sources, functools.partial(_paint, frozen), np.uint8)
+    overlap = int(totals[-1])
     if overlap:
         notes.append(f"{overlap} voxel(s) are present in more than one atomic class; the higher class id is stored")
     present_ids = sorted(CLASSES[n].id for n in info)

@@ -160,3 +160,95 @@ def read_box(arr: ArrayMeta, box: tuple[slice, ...]) -> Box:
         else:
             out[target] = arr.decode(key, body)[inner]
     return Box(out, missing, len(keys))
+
+
+MIRROR_BATCH = 64
+"""Chunk files fetched and written to disk per batch by :func:`mirror_box` (bounds its memory)."""
+
+
+@dataclass(frozen=True)
+class LocalBox:
+    """A box of a remote array whose chunk files were copied into ``folder`` by :func:`mirror_box`,
+    read box by box (box coordinates: 0 at the box's start). A chunk the server did not have reads
+    as the array's ``fill_value``, as :func:`read_box` fills it; the decoded voxels are those
+    :func:`read_box` returns for the same box.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> meta = {"shape": [4, 6], "chunks": [2, 4], "dtype": "|u1", "fill_value": 7, "order": "C",
+        ...         "compressor": None, "filters": None, "zarr_format": 2}
+        >>> arr = ArrayMeta.from_zarray("https://example.org/a", meta)
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "0.0").write_bytes(np.arange(8, dtype="u1").tobytes())
+        >>> LocalBox(str(folder), arr, ((0, 2), (2, 6))).read((slice(0, 2), slice(0, 4))).tolist()
+        [[2, 3, 7, 7], [6, 7, 7, 7]]
+    """
+
+    folder: str
+    array: ArrayMeta
+    box: tuple[tuple[int, int], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.box)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        from pathlib import Path
+
+        spans = [sl.indices(n)[:2] for sl, n in zip(box, self.shape)]
+        want = tuple(slice(o + a, o + max(a, b)) for (a, b), (o, _) in zip(spans, self.box))
+        arr = self.array
+        out = np.empty(tuple(s.stop - s.start for s in want), dtype=arr.dtype)
+        if not out.size:
+            return out
+        for index in arr.chunk_grid(want):
+            key = arr.separator.join(map(str, index))
+            origin = [i * c for i, c in zip(index, arr.chunks)]
+            inner = tuple(slice(max(s.start, o) - o, min(s.stop, o + c) - o)
+                          for s, o, c in zip(want, origin, arr.chunks))
+            target = tuple(slice(o + i.start - s.start, o + i.stop - s.start) for s, o, i in zip(want, origin, inner))
+            path = Path(self.folder) / key
+            if path.is_file():
+                out[target] = arr.decode(key, path.read_bytes())[inner]
+            else:
+                out[target] = arr.fill()
+        return out
+
+
+def mirror_box(arr: ArrayMeta, box: tuple[slice, ...], folder: Any) -> tuple[LocalBox, list[str], int]:
+    """Copy the chunk files of ``box`` into ``folder`` (a few at a time: memory stays one batch of
+    compressed chunks); returns the box as a :class:`LocalBox` source, the keys the server did not
+    have and how many chunk files the box touches (:func:`read_box`'s ``missing`` and ``chunks_read``)."""
+    from pathlib import Path
+
+    if len(box) != len(arr.shape) or any(not 0 <= s.start < s.stop <= n for s, n in zip(box, arr.shape)):
+        raise ValueError(f"{arr.url}: box {[(s.start, s.stop) for s in box]} is not inside the array shape "
+                         f"{list(arr.shape)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = arr.chunk_keys(box)
+    missing: list[str] = []
+
+    def fetch(key: str) -> bool:
+        body = get_bytes(f"{arr.url}/{key}", missing_ok=True)
+        if body is None:
+            (folder / key).unlink(missing_ok=True)
+            return False
+        arr.decode(key, body)  # a chunk that does not decode fails here, naming it, as read_box fails
+        path = folder / key  # a "/" separator nests the chunk files in folders
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(body)
+        partial.replace(path)
+        return True
+
+    with config.thread_pool(MAX_WORKERS, "emdata-cellmap") as pool:  # threads see the active settings
+        for start in range(0, len(keys), MIRROR_BATCH):
+            batch = keys[start:start + MIRROR_BATCH]
+            missing += [k for k, here in zip(batch, pool.map(fetch, batch)) if not here]
+    return LocalBox(str(folder), arr, tuple((s.start, s.stop) for s in box)), missing, len(keys)

@@ -50,8 +50,10 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,7 @@ from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
-from emdata.formats.lazy import TiffStack, unique_values
-from emdata.formats.tiff import read_stack
+from emdata.formats.lazy import Mapped, TiffStack, as_source, maximum, minimum, reduce_slabs, unique_values
 from emdata.sources.archive import extract
 from emdata.sources.download import FetchResult
 from emdata.store.volume import Volume
@@ -160,15 +161,6 @@ def check_members(card: Card, fetched: FetchResult, folder: Path, needed: list[s
     return results
 
 
-def _read(folder: Path, name: str) -> tuple[np.ndarray, str]:
-    where = f"{SOURCE}:{TOP}/{name}"
-    stack = read_stack(folder / TOP / name, name=where)
-    if stack.data.ndim != 3:
-        raise DenseCellFormatError(f"{where}: expected a single-channel z-stack, got shape {stack.data.shape} "
-                                   f"({stack.photometric})")
-    return stack.data, where
-
-
 def _stack(folder: Path, name: str) -> tuple[TiffStack, str]:
     """The stack as a source read page by page (image and labels: written out of core)."""
     where = f"{SOURCE}:{TOP}/{name}"
@@ -206,8 +198,20 @@ def _smallest_int(lo: float, hi: float) -> np.dtype | None:
     return None
 
 
-def weights_storage(weights: np.ndarray, where: str) -> tuple[str, np.ndarray, dict[str, Any]]:
-    """How to store the weight map: ``("layer", int array, info)`` or ``("volume", array, info)``.
+def _all_slabs(source: Any, test: Any) -> bool:
+    return all(reduce_slabs(source, lambda slab: bool(test(slab))))
+
+
+def _cast_is_exact(dtype: np.dtype, slab: np.ndarray) -> bool:
+    return bool(np.array_equal(slab.astype(dtype).astype(slab.dtype), slab))
+
+
+def weights_storage(weights: Any, where: str) -> tuple[str, Any, dict[str, Any]]:
+    """How to store the weight map: ``("layer", integer data, info)`` or ``("volume", data, info)``.
+
+    ``weights`` is a numpy array (the result is then an array) or an array source
+    (:mod:`emdata.formats.lazy`; the result is then a source read box by box: the checks run
+    over z-slabs, so the map is never held whole).
 
     Example:
         >>> weights_storage(np.array([[[0.0, 2.0]]], np.float32), "w.tif")[0:2]
@@ -215,24 +219,30 @@ def weights_storage(weights: np.ndarray, where: str) -> tuple[str, np.ndarray, d
         >>> weights_storage(np.array([[[0.5, 2.0]]], np.float32), "w.tif")[0]
         'volume'
     """
-    info: dict[str, Any] = {"file": where, "source_dtype": str(weights.dtype)}
-    if weights.dtype == bool:
-        weights = weights.astype(np.uint8)
-    if np.issubdtype(weights.dtype, np.integer):
-        info.update(min=int(weights.min(initial=0)), max=int(weights.max(initial=0)), cast=None)
+    whole = isinstance(weights, np.ndarray)
+    source = as_source(weights)
+    info: dict[str, Any] = {"file": where, "source_dtype": str(source.dtype)}
+
+    def cast(dtype: np.dtype) -> Any:
+        return weights.astype(dtype) if whole else Mapped(source, functools.partial(np.asarray, dtype=dtype), dtype)
+
+    if source.dtype == bool:
+        weights, source = cast(np.dtype(np.uint8)), Mapped(source, functools.partial(np.asarray, dtype=np.uint8),
+                                                           np.uint8)
+    if np.issubdtype(source.dtype, np.integer):
+        info.update(min=int(minimum(source) or 0), max=int(maximum(source)), cast=None)
         return "layer", weights, info
-    if not np.issubdtype(weights.dtype, np.floating):
-        raise DenseCellFormatError(f"{where}: weights of dtype {weights.dtype} are neither integer nor float")
-    finite = bool(np.isfinite(weights).all())
-    if finite and weights.size:
-        lo, hi = float(weights.min()), float(weights.max())
+    if not np.issubdtype(source.dtype, np.floating):
+        raise DenseCellFormatError(f"{where}: weights of dtype {source.dtype} are neither integer nor float")
+    size = math.prod(source.shape)
+    finite = _all_slabs(source, lambda slab: np.isfinite(slab).all())
+    if finite and size:
+        lo, hi = float(minimum(source)), float(maximum(source))
         info.update(min=lo, max=hi)
-        dtype = _smallest_int(lo, hi) if bool((weights == np.round(weights)).all()) else None
-        if dtype is not None:
-            cast = weights.astype(dtype)
-            if np.array_equal(cast.astype(weights.dtype), weights):
-                info["cast"] = f"{weights.dtype} -> {dtype}: every value is a whole number, the cast is exact"
-                return "layer", cast, info
+        dtype = _smallest_int(lo, hi) if _all_slabs(source, lambda slab: (slab == np.round(slab)).all()) else None
+        if dtype is not None and _all_slabs(source, functools.partial(_cast_is_exact, dtype)):
+            info["cast"] = f"{source.dtype} -> {dtype}: every value is a whole number, the cast is exact"
+            return "layer", cast(dtype), info
     info["cast"] = None
     info["why_volume"] = ("not every weight is a finite whole number, so no integer layer can hold them exactly"
                           if finite else "the weights hold NaN or infinity")
@@ -299,7 +309,7 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
         extra: dict[str, Any] = {}
         weights_volume = None
         if spec.name == "train":
-            weights, where = _read(folder, WEIGHTS_FILE)
+            weights, where = _stack(folder, WEIGHTS_FILE)
             if weights.shape != raw.shape:
                 raise DenseCellFormatError(f"{where}: weight shape {weights.shape} differs from the image shape "
                                            f"{raw.shape}")

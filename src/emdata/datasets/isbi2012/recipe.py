@@ -26,7 +26,9 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,8 @@ from emdata.datasets._common import (
     volume_path,
 )
 from emdata.datasets.contract import Option
-from emdata.formats.hdf5 import HDF5FormatError, read_dataset
+from emdata.formats.hdf5 import HDF5FormatError
+from emdata.formats.lazy import HDF5Array, Mapped, count_equal, minimum, slab_boxes
 from emdata.labels.remap import map_values
 from emdata.store.volume import Volume
 from emdata.store.writer import LabelLayerData
@@ -62,24 +65,24 @@ class ISBI2012FormatError(HDF5FormatError):
     """isbi.h5 does not have the structure torch-em's mirror publishes."""
 
 
-def _read(path: Path, key: str) -> np.ndarray:
+def _open(path: Path, key: str) -> HDF5Array:
     try:
-        return read_dataset(path, key).data
+        return HDF5Array(path, key)
     except HDF5FormatError as exc:
         raise ISBI2012FormatError(f"{exc}. torch-em's isbi.h5 holds {RAW_KEY}, {MEMBRANES_KEY} and "
                                   f"{SEGMENTATION_KEY}; delete the download and fetch again") from exc
 
 
-def _read_raw(path: Path) -> np.ndarray:
-    raw = _read(path, RAW_KEY)
-    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+def _read_raw(path: Path) -> HDF5Array:
+    raw = _open(path, RAW_KEY)
+    if len(raw.shape) != 3 or not np.issubdtype(raw.dtype, np.integer):
         raise ISBI2012FormatError(f"{path.name}:{RAW_KEY}: expected a (z, y, x) greyscale integer stack, got shape "
                                   f"{raw.shape} dtype {raw.dtype}")
     return raw
 
 
-def _read_label(path: Path, key: str, raw_shape: tuple[int, ...]) -> np.ndarray:
-    data = _read(path, key)
+def _read_label(path: Path, key: str, raw_shape: tuple[int, ...]) -> HDF5Array:
+    data = _open(path, key)
     where = f"{path.name}:{key}"
     if data.shape != raw_shape:
         raise ISBI2012FormatError(f"{where}: shape {data.shape} differs from the raw shape {raw_shape}")
@@ -98,17 +101,40 @@ def _as_int_values(values: np.ndarray, where: str) -> list[int]:
     return ints
 
 
-def _membranes(card: Card, data: np.ndarray, raw: np.ndarray, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
-    """Detect which value is membrane; returns the layer and the encoding record for the metadata."""
-    values = np.unique(data)
+def _value_evidence(data: Any, raw: Any) -> tuple[np.ndarray, dict[Any, tuple[int, int]]]:
+    """One pass over z-slabs of the mask and the raw: the mask's distinct values and, per value,
+    (voxels, sum of the raw grey values there) — exact integers, so the fractions and means equal
+    those computed over the whole arrays."""
+    found: dict[Any, list[int]] = {}
+    # the two slabs, np.unique's sorted copy and int64 inverse, the float64 grey values
+    per_voxel = 2 * np.dtype(data.dtype).itemsize + np.dtype(raw.dtype).itemsize + 24
+    for box in slab_boxes(data.shape, per_voxel):
+        values, inverse = np.unique(data.read(box), return_inverse=True)
+        inverse = inverse.ravel()
+        counts = np.bincount(inverse, minlength=len(values))
+        # float64 sums of integer grey values are exact below 2**53 (a slab of 64 MiB of 16-bit values is far below)
+        sums = np.bincount(inverse, weights=raw.read(box).ravel().astype(np.float64), minlength=len(values))
+        for v, n, total in zip(values, counts, sums):
+            entry = found.setdefault(v.item(), [0, 0])
+            entry[0] += int(n)
+            entry[1] += int(total)
+    values = np.array(sorted(found), dtype=data.dtype)
+    return values, {k: (v[0], v[1]) for k, v in found.items()}
+
+
+def _membranes(card: Card, data: Any, raw: Any, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
+    """Detect which value is membrane; returns the layer (read box by box) and the encoding record."""
+    values, found = _value_evidence(data, raw)
     ints = _as_int_values(values, where)
     if len(ints) != 2:
         raise ISBI2012FormatError(f"{where}: expected a binary membrane mask with exactly two values "
                                   f"(e.g. {{0, 255}} or {{0, 1}}), found {len(ints)}: {ints[:10]}")
+    total = math.prod(data.shape)
     evidence: dict[str, dict[str, float]] = {}
     for v, native in zip(ints, values):
-        mask = data == native
-        evidence[str(v)] = {"fraction": float(mask.mean()), "mean_raw": float(raw[mask].mean())}
+        voxels, grey = found[native.item()]
+        evidence[str(v)] = {"fraction": float(np.float64(voxels) / total),
+                            "mean_raw": float(np.float64(grey) / voxels)}
     darker = min(ints, key=lambda v: evidence[str(v)]["mean_raw"])
     rarer = min(ints, key=lambda v: evidence[str(v)]["fraction"])
     record: dict[str, Any] = {
@@ -120,26 +146,34 @@ def _membranes(card: Card, data: np.ndarray, raw: np.ndarray, where: str) -> tup
         other = next(v for v in ints if v != darker)
         record.update(status="detected", membrane_value=darker, non_membrane_value=other,
                       stored_as={str(darker): 1, str(other): 0})
-        mask = map_values(data, {darker: 1, other: 0}, where=where, dtype=np.dtype(np.uint8))
+        mask = Mapped(data, functools.partial(map_values, table={darker: 1, other: 0}, where=where,
+                                              dtype=np.dtype(np.uint8)), np.uint8)
         classes = [{"value": 0, "name": "non-membrane", "ontology": "background", "color": None},
                    {"value": 1, "name": "membrane", "ontology": "membrane", "color": None}]
         return layer(card, "membranes", mask, classes=classes), record
     log.warning("%s: cannot tell which value is membrane (darker value %s, rarer value %s); keeping the native "
                 "values without an ontology mapping", where, darker, rarer)
     record.update(status="undetermined", membrane_value=None, stored_as={str(v): v for v in ints})
-    kept = map_values(data, {v: v for v in ints}, where=where)
+    table = {v: v for v in ints}
+    kept = Mapped(data, functools.partial(map_values, table=table, where=where),
+                  map_values(np.zeros(0, np.uint8), table, where=where).dtype)
     classes = [{"value": v, "name": f"value {v} (meaning undetermined)", "ontology": None, "color": None}
                for v in ints]
     return layer(card, "membranes", kept, classes=classes, annotates=[]), record
 
 
-def _segmentation(card: Card, data: np.ndarray, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
+def _segmentation(card: Card, data: Any, where: str) -> tuple[LabelLayerData, dict[str, Any]]:
     if not np.issubdtype(data.dtype, np.integer):
         raise ISBI2012FormatError(f"{where}: expected integer instance ids, got dtype {data.dtype}")
-    if np.issubdtype(data.dtype, np.signedinteger) and data.min(initial=0) < 0:
-        raise ISBI2012FormatError(f"{where}: negative instance id {int(data.min())}; expected ids ≥ 0")
+    if np.issubdtype(data.dtype, np.signedinteger):
+        low = minimum(data)
+        if low is not None and low < 0:
+            raise ISBI2012FormatError(f"{where}: negative instance id {int(low)}; expected ids ≥ 0")
+    zeros = count_equal(data, 0)
     info = {"key": SEGMENTATION_KEY, "derived_by": "torch-em authors, from the membrane labels",
-            "official": False, "dtype": str(data.dtype), "zero_fraction": float((data == 0).mean())}
+            "official": False, "dtype": str(data.dtype),
+            "zero_fraction": float(np.float64(zeros) / max(math.prod(data.shape), 1)) if math.prod(data.shape)
+            else float("nan")}
     return layer(card, "gt_segmentation", data), info
 
 

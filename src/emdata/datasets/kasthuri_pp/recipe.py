@@ -29,6 +29,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from itertools import pairwise
@@ -38,8 +39,9 @@ import numpy as np
 
 from emdata.catalog import get_card
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
-from emdata.datasets._slices import folder_members, natural_key, read_grey_stack, read_png
+from emdata.datasets._slices import folder_members, grey_slice_stack, natural_key, read_png, stack_key
 from emdata.datasets.contract import Option
+from emdata.formats.lazy import SliceStack
 from emdata.labels.remap import map_values
 from emdata.store.volume import Volume
 
@@ -88,6 +90,18 @@ def _decode_label(img: np.ndarray, where: str, others: Counter[tuple[int, int, i
     return map_values(codes, table, where=where, dtype=np.dtype(np.uint8))
 
 
+def _label_slice(archive: str, members: tuple[str, ...], raw_members: tuple[str, ...], plane: tuple[int, ...],
+                 z: int, others: Counter[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """Label slice ``z`` decoded (the labels source reads it per box; the check pass counts ``others``)."""
+    path = Path(archive)
+    where = f"{path.name}:{members[z]} (slice {z}, paired with {raw_members[z].rsplit('/', 1)[-1]})"
+    img = read_png(path, members[z], KasthuriPPFormatError)
+    if img.shape[:2] != tuple(plane):
+        raise KasthuriPPFormatError(f"{where}: label size {img.shape[:2]} differs from the raw slice size "
+                                    f"{tuple(plane)}")
+    return _decode_label(img, where, Counter() if others is None else others)
+
+
 def _pairs(archive: Path, raw_folder: str, label_folder: str,
            folders: dict[str, list[str]]) -> tuple[list[str], list[str]]:
     """Raw and label members in numeric-name order, checked to pair one to one."""
@@ -127,16 +141,13 @@ def prepare(volumes: list[str] | None = None, force: bool = False) -> list[Volum
         if existing is not None:
             out.append(existing)
             continue
-        raw = read_grey_stack(archive, raw_members, KasthuriPPFormatError)
-        labels = np.empty(raw.shape, dtype=np.uint8)
+        raw = grey_slice_stack(archive, raw_members, KasthuriPPFormatError)
         others: Counter[tuple[int, int, int]] = Counter()
-        for z, member in enumerate(label_members):
-            where = f"{archive.name}:{member} (slice {z}, paired with {raw_members[z].rsplit('/', 1)[-1]})"
-            img = read_png(archive, member, KasthuriPPFormatError)
-            if img.shape[:2] != raw.shape[1:]:
-                raise KasthuriPPFormatError(f"{where}: label size {img.shape[:2]} differs from the raw slice size "
-                                            f"{raw.shape[1:]}")
-            labels[z] = _decode_label(img, where, others)
+        for z in range(len(label_members)):  # checked and counted now, one slice at a time; decoded again per box
+            _label_slice(str(archive), tuple(label_members), tuple(raw_members), raw.shape[1:], z, others)
+        read = functools.partial(_label_slice, str(archive), tuple(label_members), tuple(raw_members), raw.shape[1:])
+        labels = SliceStack(read, len(label_members), raw.shape[1:], np.uint8,
+                            key=stack_key(archive, label_members, "labels"))
         if spec.shape and raw.shape != spec.shape:
             log.warning("%s %s: raw shape %s differs from the published %s; preparing it anyway",
                         DATASET, spec.name, raw.shape, spec.shape)

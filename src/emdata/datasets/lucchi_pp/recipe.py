@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -34,8 +35,9 @@ import numpy as np
 from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_primary
 from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
-from emdata.datasets._slices import check_contiguous, folder_members, indexed, read_grey_stack, read_png
+from emdata.datasets._slices import check_contiguous, folder_members, grey_slice_stack, indexed, read_png, stack_key
 from emdata.datasets.contract import Option
+from emdata.formats.lazy import SliceStack
 from emdata.labels.remap import colours_to_index, map_values
 from emdata.store.volume import Volume
 
@@ -71,19 +73,29 @@ def _decode_label(img: np.ndarray, where: str) -> tuple[np.ndarray, str]:
                               f"dtype {img.dtype}")
 
 
+def _label_slice(archive: str, members: tuple[str, ...], numbers: tuple[int, ...], plane: tuple[int, ...],
+                 z: int) -> np.ndarray:
+    """Label slice ``z`` decoded to uint8 0/1 (what the labels source reads per box)."""
+    return _checked_label(Path(archive), members[z], numbers[z], plane)[0]
+
+
+def _checked_label(archive: Path, member: str, number: int, plane: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    where = f"{archive.name}:{member} (slice {number})"
+    img = read_png(archive, member, LucchiPPFormatError)
+    if img.shape[:2] != plane:
+        raise LucchiPPFormatError(f"{where}: label size {img.shape[:2]} differs from the raw slice size {plane}")
+    return _decode_label(img, where)
+
+
 def _read_volume(archive: Path, raw_members: list[str], label_members: list[str],
-                 numbers: list[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    raw = read_grey_stack(archive, raw_members, LucchiPPFormatError)
-    labels = np.empty(raw.shape, dtype=np.uint8)
-    encodings = set()
-    for z, (member, number) in enumerate(zip(label_members, numbers)):
-        where = f"{archive.name}:{member} (slice {number})"
-        img = read_png(archive, member, LucchiPPFormatError)
-        if img.shape[:2] != raw.shape[1:]:
-            raise LucchiPPFormatError(f"{where}: label size {img.shape[:2]} differs from the raw slice "
-                                      f"{raw_members[z]} {raw.shape[1:]}")
-        labels[z], encoding = _decode_label(img, where)
-        encodings.add(encoding)
+                 numbers: list[int]) -> tuple[SliceStack, SliceStack, list[str]]:
+    """Raw and labels as slice stacks read box by box; the labels are checked (and their encodings
+    found) in one pass over the slices now, one slice at a time."""
+    raw = grey_slice_stack(archive, raw_members, LucchiPPFormatError)
+    plane = tuple(raw.shape[1:])
+    encodings = {_checked_label(archive, member, number, plane)[1] for member, number in zip(label_members, numbers)}
+    read = functools.partial(_label_slice, str(archive), tuple(label_members), tuple(numbers), plane)
+    labels = SliceStack(read, len(label_members), plane, np.uint8, key=stack_key(archive, label_members, "labels"))
     return raw, labels, sorted(encodings)
 
 

@@ -47,9 +47,12 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,8 +71,10 @@ from emdata.datasets._common import (
     volume_path,
 )
 from emdata.datasets.contract import SUBSET, Option
-from emdata.formats.nifti import NiftiVolume, read_nifti
-from emdata.labels.remap import connected_components
+from emdata.formats.lazy import Mapped, as_source, maximum, minimum, reduce_slabs
+from emdata.formats.lazy_labels import FaceBoundary, Reversed, connected_components, face_boundary
+from emdata.formats.nifti import NiftiVolume
+from emdata.formats.nifti_source import open_nifti
 from emdata.sources.archive import extract, list_members, read_member
 from emdata.sources.download import FetchResult
 from emdata.store.volume import Volume
@@ -314,19 +319,23 @@ def _voxel_size(image: NiftiVolume, from_json: tuple[float, float, float] | None
     return chosen, meta
 
 
-def _raw(image: NiftiVolume, where: str) -> tuple[np.ndarray, list[str]]:
+def _whole_numbers(data: Any) -> bool:
+    return all(reduce_slabs(data, lambda slab: bool(np.all(np.mod(slab, 1) == 0))))
+
+
+def _raw(image: NiftiVolume, where: str) -> tuple[Any, list[str]]:
     data, notes = image.data, []
     if image.scaling is not None:
         notes.append(f"image header scaling slope/intercept {image.scaling} not applied; stored values kept")
         log.warning("%s: %s", where, notes[-1])
     if np.issubdtype(data.dtype, np.integer):
         return data, notes
-    if np.issubdtype(data.dtype, np.floating) and data.size and np.all(np.mod(data, 1) == 0) \
-            and data.min() >= 0 and data.max() <= np.iinfo(np.uint16).max:
-        target = np.uint8 if data.max() <= 255 else np.uint16
-        notes.append(f"image stored as {data.dtype} with integer values; converted to {np.dtype(target)}")
+    if np.issubdtype(data.dtype, np.floating) and math.prod(data.shape) and _whole_numbers(data) \
+            and minimum(data) >= 0 and maximum(data) <= np.iinfo(np.uint16).max:
+        target = np.dtype(np.uint8 if maximum(data) <= 255 else np.uint16)
+        notes.append(f"image stored as {data.dtype} with integer values; converted to {target}")
         log.warning("%s: %s", where, notes[-1])
-        return data.astype(target), notes
+        return Mapped(data, functools.partial(np.asarray, dtype=target), target), notes
     raise MitoEM2FormatError(f"{where}: expected an integer greyscale image (MitoEM2 images are uint8), got dtype "
                              f"{data.dtype}")
 
@@ -335,44 +344,55 @@ def _raw(image: NiftiVolume, where: str) -> tuple[np.ndarray, list[str]]:
 # labels
 
 
-def _orient_label(label: NiftiVolume, raw_shape: tuple[int, ...], where: str) -> tuple[np.ndarray, bool]:
-    """The label array in the image's (z, y, x) order; True when its axes had to be reversed."""
-    shape = label.data.shape
+def _orient_label(label: NiftiVolume, raw_shape: tuple[int, ...], where: str) -> tuple[Any, bool]:
+    """The label (a source) in the image's (z, y, x) order; True when its axes had to be reversed."""
+    shape = tuple(label.data.shape)
     if shape == raw_shape:
         return label.data, False
     if shape == raw_shape[::-1]:
         log.warning("%s: label shape %s (z, y, x) is the image shape %s reversed (the me2-jurkat_train02 defect); "
                     "transposing the label back", where, shape, raw_shape)
-        return np.ascontiguousarray(label.data.transpose(2, 1, 0)), True
+        return Reversed(label.data), True
     raise MitoEM2FormatError(f"{where}: label shape {shape} (z, y, x) differs from the image shape {raw_shape} "
                              f"and is not its reverse {raw_shape[::-1]}; the pair does not belong together")
 
 
-def _integer_labels(data: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+def _integer_labels(data: Any, where: str) -> tuple[Any, list[str]]:
     notes: list[str] = []
+    size = math.prod(data.shape)
     if np.issubdtype(data.dtype, np.floating):
-        if data.size and not np.all(np.mod(data, 1) == 0):
+        if size and not _whole_numbers(data):
             raise MitoEM2FormatError(f"{where}: label dtype {data.dtype} holds non-integer values; expected "
                                      "integer classes 0/1/2 or instance ids")
-        top = int(data.max()) if data.size else 0
-        target = next(dt for dt in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(dt).max)
-        notes.append(f"label stored as {data.dtype} with integer values; converted to {np.dtype(target)}")
+        top = int(maximum(data)) if size else 0
+        target = np.dtype(next(dt for dt in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(dt).max))
+        notes.append(f"label stored as {data.dtype} with integer values; converted to {target}")
         log.warning("%s: %s", where, notes[-1])
-        data = data.astype(target)
+        data = Mapped(data, functools.partial(np.asarray, dtype=target), target)
     elif not np.issubdtype(data.dtype, np.integer):
         raise MitoEM2FormatError(f"{where}: label dtype {data.dtype} is not numeric; expected integer labels")
-    if data.size and np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
-        raise MitoEM2FormatError(f"{where}: label value {int(data.min())} is negative; expected classes 0/1/2 or "
+    if size and np.issubdtype(data.dtype, np.signedinteger) and minimum(data) < 0:
+        raise MitoEM2FormatError(f"{where}: label value {int(minimum(data))} is negative; expected classes 0/1/2 or "
                                  "instance ids ≥ 0")
     return data, notes
 
 
-def detect_encoding(data: np.ndarray) -> tuple[str, dict[str, Any]]:
-    """``classes``, ``instances`` or ``empty`` by :data:`ENCODING_RULE`, with what was found."""
-    top = int(data.max()) if data.size else 0
+def detect_encoding(data: Any) -> tuple[str, dict[str, Any]]:
+    """``classes``, ``instances`` or ``empty`` by :data:`ENCODING_RULE`, with what was found
+    (``data``: a numpy array or an array source, read in z-slabs).
+
+    Example:
+        >>> detect_encoding(np.array([[[0, 2, 1]]], "u1"))
+        ('classes', {'values': [0, 1, 2]})
+    """
+    source = as_source(data)
+    top = int(maximum(source))
     if top > 2:
         return "instances", {"max_id": top}
-    present = [v for v in (0, 1, 2) if bool((data == v).any())]
+    seen: set[int] = set()
+    for found in reduce_slabs(source, lambda slab: {v for v in (0, 1, 2) if bool((slab == v).any())}):
+        seen |= found
+    present = [v for v in (0, 1, 2) if v in seen]
     if top == 0:
         return "empty", {"values": present}
     if 1 not in present:
@@ -382,31 +402,22 @@ def detect_encoding(data: np.ndarray) -> tuple[str, dict[str, Any]]:
 
 def touching_boundary(instances: np.ndarray) -> np.ndarray:
     """Voxels of an instance that share a face with a different non-zero instance."""
-    out = np.zeros(instances.shape, dtype=bool)
-    for axis in range(instances.ndim):
-        lo = [slice(None)] * instances.ndim
-        hi = [slice(None)] * instances.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        a, b = instances[tuple(lo)], instances[tuple(hi)]
-        touch = (a != b) & (a != 0) & (b != 0)
-        out[tuple(lo)] |= touch
-        out[tuple(hi)] |= touch
-    return out
+    return face_boundary(instances)
 
 
-def _layers(card: Card, data: np.ndarray, where: str) -> tuple[list[Any], dict[str, Any]]:
+def _layers(card: Card, data: Any, where: str, scratch: Path) -> tuple[list[Any], dict[str, Any]]:
+    """The two layers as sources read box by box (connected components are labelled into ``scratch``)."""
     encoding, found = detect_encoding(data)
     meta: dict[str, Any] = {"label_encoding": encoding, "label_values": found, "label_encoding_rule": ENCODING_RULE}
     if encoding == "instances":
-        semantic = (data != 0).astype(np.uint8)
-        semantic[touching_boundary(data)] = 2
+        semantic: Any = FaceBoundary(data)
         instances = data
         meta["derived"] = {"semantic": BOUNDARY_RULE}
         sem_desc = f"Derived from the instance ids in labelsTr/labelsTs: {BOUNDARY_RULE}."
         inst_desc = "Mitochondria instance ids as stored in labelsTr/labelsTs."
     else:
-        semantic = data.astype(np.uint8, copy=False)
-        instances = connected_components(semantic == 1)
+        semantic = Mapped(data, functools.partial(np.asarray, dtype=np.uint8), np.uint8)
+        instances = connected_components(semantic, 1, scratch / "components.bin")
         meta["derived"] = {"instances": COMPONENTS_RULE}
         sem_desc = "3-class labels as stored in labelsTr/labelsTs: 0 background, 1 mitochondria, 2 boundary."
         inst_desc = f"Derived from the classes: {COMPONENTS_RULE}."
@@ -420,11 +431,12 @@ def _layers(card: Card, data: np.ndarray, where: str) -> tuple[list[Any], dict[s
 
 
 def _build(card: Card, case: Case, folder: Path, archive: Path, layout: Layout,
-           from_json: tuple[float, float, float] | None, json_notes: list[str]) -> tuple[np.ndarray, list[Any],
+           from_json: tuple[float, float, float] | None, json_notes: list[str],
+           scratch: Path) -> tuple[Any, list[Any],
                                                                                       tuple[float, float, float],
                                                                                       dict[str, Any]]:
     where_img = f"{archive.name}:{case.image}"
-    image = read_nifti(folder / case.image, name=where_img)
+    image = open_nifti(folder / case.image, scratch, name=where_img)
     raw, notes = _raw(image, where_img)
     subset_card = next(s for s in card.subsets if s.id == case.subset)
     voxel, meta = _voxel_size(image, from_json, subset_card.voxel_size_nm, where_img)
@@ -436,7 +448,7 @@ def _build(card: Card, case: Case, folder: Path, archive: Path, layout: Layout,
     meta["label_axes_reversed"] = False
     if case.label is not None:
         where_lbl = f"{archive.name}:{case.label}"
-        label = read_nifti(folder / case.label, name=where_lbl)
+        label = open_nifti(folder / case.label, scratch, name=where_lbl)
         if label.scaling is not None:
             notes.append(f"label header scaling {label.scaling} not applied; stored values kept")
         data, reversed_axes = _orient_label(label, raw.shape, where_lbl)
@@ -445,7 +457,7 @@ def _build(card: Card, case: Case, folder: Path, archive: Path, layout: Layout,
                          f"{label.data.shape} vs {raw.shape}); transposed back")
         data, label_notes = _integer_labels(data, where_lbl)
         notes += label_notes
-        layers, label_meta = _layers(card, data, where_lbl)
+        layers, label_meta = _layers(card, data, where_lbl, scratch)
         meta.update(label_meta)
         meta["label_axes_reversed"] = reversed_axes
     meta.update({"subset": case.subset, "case": case.case, "nnunet_folder": case.image.split("/")[-2],
@@ -483,6 +495,10 @@ def prepare(volumes: list[str] | None = None, force: bool = False, subset: Any =
                 continue
             if folder is None:
                 folder = extract(archive, downloads_dir(DATASET) / Path(source.name).stem)
-            raw, layers, voxel, meta = _build(card, case, folder, archive, layout, from_json, json_notes)
-            out.append(publish(card, case.volume, case.split, raw, layers, prov, voxel_size_nm=voxel, **meta))
+            scratch = downloads_dir(DATASET) / "scratch" / case.volume  # inflated NIfTI, labelled components
+            try:
+                raw, layers, voxel, meta = _build(card, case, folder, archive, layout, from_json, json_notes, scratch)
+                out.append(publish(card, case.volume, case.split, raw, layers, prov, voxel_size_nm=voxel, **meta))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     return out

@@ -78,6 +78,7 @@ Example (on a small local replica; without ``offline_replica`` the call reads th
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,10 @@ import numpy as np
 from emdata.catalog import Card, get_card
 from emdata.datasets._common import choose_volumes, fetch_source, layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
-from emdata.formats.rle_json import read_rle_json
-from emdata.formats.tiff import read_stack
-from emdata.labels.remap import LabelEncodingError, colours_to_index, colours_to_instances
-from emdata.sources.archive import read_member
+from emdata.formats.lazy import FlippedZ, TiffStack, as_source, slab_boxes
+from emdata.formats.rle_json import RleArray, read_rle_runs
+from emdata.labels.remap import LabelEncodingError, colours_to_index
+from emdata.sources.archive import extract_member, read_member
 from emdata.store.volume import Volume
 
 DATASET = "platelet-em"
@@ -158,13 +159,17 @@ def members(stem: str, encoding: str) -> dict[str, str]:
 
 # -- reading ----------------------------------------------------------------------------------
 
-def _read_raw(archive: Path, member: str) -> np.ndarray:
+def _stack(archive: Path, member: str) -> tuple[TiffStack, str]:
+    """A TIFF member copied out of the archive (bounded memory) and read page by page."""
     where = f"{archive.name}:{member}"
-    stack = read_stack(read_member(archive, member), name=where)
-    data = stack.data
-    if data.ndim != 3 or not np.issubdtype(data.dtype, np.integer):
+    return TiffStack(extract_member(archive, member), name=where), where
+
+
+def _read_raw(archive: Path, member: str) -> TiffStack:
+    data, where = _stack(archive, member)
+    if len(data.shape) != 3 or not np.issubdtype(data.dtype, np.integer):
         raise PlateletEMFormatError(f"{where}: expected a greyscale integer z-stack (uint16 pages), got shape "
-                                    f"{data.shape} dtype {data.dtype} ({stack.photometric})")
+                                    f"{data.shape} dtype {data.dtype} ({data.photometric})")
     if data.dtype != np.uint16:
         log.warning("%s: image dtype %s, the page says uint16; kept as stored", where, data.dtype)
     return data
@@ -179,24 +184,107 @@ def _check_shape(shape: tuple[int, ...], raw_shape: tuple[int, ...], where: str)
     raise PlateletEMFormatError(f"{where}: label shape {shape} differs from the image shape {raw_shape}{hint}")
 
 
-def _read_colours(archive: Path, member: str, encoding: str, raw_shape: tuple[int, ...]) -> np.ndarray:
-    where = f"{archive.name}:{member}"
-    stack = read_stack(read_member(archive, member), name=where)
-    data = stack.data
+def _read_colours(archive: Path, member: str, encoding: str, raw_shape: tuple[int, ...]) -> TiffStack:
+    data, where = _stack(archive, member)
     channels = 3 if encoding == "rgb" else 4
-    if data.ndim != 4 or data.shape[-1] != channels or data.dtype != np.uint8:
+    if len(data.shape) != 4 or data.shape[-1] != channels or data.dtype != np.uint8:
         raise PlateletEMFormatError(
             f"{where}: expected {encoding.upper()} colour-coded label pages (z, y, x, {channels}) of uint8 for "
-            f"release '{encoding}', got shape {data.shape} dtype {data.dtype} ({stack.photometric})")
-    _check_shape(data.shape[:3], raw_shape, where)
+            f"release '{encoding}', got shape {data.shape} dtype {data.dtype} ({data.photometric})")
+    _check_shape(tuple(data.shape[:3]), raw_shape, where)
     return data
 
 
-def _read_json(archive: Path, member: str, raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_json(archive: Path, member: str, raw_shape: tuple[int, ...]) -> tuple[RleArray, dict[str, Any]]:
     where = f"{archive.name}:{member}"
-    decoded = read_rle_json(read_member(archive, member), name=where)
-    _check_shape(decoded.data.shape, raw_shape, where)
-    return decoded.data, {"dtype": str(decoded.data.dtype), "labels": len(decoded.labels), "runs": decoded.runs}
+    runs = read_rle_runs(read_member(archive, member), name=where)
+    _check_shape(runs.shape, raw_shape, where)
+    return RleArray(runs), {"dtype": str(runs.dtype), "labels": len(runs.labels), "runs": len(runs.starts)}
+
+
+class ColourIndex:
+    """Colour-coded label pages → indices through an exact colour ``table`` (``colours_to_index``),
+    box by box; an unknown colour is an error naming ``where``, the slice in the file and the colour
+    (with ``hint`` added).
+
+    Example:
+        >>> from emdata.formats.lazy import InMemory
+        >>> pages = InMemory(np.array([[[[0, 0, 0], [9, 9, 9]]]], np.uint8))
+        >>> ColourIndex(pages, {(0, 0, 0): 0, (9, 9, 9): 5}, "t.tif", "u1").read(
+        ...     (slice(0, 1), slice(0, 1), slice(0, 2))).tolist()
+        [[[0, 5]]]
+    """
+
+    def __init__(self, colours: Any, table: dict[tuple[int, ...], int], where: str, dtype: Any, hint: str = "") -> None:
+        self.colours, self.table, self.where, self.hint = colours, dict(table), where, hint
+        self.shape, self.dtype = tuple(colours.shape[:3]), np.dtype(dtype)
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        block = self.colours.read(box)
+        try:
+            index = colours_to_index(block, self.table, where=self.where, slice_axis=0,
+                                     first_slice=box[0].indices(self.shape[0])[0])
+        except LabelEncodingError as exc:
+            if not self.hint:
+                raise
+            raise LabelEncodingError(f"{exc}. {self.hint}") from exc
+        return index.astype(self.dtype)
+
+
+def _colour_codes(block: np.ndarray, encoding: str) -> np.ndarray:
+    """One integer per pixel for 8-bit RGB(A) colours (r << 24 | g << 16 | b << 8 | a, or r << 16 | g << 8 | b);
+    opaque black RGBA is made transparent black (both are background)."""
+    codes = np.zeros(block.shape[:-1], np.uint32)
+    for c in range(block.shape[-1]):
+        codes <<= np.uint32(8)
+        codes |= block[..., c]
+    if encoding == "rgba":
+        codes[codes == np.uint32(255)] = 0  # (0, 0, 0, 255) → (0, 0, 0, 0)
+    return codes
+
+
+class ColourIds:
+    """Instance colours → ids through a table of colour codes (``codes`` sorted, ``ids`` alike), box by box;
+    background (code 0) → 0.
+
+    Example:
+        >>> from emdata.formats.lazy import InMemory
+        >>> pages = InMemory(np.array([[[[0, 0, 0], [1, 2, 3]]]], np.uint8))
+        >>> ColourIds(pages, "rgb", np.array([0x010203], np.uint32), np.array([4]), "u2").read(
+        ...     (slice(0, 1), slice(0, 1), slice(0, 2))).tolist()
+        [[[0, 4]]]
+    """
+
+    def __init__(self, colours: Any, encoding: str, codes: np.ndarray, ids: np.ndarray, dtype: Any) -> None:
+        self.colours, self.encoding = colours, encoding
+        self.codes = np.concatenate([np.zeros(1, np.uint32), codes.astype(np.uint32)])
+        self.ids = np.concatenate([np.zeros(1, np.uint64), ids.astype(np.uint64)])
+        order = np.argsort(self.codes, kind="stable")
+        self.codes, self.ids = self.codes[order], self.ids[order]
+        self.shape, self.dtype = tuple(colours.shape[:3]), np.dtype(dtype)
+
+    def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        codes = _colour_codes(self.colours.read(box), self.encoding)
+        at = np.searchsorted(self.codes, codes)
+        at = np.minimum(at, len(self.codes) - 1)
+        if not np.array_equal(self.codes[at], codes):
+            raise PlateletEMFormatError(f"{self.colours.name}: a colour appeared that the numbering pass did not "
+                                        "see; the file changed while it was read — prepare again")
+        return self.ids[at].astype(self.dtype)
+
+
+def _number_colours(colours: TiffStack, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Colour codes and their ids by first appearance in a C-order scan of the whole file, slab by slab
+    (a colour's first appearance is in the first slab holding it); background → 0, not numbered."""
+    seen: set[int] = set()
+    codes: list[int] = []
+    for box in slab_boxes(colours.shape[:3], 32):  # colour pixel, its code and np.unique's work
+        found, first = np.unique(_colour_codes(colours.read(box), encoding).ravel(), return_index=True)
+        for code in found[np.argsort(first, kind="stable")].tolist():
+            if code != 0 and code not in seen:
+                seen.add(code)
+                codes.append(code)
+    return np.array(codes, np.uint32), np.arange(1, len(codes) + 1, dtype=np.uint64)
 
 
 def _rgb_table(card: Card) -> dict[tuple[int, ...], int]:
@@ -208,17 +296,6 @@ def _card_dtype(card: Card, name: str, top: int) -> np.dtype:
     spec = card.label_layer(name).dtype
     dtype = np.dtype(spec or "uint16")
     return dtype if top <= np.iinfo(dtype).max else np.dtype(np.uint32 if top < 2**32 else np.uint64)
-
-
-def _instances_from_colours(rgb: np.ndarray, encoding: str) -> np.ndarray:
-    """Colour ids by first appearance (C order, as stored), black → 0."""
-    if encoding == "rgba":
-        opaque_black = (rgb[..., :3] == 0).all(axis=-1) & (rgb[..., 3] == 255)
-        if opaque_black.any():
-            rgb = rgb.copy()
-            rgb[opaque_black] = 0
-        return colours_to_instances(rgb, background=(0, 0, 0, 0))
-    return colours_to_instances(rgb, background=(0, 0, 0))
 
 
 # -- data checks --------------------------------------------------------------------------------
@@ -250,20 +327,48 @@ def _verdict(share: float | None, voxels: int) -> str:
     return "core-like" if share >= CORE_LIKE else "not core-like" if share <= NOT_CORE else "unclear"
 
 
-def _measure(semantic: np.ndarray, value: int) -> dict[str, Any]:
-    mask = semantic == value
-    voxels = int(np.count_nonzero(mask))
-    share = border_share(mask, semantic == 5) if voxels else None
-    return {"voxels": voxels, "border_share_in_class_5": None if share is None else round(share, 4),
-            "verdict": _verdict(share, voxels)}
+def _border_counts(mask: np.ndarray, body: np.ndarray) -> tuple[int, int]:
+    """(border voxels, border voxels in ``body``) of :func:`border_share` (in-plane: slabs add up)."""
+    grown = np.zeros_like(mask)
+    grown[:, 1:, :] |= mask[:, :-1, :]
+    grown[:, :-1, :] |= mask[:, 1:, :]
+    grown[:, :, 1:] |= mask[:, :, :-1]
+    grown[:, :, :-1] |= mask[:, :, 1:]
+    border = grown & ~mask
+    return int(np.count_nonzero(border)), int(np.count_nonzero(border & body))
 
 
-def decide_dense_core(semantic: np.ndarray, where: str) -> tuple[dict[int, int], dict[str, Any]]:
+def _measures(semantic: Any, values: tuple[int, ...]) -> dict[int, dict[str, Any]]:
+    """For each of ``values``: its voxels, the share of its in-plane border in class 5, the verdict
+    (read in z-slabs; ``semantic``: an array or a source)."""
+    source = as_source(semantic)
+    sums = {v: [0, 0, 0] for v in values}
+    for box in slab_boxes(source.shape, 32):  # colours, their codes, np.unique's inverse, masks
+        slab = source.read(box)
+        body = slab == 5
+        for v in values:
+            mask = slab == v
+            voxels = int(np.count_nonzero(mask))
+            if voxels:
+                total, inside = _border_counts(mask, body)
+                sums[v][0] += voxels
+                sums[v][1] += total
+                sums[v][2] += inside
+    out = {}
+    for v, (voxels, total, inside) in sums.items():
+        share = None if not voxels or total == 0 else inside / total
+        out[v] = {"voxels": voxels, "border_share_in_class_5": None if share is None else round(share, 4),
+                  "verdict": _verdict(share, voxels)}
+    return out
+
+
+def decide_dense_core(semantic: Any, where: str) -> tuple[dict[int, int], dict[str, Any]]:
     """Which provisional code (7 = (127,0,0,255), 8 = (255,229,0,255)) is class 6; raises if unclear.
 
     Returns ``({7: class, 8: class}, finding)``.
     """
-    found = {colour: _measure(semantic, code) for colour, code in zip(DISPUTED, _PROVISIONAL)}
+    measured = _measures(semantic, _PROVISIONAL)
+    found = {colour: measured[code] for colour, code in zip(DISPUTED, _PROVISIONAL)}
     verdicts = [found[c]["verdict"] for c in DISPUTED]
     finding: dict[str, Any] = {"check": "dense granule core (6) must lie inside dense granule body (5)",
                                "colours": {str(c): found[c] for c in DISPUTED},
@@ -294,9 +399,10 @@ def decide_dense_core(semantic: np.ndarray, where: str) -> tuple[dict[int, int],
     return table, finding
 
 
-def check_known_core(semantic: np.ndarray, where: str) -> dict[str, Any]:
+def check_known_core(semantic: Any, where: str) -> dict[str, Any]:
     """The same measure for releases whose classes are known (rgb, json): a finding, warning if off."""
-    core, vessel = _measure(semantic, 6), _measure(semantic, 4)
+    measured = _measures(semantic, (6, 4))
+    core, vessel = measured[6], measured[4]
     finding = {"check": "dense granule core (6) must lie inside dense granule body (5)",
                "class_6": core, "class_4": vessel,
                "thresholds": {"core_like": CORE_LIKE, "not_core_like": NOT_CORE}}
@@ -309,25 +415,51 @@ def check_known_core(semantic: np.ndarray, where: str) -> dict[str, Any]:
     return finding
 
 
-def _fit(inst: np.ndarray, sem: np.ndarray) -> tuple[float, float]:
-    """(share of instance voxels on the semantic mask, IoU of the two masks)."""
-    both = int(np.count_nonzero(inst & sem))
-    union = int(np.count_nonzero(inst | sem))
-    return both / max(int(np.count_nonzero(inst)), 1), both / max(union, 1)
+def _fit(both: int, inst: int, union: int) -> tuple[float, float]:
+    """(share of instance voxels on the semantic mask, IoU of the two masks) from voxel counts."""
+    return both / max(inst, 1), both / max(union, 1)
 
 
-def decide_z_order(instances: np.ndarray, semantic_mask: np.ndarray, where: str,
+def _pair(inst: np.ndarray, sem: np.ndarray) -> tuple[int, int, int]:
+    return (int(np.count_nonzero(inst & sem)), int(np.count_nonzero(inst)), int(np.count_nonzero(inst | sem)))
+
+
+def decide_z_order(instances: Any, semantic: Any, lowest_class: int, where: str,
                    what: str) -> tuple[bool, dict[str, Any]]:
-    """Whether the instance layer is z-reversed against its semantic class; ``(flip, finding)``."""
-    inst = instances != 0
+    """Whether the instance layer is z-reversed against its semantic class (``semantic >= lowest_class``);
+    ``(flip, finding)``. Both are read a slice at a time (arrays or sources).
+
+    Example:
+        >>> sem = np.zeros((4, 2, 2), "u1"); sem[:2] = 1
+        >>> inst = np.zeros((4, 2, 2), "u2"); inst[2:] = 7
+        >>> decide_z_order(inst, sem, 1, "demo", "cell")[0]
+        True
+    """
+    instances, semantic = as_source(instances), as_source(semantic)
+    n = instances.shape[0]
     finding: dict[str, Any] = {"check": f"{what} instances must lie on their semantic class, slice by slice"}
-    if instances.shape[0] < 2 or not inst.any() or not semantic_mask.any():
+    rest = tuple(slice(0, k) for k in instances.shape[1:3])
+
+    def inst_at(z: int) -> np.ndarray:
+        return instances.read((slice(z, z + 1), *rest))[0] != 0
+
+    stored, flipped = [0, 0, 0], [0, 0, 0]
+    per_slice = []
+    any_inst = any_sem = False
+    for z in range(n):
+        sem = semantic.read((slice(z, z + 1), *rest))[0] >= lowest_class
+        here, there = inst_at(z), inst_at(n - 1 - z)
+        any_inst, any_sem = any_inst or bool(here.any()), any_sem or bool(sem.any())
+        a, b = _pair(here, sem), _pair(there, sem)
+        stored = [x + y for x, y in zip(stored, a)]
+        flipped = [x + y for x, y in zip(flipped, b)]
+        if here.any() or there.any():
+            per_slice.append((_fit(*a)[0], _fit(*b)[0]))
+    if n < 2 or not any_inst or not any_sem:
         finding["decision"] = "not measurable (fewer than 2 slices, or an empty layer); kept as stored"
         return False, finding
-    share_s, iou_s = _fit(inst, semantic_mask)
-    share_r, iou_r = _fit(inst[::-1], semantic_mask)
-    per_slice = [(_fit(inst[z], semantic_mask[z])[0], _fit(inst[-1 - z], semantic_mask[z])[0])
-                 for z in range(inst.shape[0]) if inst[z].any() or inst[-1 - z].any()]
+    share_s, iou_s = _fit(*stored)
+    share_r, iou_r = _fit(*flipped)
     finding.update({"as_stored": {"share_on_class": round(share_s, 4), "iou": round(iou_s, 4)},
                     "z_reversed": {"share_on_class": round(share_r, 4), "iou": round(iou_r, 4)},
                     "slices_better_reversed": sum(r > s for s, r in per_slice),
@@ -352,47 +484,48 @@ def decide_z_order(instances: np.ndarray, semantic_mask: np.ndarray, where: str,
 
 # -- one volume -------------------------------------------------------------------------------
 
+RGBA_HINT = ("(Release C1 colours come from 255 x jet(label / max label of the file); a file whose max label is not "
+             "6 has other colours: use release 'json'.)")
+
+
 def _semantic(card: Card, archive: Path, member: str, release: Release,
-              raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+              raw_shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
     where = f"{archive.name}:{member}"
     if release.encoding == "json":
         data, info = _read_json(archive, member, raw_shape)
-        present = sorted(int(v) for v in np.unique(data))
+        runs = data.runs
+        covered = int((runs.ends - runs.starts).sum())
+        present = sorted({int(v) for v in np.unique(runs.values)} | ({0} if covered < math.prod(runs.shape) else set()))
         unknown = [v for v in present if not 0 <= v <= 6]
         if unknown:
             raise LabelEncodingError(f"{where}: value(s) {unknown[:10]} are not semantic classes 0..6")
         return data, {"source": info, "dense_core": check_known_core(data, where)}
     colours = _read_colours(archive, member, release.encoding, raw_shape)
+    dtype = _card_dtype(card, "semantic", 6)
     if release.encoding == "rgb":
-        index = colours_to_index(colours, _rgb_table(card), where=where, slice_axis=0)
-        data = index.astype(_card_dtype(card, "semantic", 6))
-        return data, {"dense_core": check_known_core(data, where)}
+        data = ColourIndex(colours, _rgb_table(card), where, dtype)
+        return data, {"dense_core": check_known_core(data, where)}  # its pass checks every colour
     table = {**RGBA_SEMANTIC, JET_DARK_RED: _PROVISIONAL[0], JET_YELLOW: _PROVISIONAL[1]}
-    try:
-        index = colours_to_index(colours, table, where=where, slice_axis=0)
-    except LabelEncodingError as exc:
-        raise LabelEncodingError(f"{exc}. (Release C1 colours come from 255 x jet(label / max label of the file); "
-                                 "a file whose max label is not 6 has other colours: use release 'json'.)") from exc
-    decision, finding = decide_dense_core(index, where)
-    lut = np.arange(9, dtype=np.uint8)
-    for code, cls in decision.items():
-        lut[code] = cls
-    return lut[index].astype(_card_dtype(card, "semantic", 6)), {"dense_core": finding}
+    provisional = ColourIndex(colours, table, where, np.uint8, hint=RGBA_HINT)
+    decision, finding = decide_dense_core(provisional, where)
+    final = {colour: decision.get(code, code) for colour, code in table.items()}
+    return ColourIndex(colours, final, where, dtype, hint=RGBA_HINT), {"dense_core": finding}
 
 
 def _instances(card: Card, archive: Path, member: str, name: str, release: Release,
-               raw_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+               raw_shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
     if release.encoding == "json":
         data, info = _read_json(archive, member, raw_shape)
         return data, {"source": info, "ids": "the JSON keys, as published"}
-    ids = _instances_from_colours(_read_colours(archive, member, release.encoding, raw_shape), release.encoding)
-    top = int(ids.max(initial=0))
+    colours = _read_colours(archive, member, release.encoding, raw_shape)
+    codes, ids = _number_colours(colours, release.encoding)
+    top = len(codes)
     info: dict[str, Any] = {"ids": "colours numbered by first appearance in a C-order scan of the file as stored "
                                    "(black = 0)", "instances": top}
     if release.encoding == "rgba":
         info["caveat"] = ("RGBA colours come from a 256-entry colour table over label / max label: objects whose ids "
                           "share a table entry share a colour and so an id here; release 'json' keeps exact ids")
-    return ids.astype(_card_dtype(card, name, top)), info
+    return ColourIds(colours, release.encoding, codes, ids, _card_dtype(card, name, top)), info
 
 
 def _prepare_volume(card: Card, archive: Path, spec_name: str, split: str, description: str, release: Release,
@@ -411,17 +544,17 @@ def _prepare_volume(card: Card, archive: Path, spec_name: str, split: str, descr
              "TIFF pages read as stored, (page, row, column) = (z, y, x); not transposed (the page's [Z, X, Y] names "
              "the authors' numpy axes); raw and labels read alike"]
     z_checks = {}
-    for name, data, sem_mask, what in (("instance-cell", cells, semantic >= 1, "cell"),
-                                       ("instance-organelle", organelles, semantic >= 2, "organelle")):
-        flip, finding = decide_z_order(data, sem_mask, f"{archive.name}:{paths[name]}", what)
+    for name, lowest, what in (("instance-cell", 1, "cell"), ("instance-organelle", 2, "organelle")):
+        data = cells if name == "instance-cell" else organelles
+        flip, finding = decide_z_order(data, semantic, lowest, f"{archive.name}:{paths[name]}", what)
         z_checks[name] = finding
         if flip:
             notes.append(f"{paths[name]} is z-reversed relative to the semantic labels; flipped along z "
                          f"(ids were numbered before the flip)")
             if name == "instance-cell":
-                cells = np.ascontiguousarray(cells[::-1])
+                cells = FlippedZ(cells)
             else:
-                organelles = np.ascontiguousarray(organelles[::-1])
+                organelles = FlippedZ(organelles)
         elif finding["decision"].startswith("ambiguous"):
             notes.append(f"{paths[name]}: z-order could not be confirmed from the data; kept as stored")
     core = sem_info["dense_core"]

@@ -55,6 +55,7 @@ Once the folder is in place, ``emdata.prepare("tem-neutrostruct", classes=7)`` p
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -69,6 +70,7 @@ from emdata.catalog import Card, get_card
 from emdata.config import downloads_dir, prepared_dir
 from emdata.datasets._common import layer, provenance, publish, reusable, volume_path
 from emdata.datasets.contract import Option
+from emdata.datasets.tem_neutrostruct.annotations import EllipseMasks
 from emdata.datasets.tem_neutrostruct.reclassify import (
     CLASSES_4,
     CLASSES_7,
@@ -80,13 +82,13 @@ from emdata.datasets.tem_neutrostruct.reclassify import (
     check_4class,
     collapse_to_4,
     lookup,
-    masks_for_image,
     read_scale_sheet,
     reclassify,
     to_final_7,
 )
 from emdata.formats.coco import annotations_by_image, load_coco
 from emdata.formats.cvat import Ellipse
+from emdata.formats.lazy import SliceStack
 from emdata.formats.png import read_image
 from emdata.sources.download import FetchResult, hash_file
 from emdata.store.volume import Volume
@@ -247,7 +249,21 @@ def _find_image(dirs: list[Path], file_name: str) -> Path | None:
     return None
 
 
-def _read_raw(path: Path, where: str, image: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+def _plane(path: str, where: str, height: int, width: int, z: int = 0) -> np.ndarray:
+    """The greyscale plane (what the raw source decodes when a box needs it)."""
+    return _read_plane(Path(path), where, {"height": height, "width": width})[0]
+
+
+def _read_raw(path: Path, where: str, image: dict[str, Any]) -> tuple[SliceStack, list[str]]:
+    """The image as a (1, y, x) source, checked now (decoded once); decoded again, once per process
+    and kept in the cache of decoded slices, when the writer reads it."""
+    plane, notes = _read_plane(path, where, image)
+    stat = path.stat()
+    read = functools.partial(_plane, str(path), where, int(image["height"]), int(image["width"]))
+    return SliceStack(read, 1, plane.shape, plane.dtype, key=f"{path}:{stat.st_mtime_ns}:{stat.st_size}"), notes
+
+
+def _read_plane(path: Path, where: str, image: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     data = read_image(path, where)
     notes = []
     if data.ndim == 3 and data.shape[2] in (3, 4):
@@ -271,7 +287,7 @@ def _read_raw(path: Path, where: str, image: dict[str, Any]) -> tuple[np.ndarray
     if data.shape != want:
         raise NeutroStructFormatError(f"{where}: image is {data.shape[1]}×{data.shape[0]} (W×H) but the COCO file says "
                                       f"width {want[1]} height {want[0]}")
-    return data[None], notes
+    return data, notes
 
 
 def _classes_meta(classes: int) -> list[dict[str, Any]]:
@@ -355,16 +371,17 @@ def _volume(card: Card, split: str, name: str, image: dict[str, Any], anns: list
         return existing
     where = _rel(path, root)
     raw, notes = _read_raw(path, where, image)
-    try:
-        instances, semantic = masks_for_image({"images": [image], "annotations": anns}, image, anns)
-    except OverflowError as exc:
-        raise NeutroStructFormatError(f"{where}: {exc}") from exc
+    if len(anns) >= np.iinfo(np.uint32).max:
+        raise NeutroStructFormatError(f"{where}: {len(anns)} ellipses do not fit instance dtype uint32")
+    ellipses, values = [Ellipse.from_bbox(a["bbox"]) for a in anns], [int(a["category_id"]) for a in anns]
+    plane = (int(image["height"]), int(image["width"]))
+    instances, semantic = (EllipseMasks(ellipses, values, plane, which) for which in ("instances", "semantic"))
     if listed is None:
         log.warning("tem-neutrostruct %s: no pixel size in a scale sheet; using %g px/µm", name, DEFAULT_PX_PER_UM)
     xy = 1000.0 / ppum
-    layers = [replace(layer(card, f"classes-{n_classes}", semantic[None], classes=_classes_meta(n_classes)),
+    layers = [replace(layer(card, f"classes-{n_classes}", semantic, classes=_classes_meta(n_classes)),
                       name="semantic"),
-              replace(layer(card, "objects", instances[None]), name="instances")]
+              replace(layer(card, "objects", instances), name="instances")]
     records = []
     for k, a in enumerate(anns, start=1):
         e = Ellipse.from_bbox(a["bbox"])
