@@ -4,7 +4,10 @@ concurrently, and decoded chunks are kept once for the whole process tree.
 Reading: the chunks a box touches are fetched by a per-process thread pool, each thread reading,
 decoding and copying its chunk's part of the box (zstd and file reads release the GIL). Arrays of
 a local store with plain codecs (bytes, then zstd, blosc or nothing; not sharded) are read straight from
-their chunk files with numcodecs, skipping zarr-python's per-call overhead; any other
+their chunk files with ``os.preadv`` into per-thread buffers and decoded there with numcodecs,
+skipping zarr-python's per-call overhead and any allocation per chunk; of an uncompressed chunk
+(raw levels) only the runs of rows the box needs are read, unless the chunk goes to the shared
+cache (which keeps whole chunks). Any other
 array-like (sharded levels, remote stores: anything with ``.shape``, ``.chunks``, ``.dtype`` and
 ``__getitem__``) is read one chunk box per task, so remote chunks are fetched concurrently too.
 
@@ -51,7 +54,12 @@ _POOL_LOCK = threading.Lock()
 
 
 def read_threads() -> int:
-    """Threads per process that fetch and decode chunks (``EMDATA_READ_THREADS``, default 2 per core, at most 8).
+    """Threads per process that fetch and decode chunks (``EMDATA_READ_THREADS``; default 2 per
+    core, shared among the DataLoader workers when called in one, at least 2 and at most 8).
+
+    Measured from disk with a cold page cache on 2 cores, 2 process workers
+    (``benchmarks/results/loader.md``): 2 threads per worker beat 4 (oversubscribed) and 1 (reads
+    wait on the disk with nothing decoding meanwhile).
 
     Example:
         >>> read_threads() >= 1
@@ -62,7 +70,15 @@ def read_threads() -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"EMDATA_READ_THREADS must be a whole number >= 1, got {value!r}")
         return int(value)
-    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    workers = 1
+    try:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        workers = max(1, int(info.num_workers)) if info is not None else 1
+    except ImportError:  # pragma: no cover - torch is this layer's dependency
+        pass
+    return max(2, min(8, 2 * (os.cpu_count() or 1) // workers))
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -78,7 +94,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 _SCRATCH = threading.local()
-MERGE_GAP = 16 << 10
+MERGE_GAP = 64 << 10
 """Bytes of a partial chunk read skipped between two needed runs at most before the runs are read
 as one (one system call instead of two; the pages are read in any case up to about this size)."""
 
