@@ -327,3 +327,17 @@ def test_a_volume_removed_while_read_in_parts_says_so(tmp_path: Path) -> None:
             chunk.unlink()
     with pytest.raises(VolumeReplacedError, match="removed while being read"):
         reader.read("raw", 0, box)
+
+
+def test_read_threads_share_the_cores_among_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.data
+
+    monkeypatch.delenv("EMDATA_READ_THREADS", raising=False)
+    monkeypatch.setattr(reader_module.os, "cpu_count", lambda: 2)
+    assert reader_module.read_threads() == 4  # the main process: 2 per core
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"num_workers": 2})())
+    assert reader_module.read_threads() == 2  # each of 2 workers: the 4 shared
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"num_workers": 8})())
+    assert reader_module.read_threads() == 2  # never fewer than 2: one waits on the disk, one decodes
+    monkeypatch.setenv("EMDATA_READ_THREADS", "3")
+    assert reader_module.read_threads() == 3

@@ -57,9 +57,10 @@ def read_threads() -> int:
     """Threads per process that fetch and decode chunks (``EMDATA_READ_THREADS``; default 2 per
     core, shared among the DataLoader workers when called in one, at least 2 and at most 8).
 
-    Measured from disk with a cold page cache on 2 cores, 2 process workers
-    (``benchmarks/results/loader.md``): 2 threads per worker beat 4 (oversubscribed) and 1 (reads
-    wait on the disk with nothing decoding meanwhile).
+    Measured from disk with a cold page cache on 2 cores, 2 process workers (``benchmarks/loader.py``'s
+    volume and emdata loader, ``EMDATA_READ_THREADS`` 1, 2 and 4, four interleaved rounds): 2 threads
+    per worker were fastest in 7 of 8 cases (e.g. 16×128×128 patches: 114.6/s against 75.3 with 4,
+    oversubscribed, and 91.7 with 1, where reads wait on the disk with nothing decoding meanwhile).
 
     Example:
         >>> read_threads() >= 1
