@@ -96,8 +96,10 @@ def _pool() -> ThreadPoolExecutor:
 
 _SCRATCH = threading.local()
 MERGE_GAP = 64 << 10
-"""Bytes of a partial chunk read skipped between two needed runs at most before the runs are read
-as one (one system call instead of two; the pages are read in any case up to about this size)."""
+"""Partial chunk reads: two runs of needed rows at most this many bytes apart are read as one (one
+system call instead of two; the kernel's readahead fetches the skipped pages from disk anyway).
+Measured on 32×128×128 uint8 raw chunks from disk, cold page cache: reading every run apart was
+about 30 % slower (32×256×256 patches: 157/s against 229–258/s merged)."""
 
 
 def _scratch(name: str, nbytes: int) -> np.ndarray:
