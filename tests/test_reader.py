@@ -341,3 +341,22 @@ def test_read_threads_share_the_cores_among_loader_workers(monkeypatch: pytest.M
     assert reader_module.read_threads() == 2  # never fewer than 2: one waits on the disk, one decodes
     monkeypatch.setenv("EMDATA_READ_THREADS", "3")
     assert reader_module.read_threads() == 3
+
+
+def test_reads_into_a_slot_of_a_batch(tmp_path: Path) -> None:
+    path = _volume(tmp_path / "v.ome.zarr")
+    reader = VolumeReader(path, memory_budget=0)
+    box = (slice(3, 9), slice(10, 50), slice(20, 80))
+    batch = np.zeros((2, 6, 40, 60), np.int64)
+    labels = np.zeros((2, 6, 40, 60), np.uint32)
+    got = reader.read("cells", 0, box, out=labels[1])
+    assert got is not None and np.shares_memory(got, labels)
+    np.testing.assert_array_equal(labels[1], reader.read("cells", 0, box))
+    assert not labels[0].any()
+    raws = np.zeros((2, 6, 40, 60), np.uint8)  # raw: read in parts, straight into the slot
+    np.testing.assert_array_equal(reader.read("raw", 0, box, out=raws[0]), reader.read("raw", 0, box))
+    assert raws[0].any() and not raws[1].any()
+    with pytest.raises(ValueError, match=r"expected a writable uint32 array of shape \(6, 40, 60\)"):
+        reader.read("cells", 0, box, out=batch[1])  # int64: not the level's dtype
+    with pytest.raises(ValueError, match="shape"):
+        reader.read("cells", 0, box, out=labels[1, :5])

@@ -358,11 +358,20 @@ class VolumeReader:
 
         return all(_pool().map(fill, missing)) and lv.cached.filled == lv.cached.n_chunks
 
-    def read(self, layer: str, level: int, box: Sequence[slice]) -> np.ndarray:
-        """The voxels of ``box`` (level coordinates, inside the array) as a new array."""
+    def read(self, layer: str, level: int, box: Sequence[slice], out: np.ndarray | None = None) -> np.ndarray:
+        """The voxels of ``box`` (level coordinates, inside the array) as a new array, or written
+        into ``out`` (returned): an array of the box's shape and the level's dtype, e.g. one
+        sample's slot of a batch, so the voxels are copied once, from the chunks into the batch."""
         lv = self._level(layer, level)
         box = tuple(box)
-        out = np.empty(tuple(s.stop - s.start for s in box), dtype=lv.dtype)
+        shape = tuple(s.stop - s.start for s in box)
+        if out is None:
+            out = np.empty(shape, dtype=lv.dtype)
+        elif out.shape != shape or out.dtype != lv.dtype or not out.flags.writeable:
+            raise ValueError(f"read into out: expected a writable {lv.dtype} array of shape {shape} for {layer!r} "
+                             f"level {level} of {self.path}, got {out.dtype} {out.shape}"
+                             f"{'' if out.flags.writeable else ' (read-only)'}; pass e.g. batch[i] (a view of "
+                             f"the same dtype: batch.view({lv.dtype.name!r})[i] for a signed buffer)")
         ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, lv.chunks)]
         missing = []
         for idx in itertools.product(*ranges):
