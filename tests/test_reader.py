@@ -298,16 +298,20 @@ def test_a_partial_read_reads_only_the_rows_it_needs(tmp_path: Path, monkeypatch
     assert read == [2 * 16 * 8] * 2  # two runs of two whole rows, not the 16 KiB chunk
 
 
-def test_a_chunk_of_the_wrong_size_is_refused_not_half_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_a_chunk_of_the_wrong_size_is_refused_not_half_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               codec: str) -> None:
     import zarr
-    from numcodecs import Zstd
+    from numcodecs import Blosc, Zstd
 
-    array, truth = _plain_array(tmp_path / "s", "u2", compressors=zarr.codecs.ZstdCodec(level=1))
+    compressor = zarr.codecs.ZstdCodec(level=1) if codec == "zstd" else zarr.codecs.BloscCodec(cname="lz4")
+    array, truth = _plain_array(tmp_path / "s", "u2", compressors=compressor)
     reader = _reader_of(array, monkeypatch)
     assert not reader._level("raw", 0)._file.partial
     box = (slice(0, 4), slice(0, 16), slice(0, 32))
     np.testing.assert_array_equal(reader.read("raw", 0, box), truth[box])  # fills this thread's buffers
-    (tmp_path / "s" / "a" / "c" / "0" / "0" / "1").write_bytes(Zstd().encode(np.zeros(4 * 16 * 8, "u2").tobytes()))
+    smaller = np.zeros(4 * 16 * 8, "u2").tobytes()  # half a chunk, a well-formed frame
+    (tmp_path / "s" / "a" / "c" / "0" / "0" / "1").write_bytes((Zstd() if codec == "zstd" else Blosc()).encode(smaller))
     with pytest.raises(OSError, match=r"c/0/0/1: chunk decodes to 1024 bytes, expected 2048"):
         reader.read("raw", 0, box)
 
