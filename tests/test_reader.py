@@ -185,7 +185,8 @@ def test_old_zstd_raw_stores_and_the_zarr_path_read_the_same(tmp_path: Path, mon
     box = (slice(2, 19), slice(5, 66), slice(0, 90))
     want = VolumeReader(plain, memory_budget=0).read("raw", 0, box)
     np.testing.assert_array_equal(VolumeReader(old, memory_budget=0).read("raw", 0, box), want)
-    monkeypatch.setattr(reader_module, "_chunk_file_reader", lambda array: None)  # any array-like: through zarr
+    # any array-like: through zarr
+    monkeypatch.setattr(reader_module._ChunkFiles, "of", classmethod(lambda cls, array: None))
     np.testing.assert_array_equal(VolumeReader(old, memory_budget=0).read("raw", 0, box), want)
     assert VolumeReader(old, memory_budget=0)._level("raw", 0)._file is None
 
@@ -227,3 +228,139 @@ def test_an_unwritable_cache_folder_reads_on_without_it(tmp_path: Path, caplog: 
     box = (slice(0, 5), slice(0, 20), slice(0, 20))
     np.testing.assert_array_equal(reader.read("raw", 0, box), VolumeReader(path, memory_budget=0).read("raw", 0, box))
     assert reader.cached("raw", 0) is None and "cannot be used" in caplog.text and str(blocked) in caplog.text
+
+
+def _plain_array(root: Path, dtype: str, endian: str = "little",
+                 compressors: object = None) -> tuple[object, np.ndarray]:
+    """An array of a published-looking local store (``root`` holds the completion marker): shape
+    (10, 37, 45) in (4, 16, 16) chunks, partial edge chunks on every axis, fill 7, some chunks never
+    written; returns it and its voxels as zarr reads them."""
+    import zarr
+    from zarr.codecs import BytesCodec
+
+    from emdata.store.publish import COMPLETE_MARKER
+
+    root.mkdir()
+    (root / COMPLETE_MARKER).write_text("{}")
+    data = np.random.default_rng(5).integers(0, np.iinfo(dtype).max, (10, 37, 45), dtype=dtype, endpoint=True)
+    data[4:8, 16:37, 0:16] = 7  # whole chunks at the fill value: zarr never writes them
+    array = zarr.create_array(zarr.storage.LocalStore(root), name="a", shape=data.shape, dtype=dtype,
+                              chunks=(4, 16, 16), fill_value=7, compressors=compressors,
+                              serializer=BytesCodec(endian=endian), zarr_format=3)
+    array[...] = data
+    assert not (root / "a" / "c" / "1" / "1" / "0").exists()  # never written
+    return array, np.asarray(array[...])
+
+
+def _reader_of(array: object, monkeypatch: pytest.MonkeyPatch) -> VolumeReader:
+    reader = VolumeReader("/not-opened.ome.zarr", memory_budget=0)
+    level = reader_module._Level(array, None)
+    monkeypatch.setattr(reader, "_level", lambda layer, lv: level)
+    return reader
+
+
+@pytest.mark.parametrize(("dtype", "endian"), [("u1", "little"), ("u2", "little"), ("u2", "big"), ("u8", "little")])
+def test_partial_reads_of_uncompressed_chunks_are_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        dtype: str, endian: str) -> None:
+    array, truth = _plain_array(tmp_path / "s", dtype, endian)
+    reader = _reader_of(array, monkeypatch)
+    level = reader._level("raw", 0)
+    assert level._file is not None and level._file.partial
+    rng = np.random.default_rng(1)
+    boxes = [(slice(0, 10), slice(0, 37), slice(0, 45)), (slice(9, 10), slice(36, 37), slice(44, 45)),
+             (slice(3, 9), slice(15, 33), slice(30, 45)), (slice(4, 8), slice(16, 37), slice(0, 16))]  # unwritten
+    for _ in range(40):
+        lo = [int(rng.integers(0, s)) for s in truth.shape]
+        boxes.append(tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip(lo, truth.shape)))
+    for gap in (0, reader_module.MERGE_GAP, 1 << 30):  # runs read apart, as the default merges them, as one
+        monkeypatch.setattr(reader_module, "MERGE_GAP", gap)
+        for box in boxes:
+            got = reader.read("raw", 0, box)
+            assert got.dtype == truth.dtype and got.dtype.isnative
+            np.testing.assert_array_equal(got, truth[box], err_msg=f"{box} merge gap {gap}")
+
+
+def test_a_partial_read_reads_only_the_rows_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    array, truth = _plain_array(tmp_path / "s", "u8")
+    reader = _reader_of(array, monkeypatch)
+    read: list[int] = []
+    real = reader_module.os.preadv
+
+    def counting(fd: int, buffers: list, offset: int) -> int:
+        n = real(fd, buffers, offset)
+        read.append(n)
+        return n
+
+    monkeypatch.setattr(reader_module.os, "preadv", counting)
+    monkeypatch.setattr(reader_module, "MERGE_GAP", 0)
+    box = (slice(1, 3), slice(18, 20), slice(3, 5))  # 2 slices of 2 rows in one chunk of 4×16×16
+    np.testing.assert_array_equal(reader.read("raw", 0, box), truth[box])
+    assert read == [2 * 16 * 8] * 2  # two runs of two whole rows, not the 16 KiB chunk
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_a_chunk_of_the_wrong_size_is_refused_not_half_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               codec: str) -> None:
+    import zarr
+    from numcodecs import Blosc, Zstd
+
+    compressor = zarr.codecs.ZstdCodec(level=1) if codec == "zstd" else zarr.codecs.BloscCodec(cname="lz4")
+    array, truth = _plain_array(tmp_path / "s", "u2", compressors=compressor)
+    reader = _reader_of(array, monkeypatch)
+    assert not reader._level("raw", 0)._file.partial
+    box = (slice(0, 4), slice(0, 16), slice(0, 32))
+    np.testing.assert_array_equal(reader.read("raw", 0, box), truth[box])  # fills this thread's buffers
+    smaller = np.zeros(4 * 16 * 8, "u2").tobytes()  # half a chunk, a well-formed frame
+    (tmp_path / "s" / "a" / "c" / "0" / "0" / "1").write_bytes((Zstd() if codec == "zstd" else Blosc()).encode(smaller))
+    with pytest.raises(OSError, match=r"c/0/0/1: chunk decodes to 1024 bytes, expected 2048"):
+        reader.read("raw", 0, box)
+
+
+def test_a_volume_removed_while_read_in_parts_says_so(tmp_path: Path) -> None:
+    from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
+
+    path = _volume(tmp_path / "v.ome.zarr")
+    reader = VolumeReader(path, memory_budget=0)
+    assert reader._level("raw", 0)._file.partial  # raw is stored uncompressed: read in parts
+    box = (slice(0, 6), slice(0, 20), slice(0, 20))
+    reader.read("raw", 0, box)
+    folder = Path(reader.volume.folder)
+    (folder / COMPLETE_MARKER).unlink()  # what retiring a replaced version does first
+    for chunk in (folder / "0" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    with pytest.raises(VolumeReplacedError, match="removed while being read"):
+        reader.read("raw", 0, box)
+
+
+def test_read_threads_share_the_cores_among_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.data
+
+    monkeypatch.delenv("EMDATA_READ_THREADS", raising=False)
+    monkeypatch.setattr(reader_module.os, "cpu_count", lambda: 2)
+    assert reader_module.read_threads() == 4  # the main process: 2 per core
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"num_workers": 2})())
+    assert reader_module.read_threads() == 2  # each of 2 workers: the 4 shared
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: type("Info", (), {"num_workers": 8})())
+    assert reader_module.read_threads() == 2  # never fewer than 2: one waits on the disk, one decodes
+    monkeypatch.setenv("EMDATA_READ_THREADS", "3")
+    assert reader_module.read_threads() == 3
+
+
+def test_reads_into_a_slot_of_a_batch(tmp_path: Path) -> None:
+    path = _volume(tmp_path / "v.ome.zarr")
+    reader = VolumeReader(path, memory_budget=0)
+    box = (slice(3, 9), slice(10, 50), slice(20, 80))
+    batch = np.zeros((2, 6, 40, 60), np.int64)
+    labels = np.zeros((2, 6, 40, 60), np.uint32)
+    got = reader.read("cells", 0, box, out=labels[1])
+    assert got is not None and np.shares_memory(got, labels)
+    np.testing.assert_array_equal(labels[1], reader.read("cells", 0, box))
+    assert not labels[0].any()
+    raws = np.zeros((2, 6, 40, 60), np.uint8)  # raw: read in parts, straight into the slot
+    np.testing.assert_array_equal(reader.read("raw", 0, box, out=raws[0]), reader.read("raw", 0, box))
+    assert raws[0].any() and not raws[1].any()
+    with pytest.raises(ValueError, match=r"expected a writable uint32 array of shape \(6, 40, 60\)"):
+        reader.read("cells", 0, box, out=batch[1])  # int64: not the level's dtype
+    with pytest.raises(ValueError, match="shape"):
+        reader.read("cells", 0, box, out=labels[1, :5])

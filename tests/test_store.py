@@ -186,6 +186,7 @@ def test_pyramid_plan_and_mean() -> None:
 
 def test_chunk_choice() -> None:
     assert choose_chunks((100, 1024, 1024), (30, 6, 6), 1) == ((32, 128, 128), None)
+    assert choose_chunks((100, 1024, 1024), (30, 6, 6), 8) == ((16, 128, 128), None)  # uint64: 2 MiB at most
     assert choose_chunks((500, 500, 500), (8, 8, 8), 1) == ((64, 64, 64), None)
     assert choose_chunks((1, 4096, 4224), (1, 1, 1), 1)[0][0] == 1
     chunks, shards = choose_chunks((597, 20000, 20000), (30, 6, 6), 2)

@@ -261,17 +261,22 @@ def write_metadata(root: Any, meta: dict[str, Any], voxel_size: Sequence[float],
 
 
 def plain_chunk_decoder(array: Any) -> Any:
-    """``decode(data, where, advice) -> ndarray`` for a zarr v3 ``array`` whose codecs are plain
-    (bytes, then zstd without checksum, blosc or nothing; not sharded): the full decoded chunk,
-    read without zarr-python's per-call overhead. A chunk of the wrong size raises ``OSError``
-    naming ``where`` and ending with ``advice``. None for any other array (read it through zarr).
+    """``decode(data, where, advice, out=None) -> ndarray`` for a zarr v3 ``array`` whose codecs
+    are plain (bytes, then zstd without checksum, blosc or nothing; not sharded): the full decoded
+    chunk, read without zarr-python's per-call overhead. With ``out`` (a writable uint8 buffer of
+    at least the chunk's bytes) a compressed chunk is decoded into it, so a caller reusing one
+    buffer allocates nothing per chunk; the result is then a view of ``out``. A chunk of the wrong
+    size raises ``OSError`` naming ``where`` and ending with ``advice``. ``decode.compressed``
+    says whether the chunk files are compressed (False: a chunk file is the chunk's bytes, C order,
+    in ``decode.dtype``). None for any other array (read it through zarr).
 
     Example:
         >>> import zarr
         >>> arr = zarr.create_array(zarr.storage.MemoryStore(), shape=(4, 4), chunks=(2, 2), dtype="u1",
         ...                         compressors=None)
-        >>> plain_chunk_decoder(arr)(bytes(range(4)), "c/0/0", "").tolist()
-        [[0, 1], [2, 3]]
+        >>> decode = plain_chunk_decoder(arr)
+        >>> decode(bytes(range(4)), "c/0/0", "").tolist(), decode.compressed
+        ([[0, 1], [2, 3]], False)
     """
     try:
         from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
@@ -283,15 +288,22 @@ def plain_chunk_decoder(array: Any) -> Any:
     if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
         return None
     decompress: Any = None
+    content_size: Any = None
     if len(codecs) == 2:
         if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
             from numcodecs import Zstd
 
-            decompress = Zstd().decode
+            zstd = Zstd()
+
+            def decompress(data: Any, out: Any = None) -> Any:
+                return zstd.decode(data, out=out)
+
+            content_size = _zstd_content_size
         elif isinstance(codecs[1], BloscCodec):
             from numcodecs import blosc
 
             decompress = blosc.decompress  # the blosc header says how; thread-safe outside the main thread
+            content_size = _blosc_content_size
         else:
             return None
     dtype = np.dtype(array.dtype)
@@ -300,12 +312,42 @@ def plain_chunk_decoder(array: Any) -> Any:
     chunks = tuple(int(c) for c in array.chunks)
     nbytes = int(np.prod(chunks)) * dtype.itemsize
 
-    def decode(data: bytes, where: str, advice: str) -> np.ndarray:
-        raw = decompress(data) if decompress is not None else data
-        if len(raw) != nbytes:
-            raise OSError(f"{where}: chunk decodes to {len(raw)} bytes, expected {nbytes} for {chunks} {dtype}; "
-                          f"{advice}")
+    def decode(data: Any, where: str, advice: str, out: np.ndarray | None = None) -> np.ndarray:
+        size = content_size(data) if decompress is not None and out is not None else None
+        if size is not None:  # the header says the size: checked first, a smaller chunk would leave ``out`` stale
+            if size != nbytes:
+                raise OSError(f"{where}: chunk decodes to {size} bytes, expected {nbytes} for {chunks} {dtype}; "
+                              f"{advice}")
+            raw = decompress(data, out[:nbytes])  # type: ignore[index]
+        else:
+            raw = decompress(data) if decompress is not None else data
+        if len(memoryview(raw).cast("B")) != nbytes:
+            raise OSError(f"{where}: chunk decodes to {len(memoryview(raw).cast('B'))} bytes, expected {nbytes} "
+                          f"for {chunks} {dtype}; {advice}")
         return np.frombuffer(raw, dtype).reshape(chunks)
 
+    decode.compressed = decompress is not None  # type: ignore[attr-defined]
+    decode.dtype = dtype  # type: ignore[attr-defined]
     return decode
+
+
+def _zstd_content_size(data: Any) -> int | None:
+    """The decoded size a zstd frame's header declares (RFC 8878, 3.1.1.1), None when it declares none."""
+    head = bytes(memoryview(data)[:18])
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    flags = head[4]
+    single = (flags >> 5) & 1
+    fcs_size = (0 if not single else 1, 2, 4, 8)[flags >> 6]
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[flags & 3]
+    if fcs_size == 0 or len(head) < at + fcs_size:
+        return None
+    size = int.from_bytes(head[at:at + fcs_size], "little")
+    return size + 256 if fcs_size == 2 else size
+
+
+def _blosc_content_size(data: Any) -> int | None:
+    """The decoded size a blosc header declares (bytes 4 to 8, little endian)."""
+    head = bytes(memoryview(data)[:8])
+    return int.from_bytes(head[4:8], "little") if len(head) == 8 else None
 
