@@ -252,7 +252,7 @@ class ShardedVolumeWriter:
     def discard(self) -> None:
         """Remove the building folder (a finished volume at :attr:`path` is left alone)."""
         self._prepared = False
-        self._arrays: dict[tuple[int, str], Any] = {}
+        self._arrays: dict[tuple[int, str, bool], Any] = {}
         if self.building.exists():
             trash = self.building.with_name(f"{self.building.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(self.building, trash)
@@ -276,15 +276,18 @@ class ShardedVolumeWriter:
 
     # -- filling regions -----------------------------------------------------------------------
 
-    def _array(self, level: int, name: str) -> Any:
-        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once)."""
+    def _array(self, level: int, name: str, write_empty_chunks: bool = False) -> Any:
+        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once);
+        ``write_empty_chunks``: a handle that writes every chunk given, without testing it for emptiness."""
         import zarr
 
         cache = self.__dict__.setdefault("_arrays", {})
-        array = cache.get((level, name))
+        array = cache.get((level, name, write_empty_chunks))
         if array is None:
             array = zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
-            cache[(level, name)] = array
+            if write_empty_chunks:
+                array = array.with_config({"write_empty_chunks": True})
+            cache[(level, name, write_empty_chunks)] = array
         return array
 
     def _store(self, region: Region, name: str, data: np.ndarray) -> list[list[Any]]:
@@ -297,7 +300,12 @@ class ShardedVolumeWriter:
             raise StoreWriteError(f"{name} level {region.level} region {region.index}: got dtype {data.dtype}, "
                                   f"the array is {plan['dtype']}")
         data = np.ascontiguousarray(data, dtype=plan["dtype"])
-        self._array(region.level, name)[region.slices] = data
+        array = self._array(region.level, name)
+        if all(data[sl].any() for sl in block_slices(region.shape, tuple(plan["chunks"]))):
+            # No chunk can equal the fill value (0): zarr's own per-chunk test for "empty" chunks
+            # (several passes and copies per chunk) is skipped; the chunks written are the same.
+            array = self._array(region.level, name, write_empty_chunks=True)
+        array[region.slices] = data
         block = plan["shards"] or plan["chunks"]
         out = []
         for sl in block_slices(region.shape, tuple(block)):
@@ -317,6 +325,7 @@ class ShardedVolumeWriter:
             raise ValueError(f"write_region writes level 0; level {region.level} is built with build_region")
         digests = {}
         pieces = self.piece_levels()
+        side: dict[str, np.ndarray] = {}  # saved with the record: histogram, index counts, pyramid pieces
         for i, name in enumerate(self.array_names()):
             data = fill(region, name)
             digests[name] = self._store(region, name, data)
@@ -324,24 +333,33 @@ class ShardedVolumeWriter:
             if name == "raw":  # intensity histogram of this region, merged by finish()
                 histogram = IntensityHistogram(self.spec["dtype"])
                 histogram.add(data)
-                np.savez(self._side_record(region, "intensity"), **histogram.state())
+                side.update({f"intensity_{k}": v for k, v in histogram.state().items()})
             else:  # foreground index blocks (the layer's level-0 chunks), merged by finish()
                 spec = self.spec["labels"][i - 1]
                 parts = IndexParts(name, spec["kind"], self.levels[0]["arrays"][name]["chunks"], self.spec["shape"])
                 parts.add(data, region.start)
-                np.savez(self._side_record(region, f"index-{i}"), **parts.state())
+                side.update({f"index{i}_{k}": v for k, v in parts.state().items()})
             small = data
             for level in pieces:
                 step = tuple(self.levels[level]["step"])
                 small = downsample_mean(small, step) if name == "raw" else downsample_nearest(small, step)
-                np.save(self._side_record(region, f"piece-{i}-{level}", ".npy"), small, allow_pickle=False)
-        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests}))
+                side[f"piece{i}_{level}"] = small
+        layout = _save_arrays(self._side_record(region), side)  # one file: creating files costs more than bytes
+        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests,
+                                                       "side": layout}))
 
-    def _side_record(self, region: Region, what: str, suffix: str = ".npz") -> Path:
-        """A file saved with a level-0 region's record (histogram, index counts, pyramid pieces)."""
-        path = self._record(region).with_suffix(f".{what}{suffix}")
+    def _side_record(self, region: Region) -> Path:
+        """What a level-0 region saves next to its record for later steps (raw bytes; where each
+        array lies is in the record)."""
+        path = self._record(region).with_suffix(".bin")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _side(self, region: Region, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays ``<prefix><key>`` a level-0 region saved, by ``key``."""
+        layout = json.loads(self._record(region).read_text(encoding="utf-8"))["side"]
+        wanted = {k[len(prefix):]: v for k, v in layout.items() if k.startswith(prefix)}
+        return _load_arrays(self._side_record(region), wanted)
 
     def piece_levels(self) -> list[int]:
         """Pyramid levels computed from each level-0 region in memory while it is written: those
@@ -352,7 +370,7 @@ class ShardedVolumeWriter:
         Example (regions of 2×64×64 voxels: level 2 halves z twice, so it is built from level 1):
             >>> w = ShardedVolumeWriter(Path("/tmp/x/v.ome.zarr"), (8, 512, 512), "uint8", (1, 1, 1),
             ...                         meta={"dataset": "d", "volume": "v", "split": "all"}, max_levels=3,
-            ...                         chunking=lambda shape, voxel, itemsize: ((2, 64, 64), None), unit_chunks=(1, 1, 1))
+            ...                         chunking=lambda shape, voxel, size: ((2, 64, 64), None), unit_chunks=(1, 1, 1))
             >>> [lv["factor"] for lv in w.levels], w.piece_levels()
             ([[1, 1, 1], [2, 2, 2], [4, 4, 4]], [1])
         """
@@ -368,8 +386,7 @@ class ShardedVolumeWriter:
         """Raw intensity statistics merged from the level-0 regions' histograms."""
         histogram = IntensityHistogram(self.spec["dtype"])
         for region in self.regions(0):
-            with np.load(self._side_record(region, "intensity"), allow_pickle=False) as state:
-                histogram.merge(state)
+            histogram.merge(self._side(region, "intensity_"))
         return histogram.summary()
 
     def _indices(self) -> dict[str, ForegroundIndex]:
@@ -379,8 +396,7 @@ class ShardedVolumeWriter:
             name = spec["name"]
             parts = IndexParts(name, spec["kind"], self.levels[0]["arrays"][name]["chunks"], self.spec["shape"])
             for region in self.regions(0):
-                with np.load(self._side_record(region, f"index-{i}"), allow_pickle=False) as state:
-                    parts.merge(state)
+                parts.merge(self._side(region, f"index{i}_"))
             out[name] = parts.index()
         return out
 
@@ -393,7 +409,7 @@ class ShardedVolumeWriter:
         last = [ceil_div(min(b * f, n), u) for b, f, n, u in zip(region.stop, factor, shape0, unit0)]
         for index in itertools.product(*(range(a, b) for a, b in zip(first, last))):
             source = self.region(0, index)
-            piece = np.load(self._side_record(source, f"piece-{i}-{region.level}", ".npy"), allow_pickle=False)
+            piece = self._side(source, f"piece{i}_{region.level}")[""]
             at = [s // f for s, f in zip(source.start, factor)]  # the piece's origin at this level
             lo = [max(a, r) for a, r in zip(at, region.start)]
             hi = [min(a + n, r) for a, n, r in zip(at, piece.shape, region.stop)]
@@ -477,6 +493,33 @@ class ShardedVolumeWriter:
             # Everything is written: from here on the folder is only marked complete and published.
             commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Write ``arrays`` back to back into ``path``; returns where each lies ``{key: [offset, dtype, shape]}``."""
+    layout: dict[str, list[Any]] = {}
+    offset = 0
+    with open(path, "wb") as f:
+        for key, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            if value.nbytes:
+                f.write(memoryview(value).cast("B"))
+            layout[key] = [offset, value.dtype.str, list(value.shape)]
+            offset += value.nbytes
+    return layout
+
+
+def _load_arrays(path: Path, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """The arrays of ``layout`` (from :func:`_save_arrays`) read back from ``path``."""
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        for key, (offset, dtype, shape) in layout.items():
+            value = np.empty(shape, dtype)
+            f.seek(offset)
+            if value.nbytes and f.readinto(memoryview(value).cast("B")) != value.nbytes:
+                raise BuildError(f"{path}: ends before {key!r}; the build folder was damaged: run again with force")
+            out[key] = value
+    return out
 
 
 @functools.lru_cache(maxsize=8)
