@@ -245,6 +245,10 @@ def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, flo
         if clear is None:
             raise
         raise clear from None
+    except BaseException:
+        if any(getattr(s, "failed", lambda: False)() for s in sources.values()):
+            writer.discard()  # regions were read from a source that then failed its check: keep none of them
+        raise
 
 
 def discard_failed_write(folder: Path) -> None:
