@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ class _Copy:
     """Progress of one member's copy in this process: bytes on disk, done, or the error that stopped it."""
 
     def __init__(self) -> None:
+        self.serial = next(_serials)
         self.cond = threading.Condition()
         self.written = 0
         self.done = False
@@ -81,6 +83,7 @@ class _Copy:
                 raise ArchiveError(str(self.error)) from self.error
 
 
+_serials = itertools.count()
 _copies: dict[str, _Copy] = {}
 _copies_lock = threading.Lock()
 
@@ -230,5 +233,5 @@ def zip_tiff_stack(archive: str | Path, name: str, *, name_for_errors: str | Non
     stack.samples, stack.photometric, stack.compression = 1, layout["photometric"], layout["compression"]
     stack.shape, stack.dtype = layout["shape"], layout["dtype"]
     stack.pages, stack.contiguous = layout["shape"][0], True
-    stack.stamp = (0, 0)  # contiguous stacks are read straight from the file, never through the page cache
+    stack.stamp = ("copy", copy.serial)  # this copy's bands of rows are cached apart from any other copy's
     return stack

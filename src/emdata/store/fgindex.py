@@ -88,8 +88,11 @@ def block_stats(block: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, i
         n_fg = int(np.count_nonzero(block))
         if not n_fg:
             n_inst = 0
-        elif small:
-            hist = np.bincount(block.reshape(-1), minlength=1 << (8 * block.dtype.itemsize))
+        elif small:  # every id starts a run along x: count the run starts (far fewer voxels than the block)
+            starts = np.empty(block.shape, bool)
+            starts[..., :1] = True
+            np.not_equal(block[..., 1:], block[..., :-1], out=starts[..., 1:])
+            hist = np.bincount(block[starts], minlength=1 << (8 * block.dtype.itemsize))
             n_inst = int(np.count_nonzero(hist[1:]))
         else:
             n_inst = len(np.unique(block[block != 0]))
