@@ -173,7 +173,8 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
     if proc.returncode:
         raise RuntimeError(f"{case} failed ({proc.returncode}): {err.decode()[-3000:]}")
     shutil.rmtree(floor_out, ignore_errors=True)
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_tree": peak[0], "peak_rss_process": peak[1]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_tree": peak[0], "peak_rss_process": peak[1],
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -250,6 +251,10 @@ def write_results(results: list[dict[str, Any]], name: str) -> None:
             cratio = f"{cpu['floor'] / cpu[case]:.2f}" if "floor" in cpu else "-"
             lines.append(f"| {vb / 1e9:.2f} GB | {case} | {med[case]:.1f} | {vb / med[case] / 1e6:.0f} | {ratio} | "
                          f"{cpu[case]:.1f} | {cratio} | {peak / 2**30:.2f} GiB | {peak / vb:.3f} |")
+    loads = [r["load_average_1min"] for r in results if "load_average_1min" in r]
+    if loads:
+        lines += ["", f"Load average (1 min, after each case) {min(loads):.1f}–{max(loads):.1f} on "
+                      f"{os.cpu_count()} cores: other jobs shared the machine."]
     lines += ["", "Command: `python benchmarks/prepare.py " + " ".join(sys.argv[1:]) + "`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -171,21 +171,38 @@ class _PageCache:
         self.items: collections.OrderedDict[Any, np.ndarray] = collections.OrderedDict()
         self.size = 0
         self.lock = threading.Lock()
+        self.loading: dict[Any, threading.Event] = {}
 
     def get(self, key: Any, make: Callable[[], np.ndarray]) -> np.ndarray:
-        with self.lock:
-            hit = self.items.get(key)
-            if hit is not None:
-                self.items.move_to_end(key)
-                return hit
-        value = make()
-        with self.lock:
-            if key not in self.items and value.nbytes <= self.limit:
-                self.items[key] = value
-                self.size += value.nbytes
-                while self.size > self.limit:
-                    _, old = self.items.popitem(last=False)
-                    self.size -= old.nbytes
+        while True:
+            with self.lock:
+                hit = self.items.get(key)
+                if hit is not None:
+                    self.items.move_to_end(key)
+                    return hit
+                busy = self.loading.get(key)
+                if busy is None:  # this thread makes it; others asking meanwhile wait for it
+                    busy = self.loading[key] = threading.Event()
+                    break
+            busy.wait()
+            with self.lock:
+                if key not in self.items:  # made but not kept (too large, or already dropped): make it here
+                    break
+        try:
+            value = make()
+            with self.lock:
+                if key not in self.items and value.nbytes <= self.limit:
+                    self.items[key] = value
+                    self.size += value.nbytes
+                    while self.size > self.limit:
+                        _, old = self.items.popitem(last=False)
+                        self.size -= old.nbytes
+        finally:
+            with self.lock:
+                done = self.loading.get(key)
+                if done is not None and done is busy:
+                    del self.loading[key]
+                    done.set()
         return value
 
 
@@ -292,7 +309,7 @@ def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
     return out
 
 
-BAND_CACHE_BYTES = 96 << 20
+BAND_CACHE_BYTES = 128 << 20
 """Bands of rows of uncompressed TIFF stacks kept per process for the boxes beside them (see ``_read_mapped``)."""
 _bands = _PageCache(BAND_CACHE_BYTES)
 

@@ -185,7 +185,7 @@ def _layout(archive: Path, member: str) -> dict[str, Any] | None:
         return None  # the copy made first reports what is wrong
     quiet = logging.getLogger("tifffile")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the IFDs past the head are "invalid offsets" here: expected
+    quiet.setLevel(logging.CRITICAL)  # the IFDs past the head are "invalid page offsets" here: expected
     try:
         with tifffile.TiffFile(io.BytesIO(head)) as tif:
             series = tif.series[0]
