@@ -17,20 +17,23 @@ How a build goes:
    chunks the size a shard would have). Every array's checksum block (shard or chunk) lies
    inside one region, so a region is written whole, by one worker, never two at once.
    :meth:`~ShardedVolumeWriter.write_region` asks a ``fill(region, array_name)`` callable for
-   the voxels of one array at a time, writes them, digests the blocks and then writes the
-   region's completion record ``.emdata-shards/<level>/<z>_<y>_<x>.json``.
-3. Each coarser level is computed region by region from the level below
-   (:meth:`~ShardedVolumeWriter.build_region`), reading the source in pieces aligned to the
-   downsampling step (one source region at a time), so block means and label picks equal the
-   whole-array computation.
+   the voxels of one array at a time, writes them, digests the blocks, counts the raw
+   histogram and the labels' foreground index blocks, downsamples the voxels in memory to
+   every pyramid level they tile (:meth:`~ShardedVolumeWriter.piece_levels`), saves those
+   counts and pieces in ``.emdata-shards/0/<z>_<y>_<x>.bin`` and then writes the region's
+   completion record ``.emdata-shards/0/<z>_<y>_<x>.json`` (which says where each lies).
+3. Each coarser level is built region by region (:meth:`~ShardedVolumeWriter.build_region`):
+   from the level-0 pieces where they tile it (all such levels in one round), else from the
+   level below, read in pieces aligned to the downsampling step (one source region at a
+   time); either way block means and label picks equal the whole-array computation.
 4. :meth:`~ShardedVolumeWriter.finish` gathers the digests into each array's
    ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes and publishes the
    folder as the volume's next version (:func:`emdata.store.publish.commit`: completion
    marker, then the ``<name>.ome.zarr`` link switched in one step).
 
 A rerun after an interruption redoes only regions without a record. Memory per task: one
-region of one array (level 0: plus whatever ``fill`` needs to produce it; coarser levels: the
-output region plus one source region of the level below, read one at a time).
+region of one array (level 0: plus its downsampled pieces and whatever ``fill`` needs to
+produce it; coarser levels: the output region plus one piece or source region at a time).
 
 :func:`build_volume` drives all of it, serially or on a ``distributed`` client (see
 :func:`dask_client`: a ``LocalCluster`` by default, or an existing scheduler's address).
