@@ -67,21 +67,3 @@ def test_a_member_failing_its_crc_leaves_nothing_built(tmp_path: Path) -> None:
         write_volume(target, stack, (30, 6, 6), meta=META, blockwise=True)
     assert not target.exists() and not list(target.parent.glob(".v.ome.zarr.building*"))
 
-
-def test_narrow_boxes_share_a_band_and_a_rewritten_file_is_read_anew(tmp_path: Path) -> None:
-    """Boxes side by side along x copy their columns from one cached band of rows; a file written
-    again at the same path (a new stamp) is never served from the old file's bands."""
-    import os
-
-    first = np.random.default_rng(3).integers(0, 255, (5, 40, 96), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "s.tif", first, photometric="minisblack")
-    stack = TiffStack(tmp_path / "s.tif")
-    assert stack.contiguous
-    for x0 in range(0, 96, 32):
-        box = (slice(1, 5), slice(8, 24), slice(x0, x0 + 32))
-        assert np.array_equal(stack.read(box), first[box])
-    second = first[::-1].copy()
-    tifffile.imwrite(tmp_path / "s.tif", second, photometric="minisblack")
-    os.utime(tmp_path / "s.tif", ns=(1, 1))  # a new stamp even on a coarse clock
-    box = (slice(1, 5), slice(8, 24), slice(32, 64))
-    assert np.array_equal(TiffStack(tmp_path / "s.tif").read(box), second[box])

@@ -171,38 +171,21 @@ class _PageCache:
         self.items: collections.OrderedDict[Any, np.ndarray] = collections.OrderedDict()
         self.size = 0
         self.lock = threading.Lock()
-        self.loading: dict[Any, threading.Event] = {}
 
     def get(self, key: Any, make: Callable[[], np.ndarray]) -> np.ndarray:
-        while True:
-            with self.lock:
-                hit = self.items.get(key)
-                if hit is not None:
-                    self.items.move_to_end(key)
-                    return hit
-                busy = self.loading.get(key)
-                if busy is None:  # this thread makes it; others asking meanwhile wait for it
-                    busy = self.loading[key] = threading.Event()
-                    break
-            busy.wait()
-            with self.lock:
-                if key not in self.items:  # made but not kept (too large, or already dropped): make it here
-                    break
-        try:
-            value = make()
-            with self.lock:
-                if key not in self.items and value.nbytes <= self.limit:
-                    self.items[key] = value
-                    self.size += value.nbytes
-                    while self.size > self.limit:
-                        _, old = self.items.popitem(last=False)
-                        self.size -= old.nbytes
-        finally:
-            with self.lock:
-                done = self.loading.get(key)
-                if done is not None and done is busy:
-                    del self.loading[key]
-                    done.set()
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is not None:
+                self.items.move_to_end(key)
+                return hit
+        value = make()
+        with self.lock:
+            if key not in self.items and value.nbytes <= self.limit:
+                self.items[key] = value
+                self.size += value.nbytes
+                while self.size > self.limit:
+                    _, old = self.items.popitem(last=False)
+                    self.size -= old.nbytes
         return value
 
 
@@ -271,7 +254,7 @@ class TiffStack:
         z0, z1 = _span(box[0], self.shape[0])
         rest = tuple(box[1:3])
         if self.offset is not None:
-            return _read_mapped(self.path, self.offset, self.shape, self.dtype, z0, z1, rest, stamp=self.stamp)
+            return _read_mapped(self.path, self.offset, self.shape, self.dtype, z0, z1, rest)
         out = np.empty((z1 - z0, *np.empty(self.shape[1:], dtype="u1")[rest].shape), self.dtype)
         for z in range(z0, z1):
             out[z - z0] = self._page(z)[rest]
@@ -279,27 +262,17 @@ class TiffStack:
 
 
 def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, z0: int, z1: int,
-                 rest: tuple[slice, ...], stamp: Any = None) -> np.ndarray:
+                 rest: tuple[slice, ...]) -> np.ndarray:
     """Box ``[z0:z1, *rest]`` of an uncompressed contiguous stack: per page, the rows of the box
     are read (full width, one ``readinto``) and the columns copied out, so memory stays one
-    page's band of rows beyond the box itself (no mapping lingers in this process's RSS).
-
-    With a ``stamp`` (the file's identity), a box narrower than the page keeps its whole band of
-    rows in a small per-process cache (:data:`BAND_CACHE_BYTES`): the boxes next to it along x
-    (the regions a writer asks for one after another) copy their columns from it instead of
-    reading the same rows again."""
+    page's band of rows beyond the box itself (no mapping lingers in this process's RSS)."""
     plane_shape = shape[1:]
     ys = rest[0].indices(plane_shape[0]) if rest else (0, plane_shape[0], 1)
     y0, y1 = ys[0], max(ys[0], ys[1])
-    inner = (slice(None), *rest[1:])
-    narrow = np.empty(plane_shape[1:2], dtype="u1")[rest[1:2]].size < plane_shape[1] if len(rest) > 1 else False
-    if stamp is not None and narrow and z1 > z0:
-        band = _bands.get((path, stamp, offset, z0, z1, y0, y1), functools.partial(
-            _read_band, path, offset, shape, dtype, z0, z1, y0, y1))
-        return np.ascontiguousarray(band[(slice(None), *inner)])
     row = math.prod(plane_shape[1:]) * dtype.itemsize
     out = np.empty((max(0, z1 - z0), *np.empty(plane_shape, dtype="u1")[rest].shape), dtype)
     band = np.empty((y1 - y0, *plane_shape[1:]), dtype)
+    inner = (slice(None), *rest[1:])
     with open(path, "rb", buffering=0) as f:
         for z in range(z0, z1):
             f.seek(offset + (z * plane_shape[0] + y0) * row)
@@ -307,25 +280,6 @@ def _read_mapped(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
                 raise OSError(f"{path}: page {z} ends early; the file is truncated — delete it and fetch it again")
             out[z - z0] = band[inner]
     return out
-
-
-BAND_CACHE_BYTES = 128 << 20
-"""Bands of rows of uncompressed TIFF stacks kept per process for the boxes beside them (see ``_read_mapped``)."""
-_bands = _PageCache(BAND_CACHE_BYTES)
-
-
-def _read_band(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, z0: int, z1: int, y0: int,
-               y1: int) -> np.ndarray:
-    """Rows ``y0:y1`` of pages ``z0:z1`` at full width (one ``readinto`` per page)."""
-    plane_shape = shape[1:]
-    row = math.prod(plane_shape[1:]) * dtype.itemsize
-    band = np.empty((z1 - z0, y1 - y0, *plane_shape[1:]), dtype)
-    with open(path, "rb", buffering=0) as f:
-        for z in range(z0, z1):
-            f.seek(offset + (z * plane_shape[0] + y0) * row)
-            if f.readinto(memoryview(band[z - z0]).cast("B")) != band[z - z0].nbytes:
-                raise OSError(f"{path}: page {z} ends early; the file is truncated — delete it and fetch it again")
-    return band
 
 
 _tiffs: dict[tuple[str, tuple[int, int]], Any] = {}

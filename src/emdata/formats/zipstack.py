@@ -233,5 +233,5 @@ def zip_tiff_stack(archive: str | Path, name: str, *, name_for_errors: str | Non
     stack.samples, stack.photometric, stack.compression = 1, layout["photometric"], layout["compression"]
     stack.shape, stack.dtype = layout["shape"], layout["dtype"]
     stack.pages, stack.contiguous = layout["shape"][0], True
-    stack.stamp = ("copy", copy.serial)  # this copy's bands of rows are cached apart from any other copy's
+    stack.stamp = ("copy", copy.serial)  # contiguous: read from the file, never through the page cache
     return stack
