@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from emdata.datasets._zipstack import ZipTiffStack, zip_tiff_stack
 from emdata.formats.lazy import TiffStack
-from emdata.formats.zipstack import ZipTiffStack, zip_tiff_stack
 from emdata.sources.archive import ArchiveError, extract_member
 from emdata.store.writer import write_volume
 

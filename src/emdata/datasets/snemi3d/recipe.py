@@ -10,7 +10,7 @@ Structure is checked (greyscale integer raw, unsigned integer labels of the raw'
 sizes are not, so small replicas work — a size that differs from the card is logged.
 Labels are stored bit-identical to the source file. Volumes are read out of core: TIFF members
 are copied out of the zip (bounded memory) and read page by page while the copy goes on
-(:mod:`emdata.formats.zipstack`), HDF5 datasets box by box.
+(:mod:`emdata.datasets._zipstack`), HDF5 datasets box by box.
 
 Example:
     >>> sorted(READS_ALTERNATES)
@@ -27,11 +27,11 @@ import numpy as np
 from emdata.catalog import get_card
 from emdata.datasets._alternates import fetch_with_fallback
 from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._zipstack import zip_tiff_stack
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import list_keys
 from emdata.formats.lazy import ArraySource, HDF5Array, reduce_slabs
 from emdata.formats.tiff import TiffFormatError
-from emdata.formats.zipstack import zip_tiff_stack
 from emdata.store.volume import Volume
 
 DATASET = "snemi3d"

@@ -43,8 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
+from emdata.atomic import write_atomic
 from emdata.formats.lazy import Box, TiffStack, _span
+from emdata.sources.archive import (
+    COPY_CHUNK,
+    ArchiveError,
+    ExtractLimits,
+    _check_limits,
+    _Member,
+    _safe_relpath,
+    extract_member,
+    find_member,
+)
 
 __all__ = ["HEAD_BYTES", "ZipTiffStack", "zip_tiff_stack"]
 
@@ -78,8 +90,6 @@ class _Copy:
         with self.cond:
             self.cond.wait_for(lambda: self.done or (need is not None and self.written >= need))
             if self.error is not None:
-                from emdata.sources.archive import ArchiveError
-
                 raise ArchiveError(str(self.error)) from self.error
 
 
@@ -91,11 +101,6 @@ _copies_lock = threading.Lock()
 def _copy_member(archive: Path, member: str, target: Path, copy: _Copy) -> None:
     """Copy ``member`` to ``target`` as :func:`~emdata.sources.archive.extract_member` does (same
     checks, same completion record), reporting progress to ``copy``."""
-    from filelock import FileLock
-
-    from emdata.atomic import write_atomic
-    from emdata.sources.archive import COPY_CHUNK, ArchiveError, ExtractLimits, _check_limits, _Member
-
     record = target.with_name(target.name + ".complete.json")
     fingerprint = {"archive": str(archive), "member": member, "size": archive.stat().st_size,
                    "mtime_ns": archive.stat().st_mtime_ns}
@@ -155,8 +160,6 @@ class ZipTiffStack(TiffStack):
     def _wait(self, need: int | None) -> None:
         copy = _copies.get(self.path)
         if copy is None:  # another process (a cluster worker): the complete copy, made or reused here
-            from emdata.sources.archive import extract_member
-
             extract_member(Path(self.archive), self.member)
             return
         copy.wait(need)
@@ -210,8 +213,6 @@ def zip_tiff_stack(archive: str | Path, name: str, *, name_for_errors: str | Non
     :func:`~emdata.sources.archive.find_member`): a :class:`ZipTiffStack` read while it is copied
     out when its layout allows (see the module docstring), else a :class:`TiffStack` of the
     copy made first."""
-    from emdata.sources.archive import _safe_relpath, extract_member, find_member
-
     archive = Path(archive)
     member = find_member(archive, name)
     label = name_for_errors or f"{archive.name}:{member}"
