@@ -13,6 +13,8 @@ is sampled every 50 ms (psutil; a LocalCluster's worker processes included):
   no checksums, no index — a lower bound on the work;
 - ``in-process``: ``emdata prepare snemi3d --volume train --force --scheduler in-process``;
 - ``local``: the same with ``--scheduler local`` (a dask LocalCluster, one process per core);
+- ``baseline``: ``in-process`` with the emdata found under ``--baseline-src`` (another checkout's
+  ``src``), to compare a change with the code before it in the same run;
   ``local-N``: the same on a LocalCluster of N worker processes (for the 1 → 2 worker speedup).
 
 Every prepare case extracts the TIFF members again and writes a fresh volume (the member copy
@@ -125,7 +127,8 @@ with zipfile.ZipFile(archive) as zf:
 """
 
 
-def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[str, Any]:
+def run_case(case: str, home: Path, env: dict[str, str], archive: Path, baseline_src: Path | None = None
+             ) -> dict[str, Any]:
     """One case in a subprocess; returns seconds and the tree's peak RSS (sum over processes)."""
     import psutil
 
@@ -144,7 +147,11 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
         cmd = [sys.executable, "-c", FLOOR, str(archive), str(floor_out), str(FLOOR_SLAB), str(n), *map(str, PLANE)]
     else:
         cmd = [sys.executable, "-m", "emdata", "prepare", "snemi3d", "--volume", "train", "--force",
-               "--scheduler", case, "--json"]
+               "--scheduler", "in-process" if case == "baseline" else case, "--json"]
+    if case == "baseline":
+        if baseline_src is None:
+            raise SystemExit("the baseline case needs --baseline-src (the src folder of the code to compare with)")
+        env = {**env, "PYTHONPATH": str(baseline_src)}
     peak = [0, 0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -173,7 +180,8 @@ def run_case(case: str, home: Path, env: dict[str, str], archive: Path) -> dict[
     if proc.returncode:
         raise RuntimeError(f"{case} failed ({proc.returncode}): {err.decode()[-3000:]}")
     shutil.rmtree(floor_out, ignore_errors=True)
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_tree": peak[0], "peak_rss_process": peak[1]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_tree": peak[0], "peak_rss_process": peak[1],
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -183,6 +191,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["floor", "in-process", "local"])
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--out", default="prepare")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="src folder of the code the baseline case runs")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emdata-bench-prepare-", dir=args.scratch))
     results: list[dict[str, Any]] = []
@@ -207,7 +216,7 @@ def main() -> None:
                            capture_output=True)  # adopts the placed file (hash checked once, untimed)
             for r in range(args.rounds):
                 for case in args.cases if r % 2 == 0 else list(reversed(args.cases)):
-                    row = run_case(case, home, env, archive)
+                    row = run_case(case, home, env, archive, args.baseline_src)
                     row.update({"size_gb": gb, "case": case, "round": r, "volume_bytes": volume_bytes,
                                 "shape": [n, *PLANE]})
                     results.append(row)
@@ -240,7 +249,7 @@ def write_results(results: list[dict[str, Any]], name: str) -> None:
         rows = [r for r in results if r["size_gb"] == gb]
         med = {c: float(np.median([r["seconds"] for r in rows if r["case"] == c])) for c in {r["case"] for r in rows}}
         cpu = {c: float(np.median([r["cpu_seconds"] for r in rows if r["case"] == c])) for c in med}
-        for case in ("floor", "in-process", "local", *sorted(c for c in med if c.startswith("local-"))):
+        for case in ("floor", "baseline", "in-process", "local", *sorted(c for c in med if c.startswith("local-"))):
             if case not in med:
                 continue
             sel = [r for r in rows if r["case"] == case]
@@ -250,6 +259,10 @@ def write_results(results: list[dict[str, Any]], name: str) -> None:
             cratio = f"{cpu['floor'] / cpu[case]:.2f}" if "floor" in cpu else "-"
             lines.append(f"| {vb / 1e9:.2f} GB | {case} | {med[case]:.1f} | {vb / med[case] / 1e6:.0f} | {ratio} | "
                          f"{cpu[case]:.1f} | {cratio} | {peak / 2**30:.2f} GiB | {peak / vb:.3f} |")
+    loads = [r["load_average_1min"] for r in results if "load_average_1min" in r]
+    if loads:
+        lines += ["", f"Load average (1 min, after each case) {min(loads):.1f}–{max(loads):.1f} on "
+                      f"{os.cpu_count()} cores: other jobs shared the machine."]
     lines += ["", "Command: `python benchmarks/prepare.py " + " ".join(sys.argv[1:]) + "`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -256,3 +256,18 @@ def test_changed_parameters_start_over_and_bad_regions_are_refused(tmp_path: Pat
     with pytest.raises(StoreWriteError, match="needs 'split'"):
         ShardedVolumeWriter(target, raw.shape, raw.dtype, VOXEL, meta={"dataset": "d", "volume": "v"})
     assert run_tasks(None, divmod, [(7, 2), (9, 4)]) == [(3, 1), (2, 1)]
+
+
+def test_levels_not_tiled_by_level0_pieces_are_built_from_the_level_below(tmp_path: Path) -> None:
+    """Regions two slices deep cannot carry level 2 (z halved twice): level 1 is assembled from the
+    level-0 regions' pieces, level 2 from level 1 — and the volume is still the in-memory one."""
+    raw, mito, ids = _data((5, 260, 150))
+    isotropic = (8.0, 8.0, 8.0)
+    thin = lambda shape, voxel, itemsize: ((2, 64, 64), None)  # noqa: E731
+    writer = ShardedVolumeWriter(tmp_path / "v.ome.zarr", raw.shape, raw.dtype, isotropic, labels=_labels(),
+                                 meta=META, max_levels=3, chunking=thin, unit_chunks=(1, 1, 1))
+    assert [lv["step"] for lv in writer.levels] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert writer.piece_levels() == [1]
+    path = build_volume(writer, Source({"raw": raw, "mito": mito, "cells": ids}))
+    _assert_same_volume(_reference(tmp_path, raw, mito, ids, isotropic), path)
+    assert verify_volume(path, deep=True).ok

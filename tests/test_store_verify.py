@@ -129,3 +129,38 @@ def test_cli_verify_by_dataset_id_and_clean_all(emdata_home: Path) -> None:
     assert not any(config.prepared_dir("snemi3d").glob("*.ome.zarr"))
     run = _cli("cache", "clean")
     assert run.returncode == 1 and "--all" in run.stderr
+
+
+def test_volumes_with_blake2b_checksums_still_verify(tmp_path: Path) -> None:
+    """Volumes written before xxh3-128 record blake2b-128 digests (or no algorithm name at all):
+    ``verify --deep`` checks them with BLAKE2b, and still finds a changed block."""
+    import hashlib
+
+    import zarr
+
+    from emdata.store.checksum import ALGORITHM, block_slices
+
+    path = resolve(_write(tmp_path / "v.ome.zarr"))
+    arr = zarr.open_array(str(path / "0"), mode="r")
+    checksum = json.loads((path / "0" / "zarr.json").read_text())["attributes"]["emdata"]["checksum"]
+    assert checksum["algorithm"] == ALGORITHM == "xxh3-128"
+    old = [hashlib.blake2b(np.ascontiguousarray(arr[sl]).tobytes(), digest_size=16).hexdigest()
+           for sl in block_slices(arr.shape, tuple(checksum["block_shape"]))]
+    assert old != checksum["blocks"]
+
+    def legacy(doc: dict[str, Any], name: str | None = "blake2b-128") -> None:
+        block = doc["attributes"]["emdata"]["checksum"]
+        block["blocks"] = list(old)
+        block.pop("algorithm", None)
+        if name:
+            block["algorithm"] = name
+
+    _edit(path, "0/zarr.json", legacy)
+    assert verify_volume(path, deep=True).ok, verify_volume(path, deep=True).problems
+    _edit(path, "0/zarr.json", lambda doc: legacy(doc, None))  # the first releases named no algorithm
+    assert verify_volume(path, deep=True).ok
+    _edit(path, "0/zarr.json", lambda doc: doc["attributes"]["emdata"]["checksum"]["blocks"].__setitem__(0, "0" * 32))
+    assert any("block [0:8, 0:128, 0:128] content differs" in p for p in verify_volume(path, deep=True).problems)
+    _edit(path, "0/zarr.json", lambda doc: legacy(doc, "md6-512"))
+    report = verify_volume(path, deep=True)
+    assert any("unknown checksum algorithm 'md6-512'" in p for p in report.problems), report.problems

@@ -73,6 +73,107 @@ def _fingerprint(checksum_attrs: dict[str, Any], layer: str, kind: str, shape: t
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def block_stats(block: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(values, counts, instances)`` of one index block: instance layers count background and
+    foreground voxels (values ``[0, 1]``) and the distinct non-zero ids; semantic layers count
+    every value present.
+
+    Example:
+        >>> values, counts, n = block_stats(np.array([[[0, 5, 5, 7]]], "u2"), "instance")
+        >>> values.tolist(), counts.tolist(), n
+        ([0, 1], [1, 3], 2)
+    """
+    small = block.dtype.kind == "u" and block.dtype.itemsize <= 2  # a histogram beats sorting
+    if kind == "instance":  # instance ids are not classes: count background vs foreground
+        n_fg = int(np.count_nonzero(block))
+        if not n_fg:
+            n_inst = 0
+        elif small:  # every id starts a run along x: count the run starts (far fewer voxels than the block)
+            starts = np.empty(block.shape, bool)
+            starts[..., :1] = True
+            np.not_equal(block[..., 1:], block[..., :-1], out=starts[..., 1:])
+            hist = np.bincount(block[starts], minlength=1 << (8 * block.dtype.itemsize))
+            n_inst = int(np.count_nonzero(hist[1:]))
+        else:
+            n_inst = len(np.unique(block[block != 0]))
+        return np.array([0, 1], dtype=np.uint64), np.array([block.size - n_fg, n_fg], np.int64), n_inst
+    if small and block.dtype.itemsize == 1:  # uint8 classes
+        hist = np.bincount(block.reshape(-1), minlength=256)
+        values = np.flatnonzero(hist)
+        return values.astype(np.uint64), hist[values].astype(np.int64), 0
+    values, counts = np.unique(block, return_counts=True)
+    return values.astype(np.uint64), counts.astype(np.int64), 0
+
+
+class IndexParts:
+    """Per-block statistics of a label layer gathered piece by piece (a region at a time, possibly
+    in other processes: :meth:`state` / :meth:`merge`), assembled into the index by :meth:`index`.
+
+    Example:
+        >>> parts = IndexParts("cells", "instance", (2, 2, 2), (2, 2, 4))
+        >>> labels = np.arange(16, dtype="u1").reshape(2, 2, 4)
+        >>> parts.add(labels[:, :, 2:], (0, 0, 2)); parts.add(labels[:, :, :2], (0, 0, 0))
+        >>> parts.index().instances.tolist() == compute_index(labels, "instance", "cells", (2, 2, 2)).instances.tolist()
+        True
+    """
+
+    def __init__(self, layer: str, kind: str, block_shape: tuple[int, ...], shape: tuple[int, ...]) -> None:
+        self.layer, self.kind = layer, kind
+        self.block_shape = tuple(int(b) for b in block_shape)
+        self.shape = tuple(int(n) for n in shape)
+        self.blocks: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, int]] = {}
+
+    def add(self, data: np.ndarray, start: tuple[int, ...]) -> None:
+        """Count the blocks of ``data``, the box of the layer starting at ``start`` (block-aligned,
+        holding whole blocks: a block cut by the box's end must end at the layer's end)."""
+        if any(a % b for a, b in zip(start, self.block_shape)):
+            raise ValueError(f"{self.layer}: a piece at {tuple(start)} is not aligned to index blocks "
+                             f"{self.block_shape}")
+        for z, y, x in itertools.product(*(range(0, n, b) for n, b in zip(data.shape, self.block_shape))):
+            bz, by, bx = self.block_shape
+            key = tuple((a + o) // b for a, o, b in zip(start, (z, y, x), self.block_shape))
+            self.blocks[key] = block_stats(data[z: z + bz, y: y + by, x: x + bx], self.kind)  # type: ignore[index]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays to save (``np.savez``) and :meth:`merge` elsewhere."""
+        keys = sorted(self.blocks)
+        stats = [self.blocks[k] for k in keys]
+        return {"blocks": np.array(keys, np.int64).reshape(-1, 3),
+                "sizes": np.array([len(v) for v, _, _ in stats], np.int64),
+                "values": np.concatenate([v for v, _, _ in stats]) if stats else np.zeros(0, np.uint64),
+                "counts": np.concatenate([c for _, c, _ in stats]) if stats else np.zeros(0, np.int64),
+                "instances": np.array([n for _, _, n in stats], np.int64)}
+
+    def merge(self, state: Any) -> None:
+        """Add a saved :meth:`state`."""
+        bounds = np.cumsum([0, *state["sizes"].tolist()])
+        values, counts = state["values"], state["counts"]
+        for i, key in enumerate(state["blocks"].tolist()):
+            self.blocks[tuple(key)] = (values[bounds[i]: bounds[i + 1]], counts[bounds[i]: bounds[i + 1]],
+                                       int(state["instances"][i]))
+
+    def index(self) -> ForegroundIndex:
+        """The index of every block added; a block of the grid not added is an error."""
+        grid = tuple(-(-n // b) for n, b in zip(self.shape, self.block_shape))
+        if len(self.blocks) != math.prod(grid):
+            raise ValueError(f"{self.layer}: {len(self.blocks)} of {math.prod(grid)} index blocks were counted")
+        return _assemble(self.layer, self.kind, self.block_shape, self.shape, self.blocks)  # type: ignore[arg-type]
+
+
+def _assemble(layer: str, kind: str, block_shape: tuple[int, int, int], shape: tuple[int, int, int],
+              per_block: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, int]]) -> ForegroundIndex:
+    grid = tuple(-(-n // b) for n, b in zip(shape, block_shape))
+    stats = list(per_block.values())
+    values = (np.unique(np.concatenate([v for v, _, _ in stats])) if stats else np.zeros(0)).astype(np.uint64)
+    counts = np.zeros((*grid, len(values)), dtype=np.int64)
+    instances = np.zeros(grid, dtype=np.int64) if kind == "instance" else None
+    for key, (vals, cnts, n_inst) in per_block.items():
+        counts[key][np.searchsorted(values, vals)] = cnts
+        if instances is not None:
+            instances[key] = n_inst
+    return ForegroundIndex(layer, kind, block_shape, shape, values, counts, instances)  # type: ignore[arg-type]
+
+
 def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, int, int],
                   max_voxels: int = 1 << 26) -> ForegroundIndex:
     """The index of ``labels`` (a numpy or zarr array), read in block-aligned pieces of at most
@@ -80,40 +181,13 @@ def compute_index(labels: Any, kind: str, layer: str, block_shape: tuple[int, in
     shape = tuple(labels.shape)
     grid = tuple(-(-n // b) for n, b in zip(shape, block_shape))
     per_block: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, int]] = {}
-    all_values: set[int] = set()
     bz_, by_, bx_ = block_shape
     run = max(1, max_voxels // math.prod(block_shape))  # blocks along x per read
     for bz, by, bx0 in itertools.product(range(grid[0]), range(grid[1]), range(0, grid[2], run)):
         piece = np.asarray(labels[bz * bz_: (bz + 1) * bz_, by * by_: (by + 1) * by_, bx0 * bx_: (bx0 + run) * bx_])
-        small = piece.dtype.kind == "u" and piece.dtype.itemsize == 1
         for bx in range(bx0, min(bx0 + run, grid[2])):
-            block = piece[:, :, (bx - bx0) * bx_: (bx - bx0 + 1) * bx_]
-            if kind == "instance":  # instance ids are not classes: count background vs foreground
-                fg_ids = block[block != 0]
-                if fg_ids.dtype.kind == "u" and fg_ids.dtype.itemsize <= 2:  # a histogram beats sorting
-                    n_inst = int(np.count_nonzero(np.bincount(fg_ids))) if fg_ids.size else 0
-                else:
-                    n_inst = len(np.unique(fg_ids))
-                values, counts = np.array([0, 1], dtype=np.uint64), np.array([block.size - fg_ids.size, fg_ids.size])
-            elif small:  # uint8 classes: a histogram is much faster than sorting
-                hist = np.bincount(block.reshape(-1), minlength=256)
-                values = np.flatnonzero(hist).astype(np.uint64)
-                counts, n_inst = hist[values], 0
-            else:
-                values, counts = np.unique(block, return_counts=True)
-                n_inst = 0
-            per_block[(bz, by, bx)] = (values.astype(np.uint64), counts, n_inst)
-            all_values.update(int(v) for v in values)
-    values = np.array(sorted(all_values), dtype=np.uint64)
-    counts = np.zeros((*grid, len(values)), dtype=np.int64)
-    instances = np.zeros(grid, dtype=np.int64) if kind == "instance" else None
-    position = {int(v): i for i, v in enumerate(values)}
-    for key, (vals, cnts, n_inst) in per_block.items():
-        for v, c in zip(vals, cnts):
-            counts[(*key, position[int(v)])] = c
-        if instances is not None:
-            instances[key] = n_inst
-    return ForegroundIndex(layer, kind, block_shape, shape, values, counts, instances)  # type: ignore[arg-type]
+            per_block[(bz, by, bx)] = block_stats(piece[:, :, (bx - bx0) * bx_: (bx - bx0 + 1) * bx_], kind)
+    return _assemble(layer, kind, block_shape, shape, per_block)  # type: ignore[arg-type]
 
 
 def _save(index: ForegroundIndex, fingerprint: str, path: Path) -> None:
@@ -152,10 +226,12 @@ def cache_dir() -> Path:
     return emdata_home() / "cache" / "fgindex"
 
 
-def store_indices(path: Path, arrays: dict[str, Any] | None = None) -> list[Path]:
+def store_indices(path: Path, arrays: dict[str, Any] | None = None,
+                  computed: dict[str, ForegroundIndex] | None = None) -> list[Path]:
     """Compute and store the index of every label layer of the volume being written at ``path``
     (its ``emdata`` attributes and checksums already written, the completion marker not yet).
-    ``arrays`` may give level-0 label data already in memory, by layer name.
+    ``arrays`` may give level-0 label data already in memory, ``computed`` indices already
+    counted while writing (with the layer's level-0 chunks as blocks), by layer name.
     """
     import zarr
 
@@ -166,11 +242,13 @@ def store_indices(path: Path, arrays: dict[str, Any] | None = None) -> list[Path
         block = tuple(meta["levels"][0]["chunks"])
         fingerprint = _fingerprint(stored.attrs.get("emdata", {}).get("checksum", {}), layer, meta["kind"],
                                    tuple(stored.shape), block)
-        source = (arrays or {}).get(layer, stored)
         target = Path(path) / INDEX_DIR / f"{layer}.npz"
-        piece = max(1, INDEX_PIECE_BYTES // np.dtype(stored.dtype).itemsize)
-        _save(compute_index(source, meta["kind"], layer, block, max_voxels=piece),  # type: ignore[arg-type]
-              fingerprint, target)
+        index = (computed or {}).get(layer)
+        if index is None or (index.block_shape, index.shape, index.kind) != (block, tuple(stored.shape), meta["kind"]):
+            source = (arrays or {}).get(layer, stored)
+            piece = max(1, INDEX_PIECE_BYTES // np.dtype(stored.dtype).itemsize)
+            index = compute_index(source, meta["kind"], layer, block, max_voxels=piece)  # type: ignore[arg-type]
+        _save(index, fingerprint, target)
         written.append(target)
     return written
 

@@ -55,7 +55,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import json
 import logging
@@ -70,7 +69,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
-from emdata.store.checksum import ALGORITHM
+from emdata.store.checksum import ALGORITHM, LEGACY_ALGORITHMS, hasher
 from emdata.store.layout import plain_chunk_decoder
 from emdata.store.publish import COMPLETE_MARKER, VolumeReplacedError
 from emdata.store.volume import IncompleteVolumeError, Volume, VolumeNotFoundError
@@ -229,9 +228,9 @@ class ByteCache:
             self._touch(key, value)
 
 
-def _fill_digest(shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> str:
+def _fill_digest(shape: tuple[int, ...], dtype: np.dtype, fill: Any, algorithm: str = ALGORITHM) -> str:
     """The checksum digest of a block of ``shape`` holding only ``fill`` (one plane in memory at a time)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hasher(algorithm)
     plane = np.full(shape[1:], fill, dtype=dtype).tobytes()
     for _ in range(shape[0]):
         h.update(plane)
@@ -247,7 +246,9 @@ class _ArrayFacts:
         self.dtype = np.dtype(doc["data_type"]) if isinstance(doc["data_type"], str) else None
         self.fill = doc.get("fill_value", 0)
         checksum = (doc.get("attributes") or {}).get("emdata", {}).get("checksum") or {}
-        usable = (checksum.get("algorithm") == ALGORITHM and tuple(checksum.get("block_shape") or ()) == self.block
+        self.algorithm = str(checksum.get("algorithm"))
+        usable = (self.algorithm in (ALGORITHM, *LEGACY_ALGORITHMS)
+                  and tuple(checksum.get("block_shape") or ()) == self.block
                   and len(checksum.get("blocks") or ()) == math.prod(self.grid))
         self.digests: list[str] | None = list(checksum["blocks"]) if usable else None
         encoding = doc.get("chunk_key_encoding") or {}
@@ -281,7 +282,7 @@ class _ArrayFacts:
             return None
         shape = tuple(s.stop - s.start for s in self.box(coords))
         if shape not in self._fill:
-            self._fill[shape] = _fill_digest(shape, self.dtype, self.fill)
+            self._fill[shape] = _fill_digest(shape, self.dtype, self.fill, self.algorithm)
         return self.digests[int(np.ravel_multi_index(coords, self.grid))] == self._fill[shape]
 
 

@@ -17,20 +17,23 @@ How a build goes:
    chunks the size a shard would have). Every array's checksum block (shard or chunk) lies
    inside one region, so a region is written whole, by one worker, never two at once.
    :meth:`~ShardedVolumeWriter.write_region` asks a ``fill(region, array_name)`` callable for
-   the voxels of one array at a time, writes them, digests the blocks and then writes the
-   region's completion record ``.emdata-shards/<level>/<z>_<y>_<x>.json``.
-3. Each coarser level is computed region by region from the level below
-   (:meth:`~ShardedVolumeWriter.build_region`), reading the source in pieces aligned to the
-   downsampling step (one source region at a time), so block means and label picks equal the
-   whole-array computation.
+   the voxels of one array at a time, writes them, digests the blocks, counts the raw
+   histogram and the labels' foreground index blocks, downsamples the voxels in memory to
+   every pyramid level they tile (:meth:`~ShardedVolumeWriter.piece_levels`), saves those
+   counts and pieces in ``.emdata-shards/0/<z>_<y>_<x>.bin`` and then writes the region's
+   completion record ``.emdata-shards/0/<z>_<y>_<x>.json`` (which says where each lies).
+3. Each coarser level is built region by region (:meth:`~ShardedVolumeWriter.build_region`):
+   from the level-0 pieces where they tile it (all such levels in one round), else from the
+   level below, read in pieces aligned to the downsampling step (one source region at a
+   time); either way block means and label picks equal the whole-array computation.
 4. :meth:`~ShardedVolumeWriter.finish` gathers the digests into each array's
    ``emdata.checksum`` attribute, writes the OME and ``emdata`` attributes and publishes the
    folder as the volume's next version (:func:`emdata.store.publish.commit`: completion
    marker, then the ``<name>.ome.zarr`` link switched in one step).
 
 A rerun after an interruption redoes only regions without a record. Memory per task: one
-region of one array (level 0: plus whatever ``fill`` needs to produce it; coarser levels: the
-output region plus one source region of the level below, read one at a time).
+region of one array (level 0: plus its downsampled pieces and whatever ``fill`` needs to
+produce it; coarser levels: the output region plus one piece or source region at a time).
 
 :func:`build_volume` drives all of it, serially or on a ``distributed`` client (see
 :func:`dask_client`: a ``LocalCluster`` by default, or an existing scheduler's address).
@@ -67,7 +70,7 @@ from filelock import FileLock
 from emdata.atomic import write_atomic
 from emdata.store.checksum import ALGORITHM, block_slices, digest
 from emdata.store.chunking import SHARD_CHUNKS, choose_chunks
-from emdata.store.fgindex import store_indices
+from emdata.store.fgindex import ForegroundIndex, IndexParts, store_indices
 from emdata.store.intensity import IntensityHistogram
 from emdata.store.layout import (
     LabelLayerData,
@@ -93,7 +96,7 @@ __all__ = ["BuildError", "LabelSpec", "Region", "ShardedVolumeWriter", "build_vo
 Fill = Callable[["Region", str], np.ndarray]
 SPEC = "emdata-build.json"
 RECORDS = ".emdata-shards"
-_SPEC_FORMAT = "emdata.sharded-build/1"
+_SPEC_FORMAT = "emdata.sharded-build/2"  # 2: level-0 regions save index counts and pyramid pieces
 log = logging.getLogger(__name__)
 
 
@@ -252,7 +255,7 @@ class ShardedVolumeWriter:
     def discard(self) -> None:
         """Remove the building folder (a finished volume at :attr:`path` is left alone)."""
         self._prepared = False
-        self._arrays: dict[tuple[int, str], Any] = {}
+        self._arrays: dict[tuple[int, str, bool], Any] = {}
         if self.building.exists():
             trash = self.building.with_name(f"{self.building.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(self.building, trash)
@@ -276,15 +279,18 @@ class ShardedVolumeWriter:
 
     # -- filling regions -----------------------------------------------------------------------
 
-    def _array(self, level: int, name: str) -> Any:
-        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once)."""
+    def _array(self, level: int, name: str, write_empty_chunks: bool = False) -> Any:
+        """The open array of ``name`` at ``level`` (opened once per writer: its metadata is read once);
+        ``write_empty_chunks``: a handle that writes every chunk given, without testing it for emptiness."""
         import zarr
 
         cache = self.__dict__.setdefault("_arrays", {})
-        array = cache.get((level, name))
+        array = cache.get((level, name, write_empty_chunks))
         if array is None:
             array = zarr.open_array(str(self.building / self.levels[level]["arrays"][name]["path"]), mode="r+")
-            cache[(level, name)] = array
+            if write_empty_chunks:
+                array = array.with_config({"write_empty_chunks": True})
+            cache[(level, name, write_empty_chunks)] = array
         return array
 
     def _store(self, region: Region, name: str, data: np.ndarray) -> list[list[Any]]:
@@ -297,7 +303,12 @@ class ShardedVolumeWriter:
             raise StoreWriteError(f"{name} level {region.level} region {region.index}: got dtype {data.dtype}, "
                                   f"the array is {plan['dtype']}")
         data = np.ascontiguousarray(data, dtype=plan["dtype"])
-        self._array(region.level, name)[region.slices] = data
+        array = self._array(region.level, name)
+        if all(data[sl].any() for sl in block_slices(region.shape, tuple(plan["chunks"]))):
+            # No chunk can equal the fill value (0): zarr's own per-chunk test for "empty" chunks
+            # (several passes and copies per chunk) is skipped; the chunks written are the same.
+            array = self._array(region.level, name, write_empty_chunks=True)
+        array[region.slices] = data
         block = plan["shards"] or plan["chunks"]
         out = []
         for sl in block_slices(region.shape, tuple(block)):
@@ -306,31 +317,107 @@ class ShardedVolumeWriter:
         return out
 
     def write_region(self, region: Region, fill: Fill) -> None:
-        """Level 0: write every array of ``region`` from ``fill(region, name)``, then its record."""
+        """Level 0: write every array of ``region`` from ``fill(region, name)``, then its record.
+
+        From the voxels in memory it also counts the region's intensity histogram (raw) and
+        foreground index blocks (labels), and downsamples it to every level of
+        :meth:`piece_levels` (saved next to the record, assembled by :meth:`build_region`), so
+        no later step reads level 0 back.
+        """
         if region.level != 0:
             raise ValueError(f"write_region writes level 0; level {region.level} is built with build_region")
         digests = {}
-        for name in self.array_names():
+        pieces = self.piece_levels()
+        side: dict[str, np.ndarray] = {}  # saved with the record: histogram, index counts, pyramid pieces
+        for i, name in enumerate(self.array_names()):
             data = fill(region, name)
             digests[name] = self._store(region, name, data)
+            data = np.ascontiguousarray(data, dtype=self.levels[0]["arrays"][name]["dtype"])
             if name == "raw":  # intensity histogram of this region, merged by finish()
                 histogram = IntensityHistogram(self.spec["dtype"])
                 histogram.add(data)
-                np.savez_compressed(self._intensity_record(region), **histogram.state())
-        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests}))
+                side.update({f"intensity_{k}": v for k, v in histogram.state().items()})
+            else:  # foreground index blocks (the layer's level-0 chunks), merged by finish()
+                spec = self.spec["labels"][i - 1]
+                parts = IndexParts(name, spec["kind"], self.levels[0]["arrays"][name]["chunks"], self.spec["shape"])
+                parts.add(data, region.start)
+                side.update({f"index{i}_{k}": v for k, v in parts.state().items()})
+            small = data
+            for level in pieces:
+                step = tuple(self.levels[level]["step"])
+                small = downsample_mean(small, step) if name == "raw" else downsample_nearest(small, step)
+                side[f"piece{i}_{level}"] = small
+        layout = _save_arrays(self._side_record(region), side)  # one file: creating files costs more than bytes
+        write_atomic(self._record(region), json.dumps({"level": 0, "index": list(region.index), "digests": digests,
+                                                       "side": layout}))
 
-    def _intensity_record(self, region: Region) -> Path:
-        path = self._record(region).with_suffix(".intensity.npz")
+    def _side_record(self, region: Region) -> Path:
+        """What a level-0 region saves next to its record for later steps (raw bytes; where each
+        array lies is in the record)."""
+        path = self._record(region).with_suffix(".bin")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _side(self, region: Region, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays ``<prefix><key>`` a level-0 region saved, by ``key``."""
+        layout = json.loads(self._record(region).read_text(encoding="utf-8"))["side"]
+        wanted = {k[len(prefix):]: v for k, v in layout.items() if k.startswith(prefix)}
+        return _load_arrays(self._side_record(region), wanted)
+
+    def piece_levels(self) -> list[int]:
+        """Pyramid levels computed from each level-0 region in memory while it is written: those
+        whose cumulative factor divides the level-0 region shape on every axis the volume has more
+        than one region along (so the pieces tile the level, and block means and label picks
+        equal the whole-array computation); coarser levels are computed from the level below.
+
+        Example (regions of 2×64×64 voxels: level 2 halves z twice, so it is built from level 1):
+            >>> w = ShardedVolumeWriter(Path("/tmp/x/v.ome.zarr"), (8, 512, 512), "uint8", (1, 1, 1),
+            ...                         meta={"dataset": "d", "volume": "v", "split": "all"}, max_levels=3,
+            ...                         chunking=lambda shape, voxel, size: ((2, 64, 64), None), unit_chunks=(1, 1, 1))
+            >>> [lv["factor"] for lv in w.levels], w.piece_levels()
+            ([[1, 1, 1], [2, 2, 2], [4, 4, 4]], [1])
+        """
+        unit, shape = self.levels[0]["unit"], self.spec["shape"]
+        out = []
+        for lv in self.levels[1:]:
+            if any(u % f and u < n for u, f, n in zip(unit, lv["factor"], shape)):
+                break
+            out.append(lv["level"])
+        return out
 
     def _intensity(self) -> dict[str, Any]:
         """Raw intensity statistics merged from the level-0 regions' histograms."""
         histogram = IntensityHistogram(self.spec["dtype"])
         for region in self.regions(0):
-            with np.load(self._intensity_record(region), allow_pickle=False) as state:
-                histogram.merge(state)
+            histogram.merge(self._side(region, "intensity_"))
         return histogram.summary()
+
+    def _indices(self) -> dict[str, ForegroundIndex]:
+        """Foreground indices merged from the level-0 regions' block counts, by layer."""
+        out = {}
+        for i, spec in enumerate(self.spec["labels"], start=1):
+            name = spec["name"]
+            parts = IndexParts(name, spec["kind"], self.levels[0]["arrays"][name]["chunks"], self.spec["shape"])
+            for region in self.regions(0):
+                parts.merge(self._side(region, f"index{i}_"))
+            out[name] = parts.index()
+        return out
+
+    def _from_pieces(self, region: Region, i: int, name: str, out: np.ndarray) -> None:
+        """Fill ``out`` (``region`` of array ``name``, the ``i``-th) from the level-0 regions' pieces."""
+        factor = self.levels[region.level]["factor"]
+        unit0 = self.levels[0]["unit"]
+        shape0 = self.spec["shape"]
+        first = [a * f // u for a, f, u in zip(region.start, factor, unit0)]
+        last = [ceil_div(min(b * f, n), u) for b, f, n, u in zip(region.stop, factor, shape0, unit0)]
+        for index in itertools.product(*(range(a, b) for a, b in zip(first, last))):
+            source = self.region(0, index)
+            piece = self._side(source, f"piece{i}_{region.level}")[""]
+            at = [s // f for s, f in zip(source.start, factor)]  # the piece's origin at this level
+            lo = [max(a, r) for a, r in zip(at, region.start)]
+            hi = [min(a + n, r) for a, n, r in zip(at, piece.shape, region.stop)]
+            out[tuple(slice(a - r, b - r) for a, b, r in zip(lo, hi, region.start))] = \
+                piece[tuple(slice(a - p, b - p) for a, b, p in zip(lo, hi, at))]
 
     def build_region(self, region: Region) -> None:
         """Level ≥ 1: compute ``region`` of every array from the level below, then its record."""
@@ -339,9 +426,13 @@ class ShardedVolumeWriter:
         lv = self.levels[region.level]
         step = tuple(lv["step"])
         digests = {}
-        for name in self.array_names():
-            source = self._array(region.level - 1, name)
+        for i, name in enumerate(self.array_names()):
             out = np.empty(region.shape, dtype=lv["arrays"][name]["dtype"])
+            if region.level in self.piece_levels():  # downsampled while level 0 was written
+                self._from_pieces(region, i, name, out)
+                digests[name] = self._store(region, name, out)
+                continue
+            source = self._array(region.level - 1, name)
             src_unit = self.levels[region.level - 1]["unit"]
             piece = tuple(max(1, ceil_div(u, s)) for u, s in zip(src_unit, step))  # one source region at a time
             for sub in block_slices(region.shape, piece):
@@ -398,13 +489,40 @@ class ShardedVolumeWriter:
                   for spec in self.label_specs]
         write_metadata(root, self.spec["meta"], self.spec["voxel_size_nm"], self.spec["shape"], self.spec["dtype"],
                        self._level_meta("raw", is_label=False), self._intensity(), labels)
-        store_indices(self.building)  # samplers' foreground indices, before publishing
+        store_indices(self.building, computed=self._indices())  # samplers' foreground indices, before publishing
         shutil.rmtree(self.building / RECORDS, ignore_errors=True)
         (self.building / SPEC).unlink(missing_ok=True)
         with self.locked():
             # Everything is written: from here on the folder is only marked complete and published.
             commit(self.path, self.building, {"arrays": len(self.array_names()), "levels": len(self.levels)})
         return self.path
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Write ``arrays`` back to back into ``path``; returns where each lies ``{key: [offset, dtype, shape]}``."""
+    layout: dict[str, list[Any]] = {}
+    offset = 0
+    with open(path, "wb") as f:
+        for key, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            if value.nbytes:
+                f.write(memoryview(value).cast("B"))
+            layout[key] = [offset, value.dtype.str, list(value.shape)]
+            offset += value.nbytes
+    return layout
+
+
+def _load_arrays(path: Path, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """The arrays of ``layout`` (from :func:`_save_arrays`) read back from ``path``."""
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        for key, (offset, dtype, shape) in layout.items():
+            value = np.empty(shape, dtype)
+            f.seek(offset)
+            if value.nbytes and f.readinto(memoryview(value).cast("B")) != value.nbytes:
+                raise BuildError(f"{path}: ends before {key!r}; the build folder was damaged: run again with force")
+            out[key] = value
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -454,18 +572,23 @@ def build_volume(writer: ShardedVolumeWriter, fill: Fill, *, client: Any = None,
     with writer.locked():
         writer.prepare()
         building = str(writer.building)
-        for lv in writer.levels:
-            level = lv["level"]
-            pending = writer.pending(level)
-            total = len(writer.regions(level))
-            if not pending:
+        pieces = writer.piece_levels()  # built from level 0's pieces only: one round for all of them
+        rounds = [[0], pieces, *([lv["level"]] for lv in writer.levels[1:] if lv["level"] not in pieces)]
+        for levels in rounds:
+            items = []
+            for level in levels:
+                pending = writer.pending(level)
+                if pending:
+                    log.info("%s: level %d: %d of %d region(s) to write", writer.path, level, len(pending),
+                             len(writer.regions(level)))
+                items += [(building, level, r.index, fill if level == 0 else None) for r in pending]
+            if not items:
                 continue
-            log.info("%s: level %d: %d of %d region(s) to write", writer.path, level, len(pending), total)
-            items = [(building, level, r.index, fill if level == 0 else None) for r in pending]
 
-            def done(item: tuple[Any, ...], _result: Any, level: int = level) -> None:
+            def done(item: tuple[Any, ...], _result: Any) -> None:
                 if on_region is not None:
-                    on_region(writer.region(level, item[2]))
+                    on_region(writer.region(item[1], item[2]))
 
-            run_tasks(client, _region_task, items, on_done=done, what=f"level-{level} region")
+            what = f"level-{levels[0]} region" if len(levels) == 1 else f"level-{levels[0]}..{levels[-1]} region"
+            run_tasks(client, _region_task, items, on_done=done, what=what)
         return writer.finish()

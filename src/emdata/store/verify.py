@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from emdata.store import ome
-from emdata.store.checksum import block_slices, digest
+from emdata.store.checksum import LEGACY_ALGORITHMS, block_slices, digest, hasher
 from emdata.store.publish import COMPLETE_MARKER, SCHEMA, promise_problems, resolve, version_number
 
 REQUIRED_EMDATA = ("schema", "dataset", "volume", "split", "voxel_size_nm", "shape", "raw", "labels")
@@ -145,6 +145,12 @@ def _check_array(root: Path, rel: str, expected: dict[str, Any], deep: bool, rep
         return
     if not deep:
         return
+    algorithm = checksum.get("algorithm", LEGACY_ALGORITHMS[0])  # the first releases recorded BLAKE2b only
+    try:
+        hasher(algorithm)
+    except ValueError as exc:
+        report.problems.append(f"{rel}: {exc}")
+        return
     arr = zarr.open_array(str(root / rel), mode="r")
     block = tuple(checksum["block_shape"])
     recorded = checksum["blocks"]
@@ -160,7 +166,7 @@ def _check_array(root: Path, rel: str, expected: dict[str, Any], deep: bool, rep
         except Exception as exc:  # any decode failure is a finding, not a crash
             report.problems.append(f"{rel}: block [{box}] cannot be decoded ({type(exc).__name__}: {exc})")
             continue
-        if digest(values) != want:
+        if digest(values, algorithm) != want:
             report.problems.append(f"{rel}: block [{box}] content differs from the checksum recorded at write time")
 
 

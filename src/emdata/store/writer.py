@@ -195,9 +195,10 @@ def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, flo
     """Write the volume region by region from array sources (or numpy arrays): memory stays a few
     regions of one array (a shard, or a shard's worth of chunks) whatever the volume's size.
 
-    Built with :class:`emdata.store.sharded.ShardedVolumeWriter`: level 0 region by region, each
-    pyramid level from the one below, block checksums, intensity histogram and foreground
-    indices merged from per-region records; resumable after an interruption (regions already
+    Built with :class:`emdata.store.sharded.ShardedVolumeWriter`: level 0 region by region (each
+    region, while in memory, also downsampled to the pyramid levels it tiles; other levels from
+    the one below), block checksums, intensity histogram and foreground indices merged from
+    per-region records; resumable after an interruption (regions already
     written are kept); on a dask ``client`` when given (the sources must then be readable on
     its workers: file-backed sources, not arrays held in this process), else on
     :data:`IN_PROCESS_THREADS` threads of this process (decoding, compression and hashing release
@@ -245,6 +246,11 @@ def write_blockwise(path: Path, raw: Any, voxel_size_nm: tuple[float, float, flo
         if clear is None:
             raise
         raise clear from None
+    except BaseException:
+        if any(getattr(s, "failed", lambda: False)() for s in sources.values()):
+            # regions were read from a source that then failed its check (a zip member's CRC): keep none
+            writer.discard()
+        raise
 
 
 def discard_failed_write(folder: Path) -> None:

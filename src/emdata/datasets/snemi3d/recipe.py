@@ -9,7 +9,8 @@ HDF5 copies ``snemi_train.h5`` (``volumes/raw``, ``volumes/labels/neuron_ids``) 
 Structure is checked (greyscale integer raw, unsigned integer labels of the raw's shape);
 sizes are not, so small replicas work — a size that differs from the card is logged.
 Labels are stored bit-identical to the source file. Volumes are read out of core: TIFF members
-are copied out of the zip (bounded memory) and read page by page, HDF5 datasets box by box.
+are copied out of the zip (bounded memory) and read page by page while the copy goes on
+(:mod:`emdata.datasets._zipstack`), HDF5 datasets box by box.
 
 Example:
     >>> sorted(READS_ALTERNATES)
@@ -24,14 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from emdata.catalog import get_card
-from emdata.config import thread_pool
 from emdata.datasets._alternates import fetch_with_fallback
 from emdata.datasets._common import choose_volumes, layer, provenance, publish, reusable, volume_path
+from emdata.datasets._zipstack import zip_tiff_stack
 from emdata.datasets.contract import Option
 from emdata.formats.hdf5 import list_keys
-from emdata.formats.lazy import ArraySource, HDF5Array, TiffStack, reduce_slabs
+from emdata.formats.lazy import ArraySource, HDF5Array, reduce_slabs
 from emdata.formats.tiff import TiffFormatError
-from emdata.sources.archive import extract_member
 from emdata.store.volume import Volume
 
 DATASET = "snemi3d"
@@ -77,13 +77,13 @@ def _check_labels(data: ArraySource, where: str, raw_shape: tuple[int, ...], enc
 
 
 def _read_zip(archive: Path, raw_member: str, label_member: str | None) -> tuple[ArraySource, ArraySource | None]:
-    members = [m for m in (raw_member, label_member) if m]
-    with thread_pool(len(members), "emdata-snemi3d") as pool:  # inflating releases the GIL: both at once
-        paths = list(pool.map(lambda member: extract_member(archive, member), members))
-    raw = _check_raw(TiffStack(paths[0], name=f"{archive.name}:{raw_member}"), f"{archive.name}:{raw_member}")
+    # Each member is copied out of the zip in a background thread (inflating releases the GIL: both at
+    # once) and read while it is copied, so writing the volume starts before the copies end.
+    raw = _check_raw(zip_tiff_stack(archive, raw_member, name_for_errors=f"{archive.name}:{raw_member}"),
+                     f"{archive.name}:{raw_member}")
     if label_member is None:
         return raw, None
-    stack = TiffStack(paths[1], name=f"{archive.name}:{label_member}")
+    stack = zip_tiff_stack(archive, label_member, name_for_errors=f"{archive.name}:{label_member}")
     return raw, _check_labels(stack, f"{archive.name}:{label_member}", raw.shape, f"({stack.photometric})")
 
 
