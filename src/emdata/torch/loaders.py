@@ -17,14 +17,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import queue
+import threading
+import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from emdata.torch.collate import collate_patches
 from emdata.torch.dataset import PatchDataset
 from emdata.torch.mixing import MixedPatchDataset
+from emdata.torch.workers import read_batch, worker_loop
 
 try:  # a DistributedSampler is left alone by Lightning: it never splits our rank shares again
     from torch.utils.data import DistributedSampler as _SamplerBase
@@ -106,16 +113,297 @@ class ThreadedLoader:
                 yield pending.popleft().result()
 
 
+SHM_PREFIX = "emdata-loader"  # /dev/shm/emdata-loader-<pid>-<n>: the buffers of process <pid>'s loaders
+
+
+def _sweep_stale() -> None:
+    """Unlink buffers left by loaders of processes that no longer exist (killed before cleaning up)."""
+    import _posixshmem
+
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if not name.startswith(SHM_PREFIX + "-") or len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                _posixshmem.shm_unlink("/" + name)
+        except OSError:  # alive, someone else's
+            continue
+
+
+class _Slot:
+    """One shared-memory output buffer of a :class:`ProcessLoader`, made and unlinked by the main
+    process (``/dev/shm/emdata-loader-<pid>-<n>``)."""
+
+    _count = itertools.count()
+
+    def __init__(self, number: int, size: int) -> None:
+        import mmap
+
+        import _posixshmem
+
+        self.number, self.size = number, size
+        self.name = f"{SHM_PREFIX}-{os.getpid()}-{next(self._count)}"
+        fd = _posixshmem.shm_open("/" + self.name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        except BaseException:
+            _posixshmem.shm_unlink("/" + self.name)
+            raise
+        finally:
+            os.close(fd)
+        self.unlinked = False
+
+    def release(self) -> None:
+        """Unlink the segment (its memory goes once no batch still views it)."""
+        import _posixshmem
+
+        with contextlib.suppress(BufferError):  # a batch still views it: the mapping lives until it goes
+            self.map.close()
+        if not self.unlinked:
+            self.unlinked = True
+            with contextlib.suppress(FileNotFoundError):
+                _posixshmem.shm_unlink("/" + self.name)
+
+
+class ProcessLoader:
+    """Batches built by worker processes into a reused ring of shared-memory buffers.
+
+    Each worker builds a whole batch (``batch_size`` samples, stacked) straight into a buffer the
+    main process made once and hands out again when the batch that used it is released, so only
+    ``(pass, batch, keys, buffer)`` and the batch's layout cross the queues: nothing is pickled,
+    allocated, page-faulted or passed as a file descriptor per batch (a torch DataLoader sends one
+    new shared-memory segment per tensor of every batch). Batches come in order; their tensors are
+    views of the buffer, which goes back to the ring when none of them (nor any view of them) is
+    alive, so a training loop that keeps only the current batch uses ``num_workers * prefetch + 1``
+    buffers. Samples are ``dataset[(epoch, i)]`` exactly as at 0 workers, whatever the start
+    method (``multiprocessing_context``: ``"fork"``, ``"spawn"``, ``"forkserver"``; default
+    the platform's). Workers import numpy and the dataset only (never torch), persist across
+    epochs and stop with :meth:`close` (also when the loader is garbage-collected or the program
+    ends); the buffers are unlinked then. ``worker_env`` is set in each worker before
+    ``worker_init_fn(worker_id)`` runs (default: ``EMDATA_READ_THREADS=1`` unless it is set: the
+    workers are the parallelism).
+
+    Example:
+        >>> import numpy as np
+        >>> samples = {(0, i): {"x": np.array([i])} for i in range(6)}  # any sized dataset taking (epoch, i) keys
+        >>> loader = ProcessLoader(samples, 4, EpochSampler(6), num_workers=2)
+        >>> [batch["x"].ravel().tolist() for batch in loader]
+        [[0, 1, 2, 3], [4, 5]]
+        >>> loader.close()
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, sampler: EpochSampler, num_workers: int = 2,
+                 multiprocessing_context: str | None = None, prefetch: int = 2,
+                 worker_init_fn: Callable[[int], None] | None = None, worker_env: dict[str, str] | None = None,
+                 timeout: float = 0.0) -> None:
+        if batch_size < 1 or num_workers < 1 or prefetch < 1:
+            raise ValueError(f"ProcessLoader needs batch_size >= 1, num_workers >= 1 and prefetch >= 1; got "
+                             f"{batch_size}, {num_workers}, {prefetch}")
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.num_workers, self.prefetch, self.context = num_workers, prefetch, multiprocessing_context
+        self.worker_init_fn, self.timeout = worker_init_fn, float(timeout)
+        default_env = {} if os.environ.get("EMDATA_READ_THREADS") else {"EMDATA_READ_THREADS": "1"}
+        self.worker_env = dict(default_env if worker_env is None else worker_env)
+        self._workers: list[Any] = []
+        self._slots: dict[int, _Slot] = {}
+        self._free: deque[int] = deque()
+        self._lock = threading.RLock()  # a batch may be released (GC) while the lock is held
+        self._numbers = itertools.count()
+        self._pass = 0
+        self._in_flight = 0  # tasks sent and not yet answered, of any pass
+        self._finalizer: Any = None
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    # -- workers and buffers ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        _sweep_stale()
+        ctx = multiprocessing.get_context(self.context)
+        self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        for worker_id in range(self.num_workers):
+            proc = ctx.Process(target=worker_loop, name=f"emdata-loader-{worker_id}", daemon=True,
+                               args=(self.dataset, self._tasks, self._results, worker_id, self.worker_init_fn,
+                                     self.worker_env))
+            proc.start()
+            self._workers.append(proc)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results, self._slots)
+
+    def close(self) -> None:
+        """Stop the workers and unlink the shared buffers (batches still held stay readable)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._workers, self._slots, self._in_flight = [], {}, 0
+        self._free.clear()
+
+    def _release(self, number: int) -> None:
+        """A batch let go of buffer ``number``: back to the ring (called by the garbage collector)."""
+        with self._lock:
+            if number in self._slots:
+                self._free.append(number)
+
+    def _take(self) -> _Slot | None:
+        """A free buffer, or None (the batch then comes inline and a buffer of its size is made)."""
+        with self._lock:
+            while self._free:
+                slot = self._slots.get(self._free.popleft())
+                if slot is not None:
+                    return slot
+        return None
+
+    def _grow(self, slot: int | None, size: int) -> None:
+        """A batch needed ``size`` bytes: give buffer ``slot`` (or a new one) that size, with a margin."""
+        size = -(-int(size * 1.25) // 4096) * 4096
+        with self._lock:
+            if slot is not None and slot in self._slots:
+                self._slots.pop(slot).release()
+            made = _Slot(next(self._numbers), size)
+            self._slots[made.number] = made
+            self._free.append(made.number)
+
+    def _batch(self, layout: Any, slot: _Slot) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        base = np.frombuffer(slot.map, np.uint8)
+        weakref.finalize(base, self._release_ref(), slot.number)
+        return read_batch(layout, base, torch.from_numpy)
+
+    def _release_ref(self) -> Callable[[int], None]:
+        ref = weakref.ref(self)
+
+        def release(number: int) -> None:
+            loader = ref()
+            if loader is not None:
+                loader._release(number)
+
+        return release
+
+    def _receive(self) -> tuple[int, int, int | None, str, Any]:
+        waited = 0.0
+        while True:
+            try:
+                return self._results.get(timeout=1.0)
+            except queue.Empty:
+                waited += 1.0
+            dead = [p for p in self._workers if p.exitcode is not None]
+            if dead:
+                codes = ", ".join(f"{p.name} (pid {p.pid}) exit code {p.exitcode}" for p in dead)
+                self.close()
+                raise RuntimeError(f"loader worker process(es) ended unexpectedly: {codes}; a negative code is the "
+                                   "signal that ended it (-9: killed, often for memory: lower num_workers or "
+                                   "batch_size)")
+            if self.timeout and waited >= self.timeout:
+                self.close()
+                raise TimeoutError(f"no batch from the loader workers in {self.timeout:.0f} s (timeout=)")
+
+    # -- iteration --------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self._workers:
+            self._start()
+        self._pass += 1
+        run = self._pass
+        keys = list(self.sampler)
+        chunks = [keys[i: i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+        return self._iterate(run, chunks)
+
+    def _iterate(self, run: int, chunks: list[list[tuple[int, int]]]) -> Iterator[dict[str, Any]]:
+        import torch
+
+        window = self.num_workers * self.prefetch
+        sent, done, ready = 0, 0, {}
+        try:
+            while done < len(chunks):
+                if self._pass != run:
+                    raise RuntimeError("a new pass over this loader started; an older iterator cannot go on")
+                while sent < len(chunks) and sent - done < window:
+                    slot = self._take()
+                    self._tasks.put((run, sent, chunks[sent], None if slot is None else slot.number,
+                                     None if slot is None else slot.name))
+                    self._in_flight += 1
+                    sent += 1
+                while done not in ready:
+                    got_run, batch, number, kind, payload = self._receive()
+                    self._in_flight -= 1
+                    slot = self._slots.get(number) if number is not None else None
+                    if kind == "error":
+                        if slot is not None:
+                            self._release(number)  # type: ignore[arg-type]
+                        if got_run != run:
+                            continue
+                        worker, failed, text = payload
+                        raise RuntimeError(f"loader worker {worker} failed on samples {failed}:\n{text}")
+                    if got_run != run:  # an older pass left it in flight
+                        if kind == "inline":
+                            self._grow(number, payload[1])
+                        elif slot is not None:
+                            self._release(number)  # type: ignore[arg-type]
+                        continue
+                    if kind == "inline":
+                        layout, size = payload
+                        self._grow(number, size)
+                        ready[batch] = read_batch(layout, None, torch.from_numpy)  # type: ignore[arg-type]
+                    else:
+                        ready[batch] = self._batch(payload, slot)  # type: ignore[arg-type]
+                yield ready.pop(done)
+                done += 1
+        finally:
+            ready.clear()
+
+
+def _shutdown(workers: list[Any], tasks: Any, results: Any, slots: dict[int, _Slot]) -> None:
+    """Stop ``workers`` (asked first, then terminated) and unlink every buffer."""
+    for _ in workers:
+        try:
+            tasks.put(None)
+        except (OSError, ValueError):
+            break
+    for proc in workers:
+        proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=2.0)
+    for q in (tasks, results):
+        q.cancel_join_thread()
+        q.close()
+    for slot in list(slots.values()):
+        slot.release()
+    slots.clear()
+
+
+PROCESS_LOADER_OPTIONS = ("prefetch_factor", "worker_init_fn", "timeout", "worker_env")
+
+
 def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, num_workers: int = 0,
                 multiprocessing_context: str | None = None, rank: int | None = None,
                 world_size: int | None = None, worker_type: str = "process", advance_epochs: bool = True,
                 **kwargs: Any) -> Any:
     """A loader drawing this rank's samples of each epoch (rank/world from torch.distributed
-    when initialised). ``worker_type="process"``: a torch DataLoader whose workers persist
-    across epochs (``multiprocessing_context`` ``"fork"``, ``"spawn"`` or ``"forkserver"``);
-    ``"thread"``: a :class:`ThreadedLoader` with ``num_workers`` threads (best for volumes
-    held in memory). Every new pass over the loader is the next epoch (see
-    :class:`EpochSampler`; ``advance_epochs=False`` repeats epoch 0, e.g. for validation).
+    when initialised); every new pass over it is the next epoch (see :class:`EpochSampler`;
+    ``advance_epochs=False`` repeats epoch 0, e.g. for validation).
+
+    ``worker_type="process"`` (the default): with ``num_workers=0`` a torch DataLoader in the
+    main process; with workers a :class:`ProcessLoader`: each worker builds whole batches into
+    reused shared-memory buffers (``prefetch_factor`` batches ahead per worker, default 2;
+    ``multiprocessing_context`` ``"fork"``, ``"spawn"`` or ``"forkserver"``; also takes
+    ``worker_init_fn``, ``timeout`` and ``worker_env``). Passing any other DataLoader option
+    (``pin_memory``, ``collate_fn``, ``persistent_workers=False``, …) or ``worker_type="torch"``
+    gives a torch DataLoader whose workers persist across epochs. ``"thread"``: a
+    :class:`ThreadedLoader` with ``num_workers`` threads. Batch size: 1 by default; bigger
+    batches cost the workers nothing extra per sample (one task and one buffer per batch).
 
     Example:
         >>> loader = make_loader(range(4), batch_size=2)  # any sized dataset taking (epoch, i) keys
@@ -134,8 +422,17 @@ def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, 
     if worker_type == "thread":
         return ThreadedLoader(dataset, batch_size, sampler, threads=max(num_workers, 1),
                               collate=kwargs.get("collate_fn"))
-    if worker_type != "process":
-        raise ValueError(f"worker_type must be 'process' or 'thread', got {worker_type!r}")
+    if worker_type not in ("process", "torch"):
+        raise ValueError(f"worker_type must be 'process', 'torch' or 'thread', got {worker_type!r}")
+    if kwargs.get("collate_fn") is collate_patches:
+        kwargs.pop("collate_fn")
+    if kwargs.get("persistent_workers") is True:
+        kwargs.pop("persistent_workers")
+    if worker_type == "process" and num_workers and not set(kwargs) - set(PROCESS_LOADER_OPTIONS):
+        return ProcessLoader(dataset, batch_size, sampler, num_workers, multiprocessing_context,
+                             prefetch=kwargs.get("prefetch_factor") or 2, worker_init_fn=kwargs.get("worker_init_fn"),
+                             worker_env=kwargs.get("worker_env"), timeout=kwargs.get("timeout", 0.0))
+    kwargs.pop("worker_env", None)
     if num_workers:
         kwargs.setdefault("persistent_workers", True)
         kwargs.setdefault("prefetch_factor", 4)
