@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import numpy as np
 ALIGN = 64  # bytes: every array of a batch starts on a cache line
 Layout = dict[str, Any]
 MAPPED = 64  # buffers a worker keeps mapped
+PARENT_CHECK_S = 1.0  # an idle worker checks this often that the main process still lives
 
 
 def _is_number(value: Any) -> bool:
@@ -153,8 +155,14 @@ def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn:
     maps: OrderedDict[int, tuple[str, mmap.mmap, np.ndarray]] = OrderedDict()  # the buffers used last
     if init_fn is not None:
         init_fn(worker_id)
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the main process is gone (killed): nobody will ask again
+                break
+            continue
         if task is None:
             break
         run, batch, keys, slot, name = task
