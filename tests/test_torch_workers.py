@@ -28,7 +28,8 @@ def _volume(path: Path) -> Path:
     rng = np.random.default_rng(3)
     raw = rng.integers(0, 255, (12, 64, 64), dtype=np.uint8)
     cells = (rng.integers(1, 9, (12, 64, 64)) * np.uint64(1 << 40)).astype(np.uint64)  # ids past 32 bits
-    return write_volume(path, raw, (30, 6, 6), labels=[LabelLayerData("cells", cells, "instance", instance_of="neuron")],
+    return write_volume(path, raw, (30, 6, 6),
+                        labels=[LabelLayerData("cells", cells, "instance", instance_of="neuron")],
                         meta={"dataset": "demo", "volume": "v", "split": "train"})
 
 
@@ -137,7 +138,7 @@ def test_a_failing_sample_names_its_keys_and_a_killed_worker_is_reported(tmp_pat
             return {}
 
     dying = ProcessLoader(Slow(), 1, EpochSampler(2), num_workers=1, multiprocessing_context="fork")
-    with pytest.raises(RuntimeError, match="ended unexpectedly.*exit code -9"):
+    with pytest.raises(RuntimeError, match=r"ended unexpectedly.*exit code -9"):
         list(dying)
     assert not _segments()
 

@@ -144,9 +144,8 @@ class _Slot:
     _count = itertools.count()
 
     def __init__(self, number: int, size: int) -> None:
-        import mmap
-
         import _posixshmem
+        import mmap
 
         self.number, self.size = number, size
         self.name = f"{SHM_PREFIX}-{os.getpid()}-{next(self._count)}"
