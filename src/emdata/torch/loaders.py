@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import queue
@@ -231,13 +232,20 @@ class ProcessLoader:
         _sweep_stale()
         ctx = multiprocessing.get_context(self.context)
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        gc.freeze()  # forked workers: the collector never writes to the objects they inherit (less copy-on-write)
+        try:
+            self._spawn_workers(ctx)
+        finally:
+            gc.unfreeze()
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results, self._slots)
+
+    def _spawn_workers(self, ctx: Any) -> None:
         for worker_id in range(self.num_workers):
             proc = ctx.Process(target=worker_loop, name=f"emdata-loader-{worker_id}", daemon=True,
                                args=(self.dataset, self._tasks, self._results, worker_id, self.worker_init_fn,
                                      self.worker_env))
             proc.start()
             self._workers.append(proc)
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results, self._slots)
 
     def close(self) -> None:
         """Stop the workers and unlink the shared buffers (batches still held stay readable)."""
