@@ -21,7 +21,6 @@ import contextlib
 import gc
 import itertools
 import os
-import queue
 import threading
 import weakref
 from collections import deque
@@ -187,9 +186,8 @@ class ProcessLoader:
     method (``multiprocessing_context``: ``"fork"``, ``"spawn"``, ``"forkserver"``; default
     the platform's). Workers import numpy and the dataset only (never torch), persist across
     epochs and stop with :meth:`close` (also when the loader is garbage-collected or the program
-    ends); the buffers are unlinked then. ``worker_env`` is set in each worker before
-    ``worker_init_fn(worker_id)`` runs (default: ``EMDATA_READ_THREADS=1`` unless it is set: the
-    workers are the parallelism).
+    ends); the buffers are unlinked then. ``worker_env`` (e.g. ``{"EMDATA_READ_THREADS": "1"}``)
+    is set in each worker before ``worker_init_fn(worker_id)`` runs.
 
     Example:
         >>> import numpy as np
@@ -210,16 +208,17 @@ class ProcessLoader:
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.num_workers, self.prefetch, self.context = num_workers, prefetch, multiprocessing_context
         self.worker_init_fn, self.timeout = worker_init_fn, float(timeout)
-        default_env = {} if os.environ.get("EMDATA_READ_THREADS") else {"EMDATA_READ_THREADS": "1"}
-        self.worker_env = dict(default_env if worker_env is None else worker_env)
+        self.worker_env = dict(worker_env or {})
         self._workers: list[Any] = []
         self._slots: dict[int, _Slot] = {}
         self._free: deque[int] = deque()
         self._lock = threading.RLock()  # a batch may be released (GC) while the lock is held
         self._numbers = itertools.count()
         self._pass = 0
-        self._in_flight = 0  # tasks sent and not yet answered, of any pass
+        self._pipes: list[tuple[Any, Any]] = []  # per worker: (task sender, result receiver)
+        self._owed: list[int] = []  # per worker: tasks sent and not yet answered, of any pass
         self._finalizer: Any = None
+        self._release_callback = self._release_by_ref(weakref.ref(self))
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -231,28 +230,35 @@ class ProcessLoader:
 
         _sweep_stale()
         ctx = multiprocessing.get_context(self.context)
-        self._tasks, self._results = ctx.Queue(), ctx.Queue()
         gc.freeze()  # forked workers: the collector never writes to the objects they inherit (less copy-on-write)
         try:
             self._spawn_workers(ctx)
         finally:
             gc.unfreeze()
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results, self._slots)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._pipes, self._slots)
 
     def _spawn_workers(self, ctx: Any) -> None:
+        """One process per worker, each with its own task and result pipe (written directly: no
+        feeder threads, one wake-up per message)."""
         for worker_id in range(self.num_workers):
+            task_read, task_write = ctx.Pipe(duplex=False)
+            result_read, result_write = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=worker_loop, name=f"emdata-loader-{worker_id}", daemon=True,
-                               args=(self.dataset, self._tasks, self._results, worker_id, self.worker_init_fn,
+                               args=(self.dataset, task_read, result_write, worker_id, self.worker_init_fn,
                                      self.worker_env))
             proc.start()
+            task_read.close()
+            result_write.close()
             self._workers.append(proc)
+            self._pipes.append((task_write, result_read))
+            self._owed.append(0)
 
     def close(self) -> None:
         """Stop the workers and unlink the shared buffers (batches still held stay readable)."""
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
-        self._workers, self._slots, self._in_flight = [], {}, 0
+        self._workers, self._slots, self._pipes, self._owed = [], {}, [], []
         self._free.clear()
 
     def _release(self, number: int) -> None:
@@ -285,11 +291,12 @@ class ProcessLoader:
         import torch
 
         base = np.frombuffer(slot.map, np.uint8)
-        weakref.finalize(base, self._release_ref(), slot.number)
+        weakref.finalize(base, self._release_callback, slot.number)
         return read_batch(layout, base, torch.from_numpy)
 
-    def _release_ref(self) -> Callable[[int], None]:
-        ref = weakref.ref(self)
+    @staticmethod
+    def _release_by_ref(ref: Any) -> Callable[[int], None]:
+        """``release(number)`` for the loader behind weak reference ``ref`` (a batch never keeps its loader alive)."""
 
         def release(number: int) -> None:
             loader = ref()
@@ -298,13 +305,31 @@ class ProcessLoader:
 
         return release
 
-    def _receive(self) -> tuple[int, int, int | None, str, Any]:
+    def _receive(self) -> list[tuple[int, int, int | None, str, Any]]:
+        """The results ready now (waiting for at least one)."""
+        from multiprocessing.connection import wait
+
+        got = []
+        for i, (_, conn) in enumerate(self._pipes):  # what is there already: no wait, no selector
+            if self._owed[i] and conn.poll():
+                got.append(conn.recv())
+                self._owed[i] -= 1
+        if got:
+            return got
+        readers = {conn: i for i, (_, conn) in enumerate(self._pipes) if self._owed[i]}
         waited = 0.0
         while True:
-            try:
-                return self._results.get(timeout=1.0)
-            except queue.Empty:
-                waited += 1.0
+            ready = wait([*readers, *(p.sentinel for p in self._workers)], timeout=1.0)
+            for conn in ready:
+                if conn in readers:
+                    try:
+                        got.append(conn.recv())
+                    except EOFError:  # the worker is gone: reported below
+                        continue
+                    self._owed[readers[conn]] -= 1
+            if got:
+                return got
+            waited += 1.0 if not ready else 0.0
             dead = [p for p in self._workers if p.exitcode is not None]
             if dead:
                 codes = ", ".join(f"{p.name} (pid {p.pid}) exit code {p.exitcode}" for p in dead)
@@ -328,7 +353,6 @@ class ProcessLoader:
         return self._iterate(run, chunks)
 
     def _iterate(self, run: int, chunks: list[list[tuple[int, int]]]) -> Iterator[dict[str, Any]]:
-        import torch
 
         window = self.num_workers * self.prefetch
         sent, done, ready = 0, 0, {}
@@ -336,56 +360,61 @@ class ProcessLoader:
             while done < len(chunks):
                 if self._pass != run:
                     raise RuntimeError("a new pass over this loader started; an older iterator cannot go on")
-                while sent < len(chunks) and sent - done < window:
+                while sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch:
                     slot = self._take()
-                    self._tasks.put((run, sent, chunks[sent], None if slot is None else slot.number,
-                                     None if slot is None else slot.name))
-                    self._in_flight += 1
+                    worker = self._owed.index(min(self._owed))
+                    self._pipes[worker][0].send((run, sent, chunks[sent], None if slot is None else slot.number,
+                                                 None if slot is None else slot.name))
+                    self._owed[worker] += 1
                     sent += 1
                 while done not in ready:
-                    got_run, batch, number, kind, payload = self._receive()
-                    self._in_flight -= 1
-                    slot = self._slots.get(number) if number is not None else None
-                    if kind == "error":
-                        if slot is not None:
-                            self._release(number)  # type: ignore[arg-type]
-                        if got_run != run:
-                            continue
-                        worker, failed, text = payload
-                        raise RuntimeError(f"loader worker {worker} failed on samples {failed}:\n{text}")
-                    if got_run != run:  # an older pass left it in flight
-                        if kind == "inline":
-                            self._grow(number, payload[1])
-                        elif slot is not None:
-                            self._release(number)  # type: ignore[arg-type]
-                        continue
-                    if kind == "inline":
-                        layout, size = payload
-                        self._grow(number, size)
-                        ready[batch] = read_batch(layout, None, torch.from_numpy)  # type: ignore[arg-type]
-                    else:
-                        ready[batch] = self._batch(payload, slot)  # type: ignore[arg-type]
+                    for result in self._receive():
+                        self._settle(run, result, ready)
                 yield ready.pop(done)
                 done += 1
         finally:
             ready.clear()
 
+    def _settle(self, run: int, result: tuple[int, int, int | None, str, Any], ready: dict[int, Any]) -> None:
+        """File one worker result: a batch of this pass into ``ready``; an older pass's dropped, its buffer freed."""
+        import torch
 
-def _shutdown(workers: list[Any], tasks: Any, results: Any, slots: dict[int, _Slot]) -> None:
+        got_run, batch, number, kind, payload = result
+        slot = self._slots.get(number) if number is not None else None
+        if kind == "error":
+            if slot is not None:
+                self._release(number)  # type: ignore[arg-type]
+            if got_run != run:
+                return
+            worker, failed, text = payload
+            raise RuntimeError(f"loader worker {worker} failed on samples {failed}:\n{text}")
+        if got_run != run:  # an older pass left it in flight
+            if kind == "inline":
+                self._grow(number, payload[1])
+            elif slot is not None:
+                self._release(number)  # type: ignore[arg-type]
+            return
+        if kind == "inline":
+            layout, size = payload
+            self._grow(number, size)
+            ready[batch] = read_batch(layout, None, torch.from_numpy)  # type: ignore[arg-type]
+        else:
+            ready[batch] = self._batch(payload, slot)  # type: ignore[arg-type]
+
+
+def _shutdown(workers: list[Any], pipes: list[tuple[Any, Any]], slots: dict[int, _Slot]) -> None:
     """Stop ``workers`` (asked first, then terminated) and unlink every buffer."""
-    for _ in workers:
-        try:
-            tasks.put(None)
-        except (OSError, ValueError):
-            break
+    for send, _ in pipes:
+        with contextlib.suppress(OSError, ValueError):
+            send.send(None)
     for proc in workers:
         proc.join(timeout=2.0)
         if proc.is_alive():
             proc.terminate()
             proc.join(timeout=2.0)
-    for q in (tasks, results):
-        q.cancel_join_thread()
-        q.close()
+    for send, receive in pipes:
+        send.close()
+        receive.close()
     for slot in list(slots.values()):
         slot.release()
     slots.clear()

@@ -1,12 +1,12 @@
 """The worker side of :class:`~emdata.torch.loaders.ProcessLoader`, without torch: whole batches
 built by worker processes straight into reused shared-memory buffers.
 
-A worker receives ``(pass, batch number, keys, slot)`` tasks, builds the samples of ``keys``
+A worker receives ``(pass, batch number, keys, slot)`` tasks on its own pipe, builds the samples of ``keys``
 (``dataset[key]``) and writes them, stacked, into the slot: a shared-memory segment the main
 process made and hands out again once the batch it held is released, so after the first batches
 nothing is allocated, mapped or page-faulted per batch. Only the layout (dtypes, shapes, offsets,
-and the few non-array values such as names) travels back through the result queue. A batch that
-does not fit its slot travels whole through the queue once (numpy arrays, pickled) and the main
+and the few non-array values such as names) travels back through its result pipe. A batch that
+does not fit its slot travels whole through the pipe once (numpy arrays, pickled) and the main
 process gives the slot the size it needed.
 
 This module imports numpy only, so a spawned or forkserver worker never imports torch (a second
@@ -25,9 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
-import queue
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,15 +76,14 @@ def batch_layout(samples: list[dict[str, Any]], offset: int = 0) -> tuple[Layout
             out[key] = ("o", items)
             continue
         out[key] = ("a", dtype.str, shape, offset)
-        offset += -(-int(np.prod(shape, dtype=np.int64)) * dtype.itemsize // ALIGN) * ALIGN
+        offset += -(-math.prod(shape) * dtype.itemsize // ALIGN) * ALIGN
     return out, offset
 
 
 def _view(entry: tuple, buffer: np.ndarray) -> np.ndarray:
     _, dtype, shape, offset = entry
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return buffer[offset: offset + size].view(dtype).reshape(shape)
+    return buffer[offset: offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def write_batch(samples: list[dict[str, Any]], layout: Layout, buffer: np.ndarray) -> None:
@@ -117,7 +116,7 @@ def read_batch(layout: Layout, buffer: np.ndarray, wrap: Callable[[np.ndarray], 
 
 def inline_batch(samples: list[dict[str, Any]], layout: Layout) -> Layout:
     """The layout with every array replaced by the stacked array itself (``("n", array)``): a batch
-    that travels whole through the queue."""
+    that travels whole through the pipe."""
     out: Layout = {}
     for key, entry in layout.items():
         items = [s[key] for s in samples]
@@ -145,7 +144,8 @@ def attach(name: str) -> mmap.mmap:
 
 def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn: Callable[[int], None] | None,
                 env: dict[str, str]) -> None:
-    """A worker process: build the batches of the tasks it takes from ``tasks`` until ``None``.
+    """A worker process: build the batches of the tasks it receives on the ``tasks`` pipe until
+    ``None``, sending each result on the ``results`` pipe.
 
     Each result is ``(pass, batch, slot, kind, payload)``: ``"slot"`` (payload: the layout, the
     batch is in the slot), ``"inline"`` (payload: ``(layout with the arrays, bytes needed)``) or
@@ -157,12 +157,14 @@ def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn:
         init_fn(worker_id)
     parent = os.getppid()
     while True:
-        try:
-            task = tasks.get(timeout=PARENT_CHECK_S)
-        except queue.Empty:
+        if not tasks.poll(PARENT_CHECK_S):
             if os.getppid() != parent:  # the main process is gone (killed): nobody will ask again
                 break
             continue
+        try:
+            task = tasks.recv()
+        except EOFError:  # the main process closed the pipe
+            break
         if task is None:
             break
         run, batch, keys, slot, name = task
@@ -182,8 +184,8 @@ def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn:
                 maps.move_to_end(slot)
             if held is not None and size <= held[2].size:
                 write_batch(samples, layout, held[2])
-                results.put((run, batch, slot, "slot", layout))
+                results.send((run, batch, slot, "slot", layout))
             else:
-                results.put((run, batch, slot, "inline", (inline_batch(samples, layout), size)))
+                results.send((run, batch, slot, "inline", (inline_batch(samples, layout), size)))
         except Exception:
-            results.put((run, batch, slot, "error", (worker_id, keys, traceback.format_exc())))
+            results.send((run, batch, slot, "error", (worker_id, keys, traceback.format_exc())))
