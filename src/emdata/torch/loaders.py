@@ -1,11 +1,12 @@
-"""Loaders that draw a new epoch on every pass: the ``(epoch, index)`` sampler, a thread-pool
-loader for volumes held in memory, and :func:`make_loader`, which builds either one.
+"""Loaders that draw a new epoch on every pass: the ``(epoch, index)`` sampler, a process loader
+whose workers build whole batches into reused shared memory, a thread-pool loader, and
+:func:`make_loader`, which builds one of them (or a torch DataLoader).
 
 Datasets here take ``(epoch, index)`` keys (:class:`~emdata.torch.dataset.PatchDataset`,
 :class:`~emdata.torch.mixing.MixedPatchDataset`), so samples depend neither on the number of
 workers nor on the start method nor on how DDP ranks split an epoch: :class:`EpochSampler`
-hands each rank its share of the keys, and every loader turns batches into tensors with
-:func:`~emdata.torch.collate.collate_patches`.
+hands each rank its share of the keys, and every loader stacks batches as
+:func:`~emdata.torch.collate.collate_patches` does.
 
 Example:
     >>> import numpy as np
@@ -143,11 +144,11 @@ class _Slot:
 
     _count = itertools.count()
 
-    def __init__(self, number: int, size: int) -> None:
+    def __init__(self, number: int, size: int, owner: int) -> None:
         import _posixshmem
         import mmap
 
-        self.number, self.size = number, size
+        self.number, self.size, self.owner = number, size, owner
         self.name = f"{SHM_PREFIX}-{os.getpid()}-{next(self._count)}"
         fd = _posixshmem.shm_open("/" + self.name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
@@ -177,9 +178,10 @@ class ProcessLoader:
 
     Each worker builds a whole batch (``batch_size`` samples, stacked) straight into a buffer the
     main process made once and hands out again when the batch that used it is released, so only
-    ``(pass, batch, keys, buffer)`` and the batch's layout cross the queues: nothing is pickled,
-    allocated, page-faulted or passed as a file descriptor per batch (a torch DataLoader sends one
-    new shared-memory segment per tensor of every batch). Batches come in order; their tensors are
+    ``(pass, batch, keys, buffer)`` and the batch's layout (a few hundred bytes) cross each worker's
+    pipes: per batch no array is pickled, no shared memory is made or page-faulted and no file
+    descriptor is passed (a torch DataLoader makes and sends a new shared-memory segment per tensor
+    of every batch, and its main process maps and faults them in again). Batches come in order; their tensors are
     views of the buffer, which goes back to the ring when none of them (nor any view of them) is
     alive, so a training loop that keeps only the current batch uses ``num_workers * prefetch + 1``
     buffers. Samples are ``dataset[(epoch, i)]`` exactly as at 0 workers, whatever the start
@@ -211,7 +213,7 @@ class ProcessLoader:
         self.worker_env = dict(worker_env or {})
         self._workers: list[Any] = []
         self._slots: dict[int, _Slot] = {}
-        self._free: deque[int] = deque()
+        self._free: dict[int, deque[int]] = {}  # per worker: its free buffers (each worker maps only its own)
         self._lock = threading.RLock()  # a batch may be released (GC) while the lock is held
         self._numbers = itertools.count()
         self._pass = 0
@@ -259,32 +261,35 @@ class ProcessLoader:
             self._finalizer()
             self._finalizer = None
         self._workers, self._slots, self._pipes, self._owed = [], {}, [], []
-        self._free.clear()
+        self._free = {}
 
     def _release(self, number: int) -> None:
         """A batch let go of buffer ``number``: back to the ring (called by the garbage collector)."""
         with self._lock:
-            if number in self._slots:
-                self._free.append(number)
+            slot = self._slots.get(number)
+            if slot is not None:
+                self._free.setdefault(slot.owner, deque()).append(number)
 
-    def _take(self) -> _Slot | None:
-        """A free buffer, or None (the batch then comes inline and a buffer of its size is made)."""
+    def _take(self, worker: int) -> _Slot | None:
+        """A free buffer of ``worker``, or None (the batch then comes inline and a buffer of its size is made)."""
         with self._lock:
-            while self._free:
-                slot = self._slots.get(self._free.popleft())
+            free = self._free.get(worker)
+            while free:
+                slot = self._slots.get(free.popleft())
                 if slot is not None:
                     return slot
         return None
 
-    def _grow(self, slot: int | None, size: int) -> None:
-        """A batch needed ``size`` bytes: give buffer ``slot`` (or a new one) that size, with a margin."""
+    def _grow(self, slot: int | None, size: int, worker: int) -> None:
+        """A batch of ``worker`` needed ``size`` bytes: give buffer ``slot`` (or a new one) that size,
+        with a margin. A buffer serves one worker only, so each is mapped and faulted in by one worker."""
         size = -(-int(size * 1.25) // 4096) * 4096
         with self._lock:
             if slot is not None and slot in self._slots:
                 self._slots.pop(slot).release()
-            made = _Slot(next(self._numbers), size)
+            made = _Slot(next(self._numbers), size, worker)
             self._slots[made.number] = made
-            self._free.append(made.number)
+            self._free.setdefault(worker, deque()).append(made.number)
 
     def _batch(self, layout: Any, slot: _Slot) -> dict[str, Any]:
         import numpy as np
@@ -305,14 +310,14 @@ class ProcessLoader:
 
         return release
 
-    def _receive(self) -> list[tuple[int, int, int | None, str, Any]]:
-        """The results ready now (waiting for at least one)."""
+    def _receive(self) -> list[tuple[int, tuple[int, int, int | None, str, Any]]]:
+        """The ``(worker, result)`` pairs ready now (waiting for at least one)."""
         from multiprocessing.connection import wait
 
         got = []
         for i, (_, conn) in enumerate(self._pipes):  # what is there already: no wait, no selector
             if self._owed[i] and conn.poll():
-                got.append(conn.recv())
+                got.append((i, conn.recv()))
                 self._owed[i] -= 1
         if got:
             return got
@@ -323,7 +328,7 @@ class ProcessLoader:
             for conn in ready:
                 if conn in readers:
                     try:
-                        got.append(conn.recv())
+                        got.append((readers[conn], conn.recv()))
                     except EOFError:  # the worker is gone: reported below
                         continue
                     self._owed[readers[conn]] -= 1
@@ -361,21 +366,22 @@ class ProcessLoader:
                 if self._pass != run:
                     raise RuntimeError("a new pass over this loader started; an older iterator cannot go on")
                 while sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch:
-                    slot = self._take()
                     worker = self._owed.index(min(self._owed))
+                    slot = self._take(worker)
                     self._pipes[worker][0].send((run, sent, chunks[sent], None if slot is None else slot.number,
                                                  None if slot is None else slot.name))
                     self._owed[worker] += 1
                     sent += 1
                 while done not in ready:
-                    for result in self._receive():
-                        self._settle(run, result, ready)
+                    for worker, result in self._receive():
+                        self._settle(run, worker, result, ready)
                 yield ready.pop(done)
                 done += 1
         finally:
             ready.clear()
 
-    def _settle(self, run: int, result: tuple[int, int, int | None, str, Any], ready: dict[int, Any]) -> None:
+    def _settle(self, run: int, worker: int, result: tuple[int, int, int | None, str, Any],
+                ready: dict[int, Any]) -> None:
         """File one worker result: a batch of this pass into ``ready``; an older pass's dropped, its buffer freed."""
         import torch
 
@@ -386,17 +392,17 @@ class ProcessLoader:
                 self._release(number)  # type: ignore[arg-type]
             if got_run != run:
                 return
-            worker, failed, text = payload
+            _, failed, text = payload
             raise RuntimeError(f"loader worker {worker} failed on samples {failed}:\n{text}")
         if got_run != run:  # an older pass left it in flight
             if kind == "inline":
-                self._grow(number, payload[1])
+                self._grow(number, payload[1], worker)
             elif slot is not None:
                 self._release(number)  # type: ignore[arg-type]
             return
         if kind == "inline":
             layout, size = payload
-            self._grow(number, size)
+            self._grow(number, size, worker)
             ready[batch] = read_batch(layout, None, torch.from_numpy)  # type: ignore[arg-type]
         else:
             ready[batch] = self._batch(payload, slot)  # type: ignore[arg-type]

@@ -137,7 +137,8 @@ def attach(name: str) -> mmap.mmap:
 
     fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size)
+        populate = getattr(mmap, "MAP_POPULATE", 0)  # fault the whole buffer in at once, not page by page
+        return mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED | populate)
     finally:
         os.close(fd)
 
