@@ -221,6 +221,7 @@ class ProcessLoader:
         self._owed: list[int] = []  # per worker: tasks sent and not yet answered, of any pass
         self._finalizer: Any = None
         self._release_callback = self._release_by_ref(weakref.ref(self))
+        self._largest = 0  # bytes of the largest buffer made: new buffers get this size
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -260,7 +261,7 @@ class ProcessLoader:
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
-        self._workers, self._slots, self._pipes, self._owed = [], {}, [], []
+        self._workers, self._slots, self._pipes, self._owed, self._largest = [], {}, [], [], 0
         self._free = {}
 
     def _release(self, number: int) -> None:
@@ -271,20 +272,26 @@ class ProcessLoader:
                 self._free.setdefault(slot.owner, deque()).append(number)
 
     def _take(self, worker: int) -> _Slot | None:
-        """A free buffer of ``worker``, or None (the batch then comes inline and a buffer of its size is made)."""
+        """A free buffer of ``worker``, else a new one as large as the largest batch so far, else None
+        (no batch seen yet: the batch comes inline and a buffer of its size is made)."""
         with self._lock:
             free = self._free.get(worker)
             while free:
                 slot = self._slots.get(free.popleft())
                 if slot is not None:
                     return slot
-        return None
+            if not self._largest:
+                return None
+            made = _Slot(next(self._numbers), self._largest, worker)
+            self._slots[made.number] = made
+            return made
 
     def _grow(self, slot: int | None, size: int, worker: int) -> None:
         """A batch of ``worker`` needed ``size`` bytes: give buffer ``slot`` (or a new one) that size,
         with a margin. A buffer serves one worker only, so each is mapped and faulted in by one worker."""
         size = -(-int(size * 1.25) // 4096) * 4096
         with self._lock:
+            self._largest = max(self._largest, size)
             if slot is not None and slot in self._slots:
                 self._slots.pop(slot).release()
             made = _Slot(next(self._numbers), size, worker)
@@ -365,7 +372,8 @@ class ProcessLoader:
             while done < len(chunks):
                 if self._pass != run:
                     raise RuntimeError("a new pass over this loader started; an older iterator cannot go on")
-                while sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch:
+                while (sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch
+                       and (self._largest or sum(self._owed) < self.num_workers)):  # no size known: one each
                     worker = self._owed.index(min(self._owed))
                     slot = self._take(worker)
                     self._pipes[worker][0].send((run, sent, chunks[sent], None if slot is None else slot.number,
