@@ -307,13 +307,19 @@ def regime_rows(path: Path, root: Path, pname: str, patch: tuple[int, int, int],
 
 
 def tree_memory() -> dict[str, float]:
+    """PSS and USS of this process and its children; ``outside_cache_pss_gb``: their PSS less the
+    decoded cache's mapped files (what the processes add to the cache)."""
     import psutil
+
+    from emdata.store.decoded_cache import cache_root
 
     me = psutil.Process()
     procs = [me, *me.children(recursive=True)]
     info = [p.memory_full_info() for p in procs]
+    root = str(cache_root())
+    mapped = sum(m.pss for p in procs for m in p.memory_maps(grouped=True) if m.path.startswith(root))
     return {"processes": len(procs), "pss_gb": sum(i.pss for i in info) / 1e9, "uss_gb": sum(i.uss for i in info) / 1e9,
-            "uss_main_gb": info[0].uss / 1e9}
+            "uss_main_gb": info[0].uss / 1e9, "outside_cache_pss_gb": (sum(i.pss for i in info) - mapped) / 1e9}
 
 
 def cache_resident() -> float:
@@ -328,11 +334,14 @@ def cache_resident() -> float:
 
 def memory_rows(path: Path, n: int) -> list[dict]:
     """In memory, 16×128×128, 2 workers: PSS/USS of the tree, cache resident bytes, time to the first batch."""
+    import torch  # noqa: F401  (the main process of any training: in "main before")
+
     patch = PATCHES["16x128x128"]
     one_copy = (np.prod(SHAPE) * (1 + 8)) / 1e9
     rows = []
     for context in CONTEXTS:
         ds = emdata_dataset(path, patch, n + 8, BUDGET)
+        before = tree_memory()["outside_cache_pss_gb"]  # this process alone, before the loader starts
         loader = loader_for(ds, 2, context)
         t = time.perf_counter()
         it = iter(loader)
@@ -342,7 +351,8 @@ def memory_rows(path: Path, n: int) -> list[dict]:
             pass
         mem = tree_memory()
         row = {"start": context, "workers": 2, "first_batch_s": round(first, 2),
-               **{k: round(v, 3) for k, v in mem.items()}, "decoded_cache_resident_gb": round(cache_resident(), 3),
+               **{k: round(v, 3) for k, v in mem.items()}, "main_before_pss_gb": round(before, 3),
+               "decoded_cache_resident_gb": round(cache_resident(), 3),
                "one_copy_gb": round(one_copy, 3)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -410,13 +420,17 @@ def main() -> None:
                   for c in doc["codecs"]]
     if doc.get("memory"):
         lines += ["", "Memory and start (in memory, 16x128x128, 2 process workers, after the epoch; PSS and USS "
-                  "summed over the main process and its workers, psutil; the decoded cache's resident bytes by "
-                  "fincore; one copy = raw + labels of level 0):", "",
-                  "| start | first batch | tree PSS | tree USS | main USS | decoded cache resident | one copy |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | "
-                  f"{m['uss_main_gb']:.2f} GB | {m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |"
-                  for m in doc["memory"]]
+                  "summed over the main process and its workers, psutil; outside the cache: that PSS less the "
+                  "decoded cache's mapped files; main before: the main process's PSS outside the cache before the "
+                  "loader starts (torch, lightning and this script's own); the decoded cache's resident bytes by "
+                  "fincore; one copy = raw + labels of level 0; ratio = tree PSS ÷ one copy):", "",
+                  "| start | first batch | tree PSS | ratio | tree PSS outside the cache | main before | tree USS | "
+                  "main USS | decoded cache resident | one copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | "
+                  f"{m['pss_gb'] / m['one_copy_gb']:.2f}× | {m['outside_cache_pss_gb']:.2f} GB | "
+                  f"{m['main_before_pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | {m['uss_main_gb']:.2f} GB | "
+                  f"{m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |" for m in doc["memory"]]
     (out / "loader.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
