@@ -183,8 +183,11 @@ class ProcessLoader:
     descriptor is passed (a torch DataLoader makes and sends a new shared-memory segment per tensor
     of every batch, and its main process maps and faults them in again). Batches come in order; their tensors are
     views of the buffer, which goes back to the ring when none of them (nor any view of them) is
-    alive, so a training loop that keeps only the current batch uses ``num_workers * prefetch + 1``
-    buffers. Samples are ``dataset[(epoch, i)]`` exactly as at 0 workers, whatever the start
+    alive, so a training loop that keeps only the current batch uses at most
+    ``num_workers * (prefetch + 1) + 1`` buffers (``prefetch`` batches queued per worker, batches
+    built ahead of the one due while a slower worker finishes it, and the one held). A buffer goes
+    back to the worker that last filled it, so workers rarely map one another's. Samples are
+    ``dataset[(epoch, i)]`` exactly as at 0 workers, whatever the start
     method (``multiprocessing_context``: ``"fork"``, ``"spawn"``, ``"forkserver"``; default
     the platform's). Workers import numpy and the dataset only (never torch), persist across
     epochs and stop with :meth:`close` (also when the loader is garbage-collected or the program
@@ -272,14 +275,17 @@ class ProcessLoader:
                 self._free.setdefault(slot.owner, deque()).append(number)
 
     def _take(self, worker: int) -> _Slot | None:
-        """A free buffer of ``worker``, else a new one as large as the largest batch so far, else None
-        (no batch seen yet: the batch comes inline and a buffer of its size is made)."""
+        """A free buffer of ``worker`` (else of another worker), else a new one as large as the largest
+        batch so far, else None (no batch seen yet: the batch comes inline and a buffer of its size is made)."""
         with self._lock:
-            free = self._free.get(worker)
-            while free:
-                slot = self._slots.get(free.popleft())
-                if slot is not None:
-                    return slot
+            # its own first (already mapped there), else another worker's (mapped once more, no new memory)
+            for owner in (worker, *[w for w in self._free if w != worker]):
+                free = self._free.get(owner)
+                while free:
+                    slot = self._slots.get(free.popleft())
+                    if slot is not None:
+                        slot.owner = worker
+                        return slot
             if not self._largest:
                 return None
             made = _Slot(next(self._numbers), self._largest, worker)
@@ -365,22 +371,24 @@ class ProcessLoader:
         return self._iterate(run, chunks)
 
     def _iterate(self, run: int, chunks: list[list[tuple[int, int]]]) -> Iterator[dict[str, Any]]:
-
-        window = self.num_workers * self.prefetch
+        window = self.num_workers * (self.prefetch + 1)  # batches sent and not yet yielded
         sent, done, ready = 0, 0, {}
         try:
             while done < len(chunks):
                 if self._pass != run:
                     raise RuntimeError("a new pass over this loader started; an older iterator cannot go on")
-                while (sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch
-                       and (self._largest or sum(self._owed) < self.num_workers)):  # no size known: one each
-                    worker = self._owed.index(min(self._owed))
-                    slot = self._take(worker)
-                    self._pipes[worker][0].send((run, sent, chunks[sent], None if slot is None else slot.number,
-                                                 None if slot is None else slot.name))
-                    self._owed[worker] += 1
-                    sent += 1
-                while done not in ready:
+                while True:
+                    # keep every worker busy, even while the next batch in order is still being built elsewhere
+                    while (sent < len(chunks) and sent - done < window and min(self._owed) < self.prefetch
+                           and (self._largest or sum(self._owed) < self.num_workers)):  # no size known: one each
+                        worker = self._owed.index(min(self._owed))
+                        slot = self._take(worker)
+                        self._pipes[worker][0].send((run, sent, chunks[sent], None if slot is None else slot.number,
+                                                     None if slot is None else slot.name))
+                        self._owed[worker] += 1
+                        sent += 1
+                    if done in ready:
+                        break
                     for worker, result in self._receive():
                         self._settle(run, worker, result, ready)
                 yield ready.pop(done)
