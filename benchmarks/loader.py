@@ -11,12 +11,16 @@ patches of raw + labels, batch size 1, DataLoader workers forked, rates after a 
   from the page cache (``os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)``); emdata keeps nothing
   decoded (``memory_budget=0``), so every patch reads and decodes its chunks, as the peers do.
   Pages read during a case stay cached for the rest of it, for every loader alike;
-- loaders: ``emdata`` (``PatchDataset``, raw uint8 + labels, no targets), ``naive zarr`` (a
+- loaders: ``emdata`` (``PatchDataset``, raw uint8 + labels, no targets; with workers
+  ``make_loader``'s ``ProcessLoader``: each worker builds whole batches into reused shared-memory
+  buffers), ``emdata, torch DataLoader workers (before)`` (in memory: the same dataset through a
+  torch DataLoader, one new shared-memory segment per tensor per batch), ``naive zarr`` (a
   Dataset slicing the zarr arrays per patch), ``torch-em`` ``SegmentationDataset`` without
   transforms and ``default_segmentation_dataset`` (own venv: ``benchmarks/peers/README.md``;
   skipped without ``--peers-python``), each at 0, 2 and 4 process workers; ``emdata
   DataModule defaults`` is ``SNEMI3DDataModule`` as shipped (batch 4, ``semantic`` target,
-  0 workers, default budget; in the cold regime its decoded cache starts empty);
+  0 workers, default budget; in the cold regime its decoded cache starts empty), in memory also
+  with 2 workers;
 - limits, same run: ``memcpy`` of the patch bytes from arrays in RAM, and ``read + decode touched
   chunks``: exactly the chunk files each patch touches read with ``os.read`` and decoded with the
   store's codec (numcodecs), spread over one thread per core, nothing assembled (cold at the
@@ -60,6 +64,9 @@ import numpy as np
 SHAPE = (100, 1024, 1024)
 PATCHES = {"32x256x256": (32, 256, 256), "16x128x128": (16, 128, 128)}
 WORKERS = (0, 2, 4)
+CONTEXTS = ("fork", "spawn")
+TORCH_LOADER = "emdata, torch DataLoader workers (before)"
+DATAMODULE_WORKERS = "emdata DataModule (batch 4, semantic target, 2 workers)"
 MEMORY, DISK = "in memory", "from disk, cold page cache"
 BUDGET = 4 << 30
 
@@ -131,13 +138,15 @@ def rate(loader, n_warm: int, per_batch: int = 1) -> float:  # type: ignore[no-u
     return (count - n_warm) * per_batch / (time.perf_counter() - started)
 
 
-def loader_for(dataset, workers: int, context: str = "fork"):  # type: ignore[no-untyped-def]
+def loader_for(dataset, workers: int, context: str = "fork", worker_type: str = "process"):  # type: ignore[no-untyped-def]
+    """emdata: ``make_loader`` (process workers: its ``ProcessLoader``; ``worker_type="torch"``: a torch
+    DataLoader, the loader before); anything else: a torch DataLoader with persistent workers."""
     from torch.utils.data import DataLoader
 
     from emdata.torch import make_loader
 
     if hasattr(dataset, "patch_shape") and hasattr(dataset, "sample"):
-        return make_loader(dataset, batch_size=1, num_workers=workers,
+        return make_loader(dataset, batch_size=1, num_workers=workers, worker_type=worker_type,
                            multiprocessing_context=context if workers else None)
     return DataLoader(dataset, batch_size=1, num_workers=workers, shuffle=False,
                       multiprocessing_context=context if workers else None, persistent_workers=bool(workers))
@@ -304,12 +313,13 @@ def clear_cache() -> None:
     decoded_cache.clean()
 
 
-def datamodule_rate(root: Path, patch: tuple[int, int, int], n: int) -> float:
+def datamodule_rate(root: Path, patch: tuple[int, int, int], n: int, workers: int = 0) -> float:
     from emdata.lightning import SNEMI3DDataModule
 
-    dm = SNEMI3DDataModule(data_root=root, patch_shape=patch, samples_per_epoch=4 * (n // 4 + 2))
+    dm = SNEMI3DDataModule(data_root=root, patch_shape=patch, samples_per_epoch=4 * (n // 4 + 2 + workers),
+                           num_workers=workers, multiprocessing_context="fork" if workers else None)
     dm.setup()
-    return rate(dm.train_dataloader(), 2, per_batch=4)
+    return rate(dm.train_dataloader(), 2 + workers, per_batch=4)
 
 
 def emdata_dataset(path: Path, patch: tuple[int, int, int], n: int, budget: int):  # type: ignore[no-untyped-def]
@@ -325,13 +335,19 @@ def regime_rows(path: Path, root: Path, pname: str, patch: tuple[int, int, int],
     for _ in range(rounds):
         for workers in WORKERS:
             warm = 4 + 2 * workers
-            for name in ("emdata", "naive zarr"):
-                ds = (emdata_dataset(path, patch, n + warm, budget) if name == "emdata"
+            names = ("emdata", "naive zarr") + ((TORCH_LOADER,) if regime == MEMORY and workers else ())
+            for name in names:
+                ds = (emdata_dataset(path, patch, n + warm, budget) if name.startswith("emdata")
                       else NaiveZarr(str(path), patch, n + warm))
                 if regime == DISK:
                     drop_pages(path)
                 key = (name, workers)
-                best[key] = max(best.get(key, 0.0), rate(loader_for(ds, workers), warm))
+                loader = loader_for(ds, workers, worker_type="torch" if name == TORCH_LOADER else "process")
+                best[key] = max(best.get(key, 0.0), rate(loader, warm))
+                del loader  # its workers stop before the next case starts
+        if regime == MEMORY:
+            key = (DATAMODULE_WORKERS, 2)
+            best[key] = max(best.get(key, 0.0), datamodule_rate(root, patch, n, workers=2))
         if regime == DISK:
             clear_cache()
             drop_pages(path)
@@ -346,13 +362,19 @@ def regime_rows(path: Path, root: Path, pname: str, patch: tuple[int, int, int],
 
 
 def tree_memory() -> dict[str, float]:
+    """PSS and USS of this process and its children; ``outside_cache_pss_gb``: their PSS less the
+    decoded cache's mapped files (what the processes add to the cache)."""
     import psutil
+
+    from emdata.store.decoded_cache import cache_root
 
     me = psutil.Process()
     procs = [me, *me.children(recursive=True)]
     info = [p.memory_full_info() for p in procs]
+    root = str(cache_root())
+    mapped = sum(m.pss for p in procs for m in p.memory_maps(grouped=True) if m.path.startswith(root))
     return {"processes": len(procs), "pss_gb": sum(i.pss for i in info) / 1e9, "uss_gb": sum(i.uss for i in info) / 1e9,
-            "uss_main_gb": info[0].uss / 1e9}
+            "uss_main_gb": info[0].uss / 1e9, "outside_cache_pss_gb": (sum(i.pss for i in info) - mapped) / 1e9}
 
 
 def cache_resident() -> float:
@@ -367,11 +389,14 @@ def cache_resident() -> float:
 
 def memory_rows(path: Path, n: int) -> list[dict]:
     """In memory, 16×128×128, 2 workers: PSS/USS of the tree, cache resident bytes, time to the first batch."""
+    import torch  # noqa: F401  (the main process of any training: in "main before")
+
     patch = PATCHES["16x128x128"]
     one_copy = (np.prod(SHAPE) * (1 + 8)) / 1e9
     rows = []
-    for context in ("fork", "spawn"):
+    for context in CONTEXTS:
         ds = emdata_dataset(path, patch, n + 8, BUDGET)
+        before = tree_memory()["outside_cache_pss_gb"]  # this process alone, before the loader starts
         loader = loader_for(ds, 2, context)
         t = time.perf_counter()
         it = iter(loader)
@@ -381,7 +406,8 @@ def memory_rows(path: Path, n: int) -> list[dict]:
             pass
         mem = tree_memory()
         row = {"start": context, "workers": 2, "first_batch_s": round(first, 2),
-               **{k: round(v, 3) for k, v in mem.items()}, "decoded_cache_resident_gb": round(cache_resident(), 3),
+               **{k: round(v, 3) for k, v in mem.items()}, "main_before_pss_gb": round(before, 3),
+               "decoded_cache_resident_gb": round(cache_resident(), 3),
                "one_copy_gb": round(one_copy, 3)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -468,13 +494,17 @@ def main() -> None:
                   for c in doc["codecs"]]
     if doc.get("memory"):
         lines += ["", "Memory and start (in memory, 16x128x128, 2 process workers, after the epoch; PSS and USS "
-                  "summed over the main process and its workers, psutil; the decoded cache's resident bytes by "
-                  "fincore; one copy = raw + labels of level 0):", "",
-                  "| start | first batch | tree PSS | tree USS | main USS | decoded cache resident | one copy |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | "
-                  f"{m['uss_main_gb']:.2f} GB | {m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |"
-                  for m in doc["memory"]]
+                  "summed over the main process and its workers, psutil; outside the cache: that PSS less the "
+                  "decoded cache's mapped files; main before: the main process's PSS outside the cache before the "
+                  "loader starts (torch, lightning and this script's own); the decoded cache's resident bytes by "
+                  "fincore; one copy = raw + labels of level 0; ratio = tree PSS ÷ one copy):", "",
+                  "| start | first batch | tree PSS | ratio | tree PSS outside the cache | main before | tree USS | "
+                  "main USS | decoded cache resident | one copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | "
+                  f"{m['pss_gb'] / m['one_copy_gb']:.2f}× | {m['outside_cache_pss_gb']:.2f} GB | "
+                  f"{m['main_before_pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | {m['uss_main_gb']:.2f} GB | "
+                  f"{m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |" for m in doc["memory"]]
     (out / "loader.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

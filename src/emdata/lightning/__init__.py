@@ -147,7 +147,9 @@ class EMDataModule(_Loaders):
     ``prepare_options`` go to ``emdata.prepare`` (e.g. ``{"subset": ["beta"]}``);
     ``dataset_options`` to :class:`~emdata.torch.PatchDataset`. ``val_volumes`` and
     ``val_fraction`` choose the validation data (:func:`split_volumes`; ``val_fraction=0``
-    and no ``val`` volumes: no validation).
+    and no ``val`` volumes: no validation). ``num_workers`` > 0 gives loaders whose worker
+    processes build whole batches into reused shared memory
+    (:class:`~emdata.torch.loaders.ProcessLoader`, started with ``multiprocessing_context``).
 
     Example:
         >>> dm = SNEMI3DDataModule(data_root="data", patch_shape=(8, 64, 64), val_fraction=0.2)

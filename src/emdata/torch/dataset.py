@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,8 +48,6 @@ from emdata.labels.ontology import ontology
 from emdata.store.decoded_cache import cache_root
 from emdata.store.remote import is_url
 from emdata.store.volume import Volume, open_volume
-from emdata.torch.augment import Compose, Sample, em_augment, flip_turn
-from emdata.torch.augment.compose import Window
 from emdata.torch.collate import with_channel
 from emdata.torch.planning import NORMALIZE, NoValidLocationError, RegionNm, VolumePlan, plan_volumes
 from emdata.torch.reader import VolumeReader
@@ -66,6 +64,9 @@ from emdata.torch.targets import (
     plan_labels,
     sample_targets,
 )
+
+if TYPE_CHECKING:  # augmentation imports scipy: loaded only by datasets that augment (lighter loader workers)
+    from emdata.torch.augment import Compose, Sample
 
 log = logging.getLogger(__name__)
 READ_AHEAD = 2  # samples whose remote chunks are fetched ahead of time
@@ -223,6 +224,8 @@ class PatchDataset:
     def _augmentation(self, augment: bool | str | Compose) -> Compose | None:
         if augment is False or augment is None:
             return None
+        from emdata.torch.augment import Compose, em_augment, flip_turn
+
         if augment is True:
             return flip_turn()
         if augment == "em":
@@ -444,6 +447,9 @@ class PatchDataset:
     def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
         """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
+        from emdata.torch.augment import Sample
+        from emdata.torch.augment.compose import Window
+
         if any(self.margin):
             start = tuple(o - m for o, m in zip(origin, self.margin))
             shape = tuple(n + 2 * m for n, m in zip(self.patch_shape, self.margin))
