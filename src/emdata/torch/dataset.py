@@ -441,6 +441,14 @@ class PatchDataset:
             data = data[np.ix_(*[np.arange(data.shape[a]) if i is None else i for a, i in enumerate(index)])]
         return data
 
+    def _read_dtype(self, plan: VolumePlan, layer: str, origin: Zyx) -> np.dtype:
+        """The dtype :meth:`_read` gives ``layer`` of ``plan`` (one voxel read once per volume and layer)."""
+        dtypes = self.__dict__.setdefault("_dtypes", {})
+        key = (plan.path, plan.level, layer)
+        if key not in dtypes:
+            dtypes[key] = self._read(plan, layer, origin, (1, 1, 1)).dtype
+        return dtypes[key]
+
     def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
         """Raw and labels around ``origin`` (with the augmentation's margin), augmented."""
@@ -451,9 +459,9 @@ class PatchDataset:
                                          mask_layers=["raw", *plan.layers])
             # raw and label layers are read only where the transforms look (a warp: the box its map reaches)
             raw = Window(lambda box: self._raw_out(plan, self._read_clamped(plan, "raw", start, box)), shape,
-                         np.float32 if self.raw_dtype else self._read(plan, "raw", origin, (1, 1, 1)).dtype)
+                         np.float32 if self.raw_dtype else self._read_dtype(plan, "raw", origin))
             labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
-                                    self._read(plan, layer, origin, (1, 1, 1)).dtype) for layer in plan.layers}
+                                    self._read_dtype(plan, layer, origin)) for layer in plan.layers}
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
             if labels is None:
