@@ -14,10 +14,10 @@ by 90° in xy; any :class:`Compose` may be given.
 How a :class:`Compose` runs: a run of geometric transforms (misalignments, a section-exact
 warp, flips and turns) is resampled once, as one (y, x) map shared by every section plus
 whole-voxel shifts per section (:func:`~emdata.torch.augment.geometric.fused_geometry`: raw
-by OpenCV's fixed-point bilinear ``remap``, labels and validity gathered once from the nearest
+by OpenCV's bilinear ``remap`` on float maps, labels and validity gathered once from the nearest
 voxel, label windows read only over the box the map reaches); a run of pointwise intensity
 changes is one composed lookup table. Both give what the transforms give one by one (labels
-exactly; raw up to OpenCV's 1/32-voxel interpolation weights). Without OpenCV (it comes with
+exactly; raw up to rounding). Without OpenCV (it comes with
 the ``torch`` extra) the transforms run one by one with numpy and torch. OpenCV is imported on
 the first augmented sample, not before, and set to one thread then (``cv2.setNumThreads(1)``:
 a loader already runs one process or thread per core).

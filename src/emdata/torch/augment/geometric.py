@@ -386,9 +386,10 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
                    shifts: np.ndarray | None = None) -> np.ndarray | None:
     """Raw sections ``rows`` read bilinearly at (``ymap``, ``xmap``) (2D float32 positions, clamped
     to the section; section ``z`` moved by the whole voxels ``shifts[z]`` (y, x) when given) with
-    OpenCV's ``remap``; None when OpenCV is missing or cannot take raw's dtype. OpenCV weighs the
-    four neighbours in steps of 1/32 voxel (``INTER_BITS``), so a value differs from the float
-    computation by at most 1/64 of the step between neighbours, plus rounding.
+    OpenCV's ``remap``; None when OpenCV is missing or cannot take raw's dtype. The maps are given
+    as float32, not converted to fixed-point tables: OpenCV 5 then interpolates in float (a value
+    is the float computation rounded, and faster than with tables); OpenCV 4 converts them to
+    1/32-voxel weights itself (a value within 1/64 of the step between neighbours, plus rounding).
 
     Example:
         >>> raw = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4) * 4
@@ -400,8 +401,7 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
     if cv2 is None or raw.dtype not in CV2_DTYPES or raw.ndim != 3 or min(raw.shape[1:]) < 2:
         return None
     out = np.empty((len(rows), *ymap.shape), raw.dtype)
-    xm, ym = cv2.convertMaps(np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32),
-                             cv2.CV_16SC2)
+    xm, ym = np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32)
     if shifts is None or not shifts.any():
         for z, r in enumerate(rows):
             cv2.remap(raw[r], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
@@ -410,9 +410,8 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
         for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
             cv2.remap(raw[r, dy:, dx:], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
         return out
-    ymap, xmap = ymap.astype(np.float32, copy=False), xmap.astype(np.float32, copy=False)
     for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
-        cv2.remap(raw[r], xmap + np.float32(dx), ymap + np.float32(dy), cv2.INTER_LINEAR, dst=out[z],
+        cv2.remap(raw[r], xm + np.float32(dx), ym + np.float32(dy), cv2.INTER_LINEAR, dst=out[z],
                   borderMode=cv2.BORDER_REPLICATE)
     return out
 
@@ -455,7 +454,7 @@ def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
     backwards into one (y, x) map shared by every section plus whole-voxel shifts per section.
     Raw is interpolated once (:func:`remap_sections`), labels and validity gathered once from the
     nearest voxel, so the result equals the one-by-one result exactly on labels and validity and up
-    to OpenCV's 1/32-voxel weights on raw. ``shapes``: the input shape, then each transform's
+    to rounding on raw. ``shapes``: the input shape, then each transform's
     output shape. None (and ``rng`` untouched) when the run does not take this form or a position
     would need clamping at the window's edge: the caller then applies the transforms one by one.
 
