@@ -428,17 +428,19 @@ class PatchDataset:
         volume (or region) repeats the nearest voxel inside, as in :meth:`_read_window`."""
         lows = plan.min_origin
         highs = [b + p for b, p in zip(plan.max_origin, self.patch_shape)]
-        read_lo, read_hi, index = [], [], []
+        read_lo, read_hi, pads = [], [], []
         for b, s, low, high in zip(box, start, lows, highs):
             first, last = s + b.start, s + b.stop
             r0 = min(max(first, low), high - 1)
             r1 = max(min(last, high), r0 + 1)
             read_lo.append(r0)
             read_hi.append(r1)
-            index.append(None if (r0, r1) == (first, last) else np.clip(np.arange(first, last), r0, r1 - 1) - r0)
+            # voxels before and after the part read, each the nearest voxel read (edge padding)
+            before = min(max(r0 - first, 0), last - first - (r1 - r0))
+            pads.append((before, last - first - (r1 - r0) - before))
         data = self._read(plan, layer, tuple(read_lo), tuple(h - lo for lo, h in zip(read_lo, read_hi)))  # type: ignore[arg-type]
-        if any(i is not None for i in index):
-            data = data[np.ix_(*[np.arange(data.shape[a]) if i is None else i for a, i in enumerate(index)])]
+        if any(p != (0, 0) for p in pads):
+            data = np.pad(data, pads, mode="edge")
         return data
 
     def _read_dtype(self, plan: VolumePlan, layer: str, origin: Zyx) -> np.dtype:

@@ -552,10 +552,15 @@ def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.nda
         np.take(a.reshape(a.shape[0], -1)[z0:z0 + len(rows)], idx + shift if shift else idx, axis=1,
                 out=plane, mode="clip")
         return out
+    # section by section (flipped z, shifted sections): each take reads a view that starts where
+    # the section's first index does, so the one index array serves every section as it is
     flat = a.reshape(-1)
-    base = rows * sz + off[:, 0] * sy + off[:, 1] * sx
-    for z, b in enumerate(base):
-        np.take(flat, idx + b if b else idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
+    first = int(idx.min())
+    if first:
+        idx = idx - first
+    base = rows * sz + off[:, 0] * sy + off[:, 1] * sx + first
+    for z, b in enumerate(base.tolist()):
+        np.take(flat[b:], idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
     return out
 
 
