@@ -90,6 +90,10 @@ def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> 
     Probabilities are per sample unless said per section; what a transform skips costs nothing
     but its draw. Cost (``benchmarks/augment.py``): the geometry is one resampling pass, gamma
     and contrast one table lookup, noise a slice of a per-process bank, blur OpenCV's per section.
+    A 16×128×128 patch of uint8 raw and uint64 labels takes about 4–4.5 ms of CPU in one
+    process where reading it without augmentation takes about 0.85–0.95 ms (0.21–0.23× the plain
+    rate); most of it is copying the label window the warp reaches (about twice the patch) and
+    gathering from it, and resampling raw: give the loader workers.
 
     Example:
         >>> [type(t).__name__ for t in em_augment((8.0, 8.0, 8.0)).transforms][:3]
