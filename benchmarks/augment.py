@@ -88,6 +88,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from emdata.torch import PatchDataset
 
+    load_start = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="emdata-augment-"))
     try:
         t = time.perf_counter()
@@ -119,7 +120,8 @@ def main() -> None:
               f"{SHAPE[2]} volume held in memory; one process, 0 workers, batch 1, torch 1 thread; {args.rounds} "
               f"interleaved rounds of {args.n} patches after 8 warm-up; median rate, median of the per-round "
               f"ratios to the plain rate of the same round. Machine: {platform.machine()}, {os.cpu_count()} CPUs "
-              f"(shared). OpenCV {opencv_version()}.")
+              f"(shared; 1-minute load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end). "
+              f"OpenCV {opencv_version()}.")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "augment.json").write_text(json.dumps({"regime": regime, "rows": rows}, indent=1) + "\n")

@@ -431,18 +431,28 @@ class PatchDataset:
         volume (or region) repeats the nearest voxel inside, as in :meth:`_read_window`."""
         lows = plan.min_origin
         highs = [b + p for b, p in zip(plan.max_origin, self.patch_shape)]
-        read_lo, read_hi, index = [], [], []
+        read_lo, read_hi, pads = [], [], []
         for b, s, low, high in zip(box, start, lows, highs):
             first, last = s + b.start, s + b.stop
             r0 = min(max(first, low), high - 1)
             r1 = max(min(last, high), r0 + 1)
             read_lo.append(r0)
             read_hi.append(r1)
-            index.append(None if (r0, r1) == (first, last) else np.clip(np.arange(first, last), r0, r1 - 1) - r0)
+            # voxels before and after the part read, each the nearest voxel read (edge padding)
+            before = min(max(r0 - first, 0), last - first - (r1 - r0))
+            pads.append((before, last - first - (r1 - r0) - before))
         data = self._read(plan, layer, tuple(read_lo), tuple(h - lo for lo, h in zip(read_lo, read_hi)))  # type: ignore[arg-type]
-        if any(i is not None for i in index):
-            data = data[np.ix_(*[np.arange(data.shape[a]) if i is None else i for a, i in enumerate(index)])]
+        if any(p != (0, 0) for p in pads):
+            data = np.pad(data, pads, mode="edge")
         return data
+
+    def _read_dtype(self, plan: VolumePlan, layer: str, origin: Zyx) -> np.dtype:
+        """The dtype :meth:`_read` gives ``layer`` of ``plan`` (one voxel read once per volume and layer)."""
+        dtypes = self.__dict__.setdefault("_dtypes", {})
+        key = (plan.path, plan.level, layer)
+        if key not in dtypes:
+            dtypes[key] = self._read(plan, layer, origin, (1, 1, 1)).dtype
+        return dtypes[key]
 
     def _augmented(self, plan: VolumePlan, origin: Zyx, labels: dict[str, np.ndarray] | None,
                    rng: np.random.Generator) -> Sample:
@@ -457,9 +467,9 @@ class PatchDataset:
                                          mask_layers=["raw", *plan.layers])
             # raw and label layers are read only where the transforms look (a warp: the box its map reaches)
             raw = Window(lambda box: self._raw_out(plan, self._read_clamped(plan, "raw", start, box)), shape,
-                         np.float32 if self.raw_dtype else self._read(plan, "raw", origin, (1, 1, 1)).dtype)
+                         np.float32 if self.raw_dtype else self._read_dtype(plan, "raw", origin))
             labels = {layer: Window(partial(self._read_clamped, plan, layer, start), shape,
-                                    self._read(plan, layer, origin, (1, 1, 1)).dtype) for layer in plan.layers}
+                                    self._read_dtype(plan, layer, origin)) for layer in plan.layers}
         else:
             raw, valid = self._read(plan, "raw", origin), np.ones(self.patch_shape, bool)
             if labels is None:

@@ -14,10 +14,10 @@ by 90° in xy; any :class:`Compose` may be given.
 How a :class:`Compose` runs: a run of geometric transforms (misalignments, a section-exact
 warp, flips and turns) is resampled once, as one (y, x) map shared by every section plus
 whole-voxel shifts per section (:func:`~emdata.torch.augment.geometric.fused_geometry`: raw
-by OpenCV's fixed-point bilinear ``remap``, labels and validity gathered once from the nearest
+by OpenCV's bilinear ``remap`` on float maps, labels and validity gathered once from the nearest
 voxel, label windows read only over the box the map reaches); a run of pointwise intensity
 changes is one composed lookup table. Both give what the transforms give one by one (labels
-exactly; raw up to OpenCV's 1/32-voxel interpolation weights). Without OpenCV (it comes with
+exactly; raw up to rounding). Without OpenCV (it comes with
 the ``torch`` extra) the transforms run one by one with numpy and torch. OpenCV is imported on
 the first augmented sample, not before, and set to one thread then (``cv2.setNumThreads(1)``:
 a loader already runs one process or thread per core).
@@ -90,6 +90,10 @@ def em_augment(voxel_size: tuple[float, float, float], planar: bool = False) -> 
     Probabilities are per sample unless said per section; what a transform skips costs nothing
     but its draw. Cost (``benchmarks/augment.py``): the geometry is one resampling pass, gamma
     and contrast one table lookup, noise a slice of a per-process bank, blur OpenCV's per section.
+    A 16×128×128 patch of uint8 raw and uint64 labels takes about 4–4.5 ms of CPU in one
+    process where reading it without augmentation takes about 0.85–0.95 ms (0.21–0.23× the plain
+    rate); most of it is copying the label window the warp reaches (about twice the patch) and
+    gathering from it, and resampling raw: give the loader workers.
 
     Example:
         >>> [type(t).__name__ for t in em_augment((8.0, 8.0, 8.0)).transforms][:3]

@@ -386,9 +386,10 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
                    shifts: np.ndarray | None = None) -> np.ndarray | None:
     """Raw sections ``rows`` read bilinearly at (``ymap``, ``xmap``) (2D float32 positions, clamped
     to the section; section ``z`` moved by the whole voxels ``shifts[z]`` (y, x) when given) with
-    OpenCV's ``remap``; None when OpenCV is missing or cannot take raw's dtype. OpenCV weighs the
-    four neighbours in steps of 1/32 voxel (``INTER_BITS``), so a value differs from the float
-    computation by at most 1/64 of the step between neighbours, plus rounding.
+    OpenCV's ``remap``; None when OpenCV is missing or cannot take raw's dtype. The maps are given
+    as float32, not converted to fixed-point tables: OpenCV 5 then interpolates in float (a value
+    is the float computation rounded, and faster than with tables); OpenCV 4 converts them to
+    1/32-voxel weights itself (a value within 1/64 of the step between neighbours, plus rounding).
 
     Example:
         >>> raw = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4) * 4
@@ -400,8 +401,7 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
     if cv2 is None or raw.dtype not in CV2_DTYPES or raw.ndim != 3 or min(raw.shape[1:]) < 2:
         return None
     out = np.empty((len(rows), *ymap.shape), raw.dtype)
-    xm, ym = cv2.convertMaps(np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32),
-                             cv2.CV_16SC2)
+    xm, ym = np.ascontiguousarray(xmap, np.float32), np.ascontiguousarray(ymap, np.float32)
     if shifts is None or not shifts.any():
         for z, r in enumerate(rows):
             cv2.remap(raw[r], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
@@ -410,9 +410,8 @@ def remap_sections(raw: np.ndarray, rows: np.ndarray, ymap: np.ndarray, xmap: np
         for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
             cv2.remap(raw[r, dy:, dx:], xm, ym, cv2.INTER_LINEAR, dst=out[z], borderMode=cv2.BORDER_REPLICATE)
         return out
-    ymap, xmap = ymap.astype(np.float32, copy=False), xmap.astype(np.float32, copy=False)
     for z, (r, (dy, dx)) in enumerate(zip(rows, shifts)):
-        cv2.remap(raw[r], xmap + np.float32(dx), ymap + np.float32(dy), cv2.INTER_LINEAR, dst=out[z],
+        cv2.remap(raw[r], xm + np.float32(dx), ym + np.float32(dy), cv2.INTER_LINEAR, dst=out[z],
                   borderMode=cv2.BORDER_REPLICATE)
     return out
 
@@ -439,6 +438,14 @@ def geometric_run(transforms: list, start: int) -> int:
     return j if j - start >= 2 or has_warp else start
 
 
+@lru_cache(maxsize=8)
+def _grid(plane: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (y, x) index grids of ``plane`` (read-only, shared)."""
+    grids = np.indices(plane, dtype=np.intp)
+    grids.flags.writeable = False
+    return grids[0], grids[1]
+
+
 def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
                    shapes: list[Zyx]) -> Sample | None:
     """``transforms`` (misalignments, then at most one section-exact :class:`Warp`, then at most
@@ -447,7 +454,7 @@ def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
     backwards into one (y, x) map shared by every section plus whole-voxel shifts per section.
     Raw is interpolated once (:func:`remap_sections`), labels and validity gathered once from the
     nearest voxel, so the result equals the one-by-one result exactly on labels and validity and up
-    to OpenCV's 1/32-voxel weights on raw. ``shapes``: the input shape, then each transform's
+    to rounding on raw. ``shapes``: the input shape, then each transform's
     output shape. None (and ``rng`` untouched) when the run does not take this form or a position
     would need clamping at the window's edge: the caller then applies the transforms one by one.
 
@@ -485,27 +492,29 @@ def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
     if rest[-1:] == [FlipTurn]:
         flips = [axis for axis in range(3) if rng.random() < 0.5]
         turns = int(rng.integers(4)) if out_shape[1] == out_shape[2] else 0
-    # backwards from the output grid: flips and turns permute it ...
+    # backwards from the output grid: flips and turns permute it (a permutation of the output
+    # grid read through a map is the map permuted: views, no indexing) ...
     nz = out_shape[0]
     zz = np.arange(nz)[::-1] if 0 in flips else np.arange(nz)
-    yy, xx = np.indices(out_shape[1:], dtype=np.intp)
-    for axis in (1, 2):
-        if axis in flips:
-            yy, xx = np.flip(yy, axis - 1), np.flip(xx, axis - 1)
-    if turns:
-        yy, xx = np.rot90(yy, turns), np.rot90(xx, turns)
+    plane_flips = tuple(axis - 1 for axis in (1, 2) if axis in flips)
+
+    def permute(a: np.ndarray) -> np.ndarray:
+        if plane_flips:
+            a = np.flip(a, plane_flips)
+        return np.rot90(a, turns) if turns else a
+
     # ... the warp maps it into its input window (or crops it) ...
     stage = n_shift
-    if warp is not None:
-        w_in, w_out = shapes[stage], shapes[stage + 1]
-        if coords is None:
-            m = [(a - b) // 2 for a, b in zip(w_in, w_out)]
+    if warp is not None and coords is not None:
+        w_out = shapes[stage + 1]
+        zz = np.broadcast_to(coords[0], (w_out[0], 1, 1)).reshape(-1)[zz]
+        yy = permute(np.broadcast_to(coords[1], (1, *w_out[1:]))[0])
+        xx = permute(np.broadcast_to(coords[2], (1, *w_out[1:]))[0])
+    else:
+        yy, xx = (permute(g) for g in _grid(out_shape[1:]))
+        if warp is not None:
+            m = [(a - b) // 2 for a, b in zip(shapes[stage], shapes[stage + 1])]
             zz, yy, xx = zz + m[0], yy + m[1], xx + m[2]
-        else:
-            zz = np.broadcast_to(coords[0], (w_out[0], 1, 1)).reshape(-1)[zz]
-            ymap = np.broadcast_to(coords[1], (1, *w_out[1:]))[0]
-            xmap = np.broadcast_to(coords[2], (1, *w_out[1:]))[0]
-            yy, xx = ymap[yy, xx], xmap[yy, xx]
     # ... and the misalignments shift whole sections
     off = np.zeros((nz, 2), np.intp)
     for k in reversed(range(n_shift)):
@@ -522,19 +531,19 @@ def fused_geometry(transforms: list, sample: Sample, rng: np.random.Generator,
 
 
 def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.ndarray, off: np.ndarray,
-            out_shape: Zyx) -> np.ndarray:
+            out_shape: Zyx, reach: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None) -> np.ndarray:
     """``a[rows[z], yn + off[z, 0], xn + off[z, 1]]`` for every section ``z`` (positions inside ``a``),
-    one ``np.take`` per section from a flat view (a window is read only over the box reached)."""
+    one ``np.take`` per section from a flat view (a window is read only over the box reached:
+    ``reach``, the first and last voxel (z, y, x) read, when the caller knows it)."""
     if isinstance(a, Window):
-        lo = (int(rows.min()), int(yn.min() + off[:, 0].min()), int(xn.min() + off[:, 1].min()))
-        hi = (int(rows.max()) + 1, int(yn.max() + off[:, 0].max()) + 1, int(xn.max() + off[:, 1].max()) + 1)
-        a = a.read(tuple(slice(b, e) for b, e in zip(lo, hi)))
+        if reach is None:
+            reach = _reach(rows, yn, xn, off)
+        lo, last = reach
+        a = a.read(tuple(slice(b, e + 1) for b, e in zip(lo, last)))
         rows, off = rows - lo[0], off - np.array(lo[1:])
     a = np.ascontiguousarray(a)  # np.take is several times slower from a strided view
     sz, sy, sx = (s // a.itemsize for s in a.strides)
-    flat = a.reshape(-1)
     idx = (yn * sy + xn * sx).reshape(-1)
-    base = rows * sz + off[:, 0] * sy + off[:, 1] * sx
     out = np.empty(out_shape, a.dtype)
     plane = out.reshape(out_shape[0], -1)
     z0 = int(rows[0])
@@ -543,38 +552,58 @@ def _gather(a: np.ndarray | Window, rows: np.ndarray, yn: np.ndarray, xn: np.nda
         np.take(a.reshape(a.shape[0], -1)[z0:z0 + len(rows)], idx + shift if shift else idx, axis=1,
                 out=plane, mode="clip")
         return out
-    for z, b in enumerate(base):
-        np.take(flat, idx + b if b else idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
+    # section by section (flipped z, shifted sections): each take reads a view that starts where
+    # the section's first index does, so the one index array serves every section as it is
+    flat = a.reshape(-1)
+    first = int(idx.min())
+    if first:
+        idx = idx - first
+    base = rows * sz + off[:, 0] * sy + off[:, 1] * sx + first
+    for z, b in enumerate(base.tolist()):
+        np.take(flat[b:], idx, out=plane[z], mode="clip")  # in range: 'clip' is not buffered
     return out
+
+
+def _reach(rows: np.ndarray, yn: np.ndarray, xn: np.ndarray,
+           off: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The first and the last voxel (z, y, x) that :func:`_gather` reads."""
+    low, high = off.min(axis=0), off.max(axis=0)
+    return ((int(rows.min()), int(yn.min() + low[0]), int(xn.min() + low[1])),
+            (int(rows.max()), int(yn.max() + high[0]), int(xn.max() + high[1])))
 
 
 def _apply_map(sample: Sample, state: dict, rng: np.random.Generator, rows: np.ndarray, ymap: np.ndarray,
                xmap: np.ndarray, off: np.ndarray, out_shape: Zyx) -> Sample | None:
     """:func:`fused_geometry`'s resampling; None (``rng`` back at ``state``) when it cannot be done exactly here."""
     n = sample.shape
-    inside = (rows.min() >= 0 and rows.max() < n[0]
-              and ymap.min() + off[:, 0].min() >= 0 and ymap.max() + off[:, 0].max() <= n[1] - 1
-              and xmap.min() + off[:, 1].min() >= 0 and xmap.max() + off[:, 1].max() <= n[2] - 1)
     whole = np.issubdtype(ymap.dtype, np.integer) and np.issubdtype(xmap.dtype, np.integer)
+    # the map's extent, once: min and max of each map, of the rows, of the shifts
+    (y0, y1), (x0, x1) = ((m.min(), m.max()) for m in (ymap, xmap))
+    low, high = off.min(axis=0), off.max(axis=0)
+    r0, r1 = int(rows.min()), int(rows.max())
+    inside = (r0 >= 0 and r1 < n[0] and y0 + low[0] >= 0 and y1 + high[0] <= n[1] - 1
+              and x0 + low[1] >= 0 and x1 + high[1] <= n[2] - 1)
     raw = None
     if inside and not whole:
         source, shifts, at = sample.raw, off, (rows, ymap, xmap)
         if isinstance(source, Window):  # read the box the map reaches (its bilinear neighbours included)
-            fy, fx = int(np.floor(ymap.min())), int(np.floor(xmap.min()))
-            low = off.min(axis=0)
-            box = (slice(int(rows.min()), int(rows.max()) + 1),
-                   slice(fy + int(low[0]), min(int(np.floor(ymap.max())) + 2 + int(off[:, 0].max()), n[1])),
-                   slice(fx + int(low[1]), min(int(np.floor(xmap.max())) + 2 + int(off[:, 1].max()), n[2])))
+            fy, fx = int(np.floor(y0)), int(np.floor(x0))
+            box = (slice(r0, r1 + 1),
+                   slice(fy + int(low[0]), min(int(np.floor(y1)) + 2 + int(high[0]), n[1])),
+                   slice(fx + int(low[1]), min(int(np.floor(x1)) + 2 + int(high[1]), n[2])))
             source = source.read(box)
-            at, shifts = (rows - box[0].start, ymap - np.float32(fy), xmap - np.float32(fx)), off - low
+            at, shifts = (rows - r0, ymap - np.float32(fy), xmap - np.float32(fx)), off - low
         raw = remap_sections(source, *at, shifts if shifts.any() else None)
     if not inside or (raw is None and not whole):
         rng.bit_generator.state = state
         return None
     yn, xn = _nearest(ymap), _nearest(xmap)
+    # nearest voxels are monotone in the positions: their extent is the extent's nearest voxels
+    reach = ((r0, int(_nearest(np.asarray(y0))) + int(low[0]), int(_nearest(np.asarray(x0))) + int(low[1])),
+             (r1, int(_nearest(np.asarray(y1))) + int(high[0]), int(_nearest(np.asarray(x1))) + int(high[1])))
     if raw is None:
-        raw = _gather(sample.raw, rows, yn, xn, off, out_shape)
-    labels = {k: _gather(v, rows, yn, xn, off, out_shape) for k, v in sample.labels.items()}
+        raw = _gather(sample.raw, rows, yn, xn, off, out_shape, reach)
+    labels = {k: _gather(v, rows, yn, xn, off, out_shape, reach) for k, v in sample.labels.items()}
     valid = sample.valid
-    valid = np.ones(out_shape, bool) if valid.all() else _gather(valid, rows, yn, xn, off, out_shape)
+    valid = np.ones(out_shape, bool) if valid.all() else _gather(valid, rows, yn, xn, off, out_shape, reach)
     return Sample(raw, labels, valid, sample.voxel_size)
