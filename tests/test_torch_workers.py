@@ -179,3 +179,32 @@ def test_batch_layout_stacks_like_collate_and_other_options_give_a_torch_dataloa
     ds = _dataset(_volume(tmp_path / "v.ome.zarr"), n=2)
     assert isinstance(make_loader(ds, num_workers=1, pin_memory=False), torch.utils.data.DataLoader)
     assert isinstance(make_loader(ds, num_workers=1, worker_type="torch"), torch.utils.data.DataLoader)
+
+
+
+class _ThreadsSeen:
+    """A dataset whose samples report the chunk-reading threads of the process that built them."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        from emdata.torch.reader import read_threads
+
+        return {"threads": np.array([read_threads()])}
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_read_threads_share_the_cores(context: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMDATA_READ_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    if context == "fork":  # forked workers see the patched count; spawned ones count this machine's
+        cores = 6
+        monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    loader = ProcessLoader(_ThreadsSeen(), 2, EpochSampler(2), num_workers=2, multiprocessing_context=context)
+    try:
+        batch = next(iter(loader))
+    finally:
+        loader.close()
+    shared = max(2, min(8, 2 * cores // 2))  # 2 per core, shared by the 2 workers (6 cores: 6, not 8)
+    assert batch["threads"].ravel().tolist() == [shared, shared]

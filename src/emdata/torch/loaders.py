@@ -191,8 +191,8 @@ class ProcessLoader:
     method (``multiprocessing_context``: ``"fork"``, ``"spawn"``, ``"forkserver"``; default
     the platform's). Workers import numpy and the dataset only (never torch), persist across
     epochs and stop with :meth:`close` (also when the loader is garbage-collected or the program
-    ends); the buffers are unlinked then. ``worker_env`` (e.g. ``{"EMDATA_READ_THREADS": "1"}``)
-    is set in each worker before ``worker_init_fn(worker_id)`` runs.
+    ends); the buffers are unlinked then. Each worker's chunk-reading threads share the cores
+    with the other workers (:func:`~emdata.torch.reader.read_threads`).
 
     Example:
         >>> import numpy as np
@@ -205,15 +205,13 @@ class ProcessLoader:
 
     def __init__(self, dataset: Any, batch_size: int, sampler: EpochSampler, num_workers: int = 2,
                  multiprocessing_context: str | None = None, prefetch: int = 2,
-                 worker_init_fn: Callable[[int], None] | None = None, worker_env: dict[str, str] | None = None,
-                 timeout: float = 0.0) -> None:
+                 worker_init_fn: Callable[[int], None] | None = None, timeout: float = 0.0) -> None:
         if batch_size < 1 or num_workers < 1 or prefetch < 1:
             raise ValueError(f"ProcessLoader needs batch_size >= 1, num_workers >= 1 and prefetch >= 1; got "
                              f"{batch_size}, {num_workers}, {prefetch}")
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.num_workers, self.prefetch, self.context = num_workers, prefetch, multiprocessing_context
         self.worker_init_fn, self.timeout = worker_init_fn, float(timeout)
-        self.worker_env = dict(worker_env or {})
         self._workers: list[Any] = []
         self._slots: dict[int, _Slot] = {}
         self._free: dict[int, deque[int]] = {}  # per worker: its free buffers (each worker maps only its own)
@@ -251,7 +249,7 @@ class ProcessLoader:
             result_read, result_write = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=worker_loop, name=f"emdata-loader-{worker_id}", daemon=True,
                                args=(self.dataset, task_read, result_write, worker_id, self.worker_init_fn,
-                                     self.worker_env))
+                                     self.num_workers))
             proc.start()
             task_read.close()
             result_write.close()
@@ -442,7 +440,7 @@ def _shutdown(workers: list[Any], pipes: list[tuple[Any, Any]], slots: dict[int,
     slots.clear()
 
 
-PROCESS_LOADER_OPTIONS = ("prefetch_factor", "worker_init_fn", "timeout", "worker_env")
+PROCESS_LOADER_OPTIONS = ("prefetch_factor", "worker_init_fn", "timeout")
 
 
 def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, num_workers: int = 0,
@@ -457,7 +455,7 @@ def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, 
     main process; with workers a :class:`ProcessLoader`: each worker builds whole batches into
     reused shared-memory buffers (``prefetch_factor`` batches ahead per worker, default 2;
     ``multiprocessing_context`` ``"fork"``, ``"spawn"`` or ``"forkserver"``; also takes
-    ``worker_init_fn``, ``timeout`` and ``worker_env``). Passing any other DataLoader option
+    ``worker_init_fn`` and ``timeout``). Passing any other DataLoader option
     (``pin_memory``, ``collate_fn``, ``persistent_workers=False``, …) or ``worker_type="torch"``
     gives a torch DataLoader whose workers persist across epochs. ``"thread"``: a
     :class:`ThreadedLoader` with ``num_workers`` threads. Batch size: 1 by default; bigger
@@ -489,8 +487,7 @@ def make_loader(dataset: PatchDataset | MixedPatchDataset, batch_size: int = 1, 
     if worker_type == "process" and num_workers and not set(kwargs) - set(PROCESS_LOADER_OPTIONS):
         return ProcessLoader(dataset, batch_size, sampler, num_workers, multiprocessing_context,
                              prefetch=kwargs.get("prefetch_factor") or 2, worker_init_fn=kwargs.get("worker_init_fn"),
-                             worker_env=kwargs.get("worker_env"), timeout=kwargs.get("timeout", 0.0))
-    kwargs.pop("worker_env", None)
+                             timeout=kwargs.get("timeout", 0.0))
     if num_workers:
         kwargs.setdefault("persistent_workers", True)
         kwargs.setdefault("prefetch_factor", 4)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,15 +72,19 @@ def read_threads() -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"EMDATA_READ_THREADS must be a whole number >= 1, got {value!r}")
         return int(value)
-    workers = 1
-    try:
-        from torch.utils.data import get_worker_info
+    return max(2, min(8, 2 * (os.cpu_count() or 1) // _workers_here()))
 
-        info = get_worker_info()
-        workers = max(1, int(info.num_workers)) if info is not None else 1
-    except ImportError:  # pragma: no cover - torch is this layer's dependency
-        pass
-    return max(2, min(8, 2 * (os.cpu_count() or 1) // workers))
+
+def _workers_here() -> int:
+    """How many loader worker processes share the cores, seen from this one (1 outside a worker):
+    an emdata ProcessLoader worker, or a torch DataLoader worker (torch is not imported for it)."""
+    from emdata.torch import workers
+
+    if workers.WORKER is not None:
+        return max(1, workers.WORKER[1])
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    return max(1, int(info.num_workers)) if info is not None else 1
 
 
 def _pool() -> ThreadPoolExecutor:

@@ -38,6 +38,7 @@ import numpy as np
 ALIGN = 64  # bytes: every array of a batch starts on a cache line
 Layout = dict[str, Any]
 MAPPED = 64  # buffers a worker keeps mapped
+WORKER: tuple[int, int] | None = None  # in a worker process: (its id, the number of workers)
 PARENT_CHECK_S = 1.0  # an idle worker checks this often that the main process still lives
 
 
@@ -144,7 +145,7 @@ def attach(name: str) -> mmap.mmap:
 
 
 def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn: Callable[[int], None] | None,
-                env: dict[str, str]) -> None:
+                num_workers: int) -> None:
     """A worker process: build the batches of the tasks it receives on the ``tasks`` pipe until
     ``None``, sending each result on the ``results`` pipe.
 
@@ -152,7 +153,8 @@ def worker_loop(dataset: Any, tasks: Any, results: Any, worker_id: int, init_fn:
     batch is in the slot), ``"inline"`` (payload: ``(layout with the arrays, bytes needed)``) or
     ``"error"`` (payload: ``(worker, keys, traceback text)``).
     """
-    os.environ.update(env)
+    global WORKER
+    WORKER = (worker_id, num_workers)  # read_threads shares the cores among the workers by it
     maps: OrderedDict[int, tuple[str, mmap.mmap, np.ndarray]] = OrderedDict()  # the buffers used last
     if init_fn is not None:
         init_fn(worker_id)
