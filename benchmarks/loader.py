@@ -388,31 +388,41 @@ def cache_resident() -> float:
 
 
 def memory_rows(path: Path, n: int) -> list[dict]:
-    """In memory, 16×128×128, 2 workers: PSS/USS of the tree, cache resident bytes, time to the first batch."""
+    """In memory, 16×128×128, 2 workers, fork and spawn: PSS/USS of the tree, cache resident bytes,
+    time to the first batch; each start method measured in a fresh process (what a training
+    script's main process holds: torch and emdata imported, the dataset, the loader), not in
+    this benchmark's process with its limit arrays and peers' leftovers."""
+    rows = []
+    for context in CONTEXTS:
+        run = subprocess.run([sys.executable, __file__, "--memory-case", str(path), context, str(n)],
+                             capture_output=True, text=True, timeout=600, env=os.environ.copy())
+        if run.returncode != 0:
+            raise RuntimeError(f"memory case {context} failed: {run.stderr[-2000:]}")
+        rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def memory_case(path: Path, context: str, n: int) -> dict:
+    """One :func:`memory_rows` case, in this (fresh) process."""
     import torch  # noqa: F401  (the main process of any training: in "main before")
 
     patch = PATCHES["16x128x128"]
     one_copy = (np.prod(SHAPE) * (1 + 8)) / 1e9
-    rows = []
-    for context in CONTEXTS:
-        ds = emdata_dataset(path, patch, n + 8, BUDGET)
-        before = tree_memory()["outside_cache_pss_gb"]  # this process alone, before the loader starts
-        loader = loader_for(ds, 2, context)
-        t = time.perf_counter()
-        it = iter(loader)
-        next(it)
-        first = time.perf_counter() - t
-        for _ in it:
-            pass
-        mem = tree_memory()
-        row = {"start": context, "workers": 2, "first_batch_s": round(first, 2),
-               **{k: round(v, 3) for k, v in mem.items()}, "main_before_pss_gb": round(before, 3),
-               "decoded_cache_resident_gb": round(cache_resident(), 3),
-               "one_copy_gb": round(one_copy, 3)}
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
-        del it, loader
-    return rows
+    fill_cache(path)  # in memory: every chunk decoded once, shared by the workers
+    ds = emdata_dataset(path, patch, n + 8, BUDGET)
+    before = tree_memory()["outside_cache_pss_gb"]  # this process alone, before the loader starts
+    loader = loader_for(ds, 2, context)
+    t = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    first = time.perf_counter() - t
+    for _ in it:
+        pass
+    mem = tree_memory()
+    return {"start": context, "workers": 2, "first_batch_s": round(first, 2),
+            **{k: round(v, 3) for k, v in mem.items()}, "main_before_pss_gb": round(before, 3),
+            "decoded_cache_resident_gb": round(cache_resident(), 3), "one_copy_gb": round(one_copy, 3)}
 
 
 def augmented_row(path: Path, patch: tuple[int, int, int], n: int, rounds: int = 2) -> dict:
@@ -445,15 +455,55 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def write_markdown(doc: dict, out: Path) -> None:
+    """``loader.md`` from the results ``doc`` (also: ``python benchmarks/loader.py --markdown-only``)."""
+    lines = table(doc["rows"])
+    if doc.get("codecs"):
+        lines += ["", "Raw codec (the raw level alone, 32x256x256 patches, from disk, cold page cache, read + decode "
+                  "of the touched chunks, one thread per core):", "",
+                  "| raw codec | bytes on disk | compression | patches/s |", "|---|---|---|---|"]
+        lines += [f"| {c['codec']} | {c['disk_bytes'] / 1e6:.0f} MB | {c['ratio']}× | {c['patches_per_s']} |"
+                  for c in doc["codecs"]]
+    if doc.get("memory"):
+        lines += ["", "Memory and start (in memory, 16x128x128, 2 process workers, after the epoch; PSS and USS "
+                  "summed over the main process and its workers, psutil; outside the cache: that PSS less the "
+                  "decoded cache's mapped files; main before: the main process's PSS outside the cache before the "
+                  "loader starts (a fresh process with torch, emdata and the dataset); the decoded cache's "
+                  "resident bytes by fincore; one copy = raw + labels of level 0; footprint = tree PSS outside "
+                  "the cache + the cache's resident bytes (what the tree holds in RAM: the cache's pages count "
+                  "once, mapped or not; tree PSS alone misses cache pages no process has touched); ratio = "
+                  "footprint ÷ one copy):", "",
+                  "| start | first batch | footprint | ratio | tree PSS outside the cache | main before | tree PSS | "
+                  "tree USS | decoded cache resident | one copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for m in doc["memory"]:
+            footprint = m["outside_cache_pss_gb"] + m["decoded_cache_resident_gb"]
+            lines.append(f"| {m['start']} | {m['first_batch_s']} s | {footprint:.2f} GB | "
+                         f"{footprint / m['one_copy_gb']:.2f}× | {m['outside_cache_pss_gb']:.2f} GB | "
+                         f"{m['main_before_pss_gb']:.2f} GB | {m['pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | "
+                         f"{m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |")
+    (out / "loader.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="32x256x256 patches timed per case (16x128x128: 3x)")
     parser.add_argument("--peers-python", help="python of a venv with torch-em (benchmarks/peers/README.md)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite loader.md from loader.json")
+    parser.add_argument("--memory-case", nargs=3, metavar=("PATH", "CONTEXT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_case:  # a child of memory_rows: EMDATA_HOME is the parent's (its decoded cache)
+        case_path, context, n = args.memory_case
+        print(json.dumps(memory_case(Path(case_path), context, int(n))))
+        return
+    out = Path(__file__).parent / "results"
+    if args.markdown_only:
+        write_markdown(json.loads((out / "loader.json").read_text()), out)
+        return
     root = Path(tempfile.mkdtemp(prefix="emdata-loader-"))
     os.environ["EMDATA_QUIET"] = "1"
     os.environ["EMDATA_HOME"] = str(root)  # the decoded cache lives under it, and goes with it
-    out = Path(__file__).parent / "results"
     rows: list[dict] = []
     doc: dict = {"shape": SHAPE, "cpus": os.cpu_count()}
     started = time.perf_counter()
@@ -485,28 +535,9 @@ def main() -> None:
     doc["rows"] = rows
     out.mkdir(exist_ok=True)
     (out / "loader.json").write_text(json.dumps(doc, indent=1))
-    lines = table(doc["rows"])
-    if doc.get("codecs"):
-        lines += ["", "Raw codec (the raw level alone, 32x256x256 patches, from disk, cold page cache, read + decode "
-                  "of the touched chunks, one thread per core):", "",
-                  "| raw codec | bytes on disk | compression | patches/s |", "|---|---|---|---|"]
-        lines += [f"| {c['codec']} | {c['disk_bytes'] / 1e6:.0f} MB | {c['ratio']}× | {c['patches_per_s']} |"
-                  for c in doc["codecs"]]
-    if doc.get("memory"):
-        lines += ["", "Memory and start (in memory, 16x128x128, 2 process workers, after the epoch; PSS and USS "
-                  "summed over the main process and its workers, psutil; outside the cache: that PSS less the "
-                  "decoded cache's mapped files; main before: the main process's PSS outside the cache before the "
-                  "loader starts (torch, lightning and this script's own); the decoded cache's resident bytes by "
-                  "fincore; one copy = raw + labels of level 0; ratio = tree PSS ÷ one copy):", "",
-                  "| start | first batch | tree PSS | ratio | tree PSS outside the cache | main before | tree USS | "
-                  "main USS | decoded cache resident | one copy |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['start']} | {m['first_batch_s']} s | {m['pss_gb']:.2f} GB | "
-                  f"{m['pss_gb'] / m['one_copy_gb']:.2f}× | {m['outside_cache_pss_gb']:.2f} GB | "
-                  f"{m['main_before_pss_gb']:.2f} GB | {m['uss_gb']:.2f} GB | {m['uss_main_gb']:.2f} GB | "
-                  f"{m['decoded_cache_resident_gb']:.2f} GB | {m['one_copy_gb']:.2f} GB |" for m in doc["memory"]]
-    (out / "loader.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(doc, out)
+
+
 
 
 if __name__ == "__main__":
