@@ -2,7 +2,10 @@
 
 One run, one prepared volume (SNEMI3D-sized: 100×1024×1024 uint8 raw + uint64 instance labels,
 30×6×6 nm, written by emdata's store: 0.94 GB decoded), random 32×256×256 and 16×128×128
-patches of raw + labels, batch size 1, DataLoader workers forked, rates after a warm-up:
+patches of raw + labels, batch size 1, DataLoader workers forked, rates after a warm-up
+(``--n`` patches of 32×256×256 and 3× as many of 16×128×128 per case from disk: more would read
+the volume's pages again from the page cache and the case would no longer be cold; in memory
+``--memory-factor`` (4) times as many, so a case lasts long enough to time worker processes):
 
 - regime **in memory**: emdata with its shared decoded cache filled (``memory_budget`` 4 GiB,
   every chunk decoded once beforehand, by one process, for all workers); the peers read the
@@ -41,7 +44,7 @@ patches of raw + labels, batch size 1, DataLoader workers forked, rates after a 
 Emdata and naive zarr run in 2 interleaved rounds (the best of each is kept), the disk limits in 2, torch-em in one;
 the machine is shared, so compare ratios within one row group, measured in the same run.
 Writes benchmarks/results/loader.{json,md}.
-Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 20]
+Run: .venv/bin/python benchmarks/loader.py [--peers-python /tmp/peers/torchem/bin/python] [--n 20] [--memory-factor 4]
 """
 
 from __future__ import annotations
@@ -235,18 +238,18 @@ def needed_read_rate(path: Path, patch: tuple[int, int, int], starts: list) -> f
         return len(starts) / (time.perf_counter() - t)
 
 
-def limits(path: Path, patch: tuple[int, int, int], n: int) -> dict[str, float]:
+def limits(path: Path, patch: tuple[int, int, int], n: int, n_memory: int) -> dict[str, float]:
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
     raw, lab = np.asarray(g["0"][...]), np.asarray(g["labels/cells/0"][...])
-    starts = origins(n, patch, seed=5)
     t = time.perf_counter()
-    for o in starts:
+    for o in origins(n_memory, patch, seed=5):
         box = tuple(slice(a, a + p) for a, p in zip(o, patch))
         raw[box].copy()
         lab[box].copy()
-    memcpy = n / (time.perf_counter() - t)
+    memcpy = n_memory / (time.perf_counter() - t)
+    starts = origins(n, patch, seed=5)
     del raw, lab
     touched = "read + decode touched chunks (limit)"
     needed = "read needed raw rows + decode touched label chunks (limit)"
@@ -489,6 +492,9 @@ def write_markdown(doc: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="32x256x256 patches timed per case (16x128x128: 3x)")
+    parser.add_argument("--memory-factor", type=int, default=4,
+                        help="in memory, time this many times more patches (the cold cases stay cold: with more "
+                             "patches the volume's pages would be read again from the page cache)")
     parser.add_argument("--peers-python", help="python of a venv with torch-em (benchmarks/peers/README.md)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite loader.md from loader.json")
     parser.add_argument("--memory-case", nargs=3, metavar=("PATH", "CONTEXT", "N"), help=argparse.SUPPRESS)
@@ -514,13 +520,15 @@ def main() -> None:
         doc["codecs"] = codec_rows(path, root, args.n)
         for pname, patch in PATCHES.items():
             n = args.n * (3 if patch[0] == 16 else 1)
-            lim = limits(path, patch, n)
+            n_memory = n * args.memory_factor
+            lim = limits(path, patch, n, n_memory)
             for regime in (MEMORY, DISK):
                 if regime == MEMORY:
                     fill_cache(path)
-                new = regime_rows(path, root, pname, patch, regime, n, args.peers_python)
+                new = regime_rows(path, root, pname, patch, regime, n_memory if regime == MEMORY else n,
+                                  args.peers_python)
                 if regime == MEMORY and patch == (16, 128, 128):  # the standard EM augmentation set, 0 workers
-                    new.append(augmented_row(path, patch, n))
+                    new.append(augmented_row(path, patch, n_memory))
                 for name, value in lim.items():
                     if (name == "memcpy (limit)") == (regime == MEMORY):
                         new.append({"patch": pname, "regime": regime, "workers": "-", "loader": name,
@@ -528,7 +536,7 @@ def main() -> None:
                 for r in new:
                     print(json.dumps(r), file=sys.stderr)
                 rows += new
-        doc["memory"] = memory_rows(path, args.n * 3)
+        doc["memory"] = memory_rows(path, args.n * 3 * args.memory_factor)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     doc["seconds"] = round(time.perf_counter() - started)
