@@ -189,25 +189,23 @@ def read_rle_json(source: Path | bytes | str, name: str | None = None) -> RleLab
 
     ``name`` is used in errors (default: the path).
     """
-    label = name or (str(source) if isinstance(source, Path) else "<json>")
-    try:
-        text = source.read_bytes() if isinstance(source, Path) else source
-        doc = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RleJsonFormatError(f"{label}: not a readable JSON label file ({exc})") from exc
+    label, doc = _load(source, name)
     return decode_rle_json(doc, label)
 
 
 def read_rle_runs(source: Path | bytes | str, name: str | None = None) -> RleRuns:
     """:func:`read_rle_json`'s checks without forming the array: the runs, for :class:`RleArray`."""
+    label, doc = _load(source, name)
+    return rle_runs(doc, label)
+
+
+def _load(source: Path | bytes | str, name: str | None) -> tuple[str, Any]:
+    """(the name used in errors, the parsed JSON document) of a run-length JSON label file."""
     label = name or (str(source) if isinstance(source, Path) else "<json>")
     try:
-        text = source.read_bytes() if isinstance(source, Path) else source
-        doc = json.loads(text)
+        return label, json.loads(source.read_bytes() if isinstance(source, Path) else source)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RleJsonFormatError(f"{label}: not a readable JSON label file ({exc})") from exc
-    del text
-    return rle_runs(doc, label)
 
 
 class RleArray:

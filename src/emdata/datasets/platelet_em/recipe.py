@@ -309,14 +309,8 @@ def border_share(mask: np.ndarray, body: np.ndarray) -> float | None:
         >>> border_share(core, body)
         1.0
     """
-    grown = np.zeros_like(mask)
-    grown[:, 1:, :] |= mask[:, :-1, :]
-    grown[:, :-1, :] |= mask[:, 1:, :]
-    grown[:, :, 1:] |= mask[:, :, :-1]
-    grown[:, :, :-1] |= mask[:, :, 1:]
-    border = grown & ~mask
-    total = int(np.count_nonzero(border))
-    return None if total == 0 else int(np.count_nonzero(border & body)) / total
+    total, in_body = _border_counts(mask, body)
+    return None if total == 0 else in_body / total
 
 
 def _verdict(share: float | None, voxels: int) -> str:
