@@ -43,10 +43,11 @@ def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, 
         >>> run_tasks(None, pow, [(2, 3), (3, 2)])
         [8, 9]
     """
-    results: list[Any] = [None] * len(items)
     if isinstance(client, concurrent.futures.Executor):
-        return _run_in_pool(client, func, items, on_done, window, what)
+        window = window or 2 * (getattr(client, "_max_workers", 1) or 1)
+        return _windowed(lambda item: client.submit(func, *item), _first_done, items, on_done, window, what)
     if client is None:
+        results: list[Any] = [None] * len(items)
         for i, item in enumerate(items):
             try:
                 results[i] = func(*item)
@@ -56,67 +57,37 @@ def run_tasks(client: Any, func: Callable[..., Any], items: Sequence[tuple[Any, 
                 raise BuildError(f"{what} {item!r} failed ({type(exc).__name__}: {exc}); {i} of {len(items)} done "
                                  "before it are kept: run again to resume") from exc
         return results
-    from distributed import as_completed
+    from distributed import wait
 
-    if window is None:
-        threads = sum(client.nthreads().values()) or 1
-        window = max(2 * threads, 1)
-    todo = iter(enumerate(items))
-    index_of: dict[Any, int] = {}
-    errors: list[tuple[tuple[Any, ...], BaseException]] = []
-    stop = False
-
-    def submit(ac: Any) -> bool:
-        nxt = next(todo, None)
-        if nxt is None:
-            return False
-        i, item = nxt
-        future = client.submit(func, *item, pure=False, key=f"emdata-{what}-{uuid.uuid4().hex}")
-        index_of[future.key] = i
-        ac.add(future)
-        return True
-
-    ac = as_completed()
-    for _ in range(window):
-        if not submit(ac):
-            break
-    for future in ac:
-        i = index_of[future.key]
-        try:
-            results[i] = future.result()
-            if on_done is not None:
-                on_done(items[i], results[i])
-        except Exception as exc:
-            errors.append((items[i], exc))
-            stop = True
-        if not stop:
-            submit(ac)
-    if errors:
-        item, first = errors[0]
-        raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "
-                         f"{type(first).__name__}: {first}); finished work is kept: run again to resume") from first
-    return results
+    window = window or 2 * (sum(client.nthreads().values()) or 1)
+    return _windowed(lambda item: client.submit(func, *item, pure=False, key=f"emdata-{what}-{uuid.uuid4().hex}"),
+                     lambda running: wait(running, return_when="FIRST_COMPLETED").done, items, on_done, window, what)
 
 
-def _run_in_pool(pool: concurrent.futures.Executor, func: Callable[..., Any], items: Sequence[tuple[Any, ...]],
-                 on_done: Callable[[Any, Any], None] | None, window: int | None, what: str) -> list[Any]:
-    """:func:`run_tasks` on a thread (or process) pool of this process: same window and failure rules."""
+def _first_done(running: Sequence[concurrent.futures.Future[Any]]) -> set[concurrent.futures.Future[Any]]:
+    return concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED).done
+
+
+def _windowed(submit: Callable[[tuple[Any, ...]], Any], first_done: Callable[[list[Any]], Any],
+              items: Sequence[tuple[Any, ...]], on_done: Callable[[Any, Any], None] | None, window: int,
+              what: str) -> list[Any]:
+    """:func:`run_tasks` on an executor (a dask client or a local pool): ``submit(item)`` gives a
+    future, ``first_done(futures)`` the finished ones; at most ``window`` in flight, nothing new
+    after a failure."""
     results: list[Any] = [None] * len(items)
-    window = window or 2 * (getattr(pool, "_max_workers", 1) or 1)
     todo = iter(enumerate(items))
-    running: dict[concurrent.futures.Future[Any], int] = {}
+    running: dict[Any, int] = {}
     errors: list[tuple[tuple[Any, ...], BaseException]] = []
 
-    def submit() -> None:
+    def submit_next() -> None:
         nxt = next(todo, None)
         if nxt is not None:
-            running[pool.submit(func, *nxt[1])] = nxt[0]
+            running[submit(nxt[1])] = nxt[0]
 
     for _ in range(max(1, window)):
-        submit()
+        submit_next()
     while running:
-        finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in finished:
+        for future in first_done(list(running)):
             i = running.pop(future)
             try:
                 results[i] = future.result()
@@ -125,7 +96,7 @@ def _run_in_pool(pool: concurrent.futures.Executor, func: Callable[..., Any], it
             except Exception as exc:
                 errors.append((items[i], exc))
             if not errors:
-                submit()
+                submit_next()
     if errors:
         item, first = errors[0]
         raise BuildError(f"{len(errors)} of {len(items)} {what}(s) failed (first: {item!r}: "
